@@ -1,0 +1,6 @@
+//! Composable Tower layers that give any hyper, axum or tonic service a production data tier.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod store;
