@@ -1,1 +1,304 @@
-//! Stores.
+//! The ground floor: a [`Store`] of byte values with entry metadata, and its implementations.
+//!
+//! - [`MemoryStore`] (feature `memory`): in-process, on `quick_cache`, weighted by bytes.
+//! - [`RedisStore`] (feature `redis`): a shared Redis, with a pub/sub backplane.
+//! - [`TieredStore`] (features `memory` and `redis`): an L1 [`MemoryStore`] in front of an L2
+//!   [`RedisStore`], kept coherent across instances by the backplane.
+//! - [`BoxStore`]: any store behind `Arc<dyn ...>`, for when the type must not leak.
+//! - [`Cache`]: typed values (`serde`) on any store, with single-flight
+//!   [`get_or_compute`](Cache::get_or_compute).
+//!
+//! This module knows no HTTP; the response cache layer builds on it.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_strata::store::StoreError> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use tower_strata::store::{MemoryStore, SetOptions, Store};
+//!
+//! let store = MemoryStore::builder().capacity_bytes(64 * 1024 * 1024).build();
+//! let options = SetOptions::new().ttl(Duration::from_secs(60)).tags(["products"]);
+//! store.set("product:1", Bytes::from_static(b"{\"id\":1}"), &options).await?;
+//! assert!(store.get("product:1").await?.is_some());
+//!
+//! // One call invalidates every entry carrying the tag, however many there are.
+//! store.delete_tag("products").await?;
+//! assert!(store.get("product:1").await?.is_none());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Entries, staleness and grace
+//!
+//! An [`Entry`] records when it was stored, its TTL and its grace period. A store keeps an entry
+//! for TTL + grace; [`Store::get`] returns it while it is fresh and, during grace, returns it
+//! marked stale ([`Entry::is_stale`]) so a cache can serve it while it refreshes, or when the
+//! origin fails. Past grace it is gone.
+//!
+//! # Keys, namespaces and limits
+//!
+//! Every store checks keys, values, tags and patterns against its [`Limits`] before any I/O and
+//! refuses what is over them with a [`StoreError`] that says which limit: values are never
+//! truncated. Shared backends put every key under a namespace prefix, so several applications can
+//! share one Redis; [`Store::clear`] only clears its own namespace.
+//!
+//! # How tags scale: invalidation marks, checked lazily
+//!
+//! Purging a tag that 100,000 entries carry must not cost 100,000 operations on the request
+//! path nor block Redis. The design follows FusionCache's: a purge records an *invalidation mark*
+//! (the time of the purge) for the tag, which is one write whatever the tag's size. Every entry
+//! records when it was stored, so a read of a tagged entry compares the entry's `stored_at` with
+//! the marks of its tags and treats the entry as absent when a mark is newer. Removing the
+//! entries themselves is clean-up, done in the background in bounded batches.
+//!
+//! - **Memory**: the purge swaps the tag's member set out of the tag index (O(1)), records the
+//!   mark and removes the members in the background; the mark is forgotten once they are gone.
+//!   Reads check marks only while some purge is still being cleaned up.
+//! - **Redis**: the purge is one `SET` of the mark key plus one `PUBLISH` on the backplane;
+//!   a background task then walks the tag's index set with `SSCAN` and `UNLINK`s its members in
+//!   batches. Each instance keeps the marks it has seen in memory and the backplane pushes new
+//!   ones to every instance, so a Redis hit stays **one round trip**. A tag an instance has not
+//!   seen yet costs one extra pipelined `GET` once; while the backplane is disconnected, marks are
+//!   re-read on every tagged read (correct, slower) and the known marks are dropped on reconnect.
+//! - Marks compare clocks of different machines: keep them in sync (NTP). A writer whose clock
+//!   runs behind a purger's by more than the time between its write and the purge could see its
+//!   entry survive the purge's mark; the background clean-up removes it all the same.
+//!
+//! # Redis key layout and Cluster slots
+//!
+//! With namespace `ns`, a [`RedisStore`] uses `ns:k:{key}` for entries, counters and sets,
+//! `ns:m:{tag}` for a tag's invalidation mark, `ns:i:{tag}` for a tag's index set and the
+//! channel `ns:bus` for the backplane. Every command touches one key, and batches are pipelines,
+//! which Cluster clients split per slot, never multi-key commands: a tag's mark and index are
+//! single keys that hash wherever they hash, and correctness rests on the marks alone. The one
+//! multi-key step is the `MULTI` that writes an entry together with its index memberships; on a
+//! Cluster that spans slots it cannot be atomic, and the index becomes best-effort clean-up
+//! (purges still take effect through the marks). Give keys a hash tag (`{tenant}:...`) to keep
+//! an application's entries and tags in one slot if you need the index to be exact there.
+
+#[cfg(feature = "redis")]
+mod config;
+mod dynamic;
+mod entry;
+mod error;
+mod glob;
+mod stats;
+mod typed;
+
+#[cfg(feature = "redis")]
+mod backplane;
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(all(feature = "memory", feature = "redis"))]
+mod tiered;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use config::{ConfigError, Preset, StoreConfig};
+pub use dynamic::{BoxStore, DynStore};
+pub use entry::{Entry, Limits, SetOptions};
+pub use error::StoreError;
+pub use glob::Pattern;
+pub use stats::StoreStats;
+pub use typed::{Cache, CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(all(feature = "memory", feature = "redis"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "memory", feature = "redis"))))]
+pub use tiered::{TieredStore, TieredStoreBuilder};
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// A key-value store of byte values with entry metadata: the whole cache-manager surface.
+///
+/// Methods return `Send` futures, so a store can be used from any Tokio task. Use a store as a
+/// generic (`S: Store`, zero cost) or, where the type must be erased, as a [`BoxStore`].
+///
+/// Implementations check their [`Limits`] before any I/O. Backend failures surface as
+/// [`StoreError::Timeout`] or [`StoreError::Backend`]; every network call has a timeout.
+pub trait Store: Send + Sync + 'static {
+    /// Reads an entry: fresh, or stale inside its grace period (see [`Entry::is_stale`]).
+    /// Entries invalidated by a tag purge or past grace are `None`.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+
+    /// Writes an entry with the given TTL, grace period and tags, replacing any previous one.
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        options: &SetOptions,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a key (entry, counter or set). Returns whether something was there.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads several entries at once (one round trip on Redis), in the order of `keys`.
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Entry>>, StoreError>> + Send;
+
+    /// Writes several entries with the same options at once (one round trip on Redis).
+    fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Adds `delta` to a counter atomically and returns the new value. A missing counter starts
+    /// at 0; `ttl`, if any, is set when the counter is created and not extended afterwards.
+    fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Subtracts `delta` from a counter atomically: [`Store::incr`] with `-delta`.
+    fn decr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
+        async move {
+            let negated = delta.checked_neg().ok_or_else(|| StoreError::Overflow {
+                key: error::cut(key),
+            })?;
+            self.incr(key, negated, ttl).await
+        }
+    }
+
+    /// Adds members to a set, creating it. Returns how many were new.
+    fn set_add(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Removes members from a set. Returns how many were there.
+    fn set_remove(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The members of a set, in no particular order; empty when the set does not exist.
+    fn set_members(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Invalidates every entry carrying `tag`, at a cost that does not grow with their number
+    /// (see the module docs). Returns how many entries the tag held when it was purged.
+    fn delete_tag(&self, tag: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Removes every key of this store's namespace matching a glob [`Pattern`] (`*`, `?`,
+    /// `[abc]`). Returns how many went.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidPattern`] before anything is removed if the pattern is malformed.
+    fn delete_matching(
+        &self,
+        pattern: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Removes everything in this store's namespace. Returns how many keys went.
+    fn clear(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// A snapshot of the store's counters.
+    fn stats(&self) -> StoreStats;
+
+    /// The limits this store enforces.
+    fn limits(&self) -> Limits;
+}
+
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
+        (**self).get(key)
+    }
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        options: &SetOptions,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).set(key, value, options)
+    }
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).delete(key)
+    }
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Entry>>, StoreError>> + Send {
+        (**self).get_many(keys)
+    }
+    fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).set_many(items, options)
+    }
+    fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
+        (**self).incr(key, delta, ttl)
+    }
+    fn set_add(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).set_add(key, members)
+    }
+    fn set_remove(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).set_remove(key, members)
+    }
+    fn set_members(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        (**self).set_members(key)
+    }
+    fn delete_tag(&self, tag: &str) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).delete_tag(tag)
+    }
+    fn delete_matching(
+        &self,
+        pattern: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).delete_matching(pattern)
+    }
+    fn clear(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).clear()
+    }
+    fn stats(&self) -> StoreStats {
+        (**self).stats()
+    }
+    fn limits(&self) -> Limits {
+        (**self).limits()
+    }
+}

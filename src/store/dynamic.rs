@@ -1,0 +1,185 @@
+//! Type erasure: any [`Store`] behind `Arc<dyn DynStore>`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Entry, Limits, SetOptions, Store, StoreError, StoreStats};
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The object-safe twin of [`Store`], implemented for every store. Use it through [`BoxStore`].
+///
+/// Each call allocates its future once; prefer a generic `S: Store` on hot paths.
+pub trait DynStore: Send + Sync + 'static {
+    /// See [`Store::get`].
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Entry>>;
+    /// See [`Store::set`].
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()>;
+    /// See [`Store::delete`].
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool>;
+    /// See [`Store::get_many`].
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFut<'a, Vec<Option<Entry>>>;
+    /// See [`Store::set_many`].
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        options: &'a SetOptions,
+    ) -> BoxFut<'a, ()>;
+    /// See [`Store::incr`].
+    fn incr<'a>(&'a self, key: &'a str, delta: i64, ttl: Option<Duration>) -> BoxFut<'a, i64>;
+    /// See [`Store::set_add`].
+    fn set_add<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64>;
+    /// See [`Store::set_remove`].
+    fn set_remove<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64>;
+    /// See [`Store::set_members`].
+    fn set_members<'a>(&'a self, key: &'a str) -> BoxFut<'a, Vec<String>>;
+    /// See [`Store::delete_tag`].
+    fn delete_tag<'a>(&'a self, tag: &'a str) -> BoxFut<'a, u64>;
+    /// See [`Store::delete_matching`].
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> BoxFut<'a, u64>;
+    /// See [`Store::clear`].
+    fn clear(&self) -> BoxFut<'_, u64>;
+    /// See [`Store::stats`].
+    fn stats(&self) -> StoreStats;
+    /// See [`Store::limits`].
+    fn limits(&self) -> Limits;
+}
+
+impl<S: Store> DynStore for S {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Entry>> {
+        Box::pin(Store::get(self, key))
+    }
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()> {
+        Box::pin(Store::set(self, key, value, options))
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool> {
+        Box::pin(Store::delete(self, key))
+    }
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFut<'a, Vec<Option<Entry>>> {
+        Box::pin(Store::get_many(self, keys))
+    }
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        options: &'a SetOptions,
+    ) -> BoxFut<'a, ()> {
+        Box::pin(Store::set_many(self, items, options))
+    }
+    fn incr<'a>(&'a self, key: &'a str, delta: i64, ttl: Option<Duration>) -> BoxFut<'a, i64> {
+        Box::pin(Store::incr(self, key, delta, ttl))
+    }
+    fn set_add<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64> {
+        Box::pin(Store::set_add(self, key, members))
+    }
+    fn set_remove<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64> {
+        Box::pin(Store::set_remove(self, key, members))
+    }
+    fn set_members<'a>(&'a self, key: &'a str) -> BoxFut<'a, Vec<String>> {
+        Box::pin(Store::set_members(self, key))
+    }
+    fn delete_tag<'a>(&'a self, tag: &'a str) -> BoxFut<'a, u64> {
+        Box::pin(Store::delete_tag(self, tag))
+    }
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> BoxFut<'a, u64> {
+        Box::pin(Store::delete_matching(self, pattern))
+    }
+    fn clear(&self) -> BoxFut<'_, u64> {
+        Box::pin(Store::clear(self))
+    }
+    fn stats(&self) -> StoreStats {
+        Store::stats(self)
+    }
+    fn limits(&self) -> Limits {
+        Store::limits(self)
+    }
+}
+
+/// Any [`Store`] behind `Arc<dyn DynStore>`: cloneable, and itself a [`Store`].
+///
+/// ```
+/// # #[cfg(feature = "memory")] {
+/// use tower_strata::store::{BoxStore, MemoryStore};
+///
+/// let store: BoxStore = BoxStore::new(MemoryStore::new(1 << 20));
+/// let shared = store.clone();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct BoxStore(Arc<dyn DynStore>);
+
+impl BoxStore {
+    /// Erases a store's type.
+    pub fn new(store: impl Store) -> Self {
+        BoxStore(Arc::new(store))
+    }
+
+    /// Wraps an already shared store.
+    pub fn from_arc(store: Arc<dyn DynStore>) -> Self {
+        BoxStore(store)
+    }
+
+    /// The shared store.
+    pub fn as_arc(&self) -> &Arc<dyn DynStore> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BoxStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxStore").finish_non_exhaustive()
+    }
+}
+
+impl Store for BoxStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
+        self.0.set(key, value, options).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.0.delete(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.0.get_many(keys).await
+    }
+    async fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        self.0.set_many(items, options).await
+    }
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.0.incr(key, delta, ttl).await
+    }
+    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.0.set_add(key, members).await
+    }
+    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.0.set_remove(key, members).await
+    }
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.0.set_members(key).await
+    }
+    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.0.delete_tag(tag).await
+    }
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
+        self.0.delete_matching(pattern).await
+    }
+    async fn clear(&self) -> Result<u64, StoreError> {
+        self.0.clear().await
+    }
+    fn stats(&self) -> StoreStats {
+        self.0.stats()
+    }
+    fn limits(&self) -> Limits {
+        self.0.limits()
+    }
+}

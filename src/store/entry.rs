@@ -1,0 +1,438 @@
+//! Entries, write options, limits and the binary entry format.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::StoreError;
+use super::error::cut;
+
+/// A stored value with the metadata a cache needs: when it was stored, how long it is fresh,
+/// how long it may be served stale afterwards (grace), and its tags.
+///
+/// Cloning is cheap: the value is reference-counted [`Bytes`] and the tags are shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    value: Bytes,
+    stored_at: SystemTime,
+    ttl: Option<Duration>,
+    grace: Duration,
+    tags: Arc<[String]>,
+}
+
+impl Entry {
+    /// A new entry stored now.
+    pub fn new(value: Bytes, options: &SetOptions) -> Self {
+        Entry {
+            value,
+            stored_at: SystemTime::now(),
+            ttl: options.ttl,
+            grace: options.grace,
+            tags: options.tags.clone(),
+        }
+    }
+
+    /// The stored bytes.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// The stored bytes, by value.
+    pub fn into_value(self) -> Bytes {
+        self.value
+    }
+
+    /// When the entry was stored (by the writer's clock).
+    pub fn stored_at(&self) -> SystemTime {
+        self.stored_at
+    }
+
+    /// How long the entry is fresh after it was stored; `None` means it never goes stale.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// How long the entry may be served stale after its TTL ran out.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// The entry's tags.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// Time since the entry was stored (zero if the writer's clock was ahead).
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.stored_at)
+            .unwrap_or_default()
+    }
+
+    /// True when the entry's TTL has run out: it is inside its grace period. A store never
+    /// returns an entry past its grace period.
+    pub fn is_stale(&self) -> bool {
+        self.ttl.is_some_and(|ttl| self.age() >= ttl)
+    }
+
+    /// Freshness left: `None` for an entry without TTL, zero once stale.
+    pub fn time_to_stale(&self) -> Option<Duration> {
+        self.ttl.map(|ttl| ttl.saturating_sub(self.age()))
+    }
+
+    /// Total lifetime in the store: TTL plus grace, `None` when unbounded.
+    pub fn lifetime(&self) -> Option<Duration> {
+        self.ttl.map(|ttl| ttl.saturating_add(self.grace))
+    }
+
+    /// Time left before the store drops the entry: `None` when unbounded.
+    pub fn time_to_live(&self) -> Option<Duration> {
+        self.lifetime().map(|l| l.saturating_sub(self.age()))
+    }
+
+    /// True when the entry is past TTL and grace: it must not be served at all.
+    pub fn is_expired(&self) -> bool {
+        self.time_to_live() == Some(Duration::ZERO)
+    }
+
+    pub(crate) fn stored_at_micros(&self) -> u64 {
+        micros(self.stored_at)
+    }
+
+    /// Encodes the entry in the versioned binary entry format (see the module docs).
+    pub fn encode(&self) -> Bytes {
+        let tag_bytes: usize = self.tags.iter().map(|t| 2 + t.len()).sum();
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + tag_bytes + self.value.len());
+        buf.put_slice(MAGIC);
+        buf.put_u8(FORMAT_VERSION);
+        buf.put_u8(u8::from(self.ttl.is_some()));
+        buf.put_u64(self.stored_at_micros());
+        buf.put_u64(self.ttl.map_or(0, duration_millis));
+        buf.put_u64(duration_millis(self.grace));
+        buf.put_u16(self.tags.len() as u16);
+        for tag in self.tags.iter() {
+            buf.put_u16(tag.len() as u16);
+            buf.put_slice(tag.as_bytes());
+        }
+        buf.put_slice(&self.value);
+        buf.freeze()
+    }
+
+    /// Decodes an entry written by [`Entry::encode`]. The value is a slice of `bytes`: no copy.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] when the bytes are not an entry of a known format version.
+    pub fn decode(bytes: Bytes) -> Result<Self, StoreError> {
+        let corrupt = |reason| StoreError::Corrupt { reason };
+        if bytes.len() < HEADER_LEN || &bytes[..2] != MAGIC {
+            return Err(corrupt("not a tower-strata entry"));
+        }
+        let mut cursor = &bytes[2..];
+        if cursor.get_u8() != FORMAT_VERSION {
+            return Err(corrupt("unknown entry format version"));
+        }
+        let has_ttl = cursor.get_u8() == 1;
+        let stored_at = UNIX_EPOCH + Duration::from_micros(cursor.get_u64());
+        let ttl_ms = cursor.get_u64();
+        let grace = Duration::from_millis(cursor.get_u64());
+        let tag_count = cursor.get_u16() as usize;
+        let mut tags = Vec::with_capacity(tag_count);
+        for _ in 0..tag_count {
+            if cursor.remaining() < 2 {
+                return Err(corrupt("truncated tag list"));
+            }
+            let len = cursor.get_u16() as usize;
+            if cursor.remaining() < len {
+                return Err(corrupt("truncated tag"));
+            }
+            let tag =
+                std::str::from_utf8(&cursor[..len]).map_err(|_| corrupt("tag is not UTF-8"))?;
+            tags.push(tag.to_owned());
+            cursor.advance(len);
+        }
+        let offset = bytes.len() - cursor.remaining();
+        Ok(Entry {
+            value: bytes.slice(offset..),
+            stored_at,
+            ttl: has_ttl.then(|| Duration::from_millis(ttl_ms)),
+            grace,
+            tags: tags.into(),
+        })
+    }
+}
+
+const MAGIC: &[u8; 2] = b"TS";
+const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 2 + 1 + 1 + 8 + 8 + 8 + 2;
+
+pub(crate) fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros().min(u64::MAX as u128) as u64)
+}
+
+pub(crate) fn now_micros() -> u64 {
+    micros(SystemTime::now())
+}
+
+fn duration_millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// How an entry is written: its TTL, grace period and tags.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_strata::store::SetOptions;
+///
+/// let options = SetOptions::new()
+///     .ttl(Duration::from_secs(60))
+///     .grace(Duration::from_secs(300))
+///     .tags(["product:42", "products"]);
+/// assert_eq!(options.get_tags().len(), 2);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    ttl: Option<Duration>,
+    grace: Duration,
+    tags: Arc<[String]>,
+}
+
+impl SetOptions {
+    /// No TTL, no grace, no tags.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how long the entry is fresh.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets or clears the TTL.
+    pub fn ttl_opt(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets how long the entry may be served stale after its TTL (only with a TTL).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Sets the entry's tags.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The TTL.
+    pub fn get_ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The grace period.
+    pub fn get_grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// The tags.
+    pub fn get_tags(&self) -> &[String] {
+        &self.tags
+    }
+}
+
+/// Limits a store enforces before any I/O, with a clear error for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes. Default 512.
+    pub max_key_len: usize,
+    /// Largest value, in bytes; larger values are refused, never truncated. Default 4 MiB.
+    pub max_value_size: usize,
+    /// Most tags on one entry. Default 64.
+    pub max_tags: usize,
+    /// Longest tag, in bytes. Default 1,024 (Fastly's limit for a surrogate key).
+    pub max_tag_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_len: 512,
+            max_value_size: 4 * 1024 * 1024,
+            max_tags: 64,
+            max_tag_len: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks a key: non-empty, within the length limit, no control characters.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::KeyTooLong`] or [`StoreError::InvalidKey`].
+    pub fn check_key(&self, key: &str) -> Result<(), StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidKey {
+                key: String::new(),
+                reason: "key is empty",
+            });
+        }
+        if key.len() > self.max_key_len {
+            return Err(StoreError::KeyTooLong {
+                len: key.len(),
+                max: self.max_key_len,
+            });
+        }
+        if key.chars().any(char::is_control) {
+            return Err(StoreError::InvalidKey {
+                key: cut(key),
+                reason: "key contains a control character",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a value's size and the options' tags.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ValueTooLarge`] or [`StoreError::InvalidTag`].
+    pub fn check_entry(&self, value: &[u8], options: &SetOptions) -> Result<(), StoreError> {
+        if value.len() > self.max_value_size {
+            return Err(StoreError::ValueTooLarge {
+                len: value.len(),
+                max: self.max_value_size,
+            });
+        }
+        if options.tags.len() > self.max_tags {
+            return Err(StoreError::InvalidTag {
+                tag: cut(&options.tags[self.max_tags]),
+                reason: "too many tags on one entry",
+            });
+        }
+        for tag in options.tags.iter() {
+            self.check_tag(tag)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one tag: non-empty, within the length limit, no whitespace or control characters
+    /// (tags travel in space-separated headers).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidTag`].
+    pub fn check_tag(&self, tag: &str) -> Result<(), StoreError> {
+        let reason = if tag.is_empty() {
+            "tag is empty"
+        } else if tag.len() > self.max_tag_len.min(u16::MAX as usize) {
+            "tag is over the length limit"
+        } else if tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            "tag contains whitespace or a control character"
+        } else {
+            return Ok(());
+        };
+        Err(StoreError::InvalidTag {
+            tag: cut(tag),
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let options = SetOptions::new()
+            .ttl(Duration::from_secs(30))
+            .grace(Duration::from_secs(5))
+            .tags(["a", "bé"]);
+        let entry = Entry::new(Bytes::from_static(b"hello \x00 world"), &options);
+        let decoded = Entry::decode(entry.encode()).unwrap();
+        assert_eq!(decoded.value(), entry.value());
+        assert_eq!(decoded.ttl(), Some(Duration::from_secs(30)));
+        assert_eq!(decoded.grace(), Duration::from_secs(5));
+        assert_eq!(decoded.tags(), ["a", "bé"]);
+        assert_eq!(decoded.stored_at_micros(), entry.stored_at_micros());
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        for bad in [
+            &b""[..],
+            b"TS",
+            b"{\"json\":1}",
+            &[
+                b'T', b'S', 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0,
+            ],
+        ] {
+            assert!(matches!(
+                Entry::decode(Bytes::copy_from_slice(bad)),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        // A tag count that points past the end.
+        let mut e = Entry::new(Bytes::new(), &SetOptions::new())
+            .encode()
+            .to_vec();
+        let n = e.len();
+        e[n - 1] = 5;
+        assert!(Entry::decode(Bytes::from(e)).is_err());
+    }
+
+    #[test]
+    fn staleness() {
+        let fresh = Entry::new(
+            Bytes::new(),
+            &SetOptions::new().ttl(Duration::from_secs(60)),
+        );
+        assert!(!fresh.is_stale());
+        let mut old = fresh.clone();
+        old.stored_at = SystemTime::now() - Duration::from_secs(61);
+        assert!(old.is_stale());
+        assert!(old.is_expired());
+        old.grace = Duration::from_secs(60);
+        assert!(!old.is_expired());
+        let forever = Entry::new(Bytes::new(), &SetOptions::new());
+        assert!(!forever.is_stale() && !forever.is_expired());
+    }
+
+    #[test]
+    fn limits() {
+        let limits = Limits::default();
+        assert!(limits.check_key("").is_err());
+        assert!(limits.check_key(&"k".repeat(513)).is_err());
+        assert!(limits.check_key("a\nb").is_err());
+        assert!(limits.check_key("product:42").is_ok());
+        let big = vec![0u8; limits.max_value_size + 1];
+        assert!(matches!(
+            limits.check_entry(&big, &SetOptions::new()),
+            Err(StoreError::ValueTooLarge { .. })
+        ));
+        assert!(
+            limits
+                .check_entry(b"x", &SetOptions::new().tags(["a b"]))
+                .is_err()
+        );
+        assert!(
+            limits
+                .check_entry(
+                    b"x",
+                    &SetOptions::new().tags((0..65).map(|i| i.to_string()))
+                )
+                .is_err()
+        );
+    }
+}

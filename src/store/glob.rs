@@ -1,0 +1,255 @@
+//! Glob patterns with Redis `MATCH` semantics: `*`, `?`, `[abc]`, `[a-z]`, `[^a]` and `\` escapes.
+//!
+//! Written here rather than taken from `globset` because the memory store must match exactly
+//! what Redis' `SCAN MATCH` matches (no `**`, no `{a,b}`, `*` crosses `/` and `:`), so one pattern
+//! purges the same keys on every store. Patterns are validated when parsed, so a malformed one is
+//! an error before any key is touched.
+
+use super::StoreError;
+
+/// Longest pattern accepted, in bytes.
+pub const MAX_PATTERN_LEN: usize = 1024;
+
+/// A validated glob pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    AnyChar,
+    AnySeq,
+    Class {
+        negated: bool,
+        items: Vec<(char, char)>,
+    },
+}
+
+impl Pattern {
+    /// Parses and validates a pattern.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidPattern`] for an empty or over-long pattern, an unclosed `[`, an empty
+    /// class `[]`, a reversed range `[z-a]` or a trailing `\`.
+    pub fn new(pattern: &str) -> Result<Self, StoreError> {
+        let invalid = |reason| StoreError::InvalidPattern {
+            pattern: super::error::cut(pattern),
+            reason,
+        };
+        if pattern.is_empty() {
+            return Err(invalid("pattern is empty"));
+        }
+        if pattern.len() > MAX_PATTERN_LEN {
+            return Err(invalid("pattern is longer than 1024 bytes"));
+        }
+        let mut tokens = Vec::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '*' => {
+                    // Consecutive stars match the same strings as one; folding them keeps
+                    // matching linear.
+                    if tokens.last() != Some(&Token::AnySeq) {
+                        tokens.push(Token::AnySeq);
+                    }
+                }
+                '?' => tokens.push(Token::AnyChar),
+                '\\' => match chars.next() {
+                    Some(escaped) => tokens.push(Token::Literal(escaped)),
+                    None => return Err(invalid("pattern ends with an unfinished `\\` escape")),
+                },
+                '[' => {
+                    let negated = chars.next_if_eq(&'^').is_some();
+                    let mut items = Vec::new();
+                    let mut closed = false;
+                    while let Some(c) = chars.next() {
+                        let low = match c {
+                            ']' => {
+                                closed = true;
+                                break;
+                            }
+                            '\\' => chars
+                                .next()
+                                .ok_or_else(|| invalid("unfinished `\\` escape in a class"))?,
+                            c => c,
+                        };
+                        if chars.peek() == Some(&'-') {
+                            let mut ahead = chars.clone();
+                            ahead.next();
+                            match ahead.peek() {
+                                Some(&']') | None => items.push((low, low)),
+                                Some(_) => {
+                                    chars.next();
+                                    let mut high = chars.next().expect("peeked above");
+                                    if high == '\\' {
+                                        high = chars.next().ok_or_else(|| {
+                                            invalid("unfinished `\\` escape in a class")
+                                        })?;
+                                    }
+                                    if high < low {
+                                        return Err(invalid("class range is reversed"));
+                                    }
+                                    items.push((low, high));
+                                }
+                            }
+                        } else {
+                            items.push((low, low));
+                        }
+                    }
+                    if !closed {
+                        return Err(invalid("unclosed `[` class"));
+                    }
+                    if items.is_empty() {
+                        return Err(invalid("empty `[]` class"));
+                    }
+                    tokens.push(Token::Class { negated, items });
+                }
+                c => tokens.push(Token::Literal(c)),
+            }
+        }
+        Ok(Pattern {
+            source: pattern.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// True when the pattern has no wildcard: it names exactly one key.
+    pub fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
+    /// Whether `text` matches the whole pattern.
+    pub fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        // Iterative matcher with one backtrack point for the last `*`: linear in practice and
+        // O(n*m) at worst, never exponential.
+        let (mut t, mut p) = (0usize, 0usize);
+        let mut star: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match self.tokens.get(p) {
+                Some(Token::AnySeq) => {
+                    star = Some((p, t));
+                    p += 1;
+                    continue;
+                }
+                Some(token) if token.matches_one(text[t]) => {
+                    t += 1;
+                    p += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            }
+        }
+        self.tokens[p..].iter().all(|t| *t == Token::AnySeq)
+    }
+
+    /// The pattern with every special character escaped, so Redis matches `literal` exactly.
+    pub fn escape(literal: &str) -> String {
+        let mut out = String::with_capacity(literal.len());
+        for c in literal.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+impl Token {
+    fn matches_one(&self, c: char) -> bool {
+        match self {
+            Token::Literal(l) => *l == c,
+            Token::AnyChar => true,
+            Token::AnySeq => true,
+            Token::Class { negated, items } => {
+                items.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, t: &str) -> bool {
+        Pattern::new(p).unwrap().matches(t)
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(m("user:*", "user:42"));
+        assert!(m("user:*", "user:"));
+        assert!(!m("user:*", "users:1"));
+        assert!(m("*:42", "product:42"));
+        assert!(m("a*b*c", "axxbyyc"));
+        assert!(!m("a*b*c", "axxbyy"));
+        assert!(m("h?llo", "hello"));
+        assert!(!m("h?llo", "hllo"));
+        assert!(m("**", ""));
+    }
+
+    #[test]
+    fn classes() {
+        assert!(m("h[ae]llo", "hallo"));
+        assert!(!m("h[ae]llo", "hillo"));
+        assert!(m("h[^e]llo", "hallo"));
+        assert!(!m("h[^e]llo", "hello"));
+        assert!(m("v[0-9]", "v7"));
+        assert!(!m("v[0-9]", "va"));
+        assert!(m("x[a-]", "x-"));
+        assert!(m("\\*", "*"));
+        assert!(!m("\\*", "a"));
+        assert!(m("[\\]]", "]"));
+    }
+
+    #[test]
+    fn invalid_patterns_are_errors() {
+        for bad in ["", "a[bc", "a[]", "a\\", "[z-a]", "[a\\"] {
+            assert!(
+                matches!(Pattern::new(bad), Err(StoreError::InvalidPattern { .. })),
+                "{bad:?} should be invalid"
+            );
+        }
+        assert!(Pattern::new(&"a".repeat(MAX_PATTERN_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn escape_round_trips() {
+        let literal = "a*b?c[d]e\\f";
+        let p = Pattern::new(&Pattern::escape(literal)).unwrap();
+        assert!(p.is_literal());
+        assert!(p.matches(literal));
+        assert!(!p.matches("aXbYc[d]e\\f"));
+    }
+
+    #[test]
+    fn many_stars_stay_fast() {
+        let p = Pattern::new(&"*a".repeat(50)).unwrap();
+        assert!(!p.matches(&"a".repeat(49)));
+    }
+}

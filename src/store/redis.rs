@@ -1,0 +1,851 @@
+//! [`RedisStore`]: a shared store on Redis, with timeouts on every command and a pub/sub
+//! backplane.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{broadcast, oneshot};
+
+use super::backplane::{self, BusEvent, BusOp, BusShared, ListenerConfig};
+use super::entry::now_micros;
+use super::stats::Counters;
+use super::{Entry, Limits, Pattern, SetOptions, Store, StoreError, StoreStats};
+
+/// Keys unlinked per pipeline by background clean-up and pattern deletes.
+const BATCH: usize = 500;
+
+/// Deletes an entry only if it was stored at or before a purge (ARGV[1], microseconds): the
+/// stored-at time is bytes 5..12 of the entry format, read with GETRANGE so large values are not
+/// copied. Single key, so it is Cluster-safe.
+const DELETE_IF_OLDER: &str = r"
+local h = redis.call('GETRANGE', KEYS[1], 0, 11)
+if string.len(h) < 12 or string.sub(h, 1, 2) ~= 'TS' then return 0 end
+local t = 0
+for i = 5, 12 do t = t * 256 + string.byte(h, i) end
+if t <= tonumber(ARGV[1]) then return redis.call('UNLINK', KEYS[1]) end
+return 0
+";
+
+/// INCRBY that sets the TTL (ARGV[2], milliseconds, 0 for none) only when it creates the counter.
+const INCR_WITH_TTL: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v
+";
+
+/// A [`Store`] on Redis (feature `redis`).
+///
+/// - One multiplexed, auto-reconnecting connection ([`ConnectionManager`]), connected lazily:
+///   building the store never blocks on Redis.
+/// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
+///   [`StoreError::Timeout`], never a hung request.
+/// - Batches are pipelines: [`Store::get_many`] and [`Store::set_many`] cost one round trip.
+/// - An entry is written together with its tag-index memberships in one `MULTI`.
+/// - Tag purges are constant-cost invalidation marks; see the [module docs](super) for the
+///   design and the key layout.
+/// - A backplane (pub/sub on `ns:bus`) tells other instances what was invalidated; it can be
+///   turned off with [`RedisStoreBuilder::backplane`].
+///
+/// Cloning is cheap; clones share the connection. Must be built inside a Tokio runtime.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    limits: Limits,
+    timeout: Duration,
+    mark_ttl: Duration,
+    counters: Counters,
+    /// Invalidation marks known locally: tag -> last purge (0: never purged).
+    marks: Arc<quick_cache::sync::Cache<String, u64>>,
+    bus: Option<Arc<BusShared>>,
+    _shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("backplane", &self.inner.bus.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder {
+    url: String,
+    namespace: String,
+    limits: Limits,
+    timeout: Duration,
+    connect_timeout: Duration,
+    backplane: bool,
+    ping_interval: Duration,
+    known_marks: usize,
+    mark_ttl: Duration,
+    index_sweep_interval: Option<Duration>,
+}
+
+impl RedisStoreBuilder {
+    /// Namespace prefix of every key (default `strata`). Must not be empty or contain `:`-free
+    /// control characters.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Limits enforced on keys, values and tags.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Bound on every command, connection included (default 500 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Bound on establishing a connection (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether to run the pub/sub backplane (default on). Without it, other instances are not
+    /// told of invalidations and tagged reads re-read their tags' marks every time (two round
+    /// trips), since no push keeps known marks fresh.
+    pub fn backplane(mut self, enabled: bool) -> Self {
+        self.backplane = enabled;
+        self
+    }
+
+    /// How often the backplane pings its connection to notice a dead peer (default 1 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// How many tags' invalidation marks to remember locally (default 100,000).
+    pub fn known_marks(mut self, capacity: usize) -> Self {
+        self.known_marks = capacity;
+        self
+    }
+
+    /// How long a tag's invalidation mark is kept in Redis (default 7 days): longer than the
+    /// longest entry lifetime you use, so no entry outlives the mark that hides it. The
+    /// background clean-up removes the purged entries long before that.
+    pub fn mark_ttl(mut self, ttl: Duration) -> Self {
+        self.mark_ttl = ttl;
+        self
+    }
+
+    /// How often to drop dead members (expired entries) from tag index sets (default 5 min;
+    /// `None` turns it off). Runs in the background.
+    pub fn index_sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.index_sweep_interval = interval;
+        self
+    }
+
+    /// Builds the store without contacting Redis.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] for an invalid URL or namespace, or when not called inside a Tokio
+    /// runtime.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        if self.namespace.is_empty() || self.namespace.chars().any(char::is_control) {
+            return Err(StoreError::Config(format!(
+                "namespace {:?} must be non-empty and free of control characters",
+                self.namespace
+            )));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(StoreError::Config("timeouts must be above zero".into()));
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Config("RedisStore must be built inside a Tokio runtime".into())
+        })?;
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| StoreError::Config(format!("REDIS_URL {:?}: {e}", self.url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| StoreError::Config(format!("redis connection: {e}")))?;
+        let marks = Arc::new(quick_cache::sync::Cache::new(self.known_marks.max(16)));
+        let prefix = self.namespace.clone();
+        let (bus, shutdown) = if self.backplane {
+            let shared = BusShared::new(format!("{prefix}:bus"));
+            let (tx, rx) = oneshot::channel();
+            let on_op = {
+                let marks = marks.clone();
+                move |op: &BusOp| {
+                    if let BusOp::Tags { tags, at } = op {
+                        for tag in tags {
+                            raise_mark(&marks, tag, *at);
+                        }
+                    }
+                }
+            };
+            let on_resync = {
+                let marks = marks.clone();
+                move || marks.clear()
+            };
+            handle.spawn(backplane::listen(
+                client,
+                shared.clone(),
+                ListenerConfig {
+                    connect_timeout: self.connect_timeout,
+                    ping_interval: self.ping_interval,
+                },
+                rx,
+                on_op,
+                on_resync,
+            ));
+            (Some(shared), Some(tx))
+        } else {
+            (None, None)
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix,
+                limits: self.limits,
+                timeout: self.timeout,
+                mark_ttl: self.mark_ttl,
+                counters: Counters::default(),
+                marks,
+                bus,
+                _shutdown: shutdown,
+            }),
+        };
+        if let Some(interval) = self.index_sweep_interval {
+            let weak = Arc::downgrade(&store.inner);
+            handle.spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = (RedisStore { inner }).sweep_index().await {
+                        tracing::debug!(error = %e, "redis store: index sweep failed");
+                    }
+                }
+            });
+        }
+        Ok(store)
+    }
+}
+
+fn raise_mark(marks: &quick_cache::sync::Cache<String, u64>, tag: &str, at: u64) {
+    let current = marks.get(tag).unwrap_or(0);
+    if at > current || marks.get(tag).is_none() {
+        marks.insert(tag.to_owned(), at.max(current));
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store at `url` (`redis://host:port/db`, `rediss://` is not enabled).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            namespace: "strata".into(),
+            limits: Limits::default(),
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+            backplane: true,
+            ping_interval: Duration::from_secs(1),
+            known_marks: 100_000,
+            mark_ttl: Duration::from_secs(7 * 24 * 3600),
+            index_sweep_interval: Some(Duration::from_secs(300)),
+        }
+    }
+
+    /// A store at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// See [`RedisStoreBuilder::build`].
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// The namespace prefix.
+    pub fn namespace(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Whether the backplane is subscribed right now.
+    pub fn backplane_connected(&self) -> bool {
+        self.inner
+            .bus
+            .as_ref()
+            .is_some_and(|b| b.connected.load(Relaxed))
+    }
+
+    /// Sends `PING` and returns the round-trip time: a health check.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Timeout`] or [`StoreError::Backend`].
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = std::time::Instant::now();
+        let mut conn = self.inner.conn.clone();
+        let _: String = self
+            .run("ping", redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(started.elapsed())
+    }
+
+    pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<BusEvent>> {
+        self.inner.bus.as_ref().map(|b| b.events.subscribe())
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:k:{key}", self.inner.prefix)
+    }
+
+    fn mark_key(&self, tag: &str) -> String {
+        format!("{}:m:{tag}", self.inner.prefix)
+    }
+
+    fn index_key(&self, tag: &str) -> String {
+        format!("{}:i:{tag}", self.inner.prefix)
+    }
+
+    /// Runs a Redis call under the command timeout, counting failures.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if e.is_timeout() => StoreError::Timeout {
+                op,
+                after: self.inner.timeout,
+            },
+            Ok(Err(e)) => StoreError::backend(op, e),
+            Err(_) => StoreError::Timeout {
+                op,
+                after: self.inner.timeout,
+            },
+        };
+        self.inner.counters.error(&result);
+        Err(result)
+    }
+
+    fn publish(&self, pipe: &mut redis::Pipeline, op: BusOp) {
+        if let Some(bus) = &self.inner.bus {
+            pipe.cmd("PUBLISH")
+                .arg(bus.channel.as_str())
+                .arg(bus.encode(op))
+                .ignore();
+        }
+    }
+
+    /// Drops entries whose tags were purged after they were stored. Marks not known locally
+    /// (or all of them, while the backplane is down) are fetched in one pipelined round trip.
+    async fn filter_invalidated(&self, entries: &mut [Option<Entry>]) -> Result<(), StoreError> {
+        let trust_local = self.backplane_connected();
+        let mut unknown: Vec<String> = Vec::new();
+        for entry in entries.iter().flatten() {
+            for tag in entry.tags() {
+                let known = trust_local && self.inner.marks.get(tag.as_str()).is_some();
+                if !known && !unknown.contains(tag) {
+                    unknown.push(tag.clone());
+                }
+            }
+        }
+        let mut fetched = std::collections::HashMap::new();
+        if !unknown.is_empty() {
+            let mut pipe = redis::pipe();
+            for tag in &unknown {
+                pipe.cmd("GET").arg(self.mark_key(tag));
+            }
+            let mut conn = self.inner.conn.clone();
+            let marks: Vec<Option<u64>> =
+                self.run("get marks", pipe.query_async(&mut conn)).await?;
+            for (tag, mark) in unknown.into_iter().zip(marks) {
+                let mark = mark.unwrap_or(0);
+                if trust_local {
+                    raise_mark(&self.inner.marks, &tag, mark);
+                }
+                fetched.insert(tag, mark);
+            }
+        }
+        for slot in entries.iter_mut() {
+            let invalid = slot.as_ref().is_some_and(|entry| {
+                let stored = entry.stored_at_micros();
+                entry.tags().iter().any(|tag| {
+                    let mark = fetched
+                        .get(tag)
+                        .copied()
+                        .or_else(|| self.inner.marks.get(tag.as_str()))
+                        .unwrap_or(0);
+                    mark >= stored
+                })
+            });
+            if invalid {
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(&self, raw: Option<Vec<u8>>) -> Result<Option<Entry>, StoreError> {
+        match raw {
+            None => Ok(None),
+            Some(raw) => Entry::decode(Bytes::from(raw)).map(Some).inspect_err(|e| {
+                self.inner.counters.error(e);
+            }),
+        }
+    }
+
+    fn count_reads(&self, entries: &[Option<Entry>]) {
+        for entry in entries {
+            match entry {
+                Some(entry) => self.inner.counters.hit(entry.is_stale()),
+                None => Counters::add(&self.inner.counters.misses, 1),
+            }
+        }
+    }
+
+    fn queue_set(&self, pipe: &mut redis::Pipeline, key: &str, entry: &Entry) {
+        let redis_key = self.key(key);
+        let lifetime_ms = entry
+            .lifetime()
+            .map(|l| (l.as_millis().min(i64::MAX as u128) as u64).max(1));
+        let cmd = pipe.cmd("SET").arg(&redis_key).arg(entry.encode().as_ref());
+        if let Some(ms) = lifetime_ms {
+            cmd.arg("PX").arg(ms);
+        }
+        cmd.ignore();
+        for tag in entry.tags() {
+            let index = self.index_key(tag);
+            pipe.cmd("SADD").arg(&index).arg(key).ignore();
+            match lifetime_ms {
+                // The index set lives as long as its longest-lived member: NX sets a TTL on a
+                // new set, GT extends it.
+                Some(ms) => {
+                    pipe.cmd("PEXPIRE").arg(&index).arg(ms).arg("NX").ignore();
+                    pipe.cmd("PEXPIRE").arg(&index).arg(ms).arg("GT").ignore();
+                }
+                None => {
+                    pipe.cmd("PERSIST").arg(&index).ignore();
+                }
+            }
+        }
+    }
+
+    /// Writes a prepared entry (the tiered store hands over entries it already built).
+    pub(crate) async fn set_entries(&self, items: &[(&str, Entry)]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, entry) in items {
+            self.queue_set(&mut pipe, key, entry);
+        }
+        self.publish(
+            &mut pipe,
+            BusOp::Keys {
+                keys: items.iter().map(|(k, _)| (*k).to_owned()).collect(),
+            },
+        );
+        let mut conn = self.inner.conn.clone();
+        self.run("set", pipe.query_async::<()>(&mut conn)).await?;
+        Counters::add(&self.inner.counters.sets, items.len() as u64);
+        Ok(())
+    }
+
+    /// Scans keys matching a Redis pattern and unlinks them in batches. Never `KEYS`.
+    async fn unlink_scanning(&self, pattern: &str) -> Result<u64, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run(
+                    "scan",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("UNLINK").arg(key);
+                }
+                let counts: Vec<u64> = self.run("unlink", pipe.query_async(&mut conn)).await?;
+                removed += counts.iter().sum::<u64>();
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes a purged tag's entries (those stored at or before `at`) in batches, then the
+    /// scanned members from its index set. Runs in the background after [`Store::delete_tag`].
+    async fn clean_tag(&self, tag: String, at: u64) -> Result<u64, StoreError> {
+        let index = self.index_key(&tag);
+        let mut conn = self.inner.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, members): (u64, Vec<String>) = self
+                .run(
+                    "sscan",
+                    redis::cmd("SSCAN")
+                        .arg(&index)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if !members.is_empty() {
+                let mut pipe = redis::pipe();
+                for member in &members {
+                    pipe.cmd("EVAL")
+                        .arg(DELETE_IF_OLDER)
+                        .arg(1)
+                        .arg(self.key(member))
+                        .arg(at);
+                }
+                pipe.cmd("SREM").arg(&index).arg(&members).ignore();
+                let counts: Vec<u64> = self.run("clean tag", pipe.query_async(&mut conn)).await?;
+                removed += counts.iter().sum::<u64>();
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Drops members of tag index sets whose entries no longer exist (expired). Runs on an
+    /// interval in the background; returns how many members went.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors and timeouts; the sweep stops at the first.
+    pub async fn sweep_index(&self) -> Result<u64, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let pattern = format!("{}:i:*", Pattern::escape(&self.inner.prefix));
+        let index_prefix = format!("{}:i:", self.inner.prefix);
+        let mut cursor: u64 = 0;
+        let mut dropped = 0;
+        loop {
+            let (next, sets): (u64, Vec<String>) = self
+                .run(
+                    "scan",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            for set in sets {
+                let Some(tag) = set.strip_prefix(&index_prefix) else {
+                    continue;
+                };
+                let tag = tag.to_owned();
+                let mut set_cursor: u64 = 0;
+                loop {
+                    let (next_member, members): (u64, Vec<String>) = self
+                        .run(
+                            "sscan",
+                            redis::cmd("SSCAN")
+                                .arg(&set)
+                                .arg(set_cursor)
+                                .arg("COUNT")
+                                .arg(BATCH)
+                                .query_async(&mut conn),
+                        )
+                        .await?;
+                    if !members.is_empty() {
+                        let mut pipe = redis::pipe();
+                        for member in &members {
+                            pipe.cmd("EXISTS").arg(self.key(member));
+                        }
+                        let exists: Vec<bool> =
+                            self.run("exists", pipe.query_async(&mut conn)).await?;
+                        let dead: Vec<&String> = members
+                            .iter()
+                            .zip(exists)
+                            .filter(|(_, e)| !e)
+                            .map(|(m, _)| m)
+                            .collect();
+                        if !dead.is_empty() {
+                            let n: u64 = self
+                                .run(
+                                    "srem",
+                                    redis::cmd("SREM")
+                                        .arg(self.index_key(&tag))
+                                        .arg(&dead)
+                                        .query_async(&mut conn),
+                                )
+                                .await?;
+                            dropped += n;
+                        }
+                    }
+                    if next_member == 0 {
+                        break;
+                    }
+                    set_cursor = next_member;
+                }
+            }
+            if next == 0 {
+                return Ok(dropped);
+            }
+            cursor = next;
+        }
+    }
+
+    pub(crate) async fn publish_op(&self, op: BusOp) -> Result<(), StoreError> {
+        if self.inner.bus.is_none() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        self.publish(&mut pipe, op);
+        let mut conn = self.inner.conn.clone();
+        self.run("publish", pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Purges a tag as of `at`; returns the index size at that moment.
+    pub(crate) async fn purge_tag_at(&self, tag: &str, at: u64) -> Result<u64, StoreError> {
+        self.inner.limits.check_tag(tag)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.mark_key(tag))
+            .arg(at)
+            .arg("PX")
+            .arg(self.inner.mark_ttl.as_millis().max(1) as u64)
+            .ignore();
+        pipe.cmd("SCARD").arg(self.index_key(tag));
+        self.publish(
+            &mut pipe,
+            BusOp::Tags {
+                tags: vec![tag.to_owned()],
+                at,
+            },
+        );
+        let mut conn = self.inner.conn.clone();
+        let (count,): (u64,) = self.run("delete_tag", pipe.query_async(&mut conn)).await?;
+        raise_mark(&self.inner.marks, tag, at);
+        Counters::add(&self.inner.counters.deletes, count);
+        let store = self.clone();
+        let tag = tag.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.clean_tag(tag.clone(), at).await {
+                tracing::warn!(tag, error = %e, "redis store: tag clean-up stopped; marks still hide the entries");
+            }
+        });
+        Ok(count)
+    }
+}
+
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let mut conn = self.inner.conn.clone();
+        let raw: Option<Vec<u8>> = self
+            .run(
+                "get",
+                redis::cmd("GET").arg(self.key(key)).query_async(&mut conn),
+            )
+            .await?;
+        let mut found = [self.decode(raw)?];
+        self.filter_invalidated(&mut found).await?;
+        self.count_reads(&found);
+        let [found] = found;
+        Ok(found)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
+        self.inner.limits.check_key(key)?;
+        self.inner.limits.check_entry(&value, options)?;
+        self.set_entries(&[(key, Entry::new(value, options))]).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(self.key(key));
+        self.publish(
+            &mut pipe,
+            BusOp::Keys {
+                keys: vec![key.to_owned()],
+            },
+        );
+        let mut conn = self.inner.conn.clone();
+        let (n,): (u64,) = self.run("delete", pipe.query_async(&mut conn)).await?;
+        Counters::add(&self.inner.counters.deletes, n);
+        Ok(n > 0)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
+        // Cluster would refuse across slots.
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("GET").arg(self.key(key));
+        }
+        let mut conn = self.inner.conn.clone();
+        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", pipe.query_async(&mut conn)).await?;
+        let mut found = raws
+            .into_iter()
+            .map(|raw| self.decode(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.filter_invalidated(&mut found).await?;
+        self.count_reads(&found);
+        Ok(found)
+    }
+
+    async fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        for (key, value) in items {
+            self.inner.limits.check_key(key)?;
+            self.inner.limits.check_entry(value, options)?;
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(&str, Entry)> = items
+            .iter()
+            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
+            .collect();
+        self.set_entries(&entries).await
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let ttl_ms = ttl.map_or(0, |t| (t.as_millis().min(i64::MAX as u128) as u64).max(1));
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "incr",
+            redis::cmd("EVAL")
+                .arg(INCR_WITH_TTL)
+                .arg(1)
+                .arg(self.key(key))
+                .arg(delta)
+                .arg(ttl_ms)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.inner.limits.check_key(key)?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "set_add",
+            redis::cmd("SADD")
+                .arg(self.key(key))
+                .arg(members)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.inner.limits.check_key(key)?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "set_remove",
+            redis::cmd("SREM")
+                .arg(self.key(key))
+                .arg(members)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "set_members",
+            redis::cmd("SMEMBERS")
+                .arg(self.key(key))
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.purge_tag_at(tag, now_micros()).await
+    }
+
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
+        let parsed = Pattern::new(pattern)?;
+        let full = format!(
+            "{}:k:{}",
+            Pattern::escape(&self.inner.prefix),
+            parsed.as_str()
+        );
+        let removed = self.unlink_scanning(&full).await?;
+        Counters::add(&self.inner.counters.deletes, removed);
+        self.publish_op(BusOp::Pattern {
+            pattern: parsed.as_str().to_owned(),
+        })
+        .await?;
+        Ok(removed)
+    }
+
+    async fn clear(&self) -> Result<u64, StoreError> {
+        let prefix = Pattern::escape(&self.inner.prefix);
+        let removed = self.unlink_scanning(&format!("{prefix}:k:*")).await?;
+        self.unlink_scanning(&format!("{prefix}:i:*")).await?;
+        self.unlink_scanning(&format!("{prefix}:m:*")).await?;
+        self.inner.marks.clear();
+        Counters::add(&self.inner.counters.deletes, removed);
+        self.publish_op(BusOp::Clear).await?;
+        Ok(removed)
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.counters.snapshot()
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+}

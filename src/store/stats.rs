@@ -1,0 +1,104 @@
+//! Store statistics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// A snapshot of a store's counters, from [`Store::stats`](super::Store::stats).
+///
+/// Counters are cumulative since the store was built. A tiered store reports its totals and each
+/// tier under [`StoreStats::tiers`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Reads that found an entry (fresh or stale).
+    pub hits: u64,
+    /// Of the hits, entries served stale (inside grace, or soft-purged).
+    pub stale_hits: u64,
+    /// Reads that found nothing usable.
+    pub misses: u64,
+    /// `hits / (hits + misses)`, 0 when nothing was read.
+    pub hit_rate: f64,
+    /// Entries written.
+    pub sets: u64,
+    /// Entries removed on request (delete, tag, pattern, clear).
+    pub deletes: u64,
+    /// Entries evicted for capacity.
+    pub evictions: u64,
+    /// Entries dropped because their TTL and grace ran out.
+    pub expirations: u64,
+    /// Backend errors (including timeouts) counted instead of, or as well as, returned.
+    pub errors: u64,
+    /// Of the errors, timeouts.
+    pub timeouts: u64,
+    /// Entries held, where the backend can tell cheaply.
+    pub entries: Option<u64>,
+    /// Bytes held (keys, values and metadata), where the backend can tell cheaply.
+    pub bytes: Option<u64>,
+    /// Per-tier statistics of a tiered store (`"l1"`, `"l2"`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<&'static str, StoreStats>,
+}
+
+impl StoreStats {
+    pub(crate) fn finish(mut self) -> Self {
+        let reads = self.hits + self.misses;
+        self.hit_rate = if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        };
+        self
+    }
+}
+
+/// Lock-free counters behind [`StoreStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub hits: AtomicU64,
+    pub stale_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub sets: AtomicU64,
+    pub deletes: AtomicU64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    pub errors: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+impl Counters {
+    pub fn hit(&self, stale: bool) {
+        self.hits.fetch_add(1, Relaxed);
+        if stale {
+            self.stale_hits.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn error(&self, error: &super::StoreError) {
+        self.errors.fetch_add(1, Relaxed);
+        if matches!(error, super::StoreError::Timeout { .. }) {
+            self.timeouts.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            hits: self.hits.load(Relaxed),
+            stale_hits: self.stale_hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            sets: self.sets.load(Relaxed),
+            deletes: self.deletes.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+            expirations: self.expirations.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            ..StoreStats::default()
+        }
+        .finish()
+    }
+}

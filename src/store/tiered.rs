@@ -1,0 +1,383 @@
+//! [`TieredStore`]: an L1 [`MemoryStore`] in front of an L2 [`RedisStore`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::backplane::{BusEvent, BusOp};
+use super::entry::now_micros;
+use super::stats::Counters;
+use super::{
+    Entry, Limits, MemoryStore, Pattern, RedisStore, SetOptions, Store, StoreError, StoreStats,
+};
+
+/// A two-tier [`Store`] (features `memory` and `redis`): reads try L1 (memory) then L2 (Redis),
+/// writes go to both, and invalidations reach every other instance's L1 through the L2
+/// backplane.
+///
+/// - **Reads**: an L1 hit costs no I/O. On an L1 miss, L2 is read under a *soft timeout*
+///   (default 50 ms): a slow L2 counts as a miss instead of stalling the request. An L2 hit
+///   fills L1 for at most the L1 TTL and never longer than the entry's remaining life in L2.
+/// - **Coherence**: every write, delete, tag purge, pattern delete and clear is published on the
+///   backplane (keys, tags and actions, never values); other instances drop their L1 copies.
+///   An L1 fill that raced with an invalidation is discarded.
+/// - **Redis down**: reads and writes keep working on L1 and the failures are counted in
+///   [`StoreStats::errors`] instead of failing the call (counters and sets, which have no local
+///   meaning, do return the error). When the backplane reconnects, L1 is dropped entirely,
+///   since it may have missed invalidations meanwhile.
+///
+/// Cloning is cheap; clones share both tiers.
+#[derive(Clone)]
+pub struct TieredStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    l1: MemoryStore,
+    l2: RedisStore,
+    l1_ttl: Option<Duration>,
+    soft_timeout: Duration,
+    counters: Counters,
+    /// Bumped by every remote invalidation: an L1 fill that saw it change is discarded.
+    epoch: Arc<AtomicU64>,
+    soft_timeouts: AtomicU64,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+impl fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredStore")
+            .field("l1", &self.inner.l1)
+            .field("l2", &self.inner.l2)
+            .field("l1_ttl", &self.inner.l1_ttl)
+            .field("soft_timeout", &self.inner.soft_timeout)
+            .finish()
+    }
+}
+
+/// Builds a [`TieredStore`].
+#[derive(Debug)]
+pub struct TieredStoreBuilder {
+    l1: MemoryStore,
+    l2: RedisStore,
+    l1_ttl: Option<Duration>,
+    soft_timeout: Duration,
+}
+
+impl TieredStoreBuilder {
+    /// Longest time an entry stays in L1 (default 60 s; `None`: as long as in L2). A shorter
+    /// L1 TTL bounds how stale an instance can be if it ever misses a backplane message.
+    pub fn l1_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.l1_ttl = ttl;
+        self
+    }
+
+    /// How long an L1 miss waits for L2 before it counts as a miss (default 50 ms).
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = timeout;
+        self
+    }
+
+    /// Builds the store and starts applying the backplane's invalidations to L1.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] when the Redis store runs without a backplane (instances could not
+    /// stay coherent) or when not called inside a Tokio runtime.
+    pub fn build(self) -> Result<TieredStore, StoreError> {
+        let events = self.l2.subscribe().ok_or_else(|| {
+            StoreError::Config("a tiered store needs its Redis store's backplane".into())
+        })?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Config("TieredStore must be built inside a Tokio runtime".into())
+        })?;
+        let epoch = Arc::new(AtomicU64::new(0));
+        let listener = handle.spawn(apply_invalidations(events, self.l1.clone(), epoch.clone()));
+        Ok(TieredStore {
+            inner: Arc::new(Inner {
+                l1: self.l1,
+                l2: self.l2,
+                l1_ttl: self.l1_ttl,
+                soft_timeout: self.soft_timeout,
+                counters: Counters::default(),
+                epoch,
+                soft_timeouts: AtomicU64::new(0),
+                listener: Some(listener),
+            }),
+        })
+    }
+}
+
+async fn apply_invalidations(
+    mut events: tokio::sync::broadcast::Receiver<BusEvent>,
+    l1: MemoryStore,
+    epoch: Arc<AtomicU64>,
+) {
+    loop {
+        let event = events.recv().await;
+        // Bump first: a fill that read L2 before this point must not land after the removal.
+        epoch.fetch_add(1, Relaxed);
+        match event {
+            Ok(BusEvent::Op(BusOp::Keys { keys })) => {
+                for key in keys {
+                    l1.remove_local(&key);
+                }
+            }
+            Ok(BusEvent::Op(BusOp::Tags { tags, at })) => {
+                for tag in tags {
+                    l1.purge_tag_at(&tag, at);
+                }
+            }
+            Ok(BusEvent::Op(BusOp::Pattern { pattern })) => match Pattern::new(&pattern) {
+                Ok(pattern) => {
+                    l1.remove_matching(&pattern);
+                }
+                Err(_) => {
+                    l1.remove_all();
+                }
+            },
+            Ok(BusEvent::Op(BusOp::Clear)) | Ok(BusEvent::Resync) => {
+                l1.remove_all();
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "tiered store: backplane lagged, dropping L1");
+                l1.remove_all();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+impl TieredStore {
+    /// A builder over an L1 and an L2 store.
+    pub fn builder(l1: MemoryStore, l2: RedisStore) -> TieredStoreBuilder {
+        TieredStoreBuilder {
+            l1,
+            l2,
+            l1_ttl: Some(Duration::from_secs(60)),
+            soft_timeout: Duration::from_millis(50),
+        }
+    }
+
+    /// A tiered store with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// See [`TieredStoreBuilder::build`].
+    pub fn new(l1: MemoryStore, l2: RedisStore) -> Result<Self, StoreError> {
+        Self::builder(l1, l2).build()
+    }
+
+    /// The L1 store.
+    pub fn l1(&self) -> &MemoryStore {
+        &self.inner.l1
+    }
+
+    /// The L2 store.
+    pub fn l2(&self) -> &RedisStore {
+        &self.inner.l2
+    }
+
+    fn l1_life(&self, entry: &Entry) -> Option<Duration> {
+        match (self.inner.l1_ttl, entry.time_to_live()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Counts an L2 failure instead of failing the call.
+    fn absorb<T>(&self, result: Result<T, StoreError>, fallback: T) -> T {
+        result.unwrap_or_else(|e| {
+            self.inner.counters.error(&e);
+            tracing::debug!(error = %e, "tiered store: L2 failed, serving from L1");
+            fallback
+        })
+    }
+
+    /// Fills L1 with entries read from L2, unless an invalidation arrived meanwhile.
+    fn fill(&self, epoch_before: u64, items: &[(&str, &Entry)]) {
+        if self.inner.epoch.load(Relaxed) != epoch_before {
+            return;
+        }
+        for (key, entry) in items {
+            self.inner
+                .l1
+                .insert_entry(key, (*entry).clone(), self.l1_life(entry));
+        }
+        // The check above and the inserts are not atomic: if an invalidation slipped in
+        // between, drop what was just filled.
+        if self.inner.epoch.load(Relaxed) != epoch_before {
+            for (key, _) in items {
+                self.inner.l1.remove_local(key);
+            }
+        }
+    }
+
+    async fn read_l2(&self, keys: &[&str]) -> Vec<Option<Entry>> {
+        match tokio::time::timeout(self.inner.soft_timeout, self.inner.l2.get_many(keys)).await {
+            Ok(result) => self.absorb(result, vec![None; keys.len()]),
+            Err(_) => {
+                self.inner.soft_timeouts.fetch_add(1, Relaxed);
+                Counters::add(&self.inner.counters.timeouts, 1);
+                Counters::add(&self.inner.counters.errors, 1);
+                vec![None; keys.len()]
+            }
+        }
+    }
+
+    fn count(&self, found: &Option<Entry>) {
+        match found {
+            Some(entry) => self.inner.counters.hit(entry.is_stale()),
+            None => Counters::add(&self.inner.counters.misses, 1),
+        }
+    }
+}
+
+impl Store for TieredStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        if let Some(entry) = self.inner.l1.get(key).await? {
+            self.inner.counters.hit(entry.is_stale());
+            return Ok(Some(entry));
+        }
+        let epoch = self.inner.epoch.load(Relaxed);
+        let [found] = <[_; 1]>::try_from(self.read_l2(&[key]).await).expect("one key, one answer");
+        if let Some(entry) = &found {
+            self.fill(epoch, &[(key, entry)]);
+        }
+        self.count(&found);
+        Ok(found)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
+        let limits = self.inner.l2.limits();
+        limits.check_key(key)?;
+        limits.check_entry(&value, options)?;
+        let entry = Entry::new(value, options);
+        let written = self.inner.l2.set_entries(&[(key, entry.clone())]).await;
+        self.absorb(written, ());
+        let life = self.l1_life(&entry);
+        self.inner.l1.insert_entry(key, entry, life);
+        Counters::add(&self.inner.counters.sets, 1);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.l2.limits().check_key(key)?;
+        let local = self.inner.l1.remove_local(key);
+        let remote = self.inner.l2.delete(key).await;
+        let remote = self.absorb(remote, false);
+        Counters::add(&self.inner.counters.deletes, u64::from(local || remote));
+        Ok(local || remote)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        let mut found = self.inner.l1.get_many(keys).await?;
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let epoch = self.inner.epoch.load(Relaxed);
+            let missing_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+            let fetched = self.read_l2(&missing_keys).await;
+            let fills: Vec<(&str, &Entry)> = missing_keys
+                .iter()
+                .zip(&fetched)
+                .filter_map(|(k, e)| e.as_ref().map(|e| (*k, e)))
+                .collect();
+            self.fill(epoch, &fills);
+            for (i, entry) in missing.into_iter().zip(fetched) {
+                found[i] = entry;
+            }
+        }
+        found.iter().for_each(|f| self.count(f));
+        Ok(found)
+    }
+
+    async fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        let limits = self.inner.l2.limits();
+        for (key, value) in items {
+            limits.check_key(key)?;
+            limits.check_entry(value, options)?;
+        }
+        let entries: Vec<(&str, Entry)> = items
+            .iter()
+            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
+            .collect();
+        if !entries.is_empty() {
+            let written = self.inner.l2.set_entries(&entries).await;
+            self.absorb(written, ());
+        }
+        for (key, entry) in entries {
+            let life = self.l1_life(&entry);
+            self.inner.l1.insert_entry(key, entry, life);
+        }
+        Counters::add(&self.inner.counters.sets, items.len() as u64);
+        Ok(())
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.inner.l2.incr(key, delta, ttl).await
+    }
+
+    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.inner.l2.set_add(key, members).await
+    }
+
+    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.inner.l2.set_remove(key, members).await
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.l2.set_members(key).await
+    }
+
+    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.inner.l2.limits().check_tag(tag)?;
+        let at = now_micros();
+        let local = self.inner.l1.purge_tag_at(tag, at);
+        let remote = self.inner.l2.purge_tag_at(tag, at).await;
+        let remote = self.absorb(remote, 0);
+        Ok(local.max(remote))
+    }
+
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
+        let parsed = Pattern::new(pattern)?;
+        let local = self.inner.l1.remove_matching(&parsed);
+        let remote = self.inner.l2.delete_matching(pattern).await;
+        Ok(local.max(self.absorb(remote, 0)))
+    }
+
+    async fn clear(&self) -> Result<u64, StoreError> {
+        let local = self.inner.l1.remove_all();
+        let remote = self.inner.l2.clear().await;
+        Ok(local.max(self.absorb(remote, 0)))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let mut stats = self.inner.counters.snapshot();
+        let l1 = self.inner.l1.stats();
+        stats.entries = l1.entries;
+        stats.bytes = l1.bytes;
+        stats.tiers.insert("l1", l1);
+        stats.tiers.insert("l2", self.inner.l2.stats());
+        stats
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.l2.limits()
+    }
+}

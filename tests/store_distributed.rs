@@ -1,0 +1,304 @@
+//! Stores under failure and across instances: two tiered stores on one Redis, a Redis that
+//! dies and comes back, a Redis that hangs, and memory bounds.
+#![cfg(all(feature = "memory", feature = "redis"))]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{PrivateRedis, SilentServer, eventually};
+use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, StoreError, TieredStore};
+
+fn tiered_on(url: &str, namespace: &str) -> TieredStore {
+    let l2 = RedisStore::builder(url)
+        .namespace(namespace)
+        .timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .ping_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    TieredStore::builder(MemoryStore::new(16 << 20), l2)
+        .l1_ttl(Some(Duration::from_secs(300)))
+        .build()
+        .unwrap()
+}
+
+async fn wait_subscribed(stores: &[&TieredStore]) {
+    let ok = eventually(Duration::from_secs(10), || async {
+        stores.iter().all(|s| s.l2().backplane_connected())
+    })
+    .await;
+    assert!(ok.is_some(), "backplanes subscribed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_the_other_instance_within_100ms() {
+    let ns = support::unique("two");
+    let a = tiered_on(&support::redis_url(), &ns);
+    let b = tiered_on(&support::redis_url(), &ns);
+    wait_subscribed(&[&a, &b]).await;
+    let tagged = SetOptions::new().tags(["product:1", "products"]);
+
+    // Tag purge.
+    a.set("p1", Bytes::from_static(b"v1"), &tagged)
+        .await
+        .unwrap();
+    assert!(
+        b.get("p1").await.unwrap().is_some(),
+        "B reads it through L2 and fills its L1"
+    );
+    assert!(
+        b.l1().get("p1").await.unwrap().is_some(),
+        "B's L1 holds a copy"
+    );
+    a.delete_tag("products").await.unwrap();
+    let seen = eventually(Duration::from_millis(100), || async {
+        b.get("p1").await.unwrap().is_none()
+    })
+    .await;
+    assert!(seen.is_some(), "B misses within 100 ms of A's tag purge");
+
+    // A plain write replaces B's L1 copy.
+    a.set("k", Bytes::from_static(b"old"), &SetOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(b.get("k").await.unwrap().unwrap().value(), &b"old"[..]);
+    a.set("k", Bytes::from_static(b"new"), &SetOptions::new())
+        .await
+        .unwrap();
+    let seen = eventually(Duration::from_millis(100), || async {
+        b.get("k")
+            .await
+            .unwrap()
+            .is_some_and(|e| e.value() == &b"new"[..])
+    })
+    .await;
+    assert!(seen.is_some(), "B sees A's overwrite within 100 ms");
+
+    // Delete, pattern and clear.
+    a.delete("k").await.unwrap();
+    assert!(
+        eventually(Duration::from_millis(100), || async {
+            b.get("k").await.unwrap().is_none()
+        })
+        .await
+        .is_some()
+    );
+    a.set("u:1", Bytes::from_static(b"1"), &SetOptions::new())
+        .await
+        .unwrap();
+    assert!(b.get("u:1").await.unwrap().is_some());
+    a.delete_matching("u:*").await.unwrap();
+    assert!(
+        eventually(Duration::from_millis(100), || async {
+            b.l1().get("u:1").await.unwrap().is_none()
+        })
+        .await
+        .is_some()
+    );
+    a.set("c", Bytes::from_static(b"1"), &SetOptions::new())
+        .await
+        .unwrap();
+    assert!(b.get("c").await.unwrap().is_some());
+    a.clear().await.unwrap();
+    assert!(
+        eventually(Duration::from_millis(100), || async {
+            b.l1().get("c").await.unwrap().is_none()
+        })
+        .await
+        .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dies_tiered_serves_from_l1_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let ns = support::unique("down");
+    let a = tiered_on(&redis.url(), &ns);
+    let b = tiered_on(&redis.url(), &ns);
+    wait_subscribed(&[&a, &b]).await;
+    a.set(
+        "k",
+        Bytes::from_static(b"v"),
+        &SetOptions::new().tags(["t"]),
+    )
+    .await
+    .unwrap();
+
+    redis.kill();
+    // Reads are served from L1, writes and deletes still succeed locally, errors are counted.
+    let started = Instant::now();
+    assert_eq!(a.get("k").await.unwrap().unwrap().value(), &b"v"[..]);
+    a.set("k2", Bytes::from_static(b"v2"), &SetOptions::new())
+        .await
+        .unwrap();
+    assert!(a.get("k2").await.unwrap().is_some());
+    assert!(
+        a.get("absent").await.unwrap().is_none(),
+        "an L2 failure is a miss"
+    );
+    a.delete_tag("other").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "no call hangs on a dead Redis"
+    );
+    assert!(a.stats().errors > 0, "failures are counted");
+    assert!(
+        a.incr("n", 1, None).await.is_err(),
+        "counters have no local answer"
+    );
+    let disconnected = eventually(Duration::from_secs(5), || async {
+        !a.l2().backplane_connected()
+    })
+    .await;
+    assert!(disconnected.is_some());
+
+    // Redis is back on the same port: both reconnect and resubscribe by themselves, and L1
+    // copies that could have missed invalidations are dropped.
+    let _redis = PrivateRedis::start_on(redis.port);
+    wait_subscribed(&[&a, &b]).await;
+    assert!(
+        a.l1().get("k").await.unwrap().is_none(),
+        "L1 dropped after the reconnect"
+    );
+    a.set(
+        "k3",
+        Bytes::from_static(b"v3"),
+        &SetOptions::new().tags(["t3"]),
+    )
+    .await
+    .unwrap();
+    assert!(b.get("k3").await.unwrap().is_some());
+    a.delete_tag("t3").await.unwrap();
+    let seen = eventually(Duration::from_millis(500), || async {
+        b.l1().get("k3").await.unwrap().is_none()
+    })
+    .await;
+    assert!(seen.is_some(), "invalidations flow again after the restart");
+}
+
+#[tokio::test]
+async fn a_hung_redis_times_out_every_call() {
+    let silent = SilentServer::start();
+    let bound = Duration::from_millis(200);
+    let store = RedisStore::builder(silent.url())
+        .namespace(support::unique("hang"))
+        .timeout(bound)
+        .connect_timeout(bound)
+        .build()
+        .expect("building never touches Redis");
+    let options = SetOptions::new().tags(["t"]);
+    macro_rules! times_out {
+        ($call:expr) => {{
+            let started = Instant::now();
+            let result = $call.await;
+            let took = started.elapsed();
+            assert!(
+                matches!(result, Err(StoreError::Timeout { .. })),
+                "{} returned {:?}",
+                stringify!($call),
+                result
+            );
+            // The bound plus scheduling slack: never the seconds a hung socket would take.
+            assert!(took < bound * 5, "{} took {:?}", stringify!($call), took);
+        }};
+    }
+    times_out!(store.get("k"));
+    times_out!(store.set("k", Bytes::from_static(b"v"), &options));
+    times_out!(store.delete("k"));
+    times_out!(store.get_many(&["a", "b"]));
+    times_out!(store.set_many(&[("a", Bytes::new())], &options));
+    times_out!(store.incr("n", 1, None));
+    times_out!(store.set_add("s", &["x"]));
+    times_out!(store.set_remove("s", &["x"]));
+    times_out!(store.set_members("s"));
+    times_out!(store.delete_tag("t"));
+    times_out!(store.delete_matching("*"));
+    times_out!(store.clear());
+    times_out!(store.ping());
+    let stats = store.stats();
+    assert_eq!(stats.timeouts, 13);
+    assert_eq!(stats.errors, 13);
+}
+
+#[tokio::test]
+async fn memory_store_stays_bounded() {
+    let capacity = 10 << 20;
+    let store = MemoryStore::builder()
+        .capacity_bytes(capacity)
+        .sweep_interval(None)
+        .build();
+    let value = Bytes::from(vec![1u8; 4096]);
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while written < 100 << 20 {
+        let tags = [
+            format!("tag:{}", i % 1000),
+            format!("group:{}", i % 7),
+            "all".to_string(),
+        ];
+        store
+            .set(
+                &format!("key:{i}"),
+                value.clone(),
+                &SetOptions::new().tags(tags),
+            )
+            .await
+            .unwrap();
+        written += value.len() as u64;
+        i += 1;
+    }
+    assert!(
+        store.weight() <= capacity,
+        "weight {} over capacity",
+        store.weight()
+    );
+    let held = store.len();
+    assert!(
+        held < 3_000,
+        "10 MiB holds at most ~2,500 4 KiB entries, got {held}"
+    );
+    assert!(
+        store.tag_index_len() <= held * 3,
+        "tag index {} outgrew the {held} entries it points to",
+        store.tag_index_len()
+    );
+    assert!(store.stats().evictions > 20_000);
+    // Purging the tag every entry carried leaves nothing behind.
+    assert_eq!(store.delete_tag("all").await.unwrap(), held as u64);
+    let cleaned = eventually(Duration::from_secs(5), || async {
+        store.tag_index_len() == 0
+    })
+    .await;
+    assert!(cleaned.is_some(), "background clean-up emptied the index");
+    assert!(store.is_empty());
+    store.sweep();
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_sweep_drops_expired_entries() {
+    let store = MemoryStore::builder()
+        .sweep_interval(Some(Duration::from_secs(1)))
+        .build();
+    let local_ttl = SetOptions::new().ttl(Duration::from_millis(10)).tags(["t"]);
+    store
+        .set("a", Bytes::from_static(b"1"), &local_ttl)
+        .await
+        .unwrap();
+    store
+        .set("b", Bytes::from_static(b"2"), &SetOptions::new())
+        .await
+        .unwrap();
+    // The entry's TTL is wall-clock time; wait it out for real, then let the paused clock drive
+    // the sweep.
+    std::thread::sleep(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.len(),
+        1,
+        "the sweep removed the expired entry without a read"
+    );
+    assert_eq!(store.tag_index_len(), 0);
+    assert_eq!(store.stats().expirations, 1);
+}
