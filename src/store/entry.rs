@@ -138,6 +138,16 @@ impl Entry {
         let ttl_ms = cursor.get_u64();
         let grace = Duration::from_millis(cursor.get_u64());
         let tag_count = cursor.get_u16() as usize;
+        if tag_count == 0 {
+            let offset = bytes.len() - cursor.remaining();
+            return Ok(Entry {
+                value: bytes.slice(offset..),
+                stored_at,
+                ttl: has_ttl.then(|| Duration::from_millis(ttl_ms)),
+                grace,
+                tags: no_tags(),
+            });
+        }
         let mut tags = Vec::with_capacity(tag_count);
         for _ in 0..tag_count {
             if cursor.remaining() < 2 {
@@ -166,6 +176,12 @@ impl Entry {
 const MAGIC: &[u8; 2] = b"TS";
 const FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: usize = 2 + 1 + 1 + 8 + 8 + 8 + 2;
+
+/// The shared empty tag list: untagged entries allocate nothing for tags.
+fn no_tags() -> Arc<[String]> {
+    static EMPTY: std::sync::OnceLock<Arc<[String]>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from(Vec::new())).clone()
+}
 
 pub(crate) fn micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -292,7 +308,14 @@ impl Limits {
                 max: self.max_key_len,
             });
         }
-        if key.chars().any(char::is_control) {
+        // ASCII keys (the usual case) are checked byte by byte; others char by char for C1
+        // controls.
+        let has_control = if key.is_ascii() {
+            key.bytes().any(|b| b.is_ascii_control())
+        } else {
+            key.chars().any(char::is_control)
+        };
+        if has_control {
             return Err(StoreError::InvalidKey {
                 key: cut(key),
                 reason: "key contains a control character",

@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quick_cache::sync::Cache as QuickCache;
@@ -51,20 +51,24 @@ struct Inner {
 
 #[derive(Clone)]
 enum Slot {
-    Entry(Arc<EntrySlot>),
+    Entry(EntrySlot),
     Counter(Arc<CounterSlot>),
     Set(Arc<SetSlot>),
 }
 
+/// An entry with its deadlines precomputed (microseconds since the epoch, `u64::MAX` for
+/// never), so a read costs at most one clock read and none for entries without TTL.
+#[derive(Clone)]
 struct EntrySlot {
     entry: Entry,
-    /// A deadline of this copy alone, shorter than the entry's own lifetime (an L1 copy).
-    local_deadline: Option<Instant>,
+    stale_at: u64,
+    /// The entry's own expiry, or an earlier one of this copy alone (an L1 copy).
+    expires_at: u64,
 }
 
 struct CounterSlot {
     value: AtomicI64,
-    expires_at: Option<Instant>,
+    expires_at: u64,
 }
 
 struct SetSlot {
@@ -80,12 +84,10 @@ impl Slot {
         }
     }
 
-    fn is_expired(&self, now: Instant) -> bool {
+    fn is_expired(&self, now: u64) -> bool {
         match self {
-            Slot::Entry(slot) => {
-                slot.entry.is_expired() || slot.local_deadline.is_some_and(|d| d <= now)
-            }
-            Slot::Counter(counter) => counter.expires_at.is_some_and(|d| d <= now),
+            Slot::Entry(slot) => slot.expires_at <= now,
+            Slot::Counter(counter) => counter.expires_at <= now,
             Slot::Set(_) => false,
         }
     }
@@ -99,7 +101,11 @@ impl Slot {
 
     fn same(&self, other: &Slot) -> bool {
         match (self, other) {
-            (Slot::Entry(a), Slot::Entry(b)) => Arc::ptr_eq(a, b),
+            (Slot::Entry(a), Slot::Entry(b)) => {
+                a.entry.value().as_ptr() == b.entry.value().as_ptr()
+                    && a.entry.stored_at() == b.entry.stored_at()
+                    && a.expires_at == b.expires_at
+            }
             (Slot::Counter(a), Slot::Counter(b)) => Arc::ptr_eq(a, b),
             (Slot::Set(a), Slot::Set(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -130,17 +136,35 @@ impl Weighter<String, Slot> for SlotWeighter {
 }
 
 /// Removes evicted entries from the tag index, so the index never points at nothing.
+///
+/// `quick_cache` also reports a value replaced by an insert of the same key through this hook;
+/// inserts pass the key's hash in the request state so a replacement is not counted as an
+/// eviction.
 #[derive(Clone)]
 struct IndexLifecycle {
     index: Arc<TagIndex>,
     counters: Arc<Counters>,
 }
 
-impl Lifecycle<String, Slot> for IndexLifecycle {
-    type RequestState = ();
+#[derive(Default)]
+struct InsertState {
+    /// Hash of the key being inserted (0: not an insert).
+    replacing: u64,
+}
 
-    fn on_evict(&self, _state: &mut (), key: String, slot: Slot) {
-        Counters::add(&self.counters.evictions, 1);
+fn key_hash(key: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() | 1
+}
+
+impl Lifecycle<String, Slot> for IndexLifecycle {
+    type RequestState = InsertState;
+
+    fn on_evict(&self, state: &mut InsertState, key: String, slot: Slot) {
+        if state.replacing != key_hash(&key) {
+            Counters::add(&self.counters.evictions, 1);
+        }
         self.index.remove(&key, slot.tags());
     }
 }
@@ -419,7 +443,7 @@ impl MemoryStore {
     /// Drops expired entries, compacts the tag index and forgets invalidation marks no live
     /// entry needs. Runs in the background on an interval; call it to run it now.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = now_micros();
         let mut oldest_tagged = u64::MAX;
         let mut expired = Vec::new();
         for (key, slot) in self.inner.cache.iter() {
@@ -491,8 +515,9 @@ impl MemoryStore {
         }
     }
 
-    /// Reads the live entry at `key` without counting a hit or a miss.
-    fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+    /// Reads the live entry at `key` without counting a hit or a miss; also says whether it is
+    /// stale.
+    fn lookup(&self, key: &str) -> Result<Option<(Entry, bool)>, StoreError> {
         let Some(slot) = self.inner.cache.get(key) else {
             return Ok(None);
         };
@@ -503,7 +528,13 @@ impl MemoryStore {
                 found: slot.kind(),
             });
         };
-        if slot.is_expired(Instant::now()) {
+        // Entries without TTL skip the clock entirely.
+        let now = if entry_slot.expires_at == u64::MAX && entry_slot.stale_at == u64::MAX {
+            0
+        } else {
+            now_micros()
+        };
+        if slot.is_expired(now) {
             if self.remove_exact(key, &slot) {
                 Counters::add(&self.inner.counters.expirations, 1);
             }
@@ -513,13 +544,23 @@ impl MemoryStore {
             self.remove_exact(key, &slot);
             return Ok(None);
         }
-        Ok(Some(entry_slot.entry.clone()))
+        let stale = entry_slot.stale_at <= now;
+        let Slot::Entry(entry_slot) = slot else {
+            unreachable!("matched above")
+        };
+        Ok(Some((entry_slot.entry, stale)))
     }
 
-    fn count_read(&self, found: &Option<Entry>) {
-        match found {
-            Some(entry) => self.inner.counters.hit(entry.is_stale()),
-            None => Counters::add(&self.inner.counters.misses, 1),
+    fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self.lookup(key)? {
+            Some((entry, stale)) => {
+                self.inner.counters.hit(stale);
+                Ok(Some(entry))
+            }
+            None => {
+                Counters::add(&self.inner.counters.misses, 1);
+                Ok(None)
+            }
         }
     }
 
@@ -527,25 +568,36 @@ impl MemoryStore {
     /// (used by the tiered store for L1 copies of L2 entries).
     pub(crate) fn insert_entry(&self, key: &str, entry: Entry, local_ttl: Option<Duration>) {
         let tags: Vec<String> = entry.tags().to_vec();
-        let previous = self.inner.cache.peek(key);
-        // Index before insert: an eviction right after the insert then finds the membership and
-        // removes it, instead of leaving it dangling.
-        self.inner.index.add(key, &tags);
-        let slot = Slot::Entry(Arc::new(EntrySlot {
-            entry,
-            local_deadline: local_ttl.map(|ttl| Instant::now() + ttl),
-        }));
-        self.inner.cache.insert(key.to_owned(), slot);
-        if let Some(previous) = previous {
-            let stale: Vec<String> = previous
-                .tags()
-                .iter()
-                .filter(|t| !tags.contains(t))
-                .cloned()
-                .collect();
-            self.inner.index.remove(key, &stale);
+        let stored = entry.stored_at_micros();
+        let after = |d: Option<Duration>| {
+            d.map_or(u64::MAX, |d| {
+                stored.saturating_add(d.as_micros().min(u64::MAX as u128) as u64)
+            })
+        };
+        let mut expires_at = after(entry.lifetime());
+        if let Some(local) = local_ttl {
+            expires_at = expires_at.min(now_micros().saturating_add(local.as_micros() as u64));
         }
+        let slot = Slot::Entry(EntrySlot {
+            stale_at: after(entry.ttl()),
+            expires_at,
+            entry,
+        });
+        self.insert_slot(key, slot);
+        // Index after the insert: the hook has just removed the replaced value's memberships.
+        // An eviction of this very entry racing with the line below leaves a membership
+        // pointing at nothing, which the sweep drops (marks keep purges correct meanwhile).
+        self.inner.index.add(key, &tags);
         Counters::add(&self.inner.counters.sets, 1);
+    }
+
+    fn insert_slot(&self, key: &str, slot: Slot) {
+        let mut state = InsertState {
+            replacing: key_hash(key),
+        };
+        self.inner
+            .cache
+            .insert_with_lifecycle(key.to_owned(), slot, &mut state);
     }
 
     /// Invalidates a tag as of `at` (microseconds since the epoch). Returns how many entries
@@ -622,12 +674,14 @@ impl MemoryStore {
                 .get_or_insert_with(key, || {
                     Ok::<_, std::convert::Infallible>(Slot::Counter(Arc::new(CounterSlot {
                         value: AtomicI64::new(0),
-                        expires_at: ttl.map(|ttl| Instant::now() + ttl),
+                        expires_at: ttl.map_or(u64::MAX, |ttl| {
+                            now_micros().saturating_add(ttl.as_micros() as u64)
+                        }),
                     })))
                 })
                 .unwrap_or_else(|never| match never {});
             match slot {
-                Slot::Counter(counter) if !slot.is_expired(Instant::now()) => return Ok(counter),
+                Slot::Counter(counter) if !slot.is_expired(now_micros()) => return Ok(counter),
                 Slot::Counter(_) => {
                     // Expired: drop exactly that counter and create a new one.
                     self.remove_exact(key, &slot);
@@ -666,9 +720,7 @@ impl MemoryStore {
         if members.is_empty() {
             self.inner.cache.remove(key);
         } else {
-            self.inner
-                .cache
-                .insert(key.to_owned(), Slot::Set(Arc::new(SetSlot { members })));
+            self.insert_slot(key, Slot::Set(Arc::new(SetSlot { members })));
         }
         Ok(changed)
     }
@@ -677,9 +729,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.limits.check_key(key)?;
-        let found = self.lookup(key)?;
-        self.count_read(&found);
-        Ok(found)
+        self.read(key)
     }
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
@@ -700,13 +750,7 @@ impl Store for MemoryStore {
         for key in keys {
             self.inner.limits.check_key(key)?;
         }
-        keys.iter()
-            .map(|key| {
-                let found = self.lookup(key)?;
-                self.count_read(&found);
-                Ok(found)
-            })
-            .collect()
+        keys.iter().map(|key| self.read(key)).collect()
     }
 
     async fn set_many(

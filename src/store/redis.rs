@@ -315,7 +315,11 @@ impl RedisStore {
     }
 
     fn key(&self, key: &str) -> String {
-        format!("{}:k:{key}", self.inner.prefix)
+        let mut full = String::with_capacity(self.inner.prefix.len() + 3 + key.len());
+        full.push_str(&self.inner.prefix);
+        full.push_str(":k:");
+        full.push_str(key);
+        full
     }
 
     fn mark_key(&self, tag: &str) -> String {
@@ -454,7 +458,10 @@ impl RedisStore {
     /// Writes a prepared entry (the tiered store hands over entries it already built).
     pub(crate) async fn set_entries(&self, items: &[(&str, Entry)]) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        // MULTI only where an entry and its index memberships must land together.
+        if items.iter().any(|(_, e)| !e.tags().is_empty()) {
+            pipe.atomic();
+        }
         for (key, entry) in items {
             self.queue_set(&mut pipe, key, entry);
         }
