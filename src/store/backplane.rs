@@ -37,6 +37,7 @@ pub(crate) struct BusMessage {
 }
 
 /// What listeners (the tiered store) are told.
+#[cfg_attr(not(feature = "memory"), allow(dead_code))]
 #[derive(Clone, Debug)]
 pub(crate) enum BusEvent {
     /// Another instance invalidated something.

@@ -188,6 +188,7 @@ pub(crate) fn micros(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_micros().min(u64::MAX as u128) as u64)
 }
 
+#[cfg(any(feature = "memory", feature = "redis"))]
 pub(crate) fn now_micros() -> u64 {
     micros(SystemTime::now())
 }

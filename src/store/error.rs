@@ -105,6 +105,7 @@ impl StoreError {
         )
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn backend(
         op: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,

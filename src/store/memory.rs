@@ -662,6 +662,7 @@ impl MemoryStore {
         n
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn remove_local(&self, key: &str) -> bool {
         self.remove_key(key)
     }

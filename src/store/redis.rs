@@ -310,6 +310,7 @@ impl RedisStore {
         Ok(started.elapsed())
     }
 
+    #[cfg(feature = "memory")]
     pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<BusEvent>> {
         self.inner.bus.as_ref().map(|b| b.events.subscribe())
     }

@@ -1,6 +1,7 @@
 //! Store statistics.
 
 use std::collections::BTreeMap;
+#[cfg(any(feature = "memory", feature = "redis"))]
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
@@ -41,6 +42,7 @@ pub struct StoreStats {
     pub tiers: BTreeMap<&'static str, StoreStats>,
 }
 
+#[cfg(any(feature = "memory", feature = "redis"))]
 impl StoreStats {
     pub(crate) fn finish(mut self) -> Self {
         let reads = self.hits + self.misses;
@@ -54,6 +56,7 @@ impl StoreStats {
 }
 
 /// Lock-free counters behind [`StoreStats`].
+#[cfg(any(feature = "memory", feature = "redis"))]
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub hits: AtomicU64,
@@ -67,6 +70,7 @@ pub(crate) struct Counters {
     pub timeouts: AtomicU64,
 }
 
+#[cfg(any(feature = "memory", feature = "redis"))]
 impl Counters {
     pub fn hit(&self, stale: bool) {
         self.hits.fetch_add(1, Relaxed);
@@ -79,6 +83,7 @@ impl Counters {
         counter.fetch_add(n, Relaxed);
     }
 
+    #[cfg(feature = "redis")]
     pub fn error(&self, error: &super::StoreError) {
         self.errors.fetch_add(1, Relaxed);
         if matches!(error, super::StoreError::Timeout { .. }) {
