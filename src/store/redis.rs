@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
-use super::backplane::{self, BusEvent, BusOp, BusShared, ListenerConfig};
+use super::backplane::{self, BusOp, BusShared, ListenerConfig};
 use super::entry::now_micros;
 use super::stats::Counters;
 use super::{Entry, Limits, Pattern, SetOptions, Store, StoreError, StoreStats};
@@ -311,7 +311,9 @@ impl RedisStore {
     }
 
     #[cfg(feature = "memory")]
-    pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<BusEvent>> {
+    pub(crate) fn subscribe(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<super::backplane::BusEvent>> {
         self.inner.bus.as_ref().map(|b| b.events.subscribe())
     }
 
