@@ -1,6 +1,54 @@
 //! Composable Tower layers that give any hyper, axum or tonic service a production data tier.
+//!
+//! tower-strata grows one capability per module, each usable alone and stacked with
+//! `ServiceBuilder`, `Router::layer` or tonic's `Server::builder().layer`:
+//!
+//! - [`store`]: the ground floor: a [`Store`](store::Store) trait over byte values with entry
+//!   metadata (TTL, grace, tags), with in-memory, Redis and tiered (L1 + L2) implementations,
+//!   constant-cost tag invalidation, a Redis pub/sub backplane and a typed
+//!   [`Cache`](store::Cache) with single-flight `get_or_compute`.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_strata::store::{Cache, MemoryStore, SetOptions, Store};
+//!
+//! let cache = Cache::new(MemoryStore::new(64 << 20));
+//! let options = SetOptions::new().ttl(Duration::from_secs(60)).tags(["products"]);
+//! let price: u64 = cache
+//!     .get_or_compute("price:42", &options, || async {
+//!         // Runs once, however many requests miss at the same time.
+//!         Ok::<_, std::io::Error>(2_500)
+//!     })
+//!     .await?;
+//! assert_eq!(price, 2_500);
+//! cache.store().delete_tag("products").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it turns on |
+//! |---|---|---|
+//! | `memory` | yes | [`store::MemoryStore`] on `quick_cache` |
+//! | `redis` | no | [`store::RedisStore`], the backplane, [`store::StoreConfig`]; with `memory`, [`store::TieredStore`] |
+//! | `compression` | no | LZ4 compression of large values in [`store::Cache`] |
+//! | `axum` | yes | axum extractors and helpers |
+//! | `tonic` | no | tonic (gRPC) helpers |
+//! | `postgres`, `mysql`, `sqlite` | `sqlite` | the transaction layer for each database |
+//! | `metrics` | yes | the latency metrics layer and export to the `metrics` facade |
+//! | `full` | no | everything |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod store;
