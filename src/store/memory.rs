@@ -11,7 +11,7 @@ use bytes::Bytes;
 use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
-use super::entry::now_micros;
+use super::entry::{coarse_now_micros, now_micros};
 use super::error::cut;
 use super::stats::Counters;
 use super::{Entry, Limits, Pattern, SetOptions, Store, StoreError, StoreStats};
@@ -532,7 +532,7 @@ impl MemoryStore {
         let now = if entry_slot.expires_at == u64::MAX && entry_slot.stale_at == u64::MAX {
             0
         } else {
-            now_micros()
+            coarse_now_micros()
         };
         if slot.is_expired(now) {
             if self.remove_exact(key, &slot) {
@@ -729,7 +729,7 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.limits.check_key(key)?;
+        self.inner.limits.check_key_len(key)?;
         self.read(key)
     }
 
@@ -749,7 +749,7 @@ impl Store for MemoryStore {
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
         for key in keys {
-            self.inner.limits.check_key(key)?;
+            self.inner.limits.check_key_len(key)?;
         }
         keys.iter().map(|key| self.read(key)).collect()
     }
