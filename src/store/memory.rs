@@ -169,9 +169,11 @@ impl Lifecycle<String, Slot> for IndexLifecycle {
     }
 }
 
+type TagShard = Mutex<HashMap<String, HashSet<String>>>;
+
 /// Tag -> keys, sharded by tag so writers of different tags do not contend.
 struct TagIndex {
-    shards: Box<[Mutex<HashMap<String, HashSet<String>>>]>,
+    shards: Box<[TagShard]>,
     hasher: DefaultHashBuilder,
     memberships: AtomicUsize,
 }
@@ -185,10 +187,8 @@ impl TagIndex {
         }
     }
 
-    fn shard(&self, tag: &str) -> &Mutex<HashMap<String, HashSet<String>>> {
-        let mut h = self.hasher.build_hasher();
-        tag.hash(&mut h);
-        &self.shards[h.finish() as usize % self.shards.len()]
+    fn shard(&self, tag: &str) -> &TagShard {
+        &self.shards[self.hasher.hash_one(tag) as usize % self.shards.len()]
     }
 
     fn add(&self, key: &str, tags: &[String]) {
@@ -454,10 +454,10 @@ impl MemoryStore {
             {
                 // Purged by a tag whose background clean-up has not reached it yet.
                 self.remove_exact(&key, &slot);
-            } else if let Slot::Entry(e) = &slot {
-                if !e.entry.tags().is_empty() {
-                    oldest_tagged = oldest_tagged.min(e.entry.stored_at_micros());
-                }
+            } else if let Slot::Entry(e) = &slot
+                && !e.entry.tags().is_empty()
+            {
+                oldest_tagged = oldest_tagged.min(e.entry.stored_at_micros());
             }
         }
         for (key, slot) in expired {
@@ -480,7 +480,7 @@ impl MemoryStore {
                         .inner
                         .cache
                         .peek(k.as_str())
-                        .is_some_and(|s| s.tags().iter().any(|t| *t == tag))
+                        .is_some_and(|s| s.tags().contains(&tag))
                 })
                 .collect();
             for key in dead {

@@ -279,10 +279,10 @@ impl<S: Store + Clone> Cache<S> {
         let flight: FlightFuture = Box::pin(async move {
             // A previous flight may have stored the value between this caller's miss and the
             // start of this flight: check again rather than compute twice.
-            if let Ok(Some(entry)) = store.get(&key).await {
-                if !entry.is_stale() {
-                    return Ok(entry.into_value());
-                }
+            if let Ok(Some(entry)) = store.get(&key).await
+                && !entry.is_stale()
+            {
+                return Ok(entry.into_value());
             }
             let value = compute()
                 .await
@@ -306,7 +306,7 @@ fn encode<T: Serialize + ?Sized>(
     serde_json::to_writer(&mut out, value).map_err(Arc::new)?;
     let out = out.into_inner();
     #[cfg(feature = "compression")]
-    if out.len() - 1 >= compress_above {
+    if out.len() > compress_above {
         let mut compressed = Vec::with_capacity(out.len() / 2 + 8);
         compressed.push(CODEC_JSON_LZ4);
         compressed.extend_from_slice(&lz4_flex::compress_prepend_size(&out[1..]));
