@@ -302,3 +302,106 @@ async fn memory_sweep_drops_expired_entries() {
     assert_eq!(store.tag_index_len(), 0);
     assert_eq!(store.stats().expirations, 1);
 }
+
+#[tokio::test]
+async fn a_slow_l2_is_a_miss_after_the_soft_timeout() {
+    let silent = SilentServer::start();
+    let l2 = RedisStore::builder(silent.url())
+        .namespace(support::unique("slow"))
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let tiered = TieredStore::builder(MemoryStore::new(1 << 20), l2)
+        .soft_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    assert!(tiered.get("k").await.unwrap().is_none());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "waited {took:?} for a hung L2, not 50 ms"
+    );
+    let stats = tiered.stats();
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.timeouts, 1, "the soft timeout is counted");
+}
+
+#[tokio::test]
+async fn l1_copies_never_outlive_the_l2_entry() {
+    let ns = support::unique("l1ttl");
+    let tiered = tiered_on(&support::redis_url(), &ns);
+    // A separate writer (no L1) stores an entry with 300 ms left in L2.
+    let writer = RedisStore::builder(support::redis_url())
+        .namespace(&ns)
+        .build()
+        .unwrap();
+    writer
+        .set(
+            "k",
+            Bytes::from_static(b"v"),
+            &SetOptions::new().ttl(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        tiered.get("k").await.unwrap().is_some(),
+        "filled into L1 (L1 TTL is 300 s)"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        tiered.l1().get("k").await.unwrap().is_none(),
+        "the L1 copy expired with the L2 entry, not after the L1 TTL"
+    );
+}
+
+#[tokio::test]
+async fn redis_index_sweep_drops_expired_members() {
+    let ns = support::unique("sweep");
+    let store = RedisStore::builder(support::redis_url())
+        .namespace(&ns)
+        .build()
+        .unwrap();
+    let short = SetOptions::new()
+        .ttl(Duration::from_millis(100))
+        .tags(["t"]);
+    let long = SetOptions::new().ttl(Duration::from_secs(60)).tags(["t"]);
+    for i in 0..50 {
+        store
+            .set(&format!("short:{i}"), Bytes::from_static(b"v"), &short)
+            .await
+            .unwrap();
+    }
+    store
+        .set("long", Bytes::from_static(b"v"), &long)
+        .await
+        .unwrap();
+    let client = redis::Client::open(support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let index = format!("{ns}:i:t");
+    let before: u64 = redis::cmd("SCARD")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(before, 51);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(store.sweep_index().await.unwrap(), 50);
+    let after: u64 = redis::cmd("SCARD")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after, 1, "only the live entry stays in the tag index");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 50_000,
+        "the index set lives as long as its longest-lived member"
+    );
+    store.clear().await.unwrap();
+}
