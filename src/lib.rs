@@ -4,3 +4,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod store;
+
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))))]
+pub mod tx;
