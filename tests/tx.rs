@@ -624,3 +624,44 @@ async fn deadlock_resolves_and_both_succeed() {
     assert!(stats.snapshot().retried.deadlock >= 1);
     t.drop().await;
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_router_with_the_extractor() {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use http_body_util::BodyExt;
+
+    let pool = pool(2).await;
+    let t = Table::new(&pool, "axum", "v BIGINT").await;
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let name = t.name.clone();
+    let app: Router = Router::new()
+        .route(
+            "/insert",
+            post(move |tx: TxHandle<Postgres>, body: String| {
+                let name = name.clone();
+                async move {
+                    insert(&tx, &name, body.parse().unwrap()).await.unwrap();
+                    StatusCode::CREATED
+                }
+            }),
+        )
+        .layer(layer);
+    let r = app
+        .clone()
+        .oneshot(Request::post("/insert").body(Body::from("5")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(t.count().await, 1);
+
+    // Without the layer the extractor says so instead of panicking.
+    let bare: Router = Router::new().route("/", get(|_tx: TxHandle<Postgres>| async { "unreachable" }));
+    let r = bare.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = r.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("TxLayer"));
+    t.drop().await;
+}
