@@ -13,9 +13,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 use support::{app, send, sql, status, table};
 use tower::ServiceExt;
-use tower_strata::tx::{
-    IsolationLevel, TX_ERROR_HEADER, TxConfig, TxHandle, TxLayer, Verdict,
-};
+use tower_strata::tx::{IsolationLevel, TX_ERROR_HEADER, TxConfig, TxHandle, TxLayer, Verdict};
 
 async fn pool(max: u32) -> PgPool {
     PgPoolOptions::new()
@@ -93,13 +91,25 @@ async fn commits_on_success_and_rolls_back_on_4xx_5xx() {
             status(body.parse().unwrap())
         }
     });
-    for (code, rows) in [(200, 1), (204, 2), (302, 3), (400, 3), (404, 3), (409, 3), (500, 3), (503, 3)] {
+    for (code, rows) in [
+        (200, 1),
+        (204, 2),
+        (302, 3),
+        (400, 3),
+        (404, 3),
+        (409, 3),
+        (500, 3),
+        (503, 3),
+    ] {
         let r = send(&svc, &code.to_string()).await;
         assert_eq!(r.status().as_u16(), code);
         assert_eq!(t.count().await, rows, "after status {code}");
     }
     let s = stats.snapshot();
-    assert_eq!((s.begun, s.committed, s.rolled_back, s.active), (8, 3, 5, 0));
+    assert_eq!(
+        (s.begun, s.committed, s.rolled_back, s.active),
+        (8, 3, 5, 0)
+    );
     t.drop().await;
 }
 
@@ -110,26 +120,44 @@ async fn rolls_back_on_service_error_and_panic() {
     let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let name = t.name.clone();
-    let svc = tower::ServiceBuilder::new().layer(layer).service(tower::service_fn(
-        move |req: Request<tower_strata::tx::TxBody<String>>| {
-            let name = name.clone();
-            async move {
-                let tx = req.extensions().get::<TxHandle<Postgres>>().unwrap().clone();
-                insert(&tx, &name, 1).await.unwrap();
-                match req.uri().path() {
-                    "/panic" => panic!("handler panicked"),
-                    _ => Err::<http::Response<String>, _>(std::io::Error::other("handler failed")),
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(
+            move |req: Request<tower_strata::tx::TxBody<String>>| {
+                let name = name.clone();
+                async move {
+                    let tx = req
+                        .extensions()
+                        .get::<TxHandle<Postgres>>()
+                        .unwrap()
+                        .clone();
+                    insert(&tx, &name, 1).await.unwrap();
+                    match req.uri().path() {
+                        "/panic" => panic!("handler panicked"),
+                        _ => Err::<http::Response<String>, _>(std::io::Error::other(
+                            "handler failed",
+                        )),
+                    }
                 }
-            }
-        },
-    ));
+            },
+        ));
     let err = svc
         .clone()
-        .oneshot(Request::builder().uri("/error").body(String::new()).unwrap())
+        .oneshot(
+            Request::builder()
+                .uri("/error")
+                .body(String::new())
+                .unwrap(),
+        )
         .await;
     assert!(err.is_err());
     let joined = tokio::spawn(
-        svc.oneshot(Request::builder().uri("/panic").body(String::new()).unwrap()),
+        svc.oneshot(
+            Request::builder()
+                .uri("/panic")
+                .body(String::new())
+                .unwrap(),
+        ),
     )
     .await;
     assert!(joined.unwrap_err().is_panic());
@@ -176,7 +204,11 @@ async fn cancelled_request_rolls_back_and_its_connection_is_not_reused_in_transa
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(values, vec![2], "the cancelled insert must never be committed");
+    assert_eq!(
+        values,
+        vec![2],
+        "the cancelled insert must never be committed"
+    );
     // The pool's connection is outside any transaction.
     let mut conn = pool.acquire().await.unwrap();
     let in_tx: Option<i64> = sqlx::query_scalar("SELECT txid_current_if_assigned()")
@@ -186,7 +218,10 @@ async fn cancelled_request_rolls_back_and_its_connection_is_not_reused_in_transa
     assert_eq!(in_tx, None);
     drop(conn);
     let s = stats.snapshot();
-    assert_eq!((s.begun, s.committed, s.rolled_back, s.active), (2, 1, 1, 0));
+    assert_eq!(
+        (s.begun, s.committed, s.rolled_back, s.active),
+        (2, 1, 1, 0)
+    );
     t.drop().await;
 }
 
@@ -233,7 +268,11 @@ async fn custom_policy() {
     let layer = TxLayer::new(pool.clone(), TxConfig::default())
         .unwrap()
         .policy(|s: StatusCode, _: &http::HeaderMap| {
-            if s.is_server_error() { Verdict::Rollback } else { Verdict::Commit }
+            if s.is_server_error() {
+                Verdict::Rollback
+            } else {
+                Verdict::Commit
+            }
         });
     let name = t.name.clone();
     let svc = app(layer, move |tx, body| {
@@ -285,12 +324,20 @@ async fn serialization_failure_is_retried_and_after_commit_runs_once() {
     let r = send(&svc, "{}").await;
     assert_eq!(r.status(), 200);
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
-    assert_eq!(hooks.load(Ordering::SeqCst), 1, "after_commit once, not per attempt");
+    assert_eq!(
+        hooks.load(Ordering::SeqCst),
+        1,
+        "after_commit once, not per attempt"
+    );
     let values: Vec<i64> = sqlx::query_scalar(sql(format!("SELECT v FROM {}", t.name)))
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(values, vec![1], "only the successful attempt's work is kept");
+    assert_eq!(
+        values,
+        vec![1],
+        "only the successful attempt's work is kept"
+    );
     let s = stats.snapshot();
     assert_eq!(s.retried.serialization_failure, 1);
     assert_eq!((s.committed, s.rolled_back), (1, 1));
@@ -330,7 +377,10 @@ async fn retries_exhausted_answers_503_with_retry_after() {
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     assert_eq!(hooks.load(Ordering::SeqCst), 0, "never on rollback");
     let s = stats.snapshot();
-    assert_eq!((s.retried.serialization_failure, s.retries_exhausted), (2, 1));
+    assert_eq!(
+        (s.retried.serialization_failure, s.retries_exhausted),
+        (2, 1)
+    );
 }
 
 #[tokio::test]
@@ -339,18 +389,24 @@ async fn streaming_body_is_not_replayed() {
     let layer = TxLayer::new(pool, TxConfig::default()).unwrap();
     let attempts = Arc::new(AtomicUsize::new(0));
     let a = attempts.clone();
-    let svc = tower::ServiceBuilder::new().layer(layer).service(tower::service_fn(
-        move |req: Request<tower_strata::tx::TxBody<http_body_util::StreamBody<_>>>| {
-            let a = a.clone();
-            async move {
-                assert!(!req.body().is_buffered());
-                a.fetch_add(1, Ordering::SeqCst);
-                let tx = req.extensions().get::<TxHandle<Postgres>>().unwrap().clone();
-                let _ = serialization_failure(&tx).await;
-                Ok::<_, std::convert::Infallible>(status(500))
-            }
-        },
-    ));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(
+            move |req: Request<tower_strata::tx::TxBody<http_body_util::StreamBody<_>>>| {
+                let a = a.clone();
+                async move {
+                    assert!(!req.body().is_buffered());
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let tx = req
+                        .extensions()
+                        .get::<TxHandle<Postgres>>()
+                        .unwrap()
+                        .clone();
+                    let _ = serialization_failure(&tx).await;
+                    Ok::<_, std::convert::Infallible>(status(500))
+                }
+            },
+        ));
     let stream = futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(
         http_body::Frame::data(bytes::Bytes::from_static(b"chunk")),
     )]);
@@ -557,14 +613,25 @@ async fn isolation_read_only_and_timeouts_are_applied() {
 #[tokio::test]
 async fn statements_are_timed_in_the_stats() {
     let pool = pool(2).await;
-    let layer = TxLayer::new(pool, TxConfig::default().slow_statement(Duration::from_millis(30))).unwrap();
+    let layer = TxLayer::new(
+        pool,
+        TxConfig::default().slow_statement(Duration::from_millis(30)),
+    )
+    .unwrap();
     let stats = layer.stats();
     let svc = app(layer, |tx: TxHandle<Postgres>, _| async move {
         let mut conn = tx.conn().await.unwrap();
         for _ in 0..3 {
-            let _: i32 = sqlx::query_scalar("SELECT $1::int4").bind(1).fetch_one(&mut conn).await.unwrap();
+            let _: i32 = sqlx::query_scalar("SELECT $1::int4")
+                .bind(1)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
         }
-        sqlx::query("SELECT pg_sleep(0.05)").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT pg_sleep(0.05)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let _ = sqlx::query("SELECT 1/0").execute(&mut conn).await;
         status(200)
     });
@@ -611,7 +678,11 @@ async fn deadlock_resolves_and_both_succeed() {
                 Ok::<_, sqlx::Error>(())
             }
             .await;
-            if result.is_ok() { status(200) } else { status(500) }
+            if result.is_ok() {
+                status(200)
+            } else {
+                status(500)
+            }
         }
     });
     let (ra, rb) = tokio::join!(send(&svc, "a"), send(&svc, "b"));
@@ -658,8 +729,12 @@ async fn axum_router_with_the_extractor() {
     assert_eq!(t.count().await, 1);
 
     // Without the layer the extractor says so instead of panicking.
-    let bare: Router = Router::new().route("/", get(|_tx: TxHandle<Postgres>| async { "unreachable" }));
-    let r = bare.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    let bare: Router =
+        Router::new().route("/", get(|_tx: TxHandle<Postgres>| async { "unreachable" }));
+    let r = bare
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let text = r.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&text).contains("TxLayer"));

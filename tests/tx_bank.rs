@@ -2,10 +2,10 @@
 //! on a real PostgreSQL (`DATABASE_URL`).
 #![cfg(feature = "postgres")]
 
-#[path = "support/tx.rs"]
-mod support;
 #[path = "support/tx_bank.rs"]
 mod bank;
+#[path = "support/tx.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,11 +77,24 @@ async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
         }
     }
     let s = stats.snapshot();
-    eprintln!("with retry: {seen:?}; retried {:?}, exhausted {}", s.retried, s.retries_exhausted);
+    eprintln!(
+        "with retry: {seen:?}; retried {:?}, exhausted {}",
+        s.retried, s.retries_exhausted
+    );
     assert_eq!(seen.values().sum::<usize>(), TRANSFERS);
-    assert!(seen.keys().all(|k| k == "200" || k == "409" || k == "503 retries-exhausted"));
-    assert_eq!(bank.total().await, ACCOUNTS * START, "money is neither created nor lost");
-    assert!(s.retried.serialization_failure > 0, "the workload conflicts: retries happened");
+    assert!(
+        seen.keys()
+            .all(|k| k == "200" || k == "409" || k == "503 retries-exhausted")
+    );
+    assert_eq!(
+        bank.total().await,
+        ACCOUNTS * START,
+        "money is neither created nor lost"
+    );
+    assert!(
+        s.retried.serialization_failure > 0,
+        "the workload conflicts: retries happened"
+    );
     assert_eq!(s.active, 0);
     // 409 rolls back under the default policy: only the 200s committed.
     assert_eq!(s.committed as usize, seen.get("200").copied().unwrap_or(0));
@@ -121,7 +134,10 @@ async fn bank_without_retry_shows_serialization_failures_to_clients() {
     }
     let failures = failures.load(Ordering::SeqCst);
     eprintln!("without retry: {failures} client-visible serialization failures");
-    assert!(failures > 0, "without retry, clients see serialization failures");
+    assert!(
+        failures > 0,
+        "without retry, clients see serialization failures"
+    );
     assert_eq!(bank.total().await, ACCOUNTS * START);
     Arc::try_unwrap(bank).ok().unwrap().drop().await;
 }

@@ -59,7 +59,10 @@ impl tonic::server::UnaryService<InsertRequest> for Insert {
                 .cloned()
                 .ok_or_else(|| Status::internal("no TxLayer"))?;
             let msg = request.into_inner();
-            let mut conn = tx.conn().await.map_err(|e| Status::internal(e.to_string()))?;
+            let mut conn = tx
+                .conn()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
             sqlx::query(sql(format!("INSERT INTO {} (v) VALUES ($1)", svc.table)))
                 .bind(msg.v)
                 .execute(&mut conn)
@@ -93,9 +96,10 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let svc = self.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(
-                tonic_prost::ProstCodec::<InsertReply, InsertRequest>::default(),
-            );
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                InsertReply,
+                InsertRequest,
+            >::default());
             Ok(grpc.unary(Insert(svc), req).await)
         })
     }
@@ -129,12 +133,9 @@ async fn tonic_server_commits_on_grpc_status_0_and_rolls_back_otherwise() {
         tonic::transport::Server::builder()
             .layer(layer)
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream_from(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
+            .serve_with_incoming_shutdown(tokio_stream_from(listener), async {
+                let _ = stop_rx.await;
+            }),
     );
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -155,7 +156,10 @@ async fn tonic_server_commits_on_grpc_status_0_and_rolls_back_otherwise() {
             .await
     };
     assert_eq!(call(1, false).await.unwrap().into_inner().v, 1);
-    assert_eq!(call(2, true).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        call(2, true).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
     assert_eq!(call(3, false).await.unwrap().into_inner().v, 3);
 
     let values: Vec<i64> = sqlx::query_scalar(sql(format!("SELECT v FROM {name} ORDER BY v")))

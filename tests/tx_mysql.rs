@@ -98,7 +98,11 @@ async fn deadlock_1213_is_retried_and_both_succeed() {
                 Ok::<_, sqlx::Error>(())
             }
             .await;
-            if result.is_ok() { status(200) } else { status(500) }
+            if result.is_ok() {
+                status(200)
+            } else {
+                status(500)
+            }
         }
     });
     let (a, b) = tokio::join!(send(&svc, "a"), send(&svc, "b"));

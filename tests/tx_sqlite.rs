@@ -114,7 +114,11 @@ async fn busy_snapshot_is_retried() {
                 Ok::<_, sqlx::Error>(())
             }
             .await;
-            if result.is_ok() { status(200) } else { status(500) }
+            if result.is_ok() {
+                status(200)
+            } else {
+                status(500)
+            }
         }
     });
     let svc_a = svc.clone();
@@ -145,8 +149,13 @@ async fn begin_immediate_takes_the_write_lock_up_front() {
             let _conn = tx.conn().await.unwrap();
             // Another connection cannot write while this transaction (not yet written to)
             // holds the reserved lock.
-            let other = sqlx::query("INSERT INTO t (v) VALUES (9)").execute(&pool).await;
-            let code = other.err().and_then(|e| e.into_database_error()).and_then(|e| e.code().map(|c| c.into_owned()));
+            let other = sqlx::query("INSERT INTO t (v) VALUES (9)")
+                .execute(&pool)
+                .await;
+            let code = other
+                .err()
+                .and_then(|e| e.into_database_error())
+                .and_then(|e| e.code().map(|c| c.into_owned()));
             let mut r = status(200);
             *r.body_mut() = code.unwrap_or_default();
             r
@@ -166,9 +175,15 @@ async fn savepoint_and_after_commit() {
         let h = h.clone();
         async move {
             let mut conn = tx.conn().await.unwrap();
-            sqlx::query("INSERT INTO t (v) VALUES (1)").execute(&mut conn).await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES (1)")
+                .execute(&mut conn)
+                .await
+                .unwrap();
             let mut sp = conn.savepoint().await.unwrap();
-            sqlx::query("INSERT INTO t (v) VALUES (2)").execute(&mut sp).await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES (2)")
+                .execute(&mut sp)
+                .await
+                .unwrap();
             sp.rollback().await.unwrap();
             conn.after_commit(move || async move {
                 h.fetch_add(1, Ordering::SeqCst);
@@ -193,6 +208,12 @@ async fn settings_sqlite_cannot_honour_are_rejected() {
     ] {
         assert!(TxLayer::new(db.pool.clone(), config).is_err());
     }
-    assert!(TxLayer::new(db.pool.clone(), TxConfig::default().isolation(IsolationLevel::Serializable)).is_ok());
+    assert!(
+        TxLayer::new(
+            db.pool.clone(),
+            TxConfig::default().isolation(IsolationLevel::Serializable)
+        )
+        .is_ok()
+    );
     db.close().await;
 }

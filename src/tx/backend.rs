@@ -56,7 +56,10 @@ fn begin_with<DB: sqlx::Database>(
 }
 
 /// The retry reason of any `sqlx::Error`, if retryable.
-pub(crate) fn classify<DB: TxDatabase>(err: &sqlx::Error, config: &TxConfig) -> Option<RetryReason> {
+pub(crate) fn classify<DB: TxDatabase>(
+    err: &sqlx::Error,
+    config: &TxConfig,
+) -> Option<RetryReason> {
     match err {
         sqlx::Error::Database(db) => DB::retry_reason(db.as_ref(), config),
         _ => None,
@@ -118,7 +121,9 @@ impl TxDatabase for sqlx::Postgres {
         sql: String,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(conn)
+                .await?;
             Ok(())
         })
     }
@@ -156,7 +161,11 @@ impl TxDatabase for sqlx::MySql {
             if let Some(t) = config.lock_timeout {
                 // Session scoped on MySQL/MariaDB: set before every transaction of this layer.
                 let secs = millis(t).div_ceil(1000);
-                Self::run(conn, format!("SET SESSION innodb_lock_wait_timeout = {secs}")).await?;
+                Self::run(
+                    conn,
+                    format!("SET SESSION innodb_lock_wait_timeout = {secs}"),
+                )
+                .await?;
             }
             if let Some(level) = config.isolation {
                 // Applies to the next transaction only.
@@ -176,7 +185,9 @@ impl TxDatabase for sqlx::MySql {
         sql: String,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(conn)
+                .await?;
             Ok(())
         })
     }
@@ -234,7 +245,9 @@ impl TxDatabase for sqlx::Sqlite {
         sql: String,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(conn)
+                .await?;
             Ok(())
         })
     }

@@ -237,7 +237,12 @@ mod tests {
 
     #[test]
     fn validation_rejects_nonsense() {
-        assert!(TxConfig::default().max_attempts(0).validate_common().is_err());
+        assert!(
+            TxConfig::default()
+                .max_attempts(0)
+                .validate_common()
+                .is_err()
+        );
         assert!(
             TxConfig::default()
                 .backoff(Duration::from_secs(2), Duration::from_secs(1))

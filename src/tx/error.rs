@@ -18,7 +18,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid transaction layer configuration: {}", self.message)
+        write!(
+            f,
+            "invalid transaction layer configuration: {}",
+            self.message
+        )
     }
 }
 

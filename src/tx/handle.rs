@@ -72,7 +72,10 @@ impl Shared {
         start: Instant,
         err: Option<&sqlx::Error>,
     ) {
-        let text = sql.get().map(|s| s.as_str()).unwrap_or("<unknown statement>");
+        let text = sql
+            .get()
+            .map(|s| s.as_str())
+            .unwrap_or("<unknown statement>");
         self.stats.statement(
             text,
             start.elapsed(),
@@ -110,9 +113,11 @@ impl Shared {
             }
         }
         if !released {
-            let _ = self.aborted_at.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
-                (a != NOT_ABORTED && a >= depth).then_some(NOT_ABORTED)
-            });
+            let _ = self
+                .aborted_at
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                    (a != NOT_ABORTED && a >= depth).then_some(NOT_ABORTED)
+                });
         }
         self.depth.store(depth - 1, Ordering::Relaxed);
     }
@@ -625,7 +630,8 @@ impl<T, DB: TxDatabase> Stream for Observed<'_, T, DB> {
             }
             None if !this.done => {
                 this.done = true;
-                this.shared.finish_statement::<DB>(&this.sql, this.start, None);
+                this.shared
+                    .finish_statement::<DB>(&this.sql, this.start, None);
             }
             _ => {}
         }

@@ -126,8 +126,8 @@ pub use layer::TxLayer;
 pub use policy::{CommitPolicy, DefaultPolicy, Verdict};
 pub use service::{TX_ERROR_HEADER, Tx};
 pub use stats::{
-    DurationSummary, MAX_STATEMENTS, OTHER_STATEMENTS, RetriedByReason, SLOW_KEPT,
-    SlowStatement, StatementStats, TxStats, TxStatsSnapshot,
+    DurationSummary, MAX_STATEMENTS, OTHER_STATEMENTS, RetriedByReason, SLOW_KEPT, SlowStatement,
+    StatementStats, TxStats, TxStatsSnapshot,
 };
 
 /// Turns on sqlx's own slow-statement logging (`ConnectOptions::log_slow_statements`, at
@@ -143,7 +143,10 @@ pub use stats::{
 /// );
 /// # let _ = options; }
 /// ```
-pub fn log_slow_statements<O: sqlx::ConnectOptions>(options: O, threshold: std::time::Duration) -> O {
+pub fn log_slow_statements<O: sqlx::ConnectOptions>(
+    options: O,
+    threshold: std::time::Duration,
+) -> O {
     options.log_slow_statements(log::LevelFilter::Warn, threshold)
 }
 

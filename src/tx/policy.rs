@@ -108,7 +108,10 @@ mod tests {
         let h = HeaderMap::new();
         assert_eq!(p.on_response(StatusCode::OK, &h), Some(Verdict::Commit));
         assert_eq!(p.on_response(StatusCode::FOUND, &h), Some(Verdict::Commit));
-        assert_eq!(p.on_response(StatusCode::NOT_FOUND, &h), Some(Verdict::Rollback));
+        assert_eq!(
+            p.on_response(StatusCode::NOT_FOUND, &h),
+            Some(Verdict::Rollback)
+        );
         assert_eq!(
             p.on_response(StatusCode::INTERNAL_SERVER_ERROR, &h),
             Some(Verdict::Rollback)
@@ -121,7 +124,10 @@ mod tests {
         let grpc = headers(&[("content-type", "application/grpc")]);
         assert_eq!(p.on_response(StatusCode::OK, &grpc), None);
         let failed = headers(&[("content-type", "application/grpc"), ("grpc-status", "5")]);
-        assert_eq!(p.on_response(StatusCode::OK, &failed), Some(Verdict::Rollback));
+        assert_eq!(
+            p.on_response(StatusCode::OK, &failed),
+            Some(Verdict::Rollback)
+        );
         let ok = headers(&[("content-type", "application/grpc"), ("grpc-status", "0")]);
         assert_eq!(p.on_response(StatusCode::OK, &ok), Some(Verdict::Commit));
         assert_eq!(
@@ -145,7 +151,13 @@ mod tests {
             }
         });
         let h = HeaderMap::new();
-        assert_eq!(p.on_response(StatusCode::CONFLICT, &h), Some(Verdict::Commit));
-        assert_eq!(p.on_response(StatusCode::BAD_GATEWAY, &h), Some(Verdict::Rollback));
+        assert_eq!(
+            p.on_response(StatusCode::CONFLICT, &h),
+            Some(Verdict::Commit)
+        );
+        assert_eq!(
+            p.on_response(StatusCode::BAD_GATEWAY, &h),
+            Some(Verdict::Rollback)
+        );
     }
 }

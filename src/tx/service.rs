@@ -18,7 +18,9 @@ use super::backend::{TxDatabase, classify};
 use super::body::{GrpcFailure, TxBody, TxResponseBody};
 use super::error::RetryReason;
 use super::future::ResponseFuture;
-use super::handle::{AfterCommit, Finished, Shared, TxHandle, commit_error_is_ambiguous, run_hooks};
+use super::handle::{
+    AfterCommit, Finished, Shared, TxHandle, commit_error_is_ambiguous, run_hooks,
+};
 use super::layer::TxLayer;
 use super::policy::{CommitPolicy, Verdict};
 
@@ -120,9 +122,7 @@ impl Failure {
 
     fn grpc(&self) -> GrpcFailure {
         match self {
-            Self::RetriesExhausted | Self::PoolExhausted | Self::Timeout => {
-                (14, self.message())
-            }
+            Self::RetriesExhausted | Self::PoolExhausted | Self::Timeout => (14, self.message()),
             Self::CommitFailed => (13, self.message()),
             Self::CommitAmbiguous => (2, self.message()),
             Self::BadBody => (3, self.message()),
@@ -182,10 +182,7 @@ impl Failure {
     }
 }
 
-fn rebuild<B>(
-    parts: &http::request::Parts,
-    body: TxBody<B>,
-) -> Request<TxBody<B>> {
+fn rebuild<B>(parts: &http::request::Parts, body: TxBody<B>) -> Request<TxBody<B>> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -249,7 +246,8 @@ where
         let shared = Arc::new(Shared::new(config.clone(), stats.clone()));
         let handle = TxHandle::new(layer.pool.clone(), shared.clone());
         req.extensions_mut().insert(handle.clone());
-        req.extensions_mut().insert(AfterCommit::new(shared.clone()));
+        req.extensions_mut()
+            .insert(AfterCommit::new(shared.clone()));
         if attempt > 1 {
             svc.ready().await?;
         }
@@ -288,11 +286,11 @@ where
             shared.take_hooks(false);
             Step::Retry(reason)
         } else {
-            let verdict = response
-                .extensions()
-                .get::<Verdict>()
-                .copied()
-                .or_else(|| layer.policy.on_response(response.status(), response.headers()));
+            let verdict = response.extensions().get::<Verdict>().copied().or_else(|| {
+                layer
+                    .policy
+                    .on_response(response.status(), response.headers())
+            });
             match verdict {
                 Some(Verdict::Rollback) => {
                     handle.finish(false).await;

@@ -131,12 +131,19 @@ impl StatsInner {
 
     pub(crate) fn statement(&self, sql: &str, took: Duration, error: bool, slow: Duration) {
         let mut st = lock(&self.statements);
-        let key: Arc<str> = if st.by_sql.contains_key(sql) || st.by_sql.len() < MAX_STATEMENTS {
-            Arc::from(sql)
+        if let Some(timing) = st.by_sql.get_mut(sql) {
+            timing.record(took, error);
         } else {
-            Arc::from(OTHER_STATEMENTS)
-        };
-        st.by_sql.entry(key).or_default().record(took, error);
+            let key = if st.by_sql.len() < MAX_STATEMENTS {
+                sql
+            } else {
+                OTHER_STATEMENTS
+            };
+            st.by_sql
+                .entry(Arc::from(key))
+                .or_default()
+                .record(took, error);
+        }
         if took >= slow {
             tracing::warn!(
                 target: "tower_strata::tx",
@@ -324,19 +331,37 @@ mod tests {
     fn percentiles_and_bound() {
         let s = TxStats::default();
         for i in 1..=100u64 {
-            s.inner.statement("SELECT 1", Duration::from_micros(i), i == 100, Duration::MAX);
+            s.inner.statement(
+                "SELECT 1",
+                Duration::from_micros(i),
+                i == 100,
+                Duration::MAX,
+            );
         }
         for i in 0..(MAX_STATEMENTS + 10) {
-            s.inner.statement(&format!("SELECT {i}"), Duration::from_micros(1), false, Duration::MAX);
+            s.inner.statement(
+                &format!("SELECT {i}"),
+                Duration::from_micros(1),
+                false,
+                Duration::MAX,
+            );
         }
         let snap = s.snapshot();
         assert_eq!(snap.statements.len(), MAX_STATEMENTS + 1);
-        let one = snap.statements.iter().find(|s| s.sql == "SELECT 1").unwrap();
+        let one = snap
+            .statements
+            .iter()
+            .find(|s| s.sql == "SELECT 1")
+            .unwrap();
         assert_eq!(one.count, 101);
         assert_eq!(one.errors, 1);
         assert_eq!(one.max_us, 100);
         assert_eq!(one.p99_us, 99);
-        assert!(snap.statements.iter().any(|s| s.sql == OTHER_STATEMENTS && s.count > 0));
+        assert!(
+            snap.statements
+                .iter()
+                .any(|s| s.sql == OTHER_STATEMENTS && s.count > 0)
+        );
         assert!(snap.slow_statements.is_empty());
     }
 
@@ -344,11 +369,19 @@ mod tests {
     fn slow_statements_are_bounded() {
         let s = TxStats::default();
         for i in 0..(SLOW_KEPT + 5) {
-            s.inner.statement(&format!("q{i}"), Duration::from_millis(5), false, Duration::from_millis(1));
+            s.inner.statement(
+                &format!("q{i}"),
+                Duration::from_millis(5),
+                false,
+                Duration::from_millis(1),
+            );
         }
         let snap = s.snapshot();
         assert_eq!(snap.slow_statements.len(), SLOW_KEPT);
-        assert_eq!(snap.slow_statements.last().unwrap().sql, format!("q{}", SLOW_KEPT + 4));
+        assert_eq!(
+            snap.slow_statements.last().unwrap().sql,
+            format!("q{}", SLOW_KEPT + 4)
+        );
         let _ = serde_json::to_string(&snap).unwrap();
     }
 }

@@ -20,7 +20,8 @@ pub fn sql(s: impl Into<String>) -> sqlx::AssertSqlSafe<String> {
 }
 
 pub fn pg_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 pub fn mysql_url() -> String {
@@ -50,7 +51,11 @@ where
         .service(tower::service_fn(move |req: Request<TxBody<String>>| {
             let handler = handler.clone();
             async move {
-                let handle = req.extensions().get::<TxHandle<DB>>().expect("handle").clone();
+                let handle = req
+                    .extensions()
+                    .get::<TxHandle<DB>>()
+                    .expect("handle")
+                    .clone();
                 let body = req.into_body().collect().await.expect("body").to_bytes();
                 let body = String::from_utf8(body.to_vec()).expect("utf8");
                 Ok::<_, Infallible>(handler(handle, body).await)
@@ -66,8 +71,11 @@ pub fn status(code: u16) -> Response<String> {
 
 pub async fn send<S>(svc: &S, body: &str) -> Response<String>
 where
-    S: Service<Request<String>, Response = Response<tower_strata::tx::TxResponseBody<String>>, Error = Infallible>
-        + Clone,
+    S: Service<
+            Request<String>,
+            Response = Response<tower_strata::tx::TxResponseBody<String>>,
+            Error = Infallible,
+        > + Clone,
 {
     let response = svc
         .clone()

@@ -45,10 +45,7 @@ impl Bank {
     /// One transfer through the request's transaction: 200, 404 (no account), 409
     /// (insufficient funds) or 500 (any database error, mapped like a plain handler does).
     pub async fn transfer(&self, tx: &TxHandle<Postgres>, from: i64, to: i64, amount: i64) -> u16 {
-        match self.try_transfer(tx, from, to, amount).await {
-            Ok(code) => code,
-            Err(_) => 500,
-        }
+        self.try_transfer(tx, from, to, amount).await.unwrap_or(500)
     }
 
     async fn try_transfer(
@@ -64,17 +61,32 @@ impl Bank {
             .bind(from)
             .fetch_optional(&mut conn)
             .await?;
-        let Some(balance) = balance else { return Ok(404) };
+        let Some(balance) = balance else {
+            return Ok(404);
+        };
         if balance < amount {
             return Ok(409);
         }
-        sqlx::query(sql(debit)).bind(amount).bind(from).execute(&mut conn).await?;
-        sqlx::query(sql(credit)).bind(amount).bind(to).execute(&mut conn).await?;
+        sqlx::query(sql(debit))
+            .bind(amount)
+            .bind(from)
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(sql(credit))
+            .bind(amount)
+            .bind(to)
+            .execute(&mut conn)
+            .await?;
         Ok(200)
     }
 
     /// The same transfer with a hand-written SERIALIZABLE transaction and no retry.
-    pub async fn transfer_by_hand(&self, from: i64, to: i64, amount: i64) -> Result<u16, sqlx::Error> {
+    pub async fn transfer_by_hand(
+        &self,
+        from: i64,
+        to: i64,
+        amount: i64,
+    ) -> Result<u16, sqlx::Error> {
         let (select, debit, credit) = &self.transfer_sql;
         let mut tx = self
             .pool
@@ -84,21 +96,34 @@ impl Bank {
             .bind(from)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(balance) = balance else { return Ok(404) };
+        let Some(balance) = balance else {
+            return Ok(404);
+        };
         if balance < amount {
             return Ok(409);
         }
-        sqlx::query(sql(debit)).bind(amount).bind(from).execute(&mut *tx).await?;
-        sqlx::query(sql(credit)).bind(amount).bind(to).execute(&mut *tx).await?;
+        sqlx::query(sql(debit))
+            .bind(amount)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql(credit))
+            .bind(amount)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(200)
     }
 
     pub async fn total(&self) -> i64 {
-        sqlx::query_scalar(sql(&format!("SELECT SUM(balance)::int8 FROM {}", self.table)))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(sql(&format!(
+            "SELECT SUM(balance)::int8 FROM {}",
+            self.table
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn drop(self) {
