@@ -50,7 +50,9 @@ impl From<sqlx::Error> for ApiError {
         if let Some(db) = err.as_database_error() {
             match db.code().as_deref() {
                 Some("23505") => return ApiError(StatusCode::CONFLICT, "account already exists"),
-                Some("22003") => return ApiError(StatusCode::UNPROCESSABLE_ENTITY, "balance out of range"),
+                Some("22003") => {
+                    return ApiError(StatusCode::UNPROCESSABLE_ENTITY, "balance out of range");
+                }
                 _ => {}
             }
         }
@@ -71,7 +73,10 @@ async fn create_account(
     Json(account): Json<Account>,
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
     if account.balance < 0 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "balance must not be negative"));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "balance must not be negative",
+        ));
     }
     let mut conn = tx.conn().await?;
     sqlx::query("INSERT INTO accounts (id, balance) VALUES ($1, $2)")
@@ -166,11 +171,15 @@ fn listen_addr() -> Result<SocketAddr, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?,
-            other if other.starts_with("--listen=") => listen = other["--listen=".len()..].to_owned(),
+            other if other.starts_with("--listen=") => {
+                listen = other["--listen=".len()..].to_owned()
+            }
             other => return Err(format!("unknown argument {other:?} (usage: --listen ADDR)")),
         }
     }
-    listen.parse().map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+    listen
+        .parse()
+        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
 }
 
 #[tokio::main]
@@ -218,7 +227,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route("/total", get(total))
                 .layer(default_layer),
         )
-        .merge(Router::new().route("/stats", get(stats)).with_state(stats_handle));
+        .merge(
+            Router::new()
+                .route("/stats", get(stats))
+                .with_state(stats_handle),
+        );
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "transfer service listening");
