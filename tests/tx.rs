@@ -740,3 +740,81 @@ async fn axum_router_with_the_extractor() {
     assert!(String::from_utf8_lossy(&text).contains("TxLayer"));
     t.drop().await;
 }
+
+#[tokio::test]
+async fn connection_lost_during_commit_is_ambiguous_and_not_retried() {
+    let pool = pool(2).await;
+    let t = Table::new(&pool, "ambiguous", "v BIGINT").await;
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let stats = layer.stats();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (name, p, a) = (t.name.clone(), pool.clone(), attempts.clone());
+    let svc = app(layer, move |tx, _| {
+        let (name, p, a) = (name.clone(), p.clone(), a.clone());
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            insert(&tx, &name, 1).await.unwrap();
+            let mut conn = tx.conn().await.unwrap();
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            // The session dies between the handler's last statement and COMMIT.
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(&p)
+                .await
+                .unwrap();
+            status(200)
+        }
+    });
+    let r = send(&svc, "").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers()[TX_ERROR_HEADER], "commit-ambiguous");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "never retried");
+    let s = stats.snapshot();
+    assert_eq!((s.ambiguous_commits, s.committed), (1, 0));
+    // The pool recovers: the dead connection was not kept.
+    let n: i64 = sqlx::query_scalar("SELECT 1::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    t.drop().await;
+}
+
+#[tokio::test]
+async fn transaction_timeout_rolls_back_and_answers_503() {
+    let pool = pool(1).await;
+    let t = Table::new(&pool, "txtimeout", "v BIGINT").await;
+    let layer = TxLayer::new(
+        pool.clone(),
+        TxConfig::default().transaction_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let stats = layer.stats();
+    let name = t.name.clone();
+    let svc = app(layer, move |tx, body| {
+        let name = name.clone();
+        async move {
+            insert(&tx, &name, 1).await.unwrap();
+            if body == "slow" {
+                let mut conn = tx.conn().await.unwrap();
+                sqlx::query("SELECT pg_sleep(2)")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            status(200)
+        }
+    });
+    let r = send(&svc, "slow").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()[TX_ERROR_HEADER], "timeout");
+    assert_eq!(stats.snapshot().timeouts, 1);
+    // The only pool connection was cut mid-statement: the next request still works and the
+    // timed-out insert is gone.
+    assert_eq!(send(&svc, "fast").await.status(), StatusCode::OK);
+    assert_eq!(t.count().await, 1);
+    t.drop().await;
+}

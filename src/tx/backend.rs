@@ -69,14 +69,19 @@ pub(crate) fn classify<DB: TxDatabase>(
 /// Whether an error means the connection itself failed, so the outcome of a statement in
 /// flight (a `COMMIT`) is unknown.
 pub(crate) fn is_connection_loss(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
+    match err {
         sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::PoolClosed
-    )
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::PoolClosed => true,
+        // SQLSTATE class 08 (connection exception) and 57P01-57P03 (the server is shutting
+        // down or terminated the session): the session is gone.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]

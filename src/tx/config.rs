@@ -119,8 +119,10 @@ impl TxConfig {
         self
     }
 
-    /// Time limit of one attempt (handler plus commit). When it passes the handler is
-    /// cancelled, the transaction rolled back and the client gets `503`.
+    /// Time limit of one attempt's handler. When it passes the handler is cancelled, its
+    /// connection closed (so the server rolls back) and the client gets `503`. A statement
+    /// already running keeps running on the server until it ends: pair this with
+    /// [`statement_timeout`](Self::statement_timeout) on PostgreSQL.
     pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
         self.transaction_timeout = Some(timeout);
         self

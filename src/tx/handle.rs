@@ -383,6 +383,20 @@ impl<DB: TxDatabase> TxHandle<DB> {
         self.inner.shared.retry_reason()
     }
 
+    /// Ends an attempt whose handler was cut short (timeout, panic): a statement may still be
+    /// in flight on the connection, so it is closed (the server rolls back) rather than
+    /// waited for.
+    pub(crate) async fn abandon(&self) {
+        let mut slot = self.inner.slot.lock().await;
+        if let Some(mut conn) = slot.conn.take() {
+            conn.close_on_drop();
+        }
+        if slot.state == State::Open {
+            self.inner.shared.stats.ended(false, slot.began.elapsed());
+        }
+        slot.state = State::Done;
+    }
+
     /// Commits (or rolls back) the transaction, if begun. The connection goes back to the pool
     /// only after a clean end; otherwise it is closed.
     pub(crate) async fn finish(&self, commit: bool) -> Finished {

@@ -150,14 +150,13 @@ pub fn log_slow_statements<O: sqlx::ConnectOptions>(
     options.log_slow_statements(log::LevelFilter::Warn, threshold)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
     fn assert_send<T: Send>() {}
 
-    #[cfg(feature = "sqlite")]
     #[test]
     fn public_types_are_send_and_sync() {
         type Svc = tower::util::BoxCloneSyncService<

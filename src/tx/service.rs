@@ -258,13 +258,13 @@ where
         };
         let response = match outcome {
             None => {
-                handle.finish(false).await;
+                handle.abandon().await;
                 shared.take_hooks(false);
                 stats.timed_out();
                 return Ok(fail(Failure::Timeout));
             }
             Some(Err(panic)) => {
-                handle.finish(false).await;
+                handle.abandon().await;
                 shared.take_hooks(false);
                 std::panic::resume_unwind(panic);
             }
