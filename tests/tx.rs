@@ -818,3 +818,58 @@ async fn transaction_timeout_rolls_back_and_answers_503() {
     assert_eq!(t.count().await, 1);
     t.drop().await;
 }
+
+/// A layer between the `TxLayer` and the handler (a purge layer, say) registers work through
+/// the DB-independent `AfterCommit` extension.
+#[tokio::test]
+async fn inner_layer_registers_after_commit_through_extensions() {
+    use tower_strata::tx::{AfterCommit, TxBody};
+
+    let pool = pool(2).await;
+    let t = Table::new(&pool, "inner_layer", "v BIGINT").await;
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let purged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (name, p, a) = (t.name.clone(), purged.clone(), attempts.clone());
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        // The "purge layer": knows nothing of the database type.
+        .map_request(move |req: Request<TxBody<String>>| {
+            let after_commit = req.extensions().get::<AfterCommit>().unwrap().clone();
+            let (p, path) = (p.clone(), req.uri().path().to_owned());
+            after_commit.register(move || async move { p.lock().unwrap().push(path) });
+            req
+        })
+        .service(tower::service_fn(move |req: Request<TxBody<String>>| {
+            let (name, a) = (name.clone(), a.clone());
+            async move {
+                let tx = req
+                    .extensions()
+                    .get::<TxHandle<Postgres>>()
+                    .unwrap()
+                    .clone();
+                insert(&tx, &name, 1).await.unwrap();
+                let n = a.fetch_add(1, Ordering::SeqCst);
+                if req.uri().path() == "/retry" && n == 0 {
+                    let _ = serialization_failure(&tx).await;
+                }
+                let code = if req.uri().path() == "/fail" {
+                    500
+                } else {
+                    200
+                };
+                Ok::<_, std::convert::Infallible>(status(code))
+            }
+        }));
+    for path in ["/ok", "/fail", "/retry"] {
+        let r = svc
+            .clone()
+            .oneshot(Request::builder().uri(path).body(String::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status().is_success(), path != "/fail", "{path}");
+    }
+    assert_eq!(*purged.lock().unwrap(), vec!["/ok", "/retry"]);
+    assert_eq!(t.count().await, 2);
+    t.drop().await;
+}
