@@ -114,10 +114,14 @@ async fn tonic_server_commits_on_grpc_status_0_and_rolls_back_otherwise() {
         .await
         .expect("PostgreSQL at DATABASE_URL");
     let name = table("grpc");
-    sqlx::query(sql(format!("CREATE TABLE {name} (v BIGINT)")))
-        .execute(&pool)
-        .await
-        .unwrap();
+    // Unique but checked only at COMMIT, which for a successful gRPC call happens after the
+    // handler, once the trailers are known.
+    sqlx::query(sql(format!(
+        "CREATE TABLE {name} (v BIGINT, UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let hooks = Arc::new(AtomicUsize::new(0));
@@ -162,6 +166,10 @@ async fn tonic_server_commits_on_grpc_status_0_and_rolls_back_otherwise() {
     );
     assert_eq!(call(3, false).await.unwrap().into_inner().v, 3);
 
+    // The handler succeeds but the commit fails: the client must not see OK.
+    let failed = call(3, false).await.unwrap_err();
+    assert_eq!(failed.code(), Code::Internal);
+
     let values: Vec<i64> = sqlx::query_scalar(sql(format!("SELECT v FROM {name} ORDER BY v")))
         .fetch_all(&pool)
         .await
@@ -169,7 +177,8 @@ async fn tonic_server_commits_on_grpc_status_0_and_rolls_back_otherwise() {
     assert_eq!(values, vec![1, 3]);
     assert_eq!(hooks.load(Ordering::SeqCst), 2);
     let s = stats.snapshot();
-    assert_eq!((s.committed, s.rolled_back, s.active), (2, 1, 0));
+    assert_eq!((s.committed, s.rolled_back, s.active), (2, 2, 0));
+    assert_eq!(s.commit_failures, 1);
 
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();

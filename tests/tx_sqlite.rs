@@ -217,3 +217,25 @@ async fn settings_sqlite_cannot_honour_are_rejected() {
     );
     db.close().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn transaction_timeout_cuts_a_hung_handler() {
+    // The handler never touches the database, so no connection is made.
+    let pool = SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+    let layer = TxLayer::new(
+        pool,
+        TxConfig::default().transaction_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let stats = layer.stats();
+    let svc = app(layer, |_tx: TxHandle<Sqlite>, _| async {
+        std::future::pending::<()>().await;
+        status(200)
+    });
+    let start = tokio::time::Instant::now();
+    let r = send(&svc, "").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()[tower_strata::tx::TX_ERROR_HEADER], "timeout");
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    assert_eq!(stats.snapshot().timeouts, 1);
+}
