@@ -53,7 +53,9 @@ async fn commits_on_success_rolls_back_otherwise() {
     let (pool, t) = setup("my_status").await;
     let layer = TxLayer::new(
         pool.clone(),
-        TxConfig::default().isolation(IsolationLevel::Serializable),
+        TxConfig::default()
+            .isolation(IsolationLevel::Serializable)
+            .lock_timeout(Duration::from_millis(1500)),
     )
     .unwrap();
     let name = t.clone();
@@ -61,6 +63,12 @@ async fn commits_on_success_rolls_back_otherwise() {
         let name = name.clone();
         async move {
             let mut conn = tx.conn().await.unwrap();
+            let lock_wait: i64 =
+                sqlx::query_scalar("SELECT CAST(@@innodb_lock_wait_timeout AS SIGNED)")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            assert_eq!(lock_wait, 2, "1.5 s rounds up to whole seconds");
             sqlx::query(sql(format!("UPDATE {name} SET v = v + 1 WHERE id = 1")))
                 .execute(&mut conn)
                 .await

@@ -113,7 +113,10 @@ impl TxConfig {
         self
     }
 
-    /// Lock wait timeout (`SET LOCAL lock_timeout` on PostgreSQL). PostgreSQL only.
+    /// Lock wait timeout: `SET LOCAL lock_timeout` on PostgreSQL; on MySQL/MariaDB the
+    /// session's `innodb_lock_wait_timeout`, set before each transaction in whole seconds
+    /// (rounded up) and left on the pooled connection afterwards. Not on SQLite (use its
+    /// `busy_timeout`).
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = Some(timeout);
         self
