@@ -873,3 +873,64 @@ async fn inner_layer_registers_after_commit_through_extensions() {
     assert_eq!(t.count().await, 2);
     t.drop().await;
 }
+
+/// Cancels requests at random points (during BEGIN, the INSERT or COMMIT) and checks each time
+/// that the pool's only connection is not left inside a transaction.
+#[tokio::test]
+async fn cancellation_at_any_point_never_leaks_an_open_transaction() {
+    let pool = pool(1).await;
+    let t = Table::new(&pool, "cancel_any", "v BIGINT").await;
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let stats = layer.stats();
+    let name = t.name.clone();
+    let svc = app(layer, move |tx, _| {
+        let name = name.clone();
+        async move {
+            insert(&tx, &name, 1).await.unwrap();
+            status(200)
+        }
+    });
+    let mut completed = 0;
+    for i in 0..200u32 {
+        let svc2 = svc.clone();
+        let task = tokio::spawn(async move { send(&svc2, "").await });
+        // A sweep of cancellation points: some yields, then 0 to 3 timer ticks.
+        for _ in 0..(i % 40) {
+            tokio::task::yield_now().await;
+        }
+        if i % 5 > 0 {
+            tokio::time::sleep(Duration::from_micros(u64::from(i % 5) * 700)).await;
+        }
+        task.abort();
+        if let Ok(r) = task.await {
+            assert_eq!(r.status(), StatusCode::OK);
+            completed += 1;
+        }
+        let mut conn = pool.acquire().await.unwrap();
+        // SAVEPOINT succeeds only inside a transaction block.
+        let probe = sqlx::query("SAVEPOINT probe").execute(&mut *conn).await;
+        let code = probe
+            .err()
+            .and_then(|e| e.into_database_error())
+            .and_then(|e| e.code().map(|c| c.into_owned()));
+        assert_eq!(
+            code.as_deref(),
+            Some("25P01"),
+            "iteration {i}: connection left in a transaction"
+        );
+    }
+    // Committed requests left their row; a request cancelled while its COMMIT was on the wire
+    // may have left one too (the ambiguity the layer cannot remove), others none.
+    let rows = t.count().await as u64;
+    let s = stats.snapshot();
+    assert!(
+        s.committed >= completed && rows >= s.committed,
+        "{rows} rows, {s:?}"
+    );
+    assert!(
+        completed > 0 && completed < 200,
+        "{completed} of 200 completed"
+    );
+    assert_eq!(stats.snapshot().active, 0);
+    t.drop().await;
+}
