@@ -934,3 +934,44 @@ async fn cancellation_at_any_point_never_leaks_an_open_transaction() {
     assert_eq!(stats.snapshot().active, 0);
     t.drop().await;
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn per_route_settings_with_shared_stats() {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+
+    async fn isolation(tx: TxHandle<Postgres>) -> String {
+        let mut conn = tx.conn().await.unwrap();
+        sqlx::query_scalar("SHOW transaction_isolation")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    let pool = pool(2).await;
+    let default = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let serializable = TxLayer::new(
+        pool.clone(),
+        TxConfig::default().isolation(IsolationLevel::Serializable),
+    )
+    .unwrap()
+    .stats_from(&default);
+    let stats = default.stats();
+    let app: Router = Router::new()
+        .route("/strict", get(isolation))
+        .layer(serializable)
+        .merge(Router::new().route("/plain", get(isolation)).layer(default));
+    for (path, expected) in [("/strict", "serializable"), ("/plain", "read committed")] {
+        let r = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, expected.as_bytes(), "{path}");
+    }
+    assert_eq!(stats.snapshot().committed, 2);
+}

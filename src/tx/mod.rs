@@ -35,6 +35,17 @@
 //! [`TxStatsSnapshot`] (serde-serializable) counts transactions, retries by reason, commit
 //! failures, and times each statement run through the handle.
 //!
+//! # Cancellation and concurrency
+//!
+//! A request cancelled before `COMMIT` is sent writes nothing: its connection is closed, so
+//! the server rolls back, and the pool opens a fresh one. A request cancelled while its
+//! `COMMIT` is on the wire may or may not have committed; nobody is left to tell, which is
+//! the same ambiguity as a lost connection. The stats count such attempts as rolled back.
+//!
+//! Each attempt has its own [`TxHandle`]; clones of it share one transaction and take turns
+//! on its connection. Retried attempts run one after another, never concurrently, and only
+//! the last attempt's [`AfterCommit`] hooks can run.
+//!
 //! # Example with axum
 //!
 //! ```no_run
