@@ -52,3 +52,10 @@
 struct ReadmeDoctests;
 
 pub mod store;
+
+#[cfg(feature = "sqlx")]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
+)]
+pub mod tx;

@@ -1,0 +1,62 @@
+//! Error types of the transaction layer.
+
+use std::fmt;
+
+/// A [`TxConfig`](super::TxConfig) the database cannot honour, or a nonsensical one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid transaction layer configuration: {}",
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why an attempt was retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// PostgreSQL `40001` serialization_failure.
+    SerializationFailure,
+    /// PostgreSQL `40P01` or MySQL/MariaDB 1213.
+    Deadlock,
+    /// MySQL/MariaDB 1205 (only when configured as retryable).
+    LockWaitTimeout,
+    /// SQLite `SQLITE_BUSY`, `SQLITE_BUSY_SNAPSHOT` or `SQLITE_LOCKED`.
+    Busy,
+}
+
+impl RetryReason {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SerializationFailure => "serialization_failure",
+            Self::Deadlock => "deadlock",
+            Self::LockWaitTimeout => "lock_wait_timeout",
+            Self::Busy => "busy",
+        }
+    }
+}
+
+impl fmt::Display for RetryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

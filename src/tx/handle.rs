@@ -1,0 +1,780 @@
+//! The request's transaction: [`TxHandle`], the connection guard [`TxConn`], nested
+//! [`Savepoint`]s and [`AfterCommit`] hooks.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream};
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Execute, Pool, SqlStr};
+use sqlx_core::transaction::TransactionManager;
+
+use super::backend::{TxDatabase, classify, is_connection_loss};
+use super::config::TxConfig;
+use super::error::RetryReason;
+use super::stats::StatsInner;
+
+type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+const NOT_ABORTED: usize = usize::MAX;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// State of one attempt shared by the handle, its guards and the layer.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<TxConfig>,
+    pub(crate) stats: Arc<StatsInner>,
+    retry: Mutex<Option<RetryReason>>,
+    pool_exhausted: AtomicBool,
+    /// Savepoint depth: 0 is the outer transaction.
+    depth: AtomicUsize,
+    /// Lowest depth at which a statement failed, on databases where that aborts the
+    /// transaction.
+    aborted_at: AtomicUsize,
+    /// `None` once the attempt ended: registering then is refused.
+    hooks: Mutex<Option<Vec<(usize, Hook)>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Arc<TxConfig>, stats: Arc<StatsInner>) -> Self {
+        Self {
+            config,
+            stats,
+            retry: Mutex::new(None),
+            pool_exhausted: AtomicBool::new(false),
+            depth: AtomicUsize::new(0),
+            aborted_at: AtomicUsize::new(NOT_ABORTED),
+            hooks: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    fn note_error<DB: TxDatabase>(&self, err: &sqlx::Error) {
+        if let Some(reason) = classify::<DB>(err, &self.config) {
+            lock(&self.retry).get_or_insert(reason);
+        }
+        if DB::ERROR_ABORTS_TRANSACTION && matches!(err, sqlx::Error::Database(_)) {
+            self.aborted_at
+                .fetch_min(self.depth.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    fn finish_statement<DB: TxDatabase>(
+        &self,
+        sql: &OnceLock<SqlStr>,
+        start: Instant,
+        err: Option<&sqlx::Error>,
+    ) {
+        let text = sql
+            .get()
+            .map(|s| s.as_str())
+            .unwrap_or("<unknown statement>");
+        self.stats.statement(
+            text,
+            start.elapsed(),
+            err.is_some(),
+            self.config.slow_statement,
+        );
+        if let Some(err) = err {
+            self.note_error::<DB>(err);
+        }
+    }
+
+    fn register(&self, hook: Hook) {
+        let depth = self.depth.load(Ordering::Relaxed);
+        match lock(&self.hooks).as_mut() {
+            Some(hooks) => hooks.push((depth, hook)),
+            None => tracing::warn!(
+                target: "tower_strata::tx",
+                "after_commit registered after the transaction ended; dropped"
+            ),
+        }
+    }
+
+    /// A savepoint at `depth` ended: released (its hooks move to the parent) or rolled back
+    /// (its hooks and its failed statements are forgotten).
+    fn savepoint_ended(&self, depth: usize, released: bool) {
+        if let Some(hooks) = lock(&self.hooks).as_mut() {
+            if released {
+                for (d, _) in hooks.iter_mut() {
+                    if *d >= depth {
+                        *d = depth - 1;
+                    }
+                }
+            } else {
+                hooks.retain(|(d, _)| *d < depth);
+            }
+        }
+        if !released {
+            let _ = self
+                .aborted_at
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                    (a != NOT_ABORTED && a >= depth).then_some(NOT_ABORTED)
+                });
+        }
+        self.depth.store(depth - 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retry_reason(&self) -> Option<RetryReason> {
+        *lock(&self.retry)
+    }
+
+    pub(crate) fn pool_exhausted(&self) -> bool {
+        self.pool_exhausted.load(Ordering::Relaxed)
+    }
+
+    /// Closes registration and returns the hooks to run (empty when `committed` is false).
+    pub(crate) fn take_hooks(&self, committed: bool) -> Vec<Hook> {
+        let hooks = lock(&self.hooks).take().unwrap_or_default();
+        if committed {
+            hooks.into_iter().map(|(_, h)| h).collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Runs after-commit hooks in registration order. A panicking hook is logged and does not
+/// stop the others.
+pub(crate) async fn run_hooks(hooks: Vec<Hook>) {
+    for hook in hooks {
+        let run = AssertUnwindSafe(async move { hook().await }).catch_unwind();
+        if run.await.is_err() {
+            tracing::error!(target: "tower_strata::tx", "after_commit hook panicked");
+        }
+    }
+}
+
+fn boxed_hook<F, Fut>(f: F) -> Hook
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move || Box::pin(f()))
+}
+
+/// Registers work to run once the request's transaction has committed; found in the request
+/// extensions by layers inside the [`TxLayer`](super::TxLayer) (a purge layer, say), with no
+/// need to know the database type.
+///
+/// Hooks run in registration order after a successful `COMMIT` and before the response is
+/// returned (for gRPC, before the trailers are sent). They never run when the transaction
+/// rolls back, they are discarded with the attempt when the request is retried (the replayed
+/// attempt registers its own), and a hook registered inside a [`Savepoint`] that is rolled
+/// back is dropped with it. A request that never touched the database has nothing to
+/// commit, so its hooks run when the response is a success.
+///
+/// ```
+/// # #[cfg(feature = "sqlite")] {
+/// use tower_strata::tx::AfterCommit;
+///
+/// fn purge_later<B>(req: &http::Request<B>) {
+///     if let Some(after_commit) = req.extensions().get::<AfterCommit>() {
+///         after_commit.register(|| async { /* purge cache keys */ });
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AfterCommit {
+    shared: Arc<Shared>,
+}
+
+impl AfterCommit {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Adds `f` to run after the commit. Registering after the transaction ended logs a
+    /// warning and drops `f`.
+    pub fn register<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.register(boxed_hook(f));
+    }
+}
+
+impl fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AfterCommit").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Open,
+    Done,
+}
+
+struct Slot<DB: TxDatabase> {
+    conn: Option<PoolConnection<DB>>,
+    state: State,
+    began: Instant,
+    stats: Arc<StatsInner>,
+}
+
+impl<DB: TxDatabase> Drop for Slot<DB> {
+    fn drop(&mut self) {
+        // Still holding a connection here means the attempt was cancelled or panicked during
+        // BEGIN, a statement or COMMIT: its session state is unknown, so it is closed rather
+        // than returned to the pool (sqlx 0.9.0 can return a connection still inside a
+        // transaction when BEGIN is cancelled).
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+        if self.state == State::Open {
+            self.stats.ended(false, self.began.elapsed());
+        }
+    }
+}
+
+struct HandleInner<DB: TxDatabase> {
+    pool: Pool<DB>,
+    shared: Arc<Shared>,
+    slot: tokio::sync::Mutex<Slot<DB>>,
+}
+
+/// The request's transaction, begun lazily on the first [`conn`](TxHandle::conn).
+///
+/// The [`TxLayer`](super::TxLayer) puts one in the request extensions of each attempt (clone
+/// it out, or use it as an axum extractor). Queries must run through the [`TxConn`] guard so
+/// the handle sees their errors: a retryable one (serialization failure, deadlock, busy)
+/// makes the layer roll back and replay the request whatever the handler answered.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn demo(tx: tower_strata::tx::TxHandle<sqlx::Postgres>) -> Result<(), sqlx::Error> {
+/// let mut conn = tx.conn().await?;
+/// sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
+///     .bind(10_i64)
+///     .bind(1_i64)
+///     .execute(&mut conn)
+///     .await?;
+/// tx.after_commit(|| async { /* publish an event */ });
+/// # Ok(()) }
+/// ```
+///
+/// # Concurrency
+///
+/// Clones share one transaction. [`conn`](TxHandle::conn) holds an async lock for as long as
+/// its guard lives, so two tasks of one request take turns; the layer's commit waits for the
+/// guard, so do not move a guard into a task that outlives the handler.
+pub struct TxHandle<DB: TxDatabase> {
+    inner: Arc<HandleInner<DB>>,
+}
+
+impl<DB: TxDatabase> Clone for TxHandle<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<DB: TxDatabase> fmt::Debug for TxHandle<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxHandle")
+            .field("retry_reason", &self.inner.shared.retry_reason())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the layer's end of an attempt went.
+pub(crate) enum Finished {
+    NotBegun,
+    Committed,
+    RolledBack,
+    /// A statement failed earlier and the database aborted the transaction: nothing was
+    /// committed.
+    Aborted,
+    CommitFailed(sqlx::Error),
+}
+
+impl<DB: TxDatabase> TxHandle<DB> {
+    pub(crate) fn new(pool: Pool<DB>, shared: Arc<Shared>) -> Self {
+        let stats = shared.stats.clone();
+        Self {
+            inner: Arc::new(HandleInner {
+                pool,
+                shared,
+                slot: tokio::sync::Mutex::new(Slot {
+                    conn: None,
+                    state: State::Idle,
+                    began: Instant::now(),
+                    stats,
+                }),
+            }),
+        }
+    }
+
+    /// The transaction's connection, beginning the transaction on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`sqlx::Error::PoolTimedOut`] when no connection came within the pool's acquire
+    /// timeout (the layer then answers `503`), the error of `BEGIN`, or
+    /// [`sqlx::Error::InvalidArgument`] once the layer has ended the transaction.
+    pub async fn conn(&self) -> Result<TxConn<'_, DB>, sqlx::Error> {
+        let shared = &self.inner.shared;
+        let mut slot = self.inner.slot.lock().await;
+        match slot.state {
+            State::Open => {}
+            State::Done => {
+                return Err(sqlx::Error::InvalidArgument(
+                    "the request's transaction has already ended".into(),
+                ));
+            }
+            State::Idle => {
+                let conn = match self.inner.pool.acquire().await {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        if matches!(err, sqlx::Error::PoolTimedOut) {
+                            shared.pool_exhausted.store(true, Ordering::Relaxed);
+                        }
+                        return Err(err);
+                    }
+                };
+                let conn = slot.conn.insert(conn);
+                if let Err(err) = DB::begin(conn, &shared.config).await {
+                    shared.note_error::<DB>(&err);
+                    if let Some(mut conn) = slot.conn.take() {
+                        conn.close_on_drop();
+                    }
+                    return Err(err);
+                }
+                slot.state = State::Open;
+                slot.began = Instant::now();
+                shared.stats.begun();
+            }
+        }
+        Ok(TxConn {
+            guard: slot,
+            shared,
+        })
+    }
+
+    /// Runs `f` once the transaction has committed; see [`AfterCommit`] for the rules.
+    pub fn after_commit<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.shared.register(boxed_hook(f));
+    }
+
+    /// The DB-independent registry of after-commit hooks for this attempt.
+    pub fn after_commit_registry(&self) -> AfterCommit {
+        AfterCommit::new(self.inner.shared.clone())
+    }
+
+    /// The retryable error this attempt has met, if any: the layer will roll back and replay
+    /// the request (or answer `503` when it cannot).
+    pub fn retry_reason(&self) -> Option<RetryReason> {
+        self.inner.shared.retry_reason()
+    }
+
+    /// Ends an attempt whose handler was cut short (timeout, panic): a statement may still be
+    /// in flight on the connection, so it is closed (the server rolls back) rather than
+    /// waited for.
+    pub(crate) async fn abandon(&self) {
+        let mut slot = self.inner.slot.lock().await;
+        if let Some(mut conn) = slot.conn.take() {
+            conn.close_on_drop();
+        }
+        if slot.state == State::Open {
+            self.inner.shared.stats.ended(false, slot.began.elapsed());
+        }
+        slot.state = State::Done;
+    }
+
+    /// Commits (or rolls back) the transaction, if begun. The connection goes back to the pool
+    /// only after a clean end; otherwise it is closed.
+    pub(crate) async fn finish(&self, commit: bool) -> Finished {
+        let shared = &self.inner.shared;
+        let mut slot = self.inner.slot.lock().await;
+        if slot.state != State::Open {
+            slot.state = State::Done;
+            return Finished::NotBegun;
+        }
+        let aborted = DB::ERROR_ABORTS_TRANSACTION
+            && shared.aborted_at.load(Ordering::Relaxed) != NOT_ABORTED;
+        let commit = commit && !aborted;
+        let Some(conn) = slot.conn.as_mut() else {
+            slot.state = State::Done;
+            return Finished::NotBegun;
+        };
+        let result = if commit {
+            DB::TransactionManager::commit(conn).await
+        } else {
+            DB::TransactionManager::rollback(conn).await
+        };
+        slot.state = State::Done;
+        let took = slot.began.elapsed();
+        let conn = slot.conn.take();
+        match result {
+            Ok(()) => drop(conn),
+            Err(_) => {
+                if let Some(mut conn) = conn {
+                    conn.close_on_drop();
+                }
+            }
+        }
+        shared.stats.ended(commit && result.is_ok(), took);
+        match (commit, result) {
+            (true, Ok(())) => Finished::Committed,
+            (false, _) if aborted => Finished::Aborted,
+            (false, _) => Finished::RolledBack,
+            (true, Err(err)) => {
+                shared.note_error::<DB>(&err);
+                Finished::CommitFailed(err)
+            }
+        }
+    }
+}
+
+pub(crate) fn commit_error_is_ambiguous(err: &sqlx::Error) -> bool {
+    is_connection_loss(err)
+}
+
+/// Exclusive use of the request's transaction connection; run queries with `&mut conn` as
+/// the executor. Statements are timed and their errors watched for retryable codes.
+pub struct TxConn<'h, DB: TxDatabase> {
+    guard: tokio::sync::MutexGuard<'h, Slot<DB>>,
+    shared: &'h Arc<Shared>,
+}
+
+impl<DB: TxDatabase> fmt::Debug for TxConn<'_, DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxConn").finish_non_exhaustive()
+    }
+}
+
+impl<'h, DB: TxDatabase> TxConn<'h, DB> {
+    fn parts(&mut self) -> (&mut DB::Connection, &Arc<Shared>) {
+        let conn = self
+            .guard
+            .conn
+            .as_mut()
+            .expect("a TxConn exists only while its transaction is open");
+        (&mut **conn, self.shared)
+    }
+
+    /// Opens a nested transaction (`SAVEPOINT`). Roll it back on its own with
+    /// [`Savepoint::rollback`] (or by dropping it) and the outer transaction's work stays.
+    ///
+    /// # Errors
+    ///
+    /// The error of the `SAVEPOINT` statement.
+    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>, sqlx::Error> {
+        let (conn, shared) = self.parts();
+        Savepoint::begin(conn, shared).await
+    }
+
+    /// Same as [`TxHandle::after_commit`].
+    pub fn after_commit<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.register(boxed_hook(f));
+    }
+}
+
+/// A nested transaction (`SAVEPOINT`) inside the request's transaction; run queries with
+/// `&mut savepoint` as the executor.
+///
+/// Dropping it without [`release`](Savepoint::release) rolls it back, with the
+/// [`after_commit`](Savepoint::after_commit) hooks registered inside it.
+pub struct Savepoint<'a, DB: TxDatabase> {
+    tx: Option<sqlx::Transaction<'a, DB>>,
+    shared: &'a Arc<Shared>,
+    depth: usize,
+}
+
+impl<DB: TxDatabase> fmt::Debug for Savepoint<'_, DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Savepoint")
+            .field("depth", &self.depth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, DB: TxDatabase> Savepoint<'a, DB> {
+    async fn begin(
+        conn: &'a mut DB::Connection,
+        shared: &'a Arc<Shared>,
+    ) -> Result<Self, sqlx::Error> {
+        let tx = sqlx::Connection::begin(conn).await?;
+        let depth = shared.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Self {
+            tx: Some(tx),
+            shared,
+            depth,
+        })
+    }
+
+    fn parts(&mut self) -> (&mut DB::Connection, &Arc<Shared>) {
+        let tx = self
+            .tx
+            .as_mut()
+            .expect("a Savepoint is open until consumed");
+        (&mut **tx, self.shared)
+    }
+
+    /// A savepoint inside this one.
+    ///
+    /// # Errors
+    ///
+    /// The error of the `SAVEPOINT` statement.
+    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>, sqlx::Error> {
+        let (conn, shared) = self.parts();
+        Savepoint::begin(conn, shared).await
+    }
+
+    /// Keeps the savepoint's work in the outer transaction (`RELEASE SAVEPOINT`).
+    ///
+    /// # Errors
+    ///
+    /// The error of `RELEASE`; the savepoint is then rolled back.
+    pub async fn release(mut self) -> Result<(), sqlx::Error> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        let result = tx.commit().await;
+        self.shared.savepoint_ended(self.depth, result.is_ok());
+        result
+    }
+
+    /// Undoes the savepoint's work (`ROLLBACK TO SAVEPOINT`) and drops its hooks.
+    ///
+    /// # Errors
+    ///
+    /// The error of the rollback statement.
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        let result = tx.rollback().await;
+        self.shared.savepoint_ended(self.depth, false);
+        result
+    }
+
+    /// Runs `f` after the outer transaction commits, unless this savepoint is rolled back.
+    pub fn after_commit<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.register(boxed_hook(f));
+    }
+}
+
+impl<DB: TxDatabase> Drop for Savepoint<'_, DB> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            // sqlx queues `ROLLBACK TO SAVEPOINT` for the connection's next use.
+            drop(tx);
+            self.shared.savepoint_ended(self.depth, false);
+        }
+    }
+}
+
+/// Captures the SQL text of a query as sqlx reads it.
+struct Recorded<E> {
+    inner: E,
+    sql: Arc<OnceLock<SqlStr>>,
+}
+
+impl<'q, DB: Database, E: Execute<'q, DB>> Execute<'q, DB> for Recorded<E> {
+    fn sql(self) -> SqlStr {
+        let sql = self.inner.sql();
+        let _ = self.sql.set(sql.clone());
+        sql
+    }
+
+    fn statement(&self) -> Option<&DB::Statement> {
+        self.inner.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<<DB as Database>::Arguments>, sqlx::error::BoxDynError> {
+        self.inner.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        self.inner.persistent()
+    }
+}
+
+/// A statement's stream, timed until it ends or is dropped.
+struct Observed<'e, T, DB: TxDatabase> {
+    inner: BoxStream<'e, Result<T, sqlx::Error>>,
+    shared: Arc<Shared>,
+    sql: Arc<OnceLock<SqlStr>>,
+    start: Instant,
+    done: bool,
+    db: std::marker::PhantomData<fn() -> DB>,
+}
+
+impl<T, DB: TxDatabase> Stream for Observed<'_, T, DB> {
+    type Item = Result<T, sqlx::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = std::task::ready!(this.inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Err(err)) if !this.done => {
+                this.done = true;
+                this.shared
+                    .finish_statement::<DB>(&this.sql, this.start, Some(err));
+            }
+            None if !this.done => {
+                this.done = true;
+                this.shared
+                    .finish_statement::<DB>(&this.sql, this.start, None);
+            }
+            _ => {}
+        }
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl<T, DB: TxDatabase> Drop for Observed<'_, T, DB> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped early (fetch_one takes the first row): still one execution.
+            self.shared
+                .finish_statement::<DB>(&self.sql, self.start, None);
+        }
+    }
+}
+
+fn observe_stream<'e, DB, T>(
+    shared: &Arc<Shared>,
+    sql: Arc<OnceLock<SqlStr>>,
+    stream: BoxStream<'e, Result<T, sqlx::Error>>,
+) -> BoxStream<'e, Result<T, sqlx::Error>>
+where
+    DB: TxDatabase,
+    T: Send + 'e,
+{
+    Box::pin(Observed::<T, DB> {
+        inner: stream,
+        shared: shared.clone(),
+        sql,
+        start: Instant::now(),
+        done: false,
+        db: std::marker::PhantomData,
+    })
+}
+
+fn observe_future<'e, DB, T>(
+    shared: &Arc<Shared>,
+    sql: Arc<OnceLock<SqlStr>>,
+    fut: BoxFuture<'e, Result<T, sqlx::Error>>,
+) -> BoxFuture<'e, Result<T, sqlx::Error>>
+where
+    DB: TxDatabase,
+    T: Send + 'e,
+{
+    let shared = shared.clone();
+    let start = Instant::now();
+    Box::pin(async move {
+        let result = fut.await;
+        shared.finish_statement::<DB>(&sql, start, result.as_ref().err());
+        result
+    })
+}
+
+macro_rules! impl_executor {
+    ($feature:literal, $db:ty, $wrapper:ident) => {
+        #[cfg(feature = $feature)]
+        impl<'c, 'w> sqlx::Executor<'c> for &'c mut $wrapper<'w, $db> {
+            type Database = $db;
+
+            fn fetch_many<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> BoxStream<
+                'e,
+                Result<
+                    sqlx::Either<<$db as Database>::QueryResult, <$db as Database>::Row>,
+                    sqlx::Error,
+                >,
+            >
+            where
+                'c: 'e,
+                E: 'q + Execute<'q, $db>,
+            {
+                let (conn, shared) = self.parts();
+                let sql = Arc::new(OnceLock::new());
+                let query = Recorded {
+                    inner: query,
+                    sql: sql.clone(),
+                };
+                observe_stream::<$db, _>(shared, sql, conn.fetch_many(query))
+            }
+
+            fn fetch_optional<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> BoxFuture<'e, Result<Option<<$db as Database>::Row>, sqlx::Error>>
+            where
+                'c: 'e,
+                E: 'q + Execute<'q, $db>,
+            {
+                let (conn, shared) = self.parts();
+                let sql = Arc::new(OnceLock::new());
+                let query = Recorded {
+                    inner: query,
+                    sql: sql.clone(),
+                };
+                observe_future::<$db, _>(shared, sql, conn.fetch_optional(query))
+            }
+
+            fn prepare_with<'e>(
+                self,
+                sql: SqlStr,
+                parameters: &'e [<$db as Database>::TypeInfo],
+            ) -> BoxFuture<'e, Result<<$db as Database>::Statement, sqlx::Error>>
+            where
+                'c: 'e,
+            {
+                let (conn, _) = self.parts();
+                conn.prepare_with(sql, parameters)
+            }
+
+            fn describe<'e>(
+                self,
+                sql: SqlStr,
+            ) -> BoxFuture<'e, Result<sqlx::Describe<$db>, sqlx::Error>>
+            where
+                'c: 'e,
+            {
+                let (conn, _) = self.parts();
+                conn.describe(sql)
+            }
+        }
+    };
+}
+
+impl_executor!("postgres", sqlx::Postgres, TxConn);
+impl_executor!("postgres", sqlx::Postgres, Savepoint);
+impl_executor!("mysql", sqlx::MySql, TxConn);
+impl_executor!("mysql", sqlx::MySql, Savepoint);
+impl_executor!("sqlite", sqlx::Sqlite, TxConn);
+impl_executor!("sqlite", sqlx::Sqlite, Savepoint);

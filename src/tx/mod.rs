@@ -1,0 +1,188 @@
+//! A database transaction per request, committed or rolled back from the response, with
+//! retry on serialization failures, deadlocks and busy errors.
+//!
+//! [`TxLayer`] holds a `sqlx` pool. Each request gets a [`TxHandle`] in its extensions (an
+//! axum extractor too) whose transaction begins on first use, so a request that never touches
+//! the database costs no round trip. When the inner service answers:
+//!
+//! - a retryable error seen by the handle (PostgreSQL `40001`/`40P01`, MySQL/MariaDB 1213 and
+//!   optionally 1205, SQLite busy/locked, decided by code, never by message) rolls back and
+//!   **replays the request** with a new transaction, after an exponential backoff with
+//!   jitter, up to [`TxConfig::max_attempts`] (3) within [`TxConfig::retry_deadline`]. The
+//!   handler may simply `?` the `sqlx::Error` into a `500`: the layer ignores that answer.
+//!   Only bodies of known length up to [`TxConfig::max_body_size`] (1 MiB) are buffered
+//!   for replay; other requests are not retried. When retries run out: `503` with
+//!   `Retry-After`.
+//! - otherwise the [`CommitPolicy`] decides: by default commit below `400`, and for gRPC
+//!   when `grpc-status` is `0` in the headers or, once the body is sent, the trailers. A
+//!   [`Verdict`] in the response extensions overrides it.
+//! - a failed `COMMIT` never shows success: `500`, or `503` + `Retry-After` for a
+//!   retryable failure that cannot be replayed. A commit whose connection was lost is
+//!   **ambiguous** and never retried: `502` (gRPC `UNKNOWN`). A PostgreSQL transaction
+//!   aborted by an earlier failed statement is not reported as committed either.
+//! - a panic, an error from the inner service, a cancelled request (the future dropped) or
+//!   the [`TxConfig::transaction_timeout`] rolls back. A connection whose session state is
+//!   unknown (cancelled during `BEGIN`, a statement or `COMMIT`) is closed, never returned
+//!   to the pool.
+//! - no connection within the pool's acquire timeout: `503` with `Retry-After`.
+//!
+//! The layer's own answers carry a [`TX_ERROR_HEADER`] naming the cause; for gRPC requests
+//! they are gRPC statuses (`UNAVAILABLE`, `INTERNAL`, `UNKNOWN`).
+//!
+//! Nested transactions: [`TxConn::savepoint`]. Work after commit (cache purge, events):
+//! [`TxHandle::after_commit`], or [`AfterCommit`] from the request extensions in a layer that
+//! does not know the database type. Statistics: [`TxLayer::stats`] gives a [`TxStats`] whose
+//! [`TxStatsSnapshot`] (serde-serializable) counts transactions, retries by reason, commit
+//! failures, and times each statement run through the handle.
+//!
+//! # Cancellation and concurrency
+//!
+//! A request cancelled before `COMMIT` is sent writes nothing: its connection is closed, so
+//! the server rolls back, and the pool opens a fresh one. A request cancelled while its
+//! `COMMIT` is on the wire may or may not have committed; nobody is left to tell, which is
+//! the same ambiguity as a lost connection. The stats count such attempts as rolled back.
+//!
+//! Each attempt has its own [`TxHandle`]; clones of it share one transaction and take turns
+//! on its connection. Retried attempts run one after another, never concurrently, and only
+//! the last attempt's [`AfterCommit`] hooks can run.
+//!
+//! # Example with axum
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "axum", feature = "postgres"))]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{Router, http::StatusCode, routing::post};
+//! use sqlx::Postgres;
+//! use tower_strata::tx::{IsolationLevel, TxConfig, TxHandle, TxLayer};
+//!
+//! async fn deposit(tx: TxHandle<Postgres>) -> Result<StatusCode, StatusCode> {
+//!     let mut conn = tx.conn().await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     sqlx::query("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+//!         .execute(&mut conn)
+//!         .await
+//!         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     Ok(StatusCode::NO_CONTENT)
+//! }
+//!
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+//! let layer = TxLayer::new(
+//!     pool,
+//!     TxConfig::default().isolation(IsolationLevel::Serializable),
+//! )?;
+//! let stats = layer.stats();
+//! let app: Router = Router::new().route("/deposit", post(deposit)).layer(layer);
+//! # let _ = (app, stats); Ok(()) }
+//! ```
+//!
+//! # Example with `ServiceBuilder` (SQLite, no server)
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use sqlx::Sqlite;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_strata::tx::{TxBody, TxConfig, TxHandle, TxLayer};
+//!
+//! let pool = sqlx::sqlite::SqlitePoolOptions::new()
+//!     .max_connections(1)
+//!     .connect("sqlite::memory:")
+//!     .await?;
+//! sqlx::query("CREATE TABLE t (x INTEGER)").execute(&pool).await?;
+//!
+//! let layer = TxLayer::new(pool.clone(), TxConfig::default())?;
+//! let svc = ServiceBuilder::new().layer(layer).service_fn(
+//!     |req: Request<TxBody<String>>| async move {
+//!         let tx = req.extensions().get::<TxHandle<Sqlite>>().unwrap().clone();
+//!         let mut conn = tx.conn().await.unwrap();
+//!         sqlx::query("INSERT INTO t VALUES (1)").execute(&mut conn).await.unwrap();
+//!         Ok::<_, Infallible>(Response::new(String::from("ok")))
+//!     },
+//! );
+//! let response = svc.oneshot(Request::new(String::new())).await?;
+//! assert_eq!(response.status(), 200);
+//! let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(&pool).await?;
+//! assert_eq!(n, 1);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
+
+mod backend;
+mod body;
+mod config;
+mod error;
+mod future;
+mod handle;
+mod layer;
+mod policy;
+mod service;
+mod stats;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+mod axum;
+
+#[cfg(feature = "axum")]
+pub use self::axum::MissingTxLayer;
+pub use backend::TxDatabase;
+pub use body::{TxBody, TxResponseBody};
+pub use config::{IsolationLevel, SqliteBegin, TxConfig};
+pub use error::{ConfigError, RetryReason};
+pub use future::ResponseFuture;
+pub use handle::{AfterCommit, Savepoint, TxConn, TxHandle};
+pub use layer::TxLayer;
+pub use policy::{CommitPolicy, DefaultPolicy, Verdict};
+pub use service::{TX_ERROR_HEADER, Tx};
+pub use stats::{
+    DurationSummary, MAX_STATEMENTS, OTHER_STATEMENTS, RetriedByReason, SLOW_KEPT, SlowStatement,
+    StatementStats, TxStats, TxStatsSnapshot,
+};
+
+/// Turns on sqlx's own slow-statement logging (`ConnectOptions::log_slow_statements`, at
+/// `WARN` through the `log` facade) for code that does not run its queries through a
+/// [`TxHandle`].
+///
+/// ```
+/// # #[cfg(feature = "sqlite")] {
+/// use std::time::Duration;
+/// let options = tower_strata::tx::log_slow_statements(
+///     sqlx::sqlite::SqliteConnectOptions::new(),
+///     Duration::from_millis(200),
+/// );
+/// # let _ = options; }
+/// ```
+pub fn log_slow_statements<O: sqlx::ConnectOptions>(
+    options: O,
+    threshold: std::time::Duration,
+) -> O {
+    options.log_slow_statements(log::LevelFilter::Warn, threshold)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        type Svc = tower::util::BoxCloneSyncService<
+            http::Request<TxBody<String>>,
+            http::Response<String>,
+            std::convert::Infallible,
+        >;
+        assert_send_sync::<TxLayer<sqlx::Sqlite>>();
+        assert_send_sync::<Tx<Svc, sqlx::Sqlite, DefaultPolicy>>();
+        assert_send_sync::<TxHandle<sqlx::Sqlite>>();
+        assert_send_sync::<AfterCommit>();
+        assert_send_sync::<TxStats>();
+        assert_send::<ResponseFuture<String, std::convert::Infallible>>();
+        assert_send::<TxResponseBody<String>>();
+        assert_send::<TxConn<'static, sqlx::Sqlite>>();
+        assert_send_sync::<TxStatsSnapshot>();
+    }
+}

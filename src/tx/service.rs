@@ -1,0 +1,397 @@
+//! [`Tx`]: the service made by [`TxLayer`](super::TxLayer); the attempt loop.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::backend::{TxDatabase, classify};
+use super::body::{GrpcFailure, TxBody, TxResponseBody};
+use super::error::RetryReason;
+use super::future::ResponseFuture;
+use super::handle::{
+    AfterCommit, Finished, Shared, TxHandle, commit_error_is_ambiguous, run_hooks,
+};
+use super::layer::TxLayer;
+use super::policy::{CommitPolicy, Verdict};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Header on the layer's own error answers naming what happened: `retries-exhausted`,
+/// `pool-exhausted`, `timeout`, `commit-failed`, `commit-ambiguous`, `bad-body`.
+pub const TX_ERROR_HEADER: &str = "x-tx-error";
+
+/// The service made by [`TxLayer`](super::TxLayer); see the [module docs](super).
+pub struct Tx<S, DB: TxDatabase, P> {
+    pub(crate) inner: S,
+    pub(crate) layer: TxLayer<DB, P>,
+}
+
+impl<S, DB: TxDatabase, P> Tx<S, DB, P> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, DB: TxDatabase, P> Clone for Tx<S, DB, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, DB: TxDatabase, P> fmt::Debug for Tx<S, DB, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, DB, P, B, ResB> Service<Request<B>> for Tx<S, DB, P>
+where
+    S: Service<Request<TxBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    DB: TxDatabase,
+    P: CommitPolicy,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<TxResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(run(ready, self.layer.clone(), req)),
+        }
+    }
+}
+
+enum Failure {
+    RetriesExhausted,
+    PoolExhausted,
+    Timeout,
+    CommitFailed,
+    CommitAmbiguous,
+    BadBody,
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::RetriesExhausted | Self::PoolExhausted | Self::Timeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::CommitFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::CommitAmbiguous => StatusCode::BAD_GATEWAY,
+            Self::BadBody => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn grpc(&self) -> GrpcFailure {
+        match self {
+            Self::RetriesExhausted | Self::PoolExhausted | Self::Timeout => (14, self.message()),
+            Self::CommitFailed => (13, self.message()),
+            Self::CommitAmbiguous => (2, self.message()),
+            Self::BadBody => (3, self.message()),
+        }
+    }
+
+    fn tag(&self) -> &'static str {
+        match self {
+            Self::RetriesExhausted => "retries-exhausted",
+            Self::PoolExhausted => "pool-exhausted",
+            Self::Timeout => "timeout",
+            Self::CommitFailed => "commit-failed",
+            Self::CommitAmbiguous => "commit-ambiguous",
+            Self::BadBody => "bad-body",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            Self::RetriesExhausted => "database busy: transaction conflicts, retry later",
+            Self::PoolExhausted => "database busy: no connection available, retry later",
+            Self::Timeout => "transaction timed out, retry later",
+            Self::CommitFailed => "the transaction could not be committed",
+            Self::CommitAmbiguous => {
+                "the connection was lost during commit: the change may or may not have been applied"
+            }
+            Self::BadBody => "the request body could not be read",
+        }
+    }
+
+    fn respond<B>(&self, grpc: bool, retry_after: u64) -> Response<TxResponseBody<B>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(TX_ERROR_HEADER, HeaderValue::from_static(self.tag()));
+        let mut response = if grpc {
+            let (code, message) = self.grpc();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+            headers.insert("grpc-message", HeaderValue::from_static(message));
+            Response::new(TxResponseBody::message(""))
+        } else {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            let mut r = Response::new(TxResponseBody::message(self.message()));
+            *r.status_mut() = self.status();
+            r
+        };
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+fn rebuild<B>(parts: &http::request::Parts, body: TxBody<B>) -> Request<TxBody<B>> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req
+}
+
+enum Step<R> {
+    Done(R),
+    Retry(RetryReason),
+}
+
+async fn run<S, DB, P, B, ResB>(
+    mut svc: S,
+    layer: TxLayer<DB, P>,
+    req: Request<B>,
+) -> Result<Response<TxResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<TxBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    DB: TxDatabase,
+    P: CommitPolicy,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+{
+    let config = layer.config.clone();
+    let stats = layer.stats.inner.clone();
+    let retry_after = config.retry_after_secs();
+    let (parts, body) = req.into_parts();
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    let fail = |f: Failure| f.respond::<ResB>(grpc, retry_after);
+
+    let mut buffered = None;
+    let mut streaming = None;
+    match body.size_hint().exact() {
+        Some(n) if n <= config.max_body_size as u64 => {
+            match Limited::new(body, config.max_body_size).collect().await {
+                Ok(collected) => buffered = Some(collected.to_bytes()),
+                Err(_) => return Ok(fail(Failure::BadBody)),
+            }
+        }
+        _ => streaming = Some(body),
+    }
+
+    let started = Instant::now();
+    let mut attempt = 1u32;
+    loop {
+        let body = match (&buffered, streaming.take()) {
+            (Some(bytes), _) => TxBody::buffered(bytes.clone()),
+            (None, Some(body)) => TxBody::streaming(body),
+            // Only a buffered request is replayed, so the streaming body is always there.
+            (None, None) => return Ok(fail(Failure::RetriesExhausted)),
+        };
+        let mut req = rebuild(&parts, body);
+        let shared = Arc::new(Shared::new(config.clone(), stats.clone()));
+        let handle = TxHandle::new(layer.pool.clone(), shared.clone());
+        req.extensions_mut().insert(handle.clone());
+        req.extensions_mut()
+            .insert(AfterCommit::new(shared.clone()));
+        if attempt > 1 {
+            svc.ready().await?;
+        }
+        let call = AssertUnwindSafe(svc.call(req)).catch_unwind();
+        let outcome = match config.transaction_timeout {
+            Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+            None => Some(call.await),
+        };
+        let response = match outcome {
+            None => {
+                handle.abandon().await;
+                shared.take_hooks(false);
+                stats.timed_out();
+                return Ok(fail(Failure::Timeout));
+            }
+            Some(Err(panic)) => {
+                handle.abandon().await;
+                shared.take_hooks(false);
+                std::panic::resume_unwind(panic);
+            }
+            Some(Ok(Err(err))) => {
+                handle.finish(false).await;
+                shared.take_hooks(false);
+                return Err(err);
+            }
+            Some(Ok(Ok(response))) => response,
+        };
+
+        let step = if shared.pool_exhausted() {
+            handle.finish(false).await;
+            shared.take_hooks(false);
+            stats.pool_exhausted();
+            Step::Done(fail(Failure::PoolExhausted))
+        } else if let Some(reason) = shared.retry_reason() {
+            handle.finish(false).await;
+            shared.take_hooks(false);
+            Step::Retry(reason)
+        } else {
+            let verdict = response.extensions().get::<Verdict>().copied().or_else(|| {
+                layer
+                    .policy
+                    .on_response(response.status(), response.headers())
+            });
+            match verdict {
+                Some(Verdict::Rollback) => {
+                    handle.finish(false).await;
+                    shared.take_hooks(false);
+                    Step::Done(response.map(TxResponseBody::inner))
+                }
+                Some(Verdict::Commit) => match handle.finish(true).await {
+                    Finished::Committed | Finished::NotBegun => {
+                        run_hooks(shared.take_hooks(true)).await;
+                        Step::Done(response.map(TxResponseBody::inner))
+                    }
+                    Finished::Aborted | Finished::RolledBack => {
+                        shared.take_hooks(false);
+                        stats.commit_failed(false);
+                        Step::Done(fail(Failure::CommitFailed))
+                    }
+                    Finished::CommitFailed(err) => {
+                        shared.take_hooks(false);
+                        if let Some(reason) = classify::<DB>(&err, &config) {
+                            Step::Retry(reason)
+                        } else if commit_error_is_ambiguous(&err) {
+                            tracing::error!(target: "tower_strata::tx", error = %err, "commit outcome unknown");
+                            stats.commit_failed(true);
+                            Step::Done(fail(Failure::CommitAmbiguous))
+                        } else {
+                            tracing::error!(target: "tower_strata::tx", error = %err, "commit failed");
+                            stats.commit_failed(false);
+                            Step::Done(fail(Failure::CommitFailed))
+                        }
+                    }
+                },
+                None => {
+                    let policy = layer.policy.clone();
+                    let stats = stats.clone();
+                    let deferred = Box::new(move |trailers: Option<&HeaderMap>| {
+                        let verdict = policy.on_trailers(trailers);
+                        let fut: futures_util::future::BoxFuture<'static, _> =
+                            Box::pin(async move {
+                                finish_deferred(handle, shared, stats, verdict).await
+                            });
+                        fut
+                    });
+                    Step::Done(response.map(|b| TxResponseBody::deferred(b, deferred)))
+                }
+            }
+        };
+
+        match step {
+            Step::Done(response) => return Ok(response),
+            Step::Retry(reason) => {
+                let delay = config.backoff_for(attempt);
+                let can_replay = buffered.is_some()
+                    && attempt < config.max_attempts
+                    && started.elapsed() + delay < config.retry_deadline;
+                if !can_replay {
+                    stats.retries_exhausted();
+                    return Ok(fail(Failure::RetriesExhausted));
+                }
+                stats.retried(reason);
+                tracing::debug!(target: "tower_strata::tx", %reason, attempt, "retrying request");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn finish_deferred<DB: TxDatabase>(
+    handle: TxHandle<DB>,
+    shared: Arc<Shared>,
+    stats: Arc<super::stats::StatsInner>,
+    verdict: Verdict,
+) -> Result<(), GrpcFailure> {
+    if verdict == Verdict::Rollback {
+        handle.finish(false).await;
+        shared.take_hooks(false);
+        return Ok(());
+    }
+    match handle.finish(true).await {
+        Finished::Committed | Finished::NotBegun => {
+            run_hooks(shared.take_hooks(true)).await;
+            Ok(())
+        }
+        Finished::Aborted | Finished::RolledBack => {
+            shared.take_hooks(false);
+            stats.commit_failed(false);
+            Err(Failure::CommitFailed.grpc())
+        }
+        Finished::CommitFailed(err) => {
+            shared.take_hooks(false);
+            if classify::<DB>(&err, &shared.config).is_some() {
+                // Too late to replay (the response has started): the client may retry.
+                stats.retries_exhausted();
+                Err(Failure::RetriesExhausted.grpc())
+            } else if commit_error_is_ambiguous(&err) {
+                stats.commit_failed(true);
+                Err(Failure::CommitAmbiguous.grpc())
+            } else {
+                stats.commit_failed(false);
+                Err(Failure::CommitFailed.grpc())
+            }
+        }
+    }
+}
