@@ -4,3 +4,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod store;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
