@@ -24,13 +24,21 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The route of a request: known, or (gRPC) a path to add to the table only once the call
+/// proved not to be `UNIMPLEMENTED`, so unknown methods never take a label slot.
+#[derive(Debug)]
+pub(crate) enum Route {
+    Id(u32),
+    Pending(Box<str>),
+}
+
 /// Lives from the call until the response body finished or was dropped; moved from the future
 /// into the body. Its `Drop` decrements the in-flight count and records the request, so no path
 /// (panic, cancellation, error) can leak an in-flight request.
 #[derive(Debug)]
 pub(crate) struct Guard {
     handle: Arc<Handle>,
-    route: u32,
+    route: Route,
     method: usize,
     grpc: bool,
     start: Instant,
@@ -42,7 +50,7 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    pub(crate) fn start(handle: Arc<Handle>, route: u32, method: usize, grpc: bool) -> Self {
+    pub(crate) fn start(handle: Arc<Handle>, route: Route, method: usize, grpc: bool) -> Self {
         handle.shared.request_started(method);
         Self {
             handle,
@@ -62,20 +70,20 @@ impl Guard {
     pub(crate) fn head(&mut self, status: StatusCode, headers: &HeaderMap) {
         self.head = Some(self.start.elapsed());
         self.status = Some(status);
-        if self.grpc {
-            // Trailers-only responses carry the status in the headers.
-            if let Some(code) = grpc_status(headers) {
-                self.grpc_code = Some(code);
-            }
+        // Trailers-only responses carry the status in the headers.
+        if self.grpc
+            && let Some(code) = grpc_status(headers)
+        {
+            self.grpc_code = Some(code);
         }
     }
 
     /// Trailers arrived (gRPC status at the end of a stream).
     pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
-        if self.grpc {
-            if let Some(code) = grpc_status(trailers) {
-                self.grpc_code = Some(code);
-            }
+        if self.grpc
+            && let Some(code) = grpc_status(trailers)
+        {
+            self.grpc_code = Some(code);
         }
     }
 
@@ -119,7 +127,10 @@ impl Drop for Guard {
         let route = if self.grpc_code == Some(GRPC_UNIMPLEMENTED) {
             UNMATCHED
         } else {
-            self.route
+            match &self.route {
+                Route::Id(id) => *id,
+                Route::Pending(name) => self.handle.shared.route_id(name),
+            }
         };
         let sample = Sample {
             grpc: self.grpc,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::Request;
 use tower_layer::Layer;
 
-use super::guard::Guard;
+use super::guard::{Guard, Route};
 use super::registry::{MetricsRegistry, UNMATCHED};
 use super::route::{RequestInfo, RouteLabel, default_route, is_grpc, method_index};
 use super::service::Metrics;
@@ -101,9 +101,14 @@ impl LayerState {
                 .as_ref()
                 .and_then(|label| label.route_label(&info))
         });
+        let shared = self.registry.shared();
         let route = match route {
-            Some(route) => self.registry.shared().route_id(&route),
-            None => UNMATCHED,
+            None => Route::Id(UNMATCHED),
+            Some(route) if grpc => match shared.cached_route_id(&route) {
+                Some(id) => Route::Id(id),
+                None => Route::Pending(route.into()),
+            },
+            Some(route) => Route::Id(shared.route_id(&route)),
         };
         Some(Guard::start(
             self.registry.handle(),

@@ -131,6 +131,7 @@ pub use registry::{
     RouteSnapshot, SlowRequest, StatusClasses, Window,
 };
 pub use route::{RequestInfo, RouteLabel};
+pub use service::Metrics;
 
 #[cfg(test)]
 mod tests {
@@ -145,5 +146,3 @@ mod tests {
         assert_send_sync::<MetricsBody<String>>();
     }
 }
-
-pub use service::Metrics;

@@ -478,6 +478,15 @@ impl Shared {
         id as u32
     }
 
+    /// The id of a route label if this thread has already seen it.
+    pub(crate) fn cached_route_id(&self, name: &str) -> Option<u32> {
+        self.local_names
+            .get_or(Default::default)
+            .borrow()
+            .get(name)
+            .copied()
+    }
+
     /// The id of a route label: a per-thread cache lookup, the global table on a miss.
     pub(crate) fn route_id(&self, name: &str) -> u32 {
         let cache = self.local_names.get_or(Default::default);

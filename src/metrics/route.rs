@@ -76,10 +76,8 @@ pub(crate) fn grpc_route(path: &str) -> Option<&str> {
 
 /// The built-in route labels: gRPC path, then axum's `MatchedPath`.
 pub(crate) fn default_route<'a>(req: &RequestInfo<'a>, grpc: bool) -> Option<Cow<'a, str>> {
-    if grpc {
-        if let Some(route) = grpc_route(req.uri.path()) {
-            return Some(Cow::Borrowed(route));
-        }
+    if grpc && let Some(route) = grpc_route(req.uri.path()) {
+        return Some(Cow::Borrowed(route));
     }
     #[cfg(feature = "axum")]
     if let Some(matched) = req.extensions.get::<axum::extract::MatchedPath>() {
