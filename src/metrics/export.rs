@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
 use metrics::{Gauge, Histogram, Label, Unit};
 use thread_local::ThreadLocal;
 
@@ -70,7 +71,7 @@ struct Handles {
 
 #[derive(Default)]
 struct Cache {
-    handles: HashMap<Key, Handles>,
+    handles: HashMap<Key, Handles, RandomState>,
     active: [Option<Gauge>; METHODS],
 }
 

@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 
 use super::body::MetricsBody;
 use super::guard::Guard;
@@ -43,10 +44,11 @@ where
             Ok(response) => {
                 let mut guard = this.guard.take();
                 if let Some(g) = guard.as_mut() {
-                    g.head(response.status(), response.headers());
+                    let now = Instant::now();
+                    g.head(response.status(), response.headers(), now);
                     if response.body().is_end_stream() {
                         // Nothing will be polled from an empty body: the response is complete.
-                        g.finished();
+                        g.finished_at(now);
                         guard = None;
                     }
                 }

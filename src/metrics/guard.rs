@@ -47,6 +47,8 @@ pub(crate) struct Guard {
     grpc_code: Option<i32>,
     finished: bool,
     failed: bool,
+    /// When the response finished, if known before the drop (saves a clock read).
+    end: Option<Instant>,
 }
 
 impl Guard {
@@ -63,12 +65,13 @@ impl Guard {
             grpc_code: None,
             finished: false,
             failed: false,
+            end: None,
         }
     }
 
-    /// The response head is ready.
-    pub(crate) fn head(&mut self, status: StatusCode, headers: &HeaderMap) {
-        self.head = Some(self.start.elapsed());
+    /// The response head is ready (at `now`).
+    pub(crate) fn head(&mut self, status: StatusCode, headers: &HeaderMap, now: Instant) {
+        self.head = Some(now.saturating_duration_since(self.start));
         self.status = Some(status);
         // Trailers-only responses carry the status in the headers.
         if self.grpc
@@ -90,6 +93,12 @@ impl Guard {
     /// The response finished normally; the guard records when dropped.
     pub(crate) fn finished(&mut self) {
         self.finished = true;
+    }
+
+    /// The response finished normally at `now` (a head with an empty body).
+    pub(crate) fn finished_at(&mut self, now: Instant) {
+        self.finished = true;
+        self.end = Some(now);
     }
 
     /// The inner service or the body failed.
@@ -121,7 +130,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = self.end.unwrap_or_else(Instant::now);
         let outcome = self.outcome();
         // Unknown gRPC methods would otherwise put arbitrary client paths into labels.
         let route = if self.grpc_code == Some(GRPC_UNIMPLEMENTED) {

@@ -72,11 +72,18 @@ impl AtomicHistogram {
     }
 
     /// Counts one value falling in bucket `index`.
+    ///
+    /// Single writer: only the thread owning this histogram may call it (a plain load and store,
+    /// no read-modify-write, which is what makes recording cheap). Readers may run concurrently.
     #[inline]
     pub(crate) fn record_index(&self, index: usize) {
         let chunk = self.chunks[index / CHUNK]
             .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU32::new(0))));
-        chunk[index % CHUNK].fetch_add(1, Ordering::Relaxed);
+        let counter = &chunk[index % CHUNK];
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// Sets every counter to zero, keeping the allocated chunks.

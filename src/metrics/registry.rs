@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use foldhash::fast::RandomState;
 use http::{Method, StatusCode};
 use serde::{Serialize, Serializer};
 use thread_local::ThreadLocal;
@@ -413,7 +414,7 @@ impl RouteTable {
 pub(crate) struct Shared {
     start: Instant,
     routes: RouteTable,
-    local_names: ThreadLocal<RefCell<HashMap<Box<str>, u32>>>,
+    local_names: ThreadLocal<RefCell<HashMap<Box<str>, u32, RandomState>>>,
     in_flight: ThreadLocal<Box<[AtomicI64; METHODS]>>,
     slow_threshold: Option<Duration>,
     route_slow_thresholds: HashMap<String, Option<Duration>>,
@@ -432,7 +433,7 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     fn epoch(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.start).as_nanos() / SLICE.as_nanos()) as u64 + 1
+        now.saturating_duration_since(self.start).as_secs() / SLICE.as_secs() + 1
     }
 
     pub(crate) fn unmatched_label(&self) -> &str {
@@ -505,7 +506,8 @@ impl Shared {
         let counters = self
             .in_flight
             .get_or(|| Box::new(std::array::from_fn(|_| AtomicI64::new(0))));
-        counters[method].fetch_add(1, Ordering::Relaxed);
+        // This thread's counter: a single writer.
+        add(&counters[method], 1);
         if let Some(exporter) = &self.exporter {
             exporter.active(method, 1.0);
         }
@@ -515,7 +517,7 @@ impl Shared {
         let counters = self
             .in_flight
             .get_or(|| Box::new(std::array::from_fn(|_| AtomicI64::new(0))));
-        counters[method].fetch_sub(1, Ordering::Relaxed);
+        add(&counters[method], -1);
         if let Some(exporter) = &self.exporter {
             exporter.active(method, -1.0);
         }
@@ -586,7 +588,35 @@ impl Shared {
     }
 }
 
-/// Counters and histograms of one route template and method, sharded per thread.
+/// Adds to a counter that only the current thread writes (its own shard): a load and a store
+/// instead of a locked read-modify-write. Concurrent readers see either value.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// Raises a single-writer maximum.
+#[inline]
+fn raise(max: &AtomicU64, v: u64) {
+    if v > max.load(Ordering::Relaxed) {
+        max.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Adds to a single-writer signed counter.
+#[inline]
+fn add(counter: &AtomicI64, n: i64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// Counters and histograms of one route template and method, sharded per thread: each thread
+/// records into its own [`Shard`], so there is exactly one writer per shard.
 struct RouteStats {
     shards: ThreadLocal<Box<Shard>>,
 }
@@ -636,32 +666,32 @@ impl RouteStats {
             })
         });
         let slot = shard.slot(epoch);
-        let r = Ordering::Relaxed;
-        slot.count.fetch_add(1, r);
+        // Every counter below belongs to this thread's shard: plain loads and stores suffice.
+        bump(&slot.count, 1);
         if sample.outcome.is_error() {
-            slot.errors.fetch_add(1, r);
+            bump(&slot.errors, 1);
         }
         if sample.outcome == Outcome::Cancelled {
-            slot.cancelled.fetch_add(1, r);
+            bump(&slot.cancelled, 1);
         }
         if slow {
-            slot.slow.fetch_add(1, r);
+            bump(&slot.slow, 1);
         }
         if let Some(status) = sample.status {
             let class = (status.as_u16() / 100) as usize;
             if (1..=5).contains(&class) {
-                slot.classes[class - 1].fetch_add(1, r);
+                bump(&slot.classes[class - 1], 1);
             }
         }
         let ns = sample.total.as_nanos().min(u128::from(u64::MAX)) as u64;
-        slot.sum_ns.fetch_add(ns, r);
-        slot.max_ns.fetch_max(ns, r);
+        bump(&slot.sum_ns, ns);
+        raise(&slot.max_ns, ns);
         slot.total.get().record_index(bucket_index(ns));
         if let Some(head) = sample.head {
             let ns = head.as_nanos().min(u128::from(u64::MAX)) as u64;
-            slot.head_count.fetch_add(1, r);
-            slot.head_sum_ns.fetch_add(ns, r);
-            slot.head_max_ns.fetch_max(ns, r);
+            bump(&slot.head_count, 1);
+            bump(&slot.head_sum_ns, ns);
+            raise(&slot.head_max_ns, ns);
             slot.head.get().record_index(bucket_index(ns));
         }
     }

@@ -1,0 +1,168 @@
+//! Cost of the metrics layer per request against the bare service, and recording throughput on
+//! two threads against one.
+//!
+//! `cargo bench --bench metrics -- --warm-up-time 1 --measurement-time 3`
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
+
+fn registry(export: bool) -> MetricsRegistry {
+    MetricsRegistry::builder().export(export).build().unwrap()
+}
+
+/// A trivial axum app, with or without the layer.
+fn app(layer: Option<MetricsLayer>) -> Router {
+    let router = Router::new().route("/users/{id}", get(|| async { "ok" }));
+    match layer {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+fn layer_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("layer_overhead_axum");
+    let cases = [
+        ("bare", app(None)),
+        ("metrics", app(Some(MetricsLayer::new(registry(false))))),
+        (
+            "metrics_export_noop_recorder",
+            app(Some(MetricsLayer::new(registry(true)))),
+        ),
+    ];
+    for (name, router) in cases {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let router = router.clone();
+                async move {
+                    let req = Request::get("/users/42").body(Body::empty()).unwrap();
+                    let res = router.oneshot(req).await.unwrap();
+                    black_box(res.into_body().collect().await.unwrap());
+                }
+            })
+        });
+    }
+    group.finish();
+
+    // The same with a plain `service_fn`: the smallest possible handler, no routing.
+    let mut group = c.benchmark_group("layer_overhead_service_fn");
+    let handler =
+        |_req: Request<String>| async { Ok::<_, Infallible>(Response::new(String::from("ok"))) };
+    let label = |_: &tower_strata::metrics::RequestInfo<'_>| Some("/users/{id}");
+    let mut bare = ServiceBuilder::new().service_fn(handler);
+    let mut layered = ServiceBuilder::new()
+        .layer(MetricsLayer::new(registry(false)).route_label(label))
+        .service_fn(handler);
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            let req = Request::get("/users/42").body(String::new()).unwrap();
+            let res = bare.call(req).now_or_never().unwrap().unwrap();
+            black_box(res);
+        })
+    });
+    group.bench_function("metrics", |b| {
+        b.iter(|| {
+            let req = Request::get("/users/42").body(String::new()).unwrap();
+            let res = layered.call(req).now_or_never().unwrap().unwrap();
+            black_box(res);
+        })
+    });
+    group.finish();
+}
+
+/// Runs `per_thread` iterations of a worker made by `make` on each of `threads` threads at once;
+/// returns the slowest thread's time.
+fn on_threads<W: FnMut(u64)>(
+    threads: usize,
+    per_thread: u64,
+    make: impl Fn() -> W + Sync,
+) -> Duration {
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut work = make();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..per_thread {
+                        work(i);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap()
+    })
+}
+
+fn recording_scales(c: &mut Criterion) {
+    // Registry recording alone.
+    let mut group = c.benchmark_group("record_throughput");
+    for threads in [1usize, 2] {
+        let reg = registry(false);
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &t| {
+            b.iter_custom(|iters| {
+                on_threads(t, iters, || {
+                    |i| {
+                        reg.record(
+                            "/users/{id}",
+                            &Method::GET,
+                            StatusCode::OK,
+                            Duration::from_nanos(1_000 + (i % 4096) * 250),
+                        )
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+
+    // The whole layer (route lookup, guard, in-flight counters, both histograms) per request.
+    let mut group = c.benchmark_group("layer_throughput");
+    for threads in [1usize, 2] {
+        let label = |_: &tower_strata::metrics::RequestInfo<'_>| Some("/users/{id}");
+        let svc = ServiceBuilder::new()
+            .layer(MetricsLayer::new(registry(false)).route_label(label))
+            .service_fn(|_req: Request<String>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            });
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &t| {
+            b.iter_custom(|iters| {
+                on_threads(t, iters, || {
+                    // One service per thread, as a server has one per connection.
+                    let mut svc = svc.clone();
+                    move |_| {
+                        let req = Request::get("/users/42").body(String::new()).unwrap();
+                        let res = svc.call(req).now_or_never().unwrap().unwrap();
+                        black_box(res);
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, layer_overhead, recording_scales);
+criterion_main!(benches);
