@@ -58,6 +58,34 @@ fn layer_overhead(c: &mut Criterion) {
     }
     group.finish();
 
+    // Through a real HTTP/1.1 server on loopback, one keep-alive connection: the cost a client
+    // sees.
+    let mut group = c.benchmark_group("layer_overhead_http_loopback");
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, router) in [
+        ("bare", app(None)),
+        ("metrics", app(Some(MetricsLayer::new(registry(false))))),
+    ] {
+        let listener = multi
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        multi.spawn(async move { axum::serve(listener, router).await });
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_nodelay(true).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(http_get(&mut conn, &mut buf)))
+        });
+    }
+    group.finish();
+    drop(multi);
+
     // The same with a plain `service_fn`: the smallest possible handler, no routing.
     let mut group = c.benchmark_group("layer_overhead_service_fn");
     let handler =
@@ -82,6 +110,33 @@ fn layer_overhead(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// One `GET /users/42` on a keep-alive connection; returns the body length.
+fn http_get(conn: &mut std::net::TcpStream, buf: &mut [u8]) -> usize {
+    use std::io::{Read, Write};
+    conn.write_all(b"GET /users/42 HTTP/1.1\r\nhost: bench\r\n\r\n")
+        .unwrap();
+    let mut filled = 0;
+    loop {
+        let n = conn.read(&mut buf[filled..]).unwrap();
+        assert!(n > 0, "connection closed");
+        filled += n;
+        let text = &buf[..filled];
+        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&text[..end])
+                .unwrap()
+                .to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap();
+            if filled >= end + 4 + len {
+                return len;
+            }
+        }
+    }
 }
 
 /// Runs `per_thread` iterations of a worker made by `make` on each of `threads` threads at once;

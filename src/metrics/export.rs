@@ -7,7 +7,7 @@ use foldhash::fast::RandomState;
 use metrics::{Gauge, Histogram, Label, Unit};
 use thread_local::ThreadLocal;
 
-use super::registry::{Outcome, Sample};
+use super::registry::{Outcome, Padded, Sample};
 use super::route::{METHOD_LABELS, METHODS};
 
 /// `http.server.request.duration`: seconds from the request until the response body finished or
@@ -78,7 +78,7 @@ struct Cache {
 /// Per-thread caches of metric handles, one entry per label set, so recording a request costs a
 /// hash lookup and two atomic adds in the recorder rather than a label-set registration.
 pub(crate) struct Exporter {
-    cache: ThreadLocal<RefCell<Cache>>,
+    cache: ThreadLocal<Padded<RefCell<Cache>>>,
 }
 
 impl Exporter {

@@ -387,8 +387,24 @@ impl MetricsRegistry {
     }
 }
 
-/// A per-thread handle held by each in-flight request.
+/// Aligns per-thread data to its own cache lines: `ThreadLocal` stores the values of
+/// neighbouring threads side by side, and a write by one thread must not invalidate the line
+/// another thread is using.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// A per-thread handle held by each in-flight request (aligned so that the reference counts of
+/// two threads' handles never share a cache line).
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Handle {
     pub(crate) shared: Arc<Shared>,
 }
@@ -411,11 +427,14 @@ impl RouteTable {
     }
 }
 
+/// A thread's cache of route label ids.
+type RouteCache = HashMap<Box<str>, u32, RandomState>;
+
 pub(crate) struct Shared {
     start: Instant,
     routes: RouteTable,
-    local_names: ThreadLocal<RefCell<HashMap<Box<str>, u32, RandomState>>>,
-    in_flight: ThreadLocal<Box<[AtomicI64; METHODS]>>,
+    local_names: ThreadLocal<Padded<RefCell<RouteCache>>>,
+    in_flight: ThreadLocal<Padded<[AtomicI64; METHODS]>>,
     slow_threshold: Option<Duration>,
     route_slow_thresholds: HashMap<String, Option<Duration>>,
     slow_log: Mutex<VecDeque<SlowRequest>>,
@@ -505,7 +524,7 @@ impl Shared {
     pub(crate) fn request_started(&self, method: usize) {
         let counters = self
             .in_flight
-            .get_or(|| Box::new(std::array::from_fn(|_| AtomicI64::new(0))));
+            .get_or(|| Padded(std::array::from_fn(|_| AtomicI64::new(0))));
         // This thread's counter: a single writer.
         add(&counters[method], 1);
         if let Some(exporter) = &self.exporter {
@@ -516,7 +535,7 @@ impl Shared {
     fn request_ended(&self, method: usize) {
         let counters = self
             .in_flight
-            .get_or(|| Box::new(std::array::from_fn(|_| AtomicI64::new(0))));
+            .get_or(|| Padded(std::array::from_fn(|_| AtomicI64::new(0))));
         add(&counters[method], -1);
         if let Some(exporter) = &self.exporter {
             exporter.active(method, -1.0);
@@ -621,6 +640,7 @@ struct RouteStats {
     shards: ThreadLocal<Box<Shard>>,
 }
 
+#[repr(align(128))]
 struct Shard {
     ring: [Slot; RING],
 }
