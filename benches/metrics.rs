@@ -192,6 +192,48 @@ fn recording_scales(c: &mut Criterion) {
     }
     group.finish();
 
+    // References measured in the same run, to read the ratios against: independent per-thread
+    // work of similar size (the best this machine can scale right now) and the same histogram
+    // update behind one global mutex (what "serialized" looks like).
+    let mut group = c.benchmark_group("reference_throughput");
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_with_input(
+            BenchmarkId::new("independent", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    on_threads(t, iters, || {
+                        let mut local = vec![0u64; 1438];
+                        move |i| {
+                            let ns = 1_000 + (i % 4096) * 250;
+                            let idx = ((ns as f64).ln() / 1.02f64.ln()).ceil() as usize;
+                            local[idx.min(1437)] += 1;
+                            black_box(&local);
+                        }
+                    })
+                })
+            },
+        );
+        let global = std::sync::Mutex::new(vec![0u64; 1438]);
+        group.bench_with_input(
+            BenchmarkId::new("global_mutex", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    on_threads(t, iters, || {
+                        |i| {
+                            let ns = 1_000 + (i % 4096) * 250;
+                            let idx = ((ns as f64).ln() / 1.02f64.ln()).ceil() as usize;
+                            global.lock().unwrap()[idx.min(1437)] += 1;
+                        }
+                    })
+                })
+            },
+        );
+    }
+    group.finish();
+
     // The whole layer (route lookup, guard, in-flight counters, both histograms) per request.
     let mut group = c.benchmark_group("layer_throughput");
     for threads in [1usize, 2] {

@@ -2,6 +2,9 @@
 //! OpenTelemetry names. Alone in its binary: it installs the global `metrics` recorder.
 #![cfg(all(feature = "metrics", feature = "axum"))]
 
+#[path = "support/metrics_grpc.rs"]
+mod grpc;
+
 use std::time::Duration;
 
 use axum::Router;
@@ -14,13 +17,17 @@ use prom_text_format_parser::{Scrape, Type, ValueType};
 use tower::ServiceExt;
 use tower_strata::metrics::{
     DURATION_BUCKETS, HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_TIME_TO_HEAD, MetricsLayer,
-    MetricsRegistry,
+    MetricsRegistry, RPC_SERVER_CALL_DURATION,
 };
 
 #[tokio::test]
 async fn prometheus_output_parses_and_has_the_opentelemetry_names() {
     let mut builder = PrometheusBuilder::new();
-    for name in [HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_TIME_TO_HEAD] {
+    for name in [
+        HTTP_SERVER_REQUEST_DURATION,
+        HTTP_SERVER_TIME_TO_HEAD,
+        RPC_SERVER_CALL_DURATION,
+    ] {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.into()), &DURATION_BUCKETS)
             .unwrap();
@@ -49,6 +56,28 @@ async fn prometheus_output_parses_and_has_the_opentelemetry_names() {
             .unwrap();
         res.into_body().collect().await.unwrap();
     }
+    // gRPC calls through a tonic server sharing the registry.
+    let mut client = tonic::client::Grpc::new(grpc::serve(registry.clone()).await);
+    grpc::unary(&mut client, "/test.Echo/Say", "ok")
+        .await
+        .unwrap();
+    grpc::unary(&mut client, "/test.Echo/Say", "internal")
+        .await
+        .unwrap_err();
+    let mut failing = grpc::stream(&mut client, "unavailable").await;
+    while failing.message().await.is_ok_and(|m| m.is_some()) {}
+    // The server records when its response body ends, just after the client saw it: wait
+    // (bounded) for the three calls.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while text_count(&handle.render(), "rpc_server_call_duration_count") < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            handle.render()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     handle.run_upkeep();
     let text = handle.render();
     let scrape = Scrape::parse(&text).unwrap_or_else(|e| panic!("{e:?} in:\n{text}"));
@@ -115,11 +144,15 @@ async fn prometheus_output_parses_and_has_the_opentelemetry_names() {
 
     let active = family("http_server_active_requests");
     assert_eq!(active.kind, Type::Gauge);
-    assert_eq!(
-        label(&active.samples[0], "http_request_method").as_deref(),
-        Some("GET")
-    );
-    assert_eq!(active.samples[0].value.value.as_f64(), 0.0);
+    // GET for the HTTP requests, POST for the gRPC calls: none left in flight.
+    let mut methods: Vec<_> = active
+        .samples
+        .iter()
+        .map(|s| label(s, "http_request_method").unwrap())
+        .collect();
+    methods.sort();
+    assert_eq!(methods, ["GET", "POST"]);
+    assert!(active.samples.iter().all(|s| s.value.value.as_f64() == 0.0));
 
     assert_eq!(
         family("tower_strata_http_server_time_to_head").kind,
@@ -133,4 +166,51 @@ async fn prometheus_output_parses_and_has_the_opentelemetry_names() {
         Some("/slow")
     );
     assert_eq!(slow.samples[0].value.value.as_f64(), 1.0);
+
+    let rpc = family("rpc_server_call_duration");
+    assert_eq!(rpc.kind, Type::Histogram);
+    let calls: Vec<_> = rpc
+        .samples
+        .iter()
+        .filter(|s| s.value.value_type == ValueType::Count)
+        .map(|s| {
+            assert_eq!(label(s, "rpc_system").as_deref(), Some("grpc"));
+            assert_eq!(label(s, "rpc_service").as_deref(), Some("test.Echo"));
+            (
+                label(s, "rpc_method").unwrap(),
+                label(s, "rpc_grpc_status_code").unwrap(),
+                label(s, "error_type"),
+            )
+        })
+        .collect();
+    let mut calls = calls;
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            ("Say".to_owned(), "0".to_owned(), None),
+            (
+                "Say".to_owned(),
+                "13".to_owned(),
+                Some("INTERNAL".to_owned())
+            ),
+            (
+                "Stream".to_owned(),
+                "14".to_owned(),
+                Some("UNAVAILABLE".to_owned())
+            ),
+        ]
+    );
+    // gRPC calls are not reported as HTTP requests.
+    assert!(
+        duration
+            .samples
+            .iter()
+            .all(|s| !label(s, "http_route").unwrap().starts_with("/test.Echo"))
+    );
+}
+
+/// Number of lines starting with `name` in a rendering.
+fn text_count(text: &str, name: &str) -> usize {
+    text.lines().filter(|l| l.starts_with(name)).count()
 }
