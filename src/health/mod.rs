@@ -32,7 +32,7 @@
 //! With axum, the latency summary of the metrics registry included:
 //!
 //! ```
-//! # #[cfg(feature = "metrics")] {
+//! # #[cfg(all(feature = "metrics", feature = "axum"))] {
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
 //! use tower_strata::health::{Check, Health, Status, stats_check};
