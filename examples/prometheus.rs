@@ -103,9 +103,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "slow"
             }),
         )
-        .layer(layer)
         .route("/metrics", get(move || std::future::ready(scrape.render())))
-        .merge(health.router());
+        .merge(health.router())
+        // Last, so it also sees the fallback (unmatched requests share one label); `/metrics`
+        // and `/health*` are excluded above.
+        .layer(layer);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);

@@ -21,7 +21,9 @@
 //! 1. for gRPC calls (`content-type: application/grpc`), the `/package.Service/Method` path;
 //!    calls answered `UNIMPLEMENTED` are counted as unmatched, as their path is the client's;
 //! 2. axum's [`MatchedPath`](https://docs.rs/axum/latest/axum/extract/struct.MatchedPath.html)
-//!    (feature `axum`): add the layer with `Router::layer` so that it runs after routing;
+//!    (feature `axum`): add the layer with `Router::layer`, after the routes and merges, so that
+//!    it runs after routing and also wraps the fallback (a layer around the whole router from
+//!    outside sees no `MatchedPath` and counts everything as unmatched);
 //! 3. otherwise the function given to [`MetricsLayer::route_label`];
 //! 4. otherwise one shared unmatched label (`_UNMATCHED` by default).
 //!
