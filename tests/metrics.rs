@@ -369,3 +369,100 @@ fn the_layer_fits_router_layer_and_service_builder() {
     fn assert_send_sync_clone<T: Send + Sync + Clone>(_: &T) {}
     assert_send_sync_clone(&svc);
 }
+
+#[tokio::test]
+async fn a_panicking_handler_is_an_error_and_does_not_leak() {
+    use futures_util::FutureExt;
+    let reg = registry();
+    let svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(reg.clone()).route_label(|_: &RequestInfo<'_>| Some("/panics")))
+        .service_fn(|_req: Request<String>| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+    let result =
+        std::panic::AssertUnwindSafe(svc.oneshot(Request::get("/x").body(String::new()).unwrap()))
+            .catch_unwind()
+            .await;
+    assert!(result.is_err());
+    assert_eq!(reg.in_flight(), 0);
+    let s = reg
+        .route_snapshot("/panics", &Method::GET, Window::OneMinute)
+        .unwrap();
+    assert_eq!((s.count, s.errors, s.cancelled), (1, 1, 0));
+}
+
+/// Real server, real sockets: clients that hang up mid-body are counted as cancelled, and
+/// in-flight returns to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_on_a_real_server_are_cancelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reg = registry();
+    let app = Router::new()
+        .route(
+            "/stream/{n}",
+            get(|| async { slow_body(20, Duration::from_millis(10)) }),
+        )
+        .layer(MetricsLayer::new(reg.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut clients = Vec::new();
+    for i in 0..40u32 {
+        clients.push(tokio::spawn(async move {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!("GET /stream/{i} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            if i % 2 == 0 {
+                // Read the head and the first chunk, then hang up.
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                drop(conn);
+            } else {
+                let mut total = Vec::new();
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    total.extend_from_slice(&buf[..n]);
+                }
+                let text = String::from_utf8_lossy(&total);
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                assert_eq!(text.matches("\r\nchunk\r\n").count(), 20);
+            }
+        }));
+    }
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(20), c)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The server notices a hang-up when it next writes: wait (bounded) for all 40.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = reg.route_snapshot("/stream/{n}", &Method::GET, Window::OneMinute);
+        if s.as_ref().is_some_and(|s| s.count == 40) && reg.in_flight() == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{s:?}, in flight {}",
+            reg.in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = reg
+        .route_snapshot("/stream/{n}", &Method::GET, Window::OneMinute)
+        .unwrap();
+    assert_eq!(s.cancelled, 20);
+    assert_eq!(s.errors, 0);
+    // Completed streams took at least their 20 × 10 ms.
+    assert!(s.latency.max >= Duration::from_millis(200));
+    server.abort();
+}

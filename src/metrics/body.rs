@@ -47,7 +47,14 @@ impl<B: Body> Body for MetricsBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let result = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(g) = this.guard.as_mut() {
+            g.in_poll = true;
+        }
+        let result = this.inner.as_mut().poll_frame(cx);
+        if let Some(g) = this.guard.as_mut() {
+            g.in_poll = false;
+        }
+        let result = ready!(result);
         if let Some(guard) = this.guard.as_mut() {
             match &result {
                 Some(Ok(frame)) => {

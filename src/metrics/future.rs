@@ -40,7 +40,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match ready!(this.inner.poll(cx)) {
+        if let Some(g) = this.guard.as_mut() {
+            g.in_poll = true;
+        }
+        let result = this.inner.poll(cx);
+        if let Some(g) = this.guard.as_mut() {
+            g.in_poll = false;
+        }
+        match ready!(result) {
             Ok(response) => {
                 let mut guard = this.guard.take();
                 if let Some(g) = guard.as_mut() {

@@ -49,6 +49,9 @@ pub(crate) struct Guard {
     failed: bool,
     /// When the response finished, if known before the drop (saves a clock read).
     end: Option<Instant>,
+    /// Set while the inner future or body is being polled: a guard dropped with it set was
+    /// dropped by a panic that unwound out of that poll.
+    pub(crate) in_poll: bool,
 }
 
 impl Guard {
@@ -66,6 +69,7 @@ impl Guard {
             finished: false,
             failed: false,
             end: None,
+            in_poll: false,
         }
     }
 
@@ -112,6 +116,11 @@ impl Guard {
             return Outcome::ServiceError;
         }
         if !self.finished {
+            // Dropped after a panic in the handler or the body (during the unwinding, or after
+            // something caught it): a server error, not the client's doing.
+            if self.in_poll || std::thread::panicking() {
+                return Outcome::ServiceError;
+            }
             return Outcome::Cancelled;
         }
         if self.status.is_some_and(|s| s.is_server_error()) {
