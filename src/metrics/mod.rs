@@ -6,8 +6,9 @@
 //! - **count**, **errors** (5xx responses; for gRPC the server-error status codes `UNKNOWN`,
 //!   `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`, read from
 //!   `grpc-status` in the headers of trailers-only responses and otherwise from the trailers at
-//!   the end of the stream; 4xx is not an error), **cancelled** requests (the future or the body
-//!   dropped before the end: `error.type = cancelled`) and the **status class**;
+//!   the end of the stream; 4xx is not an error; a handler or body that panics is an error too),
+//!   **cancelled** requests (the future or the body dropped before the end:
+//!   `error.type = cancelled`) and the **status class**;
 //! - **in-flight** requests, through a guard that lives in the response future and then in the
 //!   response body, and whose `Drop` ends the request: it cannot leak;
 //! - **time to the response head** and **time until the body finished or was dropped** (the
