@@ -112,6 +112,57 @@ fn layer_overhead(c: &mut Criterion) {
     group.finish();
 }
 
+/// The export to a real Prometheus recorder: the layer with export on against export off, and a
+/// cached handle against looking the label set up on every record (what the handle cache saves).
+fn export_cost(c: &mut Criterion) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // Upkeep drains the recorded samples, as a server's upkeep task would.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upkeep = {
+        let (handle, stop) = (handle.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                handle.run_upkeep();
+            }
+        })
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let mut group = c.benchmark_group("export_prometheus");
+        let label = |_: &tower_strata::metrics::RequestInfo<'_>| Some("/users/{id}");
+        let handler = |_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        };
+        for (name, export) in [("layer_export_off", false), ("layer_export_on", true)] {
+            let mut svc = ServiceBuilder::new()
+                .layer(MetricsLayer::new(registry(export)).route_label(label))
+                .service_fn(handler);
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let req = Request::get("/users/42").body(String::new()).unwrap();
+                    black_box(svc.call(req).now_or_never().unwrap().unwrap());
+                })
+            });
+        }
+        let labels = [
+            ("http.request.method", "GET"),
+            ("http.route", "/users/{id}"),
+            ("http.response.status_code", "200"),
+        ];
+        let cached = metrics::histogram!("bench.duration", &labels);
+        group.bench_function("record_cached_handle", |b| {
+            b.iter(|| cached.record(black_box(0.001)))
+        });
+        group.bench_function("record_label_lookup", |b| {
+            b.iter(|| metrics::histogram!("bench.duration", &labels).record(black_box(0.001)))
+        });
+        group.finish();
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    upkeep.join().unwrap();
+}
+
 /// One `GET /users/42` on a keep-alive connection; returns the body length.
 fn http_get(conn: &mut std::net::TcpStream, buf: &mut [u8]) -> usize {
     use std::io::{Read, Write};
@@ -261,5 +312,5 @@ fn recording_scales(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layer_overhead, recording_scales);
+criterion_group!(benches, layer_overhead, recording_scales, export_cost);
 criterion_main!(benches);
