@@ -112,6 +112,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "axum")]
+mod axum;
 mod body;
 mod export;
 mod future;

@@ -80,8 +80,8 @@ pub(crate) fn default_route<'a>(req: &RequestInfo<'a>, grpc: bool) -> Option<Cow
         return Some(Cow::Borrowed(route));
     }
     #[cfg(feature = "axum")]
-    if let Some(matched) = req.extensions.get::<axum::extract::MatchedPath>() {
-        return Some(Cow::Borrowed(matched.as_str()));
+    if let Some(matched) = super::axum::matched_path(req.extensions) {
+        return Some(Cow::Borrowed(matched));
     }
     None
 }
