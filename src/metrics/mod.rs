@@ -123,6 +123,7 @@ mod layer;
 mod registry;
 mod route;
 mod service;
+mod snapshot;
 
 pub use body::MetricsBody;
 pub use export::{
@@ -131,12 +132,10 @@ pub use export::{
 };
 pub use future::ResponseFuture;
 pub use layer::MetricsLayer;
-pub use registry::{
-    LatencyReport, LatencySummary, MetricsConfigError, MetricsRegistry, MetricsRegistryBuilder,
-    RouteSnapshot, SlowRequest, StatusClasses, Window,
-};
+pub use registry::{MetricsConfigError, MetricsRegistry, MetricsRegistryBuilder, Window};
 pub use route::{RequestInfo, RouteLabel};
 pub use service::Metrics;
+pub use snapshot::{LatencyReport, LatencySummary, RouteSnapshot, SlowRequest, StatusClasses};
 
 #[cfg(test)]
 mod tests {
