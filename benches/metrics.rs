@@ -266,16 +266,20 @@ fn recording_scales(c: &mut Criterion) {
                 })
             },
         );
-        group.bench_with_input(BenchmarkId::new("two_clock_reads", threads), &threads, |b, &t| {
-            b.iter_custom(|iters| {
-                on_threads(t, iters, || {
-                    |_| {
-                        let start = Instant::now();
-                        black_box(start.elapsed());
-                    }
+        group.bench_with_input(
+            BenchmarkId::new("two_clock_reads", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    on_threads(t, iters, || {
+                        |_| {
+                            let start = Instant::now();
+                            black_box(start.elapsed());
+                        }
+                    })
                 })
-            })
-        });
+            },
+        );
         let global = std::sync::Mutex::new(vec![0u64; 1438]);
         group.bench_with_input(
             BenchmarkId::new("global_mutex", threads),
