@@ -1,0 +1,67 @@
+//! The [`Metrics`] service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::MetricsBody;
+use super::future::ResponseFuture;
+use super::layer::LayerState;
+
+/// Measures each request of the inner service. Made by
+/// [`MetricsLayer`](super::MetricsLayer); see [the module docs](crate::metrics).
+#[derive(Clone)]
+pub struct Metrics<S> {
+    pub(crate) inner: S,
+    pub(crate) state: Arc<LayerState>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Metrics<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Metrics<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Metrics<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body,
+{
+    type Response = Response<MetricsBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let guard = self.state.start(&req);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            guard,
+        }
+    }
+}
