@@ -7,6 +7,12 @@
 //!   metadata (TTL, grace, tags), with in-memory, Redis and tiered (L1 + L2) implementations,
 //!   constant-cost tag invalidation, a Redis pub/sub backplane and a typed
 //!   [`Cache`](store::Cache) with single-flight `get_or_compute`.
+//! - `tx` (features `postgres`, `mysql`, `sqlite`): `TxLayer`, a database transaction per
+//!   request that commits on success, rolls back otherwise and replays the request on
+//!   serialization failures and deadlocks.
+//! - `metrics` (feature `metrics`): `MetricsLayer`, per-route latency percentiles, slow requests
+//!   and export to the `metrics` facade with OpenTelemetry names.
+//! - `health` (feature `health`): liveness and readiness endpoints over background checks.
 //!
 //! # Example
 //!
@@ -41,6 +47,7 @@
 //! | `tonic` | no | tonic (gRPC) helpers |
 //! | `postgres`, `mysql`, `sqlite` | `sqlite` | the transaction layer for each database |
 //! | `metrics` | yes | the latency metrics layer and export to the `metrics` facade |
+//! | `health` | yes | the health service and its checks |
 //! | `full` | no | everything |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -59,6 +66,7 @@ pub mod store;
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
 pub mod tx;
+
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
