@@ -13,12 +13,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Path;
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower_strata::health::{Check, CheckOutput, Health, Status, fn_check, stats_check};
-use tower_strata::metrics::{
-    DURATION_BUCKETS, HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_TIME_TO_HEAD, LatencyReport,
-    MetricsLayer, MetricsRegistry, RPC_SERVER_CALL_DURATION,
-};
+use tower_strata::metrics::{LatencyReport, MetricsLayer, MetricsRegistry};
+
+#[path = "support/prometheus.rs"]
+mod support;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,28 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     // 1. The Prometheus recorder, installed before the first request (metric handles are cached),
-    //    with the OpenTelemetry bucket boundaries so the histograms aggregate across instances.
-    let mut prometheus = PrometheusBuilder::new();
-    for name in [
-        HTTP_SERVER_REQUEST_DURATION,
-        HTTP_SERVER_TIME_TO_HEAD,
-        RPC_SERVER_CALL_DURATION,
-    ] {
-        prometheus =
-            prometheus.set_buckets_for_metric(Matcher::Full(name.into()), &DURATION_BUCKETS)?;
-    }
-    let recorder = prometheus.build_recorder();
-    let scrape = recorder.handle();
-    metrics::set_global_recorder(recorder)?;
-    // Upkeep drains the histograms' pending samples so they do not pile up between scrapes.
-    let upkeep = scrape.clone();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            ticks.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    //    with the OpenTelemetry bucket boundaries so the histograms aggregate across instances,
+    //    and its upkeep running.
+    let scrape = support::install()?;
 
     // 2. The in-process registry and the layer.
     let registry = MetricsRegistry::builder()

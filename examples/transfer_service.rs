@@ -12,6 +12,9 @@
 //! - `GET /accounts/{id}` answers `{"id":..,"balance":..}`.
 //! - `GET /total` answers `{"total":..}`, the sum of all balances.
 //! - `GET /stats` answers the layer's statistics as JSON.
+//! - `GET /metrics` answers Prometheus metrics (`http_server_request_duration` per route
+//!   template), `GET /health` liveness and `GET /health/ready` readiness (the PostgreSQL pool,
+//!   the transaction statistics and the latency summary).
 //!
 //! Ids and amounts are 64-bit integers. The table is created at start if missing, so several
 //! runs can share one database.
@@ -27,7 +30,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
+use tower_strata::health::{Check, Health, PoolCheck, stats_check};
+use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
 use tower_strata::tx::{IsolationLevel, TxConfig, TxHandle, TxLayer, TxStats};
+
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Account {
@@ -190,6 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let addr = listen_addr()?;
+    let scrape = prometheus::install()?;
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let options: PgConnectOptions = url.parse()?;
@@ -217,6 +226,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .stats_from(&default_layer);
     let stats_handle = default_layer.stats();
 
+    let registry = MetricsRegistry::builder()
+        .slow_threshold(Some(Duration::from_millis(250)))
+        .build()?;
+    let health = Health::builder()
+        .check(Check::required("postgres", PoolCheck::new(pool.clone())))
+        .check(Check::optional("transactions", {
+            let stats = stats_handle.clone();
+            stats_check(move || stats.snapshot())
+        }))
+        .check(Check::optional("latency", {
+            let registry = registry.clone();
+            stats_check(move || registry.report())
+        }))
+        .interval(Duration::from_secs(10))
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let _checks = health.spawn();
+
     let app = Router::new()
         .route("/transfer", post(transfer))
         .layer(serializable)
@@ -231,6 +258,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Router::new()
                 .route("/stats", get(stats))
                 .with_state(stats_handle),
+        )
+        .route("/metrics", get(move || std::future::ready(scrape.render())))
+        .merge(health.router())
+        // Outermost, so every route (and the fallback) is measured by its template.
+        .layer(
+            MetricsLayer::new(registry)
+                .exclude_path("/metrics")
+                .exclude_prefix("/health"),
         );
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
