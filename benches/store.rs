@@ -90,6 +90,15 @@ fn redis(c: &mut Criterion) {
             .unwrap();
         (store, raw)
     });
+    // The same namespace without announcing writes (no instance keeps an L1 over it).
+    let quiet = rt.block_on(async {
+        RedisStore::builder(url.as_str())
+            .namespace(namespace.as_str())
+            .publish_writes(false)
+            .backplane(false)
+            .build()
+            .unwrap()
+    });
     let keys: Vec<String> = keys().into_iter().take(1000).collect();
     let value = Bytes::from(vec![7u8; 1024]);
     let options = SetOptions::new().ttl(Duration::from_secs(600));
@@ -136,37 +145,6 @@ fn redis(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut group = c.benchmark_group("redis_set");
-    group.bench_function("raw_redis", |b| {
-        b.to_async(&rt).iter(|| {
-            i = (i + 1) % keys.len();
-            let mut raw = raw.clone();
-            let key = format!("raw{namespace}:{}", keys[i]);
-            let encoded = encoded.clone();
-            async move {
-                let _: () = redis::cmd("SET")
-                    .arg(key)
-                    .arg(encoded.as_ref())
-                    .arg("PX")
-                    .arg(600_000)
-                    .query_async(&mut raw)
-                    .await
-                    .unwrap();
-            }
-        })
-    });
-    group.bench_function("redis_store", |b| {
-        b.to_async(&rt).iter(|| {
-            i = (i + 1) % keys.len();
-            let store = store.clone();
-            let key = keys[i].clone();
-            let value = value.clone();
-            let options = options.clone();
-            async move { store.set(&key, value, &options).await.unwrap() }
-        })
-    });
-    group.finish();
-
     let batch: Vec<&str> = keys.iter().take(100).map(String::as_str).collect();
     let raw_batch: Vec<String> = batch
         .iter()
@@ -192,6 +170,68 @@ fn redis(c: &mut Criterion) {
             let store = &store;
             let batch = &batch;
             async move { store.get_many(batch).await.unwrap() }
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("redis_set");
+    group.bench_function("raw_redis", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % keys.len();
+            let mut raw = raw.clone();
+            let key = format!("raw{namespace}:{}", keys[i]);
+            let encoded = encoded.clone();
+            async move {
+                let _: () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(encoded.as_ref())
+                    .arg("PX")
+                    .arg(600_000)
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    let channel = format!("{namespace}:bus");
+    group.bench_function("raw_redis_set_and_publish", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % keys.len();
+            let mut raw = raw.clone();
+            let key = format!("raw{namespace}:{}", keys[i]);
+            let encoded = encoded.clone();
+            let channel = channel.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(encoded.as_ref())
+                    .arg("PX")
+                    .arg(600_000)
+                    .ignore();
+                pipe.cmd("PUBLISH").arg(channel).arg(&key).ignore();
+                let _: () = pipe.query_async(&mut raw).await.unwrap();
+            }
+        })
+    });
+    group.bench_function("redis_store", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % keys.len();
+            let store = store.clone();
+            let key = keys[i].clone();
+            let value = value.clone();
+            let options = options.clone();
+            async move { store.set(&key, value, &options).await.unwrap() }
+        })
+    });
+    group.bench_function("redis_store_without_publish", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % keys.len();
+            let quiet = quiet.clone();
+            let key = keys[i].clone();
+            let value = value.clone();
+            let options = options.clone();
+            async move { quiet.set(&key, value, &options).await.unwrap() }
         })
     });
     group.finish();

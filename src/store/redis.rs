@@ -64,6 +64,7 @@ struct Inner {
     limits: Limits,
     timeout: Duration,
     mark_ttl: Duration,
+    publish_writes: bool,
     counters: Counters,
     /// Invalidation marks known locally: tag -> last purge (0: never purged).
     marks: Arc<quick_cache::sync::Cache<String, u64>>,
@@ -94,6 +95,7 @@ pub struct RedisStoreBuilder {
     known_marks: usize,
     mark_ttl: Duration,
     index_sweep_interval: Option<Duration>,
+    publish_writes: bool,
 }
 
 impl RedisStoreBuilder {
@@ -133,6 +135,16 @@ impl RedisStoreBuilder {
     /// How often the backplane pings its connection to notice a dead peer (default 1 s).
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
+        self
+    }
+
+    /// Whether writes (`set`, `set_many`) are announced on the backplane (default on), so other
+    /// instances' tiered stores drop their L1 copies of overwritten keys. Turn it off when no
+    /// instance keeps an L1 over this namespace: each write then saves a `PUBLISH` and every
+    /// subscriber a message. Deletes, tag purges, pattern deletes and clears are always
+    /// announced.
+    pub fn publish_writes(mut self, enabled: bool) -> Self {
+        self.publish_writes = enabled;
         self
     }
 
@@ -226,6 +238,7 @@ impl RedisStoreBuilder {
                 limits: self.limits,
                 timeout: self.timeout,
                 mark_ttl: self.mark_ttl,
+                publish_writes: self.publish_writes,
                 counters: Counters::default(),
                 marks,
                 bus,
@@ -271,6 +284,7 @@ impl RedisStore {
             known_marks: 100_000,
             mark_ttl: Duration::from_secs(7 * 24 * 3600),
             index_sweep_interval: Some(Duration::from_secs(300)),
+            publish_writes: true,
         }
     }
 
@@ -468,12 +482,14 @@ impl RedisStore {
         for (key, entry) in items {
             self.queue_set(&mut pipe, key, entry);
         }
-        self.publish(
-            &mut pipe,
-            BusOp::Keys {
-                keys: items.iter().map(|(k, _)| (*k).to_owned()).collect(),
-            },
-        );
+        if self.inner.publish_writes {
+            self.publish(
+                &mut pipe,
+                BusOp::Keys {
+                    keys: items.iter().map(|(k, _)| (*k).to_owned()).collect(),
+                },
+            );
+        }
         let mut conn = self.inner.conn.clone();
         self.run("set", pipe.query_async::<()>(&mut conn)).await?;
         Counters::add(&self.inner.counters.sets, items.len() as u64);
