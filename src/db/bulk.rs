@@ -128,7 +128,7 @@ impl Bulk {
         for chunk in rows.chunks(self.rows_per_statement::<Q::Database>()) {
             let mut qb = QueryBuilder::<Q::Database>::new("");
             build(&mut qb, chunk);
-            let result = qb.build().execute(target.executor()).await?;
+            let result = target.execute(qb.build()).await?;
             done.affected += <Q::Database as Dialect>::rows_affected(&result);
             done.statements += 1;
         }

@@ -1,10 +1,12 @@
 //! What the helpers need to know about each database, and the executors they run on.
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use sqlx::{Database, Executor, IntoArguments, QueryBuilder};
+use sqlx::{Database, IntoArguments, QueryBuilder};
 
 mod sealed {
     pub trait Sealed {}
+    pub trait Target {}
 }
 
 /// A sort key or filter value: the types keyset cursors carry.
@@ -217,98 +219,115 @@ impl Dialect for sqlx::Sqlite {
     }
 }
 
+/// A query the helpers built, ready to run.
+pub(crate) type Built<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments>;
+
 /// Something the helpers can run statements on, one after another: a pool (`&pool`), a
 /// connection (`&mut conn`), an sqlx transaction (`&mut tx`), or the request's transaction
 /// from the transaction layer (`&mut tx_conn` from
 /// [`TxHandle::conn`](crate::tx::TxHandle::conn), or a [`Savepoint`](crate::tx::Savepoint)).
+/// Sealed: implemented for those types on each enabled database.
 ///
 /// Helpers that run several statements (bulk chunks, an offset page past the end) are
 /// all-or-nothing only on a transaction; on a pool each statement commits on its own.
-pub trait QueryTarget: Send {
+///
+/// Each statement's future is boxed (as sqlx's own executors do), which keeps the helpers'
+/// futures `Send` in handlers and spawned tasks.
+pub trait QueryTarget: Send + sealed::Target {
     /// The database.
     type Database: Dialect;
 
-    /// The executor lent for one statement.
-    type Executor<'e>: Executor<'e, Database = Self::Database>
-    where
-        Self: 'e;
+    #[doc(hidden)]
+    fn fetch_all<'a, 'q: 'a>(
+        &'a mut self,
+        query: Built<'q, Self::Database>,
+    ) -> BoxFuture<'a, Result<Vec<<Self::Database as Database>::Row>, sqlx::Error>>;
 
-    /// Lends the executor for one statement.
-    fn executor(&mut self) -> Self::Executor<'_>;
+    #[doc(hidden)]
+    fn fetch_one<'a, 'q: 'a>(
+        &'a mut self,
+        query: Built<'q, Self::Database>,
+    ) -> BoxFuture<'a, Result<<Self::Database as Database>::Row, sqlx::Error>>;
+
+    #[doc(hidden)]
+    fn execute<'a, 'q: 'a>(
+        &'a mut self,
+        query: Built<'q, Self::Database>,
+    ) -> BoxFuture<'a, Result<<Self::Database as Database>::QueryResult, sqlx::Error>>;
+}
+
+macro_rules! target_body {
+    ($db:ty, |$this:ident| $exec:expr) => {
+        type Database = $db;
+
+        fn fetch_all<'a, 'q: 'a>(
+            &'a mut self,
+            query: Built<'q, $db>,
+        ) -> BoxFuture<'a, Result<Vec<<$db as Database>::Row>, sqlx::Error>> {
+            let $this = self;
+            Box::pin(query.fetch_all($exec))
+        }
+
+        fn fetch_one<'a, 'q: 'a>(
+            &'a mut self,
+            query: Built<'q, $db>,
+        ) -> BoxFuture<'a, Result<<$db as Database>::Row, sqlx::Error>> {
+            let $this = self;
+            Box::pin(query.fetch_one($exec))
+        }
+
+        fn execute<'a, 'q: 'a>(
+            &'a mut self,
+            query: Built<'q, $db>,
+        ) -> BoxFuture<'a, Result<<$db as Database>::QueryResult, sqlx::Error>> {
+            let $this = self;
+            Box::pin(query.execute($exec))
+        }
+    };
 }
 
 macro_rules! targets {
     ($feature:literal, $db:ty, $conn:ty) => {
         #[cfg(feature = $feature)]
+        impl sealed::Target for &sqlx::Pool<$db> {}
+        #[cfg(feature = $feature)]
         impl QueryTarget for &sqlx::Pool<$db> {
-            type Database = $db;
-            type Executor<'e>
-                = &'e sqlx::Pool<$db>
-            where
-                Self: 'e;
-            fn executor(&mut self) -> Self::Executor<'_> {
-                self
-            }
+            target_body!($db, |this| *this);
         }
 
+        #[cfg(feature = $feature)]
+        impl sealed::Target for &mut $conn {}
         #[cfg(feature = $feature)]
         impl QueryTarget for &mut $conn {
-            type Database = $db;
-            type Executor<'e>
-                = &'e mut $conn
-            where
-                Self: 'e;
-            fn executor(&mut self) -> Self::Executor<'_> {
-                self
-            }
+            target_body!($db, |this| &mut **this);
         }
 
+        #[cfg(feature = $feature)]
+        impl sealed::Target for &mut sqlx::pool::PoolConnection<$db> {}
         #[cfg(feature = $feature)]
         impl QueryTarget for &mut sqlx::pool::PoolConnection<$db> {
-            type Database = $db;
-            type Executor<'e>
-                = &'e mut $conn
-            where
-                Self: 'e;
-            fn executor(&mut self) -> Self::Executor<'_> {
-                &mut **self
-            }
+            target_body!($db, |this| &mut ***this);
         }
 
+        #[cfg(feature = $feature)]
+        impl sealed::Target for &mut sqlx::Transaction<'_, $db> {}
         #[cfg(feature = $feature)]
         impl QueryTarget for &mut sqlx::Transaction<'_, $db> {
-            type Database = $db;
-            type Executor<'e>
-                = &'e mut $conn
-            where
-                Self: 'e;
-            fn executor(&mut self) -> Self::Executor<'_> {
-                &mut **self
-            }
+            target_body!($db, |this| &mut ***this);
         }
 
         #[cfg(feature = $feature)]
-        impl<'h> QueryTarget for &mut crate::tx::TxConn<'h, $db> {
-            type Database = $db;
-            type Executor<'e>
-                = &'e mut crate::tx::TxConn<'h, $db>
-            where
-                Self: 'e;
-            fn executor(&mut self) -> Self::Executor<'_> {
-                self
-            }
+        impl sealed::Target for &mut crate::tx::TxConn<'_, $db> {}
+        #[cfg(feature = $feature)]
+        impl QueryTarget for &mut crate::tx::TxConn<'_, $db> {
+            target_body!($db, |this| &mut **this);
         }
 
         #[cfg(feature = $feature)]
-        impl<'s> QueryTarget for &mut crate::tx::Savepoint<'s, $db> {
-            type Database = $db;
-            type Executor<'e>
-                = &'e mut crate::tx::Savepoint<'s, $db>
-            where
-                Self: 'e;
-            fn executor(&mut self) -> Self::Executor<'_> {
-                self
-            }
+        impl sealed::Target for &mut crate::tx::Savepoint<'_, $db> {}
+        #[cfg(feature = $feature)]
+        impl QueryTarget for &mut crate::tx::Savepoint<'_, $db> {
+            target_body!($db, |this| &mut **this);
         }
     };
 }

@@ -287,7 +287,7 @@ impl Pager {
         <Q::Database as Dialect>::push_value(&mut qb, &Value::Int(req.page_size.into()));
         qb.push(" OFFSET ");
         <Q::Database as Dialect>::push_value(&mut qb, &Value::Int(offset));
-        let rows = qb.build().fetch_all(target.executor()).await?;
+        let rows = target.fetch_all(qb.build()).await?;
 
         let total = match rows.first() {
             Some(row) => {
@@ -301,7 +301,7 @@ impl Pager {
                     .push(" FROM ")
                     .push(self.table.quoted::<Q::Database>());
                 self.push_filters(&mut qb);
-                let row = qb.build().fetch_one(target.executor()).await?;
+                let row = target.fetch_one(qb.build()).await?;
                 u64::try_from(<Q::Database as Dialect>::read_i64(&row, TOTAL_COLUMN)?).unwrap_or(0)
             }
         };
@@ -438,7 +438,7 @@ impl Pager {
         Self::order_by(&mut qb, sort.keys, descending);
         qb.push(" LIMIT ");
         <Q::Database as Dialect>::push_value(&mut qb, &Value::Int(i64::from(req.limit) + 1));
-        let mut rows = qb.build().fetch_all(target.executor()).await?;
+        let mut rows = target.fetch_all(qb.build()).await?;
 
         let more = rows.len() > req.limit as usize;
         rows.truncate(req.limit as usize);

@@ -198,6 +198,7 @@ impl PoolBuilder {
     /// As [`PoolBuilder::validate`]; a malformed URL; the connection error (bounded by the
     /// acquire timeout).
     pub async fn connect<DB: Dialect>(&self, url: &str) -> Result<Pool<DB>, DbError> {
+        self.validate()?;
         let options = <ConnOptions<DB> as FromStr>::from_str(url).map_err(DbError::from)?;
         self.connect_with::<DB>(options).await
     }

@@ -146,10 +146,11 @@ impl Search {
         qb.push(" ORDER BY ").push(self.order.quoted::<D<Q>>());
         qb.push(" LIMIT ");
         <D<Q> as Dialect>::push_value(&mut qb, &Value::Int(limit.into()));
-        Ok(qb
-            .build_query_as::<T>()
-            .fetch_all(target.executor())
-            .await?)
+        let rows = target.fetch_all(qb.build()).await?;
+        Ok(rows
+            .iter()
+            .map(|r| T::from_row(r))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 }
 
@@ -237,7 +238,7 @@ impl Aggregate {
     pub async fn count<Q: QueryTarget>(&self, mut target: Q) -> Result<i64, DbError> {
         let mut qb = QueryBuilder::<Q::Database>::new("SELECT COUNT(*) AS n");
         self.from_where(&mut qb);
-        let row = qb.build().fetch_one(target.executor()).await?;
+        let row = target.fetch_one(qb.build()).await?;
         Ok(<Q::Database as Dialect>::read_i64(&row, "n")?)
     }
 
@@ -256,7 +257,7 @@ impl Aggregate {
             <Q::Database as Dialect>::cast_i64(&format!("SUM({})", column.quoted::<Q::Database>()));
         let mut qb = QueryBuilder::<Q::Database>::new(format!("SELECT {sum} AS s"));
         self.from_where(&mut qb);
-        let row = qb.build().fetch_one(target.executor()).await?;
+        let row = target.fetch_one(qb.build()).await?;
         Ok(<Q::Database as Dialect>::read_opt_i64(&row, "s")?)
     }
 
@@ -298,7 +299,7 @@ impl Aggregate {
         qb.push(" AS s");
         self.from_where(&mut qb);
         qb.push(format_args!(" GROUP BY {c} ORDER BY {c}"));
-        let rows = qb.build().fetch_all(target.executor()).await?;
+        let rows = target.fetch_all(qb.build()).await?;
         rows.iter()
             .map(|row| {
                 use sqlx::Row;

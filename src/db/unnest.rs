@@ -115,7 +115,7 @@ impl PgUnnest {
         }
         sql.push(')');
         let mut qb = QueryBuilder::<Postgres>::with_arguments(sql, self.args);
-        let result = qb.build().execute(target.executor()).await?;
+        let result = target.execute(qb.build()).await?;
         Ok(result.rows_affected())
     }
 }
