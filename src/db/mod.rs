@@ -1,6 +1,10 @@
 //! Query patterns on sqlx for PostgreSQL, MySQL/MariaDB and SQLite.
 
 mod bulk;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+mod axum;
 mod cursor;
 mod dialect;
 mod error;
@@ -12,6 +16,8 @@ mod sort;
 #[cfg(feature = "postgres")]
 mod unnest;
 
+#[cfg(feature = "axum")]
+pub use self::axum::{PageLimits, PageRejection};
 pub use bulk::{Bulk, BulkResult};
 pub use cursor::CursorKey;
 pub use dialect::{Dialect, KeyKind, QueryTarget, Value};
