@@ -262,3 +262,69 @@ async fn pool_builder_sets_the_statement_cache() {
         pool.close().await;
     }
 }
+
+/// The extractor, the pager and the error response in an axum `Router`.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_route_pages_and_refuses_bad_input() {
+    use axum::extract::State;
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tower_strata::db::{DbError, KeysetPage, Pager};
+
+    let db = TempDb::new(2).await;
+    let t = create_items(&db.pool, "axum").await;
+    bulk_insert(&db.pool, &t, &rows(0..25)).await;
+    let pager = Pager::new(&t, sorts(), CursorKey::random()).unwrap();
+
+    async fn list(
+        State((pool, pager)): State<(SqlitePool, Pager)>,
+        req: CursorRequest,
+    ) -> Result<Json<KeysetPage<(i64, String)>>, DbError> {
+        let page = pager.keyset::<Item, _>(&pool, &req).await?;
+        Ok(Json(KeysetPage {
+            items: page.items.into_iter().map(|i| (i.id, i.name)).collect(),
+            next_cursor: page.next_cursor,
+            prev_cursor: page.prev_cursor,
+        }))
+    }
+    let app = Router::new()
+        .route("/items", get(list))
+        .with_state((db.pool.clone(), pager));
+    let call = |uri: String| {
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(Request::get(uri).body(axum::body::Body::empty()).unwrap()).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = call("/items?limit=10&sort=-id".into()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: KeysetPage<(i64, String)> = serde_json::from_str(&body).unwrap();
+    assert_eq!(page.items.first().map(|i| i.0), Some(24));
+    let next = page.next_cursor.unwrap();
+    let (status, body) = call(format!("/items?limit=10&sort=-id&cursor={next}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: KeysetPage<(i64, String)> = serde_json::from_str(&body).unwrap();
+    assert_eq!(page.items.first().map(|i| i.0), Some(14));
+
+    let swap = if next.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!("{}{swap}", &next[..next.len() - 1]);
+    for (uri, needle) in [
+        (format!("/items?sort=-id&cursor={forged}"), "invalid cursor"),
+        (format!("/items?sort=id&cursor={next}"), "another table or sort"),
+        ("/items?sort=grp".into(), "unknown sort"),
+        ("/items?sort=name%3B%20DROP%20TABLE%20x".into(), "`sort`"),
+        ("/items?limit=1000".into(), "`limit`"),
+    ] {
+        let (status, body) = call(uri.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(body.contains(needle), "{uri}: {body}");
+    }
+    db.close().await;
+}
