@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Executor, Pool};
 use tokio::runtime::Runtime;
 use tower_strata::db::{
     Bulk, CursorKey, CursorRequest, Dialect, KeyKind, PageRequest, Pager, PgUnnest, QueryTarget,
-    Sorts,
+    Sorts, TotalCount,
 };
 
 const ROWS: i64 = 100_000;
@@ -31,14 +31,19 @@ struct Item {
 }
 
 fn rows(n: i64) -> Vec<(i64, String, i64)> {
-    (0..n).map(|i| (i, format!("n{:04}", (i * 7919) % 5000), i % 10)).collect()
+    (0..n)
+        .map(|i| (i, format!("n{:04}", (i * 7919) % 5000), i % 10))
+        .collect()
 }
 
 async fn exec<DB: Dialect>(pool: &Pool<DB>, sql: String)
 where
     for<'a> &'a Pool<DB>: Executor<'a, Database = DB>,
 {
-    sqlx::raw_sql(AssertSqlSafe(sql)).execute(pool).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 async fn create<DB: Dialect>(pool: &Pool<DB>, name: &str) -> String
@@ -86,8 +91,16 @@ where
     let mut out = vec![None];
     let mut cursor = None;
     for page in 1..*DEPTHS.last().unwrap() {
-        let req = CursorRequest { cursor, limit: PAGE, sort: None };
-        cursor = pager.keyset::<Item, _>(pool, &req).await.unwrap().next_cursor;
+        let req = CursorRequest {
+            cursor,
+            limit: PAGE,
+            sort: None,
+        };
+        cursor = pager
+            .keyset::<Item, _>(pool, &req)
+            .await
+            .unwrap()
+            .next_cursor;
         if DEPTHS.contains(&(page + 1)) {
             out.push(cursor.clone());
         }
@@ -107,14 +120,22 @@ where
     for (depth, cursor) in DEPTHS.iter().zip(cursors) {
         group.bench_with_input(BenchmarkId::new("keyset", depth), &cursor, |b, cursor| {
             b.to_async(rt).iter(|| async {
-                let req = CursorRequest { cursor: cursor.clone(), limit: PAGE, sort: None };
+                let req = CursorRequest {
+                    cursor: cursor.clone(),
+                    limit: PAGE,
+                    sort: None,
+                };
                 let page = pager.keyset::<Item, _>(pool, &req).await.unwrap();
                 assert_eq!(page.items.len(), PAGE as usize);
             });
         });
         group.bench_with_input(BenchmarkId::new("offset", depth), depth, |b, &depth| {
             b.to_async(rt).iter(|| async {
-                let req = PageRequest { page: depth, page_size: PAGE, sort: None };
+                let req = PageRequest {
+                    page: depth,
+                    page_size: PAGE,
+                    sort: None,
+                };
                 let page = pager.offset::<Item, _>(pool, &req).await.unwrap();
                 assert_eq!(page.items.len(), PAGE as usize);
             });
@@ -168,7 +189,10 @@ fn insert_benches<DB: Dialect>(
                             let sql = format!("INSERT INTO {t} (id, name, grp) VALUES ");
                             for r in rows {
                                 let mut qb = sqlx::QueryBuilder::<DB>::new(sql.clone());
-                                qb.push("(").push_bind(r.0).push(", ").push_bind(r.1.clone());
+                                qb.push("(")
+                                    .push_bind(r.0)
+                                    .push(", ")
+                                    .push_bind(r.1.clone());
                                 qb.push(", ").push_bind(r.2).push(")");
                                 qb.build().execute(pool).await.unwrap();
                             }
@@ -186,7 +210,9 @@ fn insert_benches<DB: Dialect>(
         group.bench_function(BenchmarkId::new("unnest", ROWS), |b| timed(b, ROWS, 1));
     }
     group.throughput(Throughput::Elements(NAIVE_ROWS as u64));
-    group.bench_function(BenchmarkId::new("naive_loop", NAIVE_ROWS), |b| timed(b, NAIVE_ROWS, 2));
+    group.bench_function(BenchmarkId::new("naive_loop", NAIVE_ROWS), |b| {
+        timed(b, NAIVE_ROWS, 2)
+    });
     group.finish();
     rt.block_on(exec(pool, format!("DROP TABLE {t}")));
 }
@@ -195,7 +221,9 @@ fn postgres(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = rt.block_on(sqlx::PgPool::connect(&url)).expect("PostgreSQL");
+    let pool = rt
+        .block_on(sqlx::PgPool::connect(&url))
+        .expect("PostgreSQL");
     let t = rt.block_on(create(&pool, "page"));
     rt.block_on(bulk_insert(&pool, &t, &rows(ROWS)));
     rt.block_on(exec(&pool, format!("ANALYZE {t}")));
@@ -206,13 +234,18 @@ fn postgres(c: &mut Criterion) {
 
 fn sqlite(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
-    let path = std::env::temp_dir().join(format!("strata_bench_{:016x}.sqlite", rand::random::<u64>()));
+    let path = std::env::temp_dir().join(format!(
+        "strata_bench_{:016x}.sqlite",
+        rand::random::<u64>()
+    ));
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
-    let pool = rt.block_on(sqlx::SqlitePool::connect_with(options)).unwrap();
+    let pool = rt
+        .block_on(sqlx::SqlitePool::connect_with(options))
+        .unwrap();
     let t = rt.block_on(create(&pool, "page"));
     rt.block_on(bulk_insert(&pool, &t, &rows(ROWS)));
     rt.block_on(exec(&pool, format!("ANALYZE {t}")));

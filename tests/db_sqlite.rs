@@ -297,7 +297,10 @@ async fn axum_route_pages_and_refuses_bad_input() {
     let call = |uri: String| {
         let app = app.clone();
         async move {
-            let res = app.oneshot(Request::get(uri).body(axum::body::Body::empty()).unwrap()).await.unwrap();
+            let res = app
+                .oneshot(Request::get(uri).body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
             let status = res.status();
             let body = res.into_body().collect().await.unwrap().to_bytes();
             (status, String::from_utf8_lossy(&body).into_owned())
@@ -317,7 +320,10 @@ async fn axum_route_pages_and_refuses_bad_input() {
     let forged = format!("{}{swap}", &next[..next.len() - 1]);
     for (uri, needle) in [
         (format!("/items?sort=-id&cursor={forged}"), "invalid cursor"),
-        (format!("/items?sort=id&cursor={next}"), "another table or sort"),
+        (
+            format!("/items?sort=id&cursor={next}"),
+            "another table or sort",
+        ),
         ("/items?sort=grp".into(), "unknown sort"),
         ("/items?sort=name%3B%20DROP%20TABLE%20x".into(), "`sort`"),
         ("/items?limit=1000".into(), "`limit`"),

@@ -45,11 +45,6 @@ impl Ident {
         }
     }
 
-    /// The name as given.
-    pub fn as_str(&self) -> String {
-        self.parts.join(".")
-    }
-
     /// The last part (the column or table name without its schema).
     pub(crate) fn last(&self) -> &str {
         self.parts.last().map(String::as_str).unwrap_or_default()
@@ -72,13 +67,13 @@ impl Ident {
 
 impl fmt::Debug for Ident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Ident({})", self.as_str())
+        write!(f, "Ident({})", self.parts.join("."))
     }
 }
 
 impl fmt::Display for Ident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.as_str())
+        f.write_str(&self.parts.join("."))
     }
 }
 

@@ -61,6 +61,20 @@ impl Default for CursorRequest {
     }
 }
 
+/// How [`Pager::offset`] counts the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TotalCount {
+    /// `COUNT(*) OVER ()` alongside the rows: one round trip, but the database computes the
+    /// whole filtered set before the `LIMIT` (a full scan on every page).
+    #[default]
+    Window,
+    /// A separate `SELECT COUNT(*)` after the page: two round trips, but the page stops at
+    /// `OFFSET + LIMIT` rows and the count can use an index-only scan. Measured faster on
+    /// large tables (see the module docs).
+    Separate,
+}
+
 /// One offset page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetPage<T> {
@@ -140,6 +154,7 @@ pub struct Pager {
     sorts: Sorts,
     key: CursorKey,
     max_page_size: u32,
+    total: TotalCount,
 }
 
 impl Pager {
@@ -157,6 +172,7 @@ impl Pager {
             sorts,
             key,
             max_page_size: DEFAULT_MAX_PAGE_SIZE,
+            total: TotalCount::Window,
         })
     }
 
@@ -192,6 +208,12 @@ impl Pager {
         }
         self.max_page_size = max;
         Ok(self)
+    }
+
+    /// How offset pages count the total (default [`TotalCount::Window`]).
+    pub fn total_count(mut self, total: TotalCount) -> Self {
+        self.total = total;
+        self
     }
 
     fn check_size(&self, size: u32, what: &str) -> Result<(), DbError> {
@@ -279,7 +301,10 @@ impl Pager {
 
         let mut qb = QueryBuilder::<Q::Database>::new("");
         self.select(&mut qb, &sort);
-        qb.push(format_args!(", COUNT(*) OVER () AS {TOTAL_COLUMN}"));
+        let window = self.total == TotalCount::Window;
+        if window {
+            qb.push(format_args!(", COUNT(*) OVER () AS {TOTAL_COLUMN}"));
+        }
         qb.push(" FROM ").push(self.table.quoted::<Q::Database>());
         self.push_filters(&mut qb);
         Self::order_by(&mut qb, sort.keys, sort.descending);
@@ -290,12 +315,12 @@ impl Pager {
         let rows = target.fetch_all(qb.build()).await?;
 
         let total = match rows.first() {
-            Some(row) => {
+            Some(row) if window => {
                 u64::try_from(<Q::Database as Dialect>::read_i64(row, TOTAL_COLUMN)?).unwrap_or(0)
             }
-            None if offset == 0 => 0,
-            None => {
-                // Past the end: the window saw no rows, count separately.
+            None if window && offset == 0 => 0,
+            _ => {
+                // Counted apart, or past the end where the window saw no rows.
                 let mut qb = QueryBuilder::<Q::Database>::new("SELECT COUNT(*) AS ");
                 qb.push(TOTAL_COLUMN)
                     .push(" FROM ")

@@ -7,7 +7,7 @@ use std::future::Future;
 use sqlx::{AssertSqlSafe, Executor, FromRow, Pool};
 use tower_strata::db::{
     Bulk, CursorKey, CursorRequest, DbErrorKind, Dialect, KeyKind, PageRequest, Pager, QueryTarget,
-    Sorts,
+    Sorts, TotalCount,
 };
 
 pub const ROWS: i64 = 100_000;
@@ -375,56 +375,58 @@ where
     Item: for<'r> FromRow<'r, DB::Row>,
     (i64,): for<'r> FromRow<'r, DB::Row>,
 {
-    let pager = pager(t, &CursorKey::random());
     let expected = ids_in_db_order(pool, t, "name DESC, id DESC").await;
-    let size = 700u32;
-    let page3 = pager
-        .offset::<Item, _>(
-            pool,
-            &PageRequest {
-                page: 3,
-                page_size: size,
-                sort: Some("-name".into()),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(page3.total, total);
-    assert_eq!(page3.total_pages, total.div_ceil(u64::from(size)));
-    let ids: Vec<i64> = page3.items.iter().map(|i| i.id).collect();
-    assert_eq!(ids, expected[2 * size as usize..3 * size as usize]);
+    for mode in [TotalCount::Window, TotalCount::Separate] {
+        let pager = pager(t, &CursorKey::random()).total_count(mode);
+        let size = 700u32;
+        let page3 = pager
+            .offset::<Item, _>(
+                pool,
+                &PageRequest {
+                    page: 3,
+                    page_size: size,
+                    sort: Some("-name".into()),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page3.total, total);
+        assert_eq!(page3.total_pages, total.div_ceil(u64::from(size)));
+        let ids: Vec<i64> = page3.items.iter().map(|i| i.id).collect();
+        assert_eq!(ids, expected[2 * size as usize..3 * size as usize]);
 
-    let past = pager
-        .offset::<Item, _>(
-            pool,
-            &PageRequest {
-                page: page3.total_pages + 1,
-                page_size: size,
-                sort: None,
-            },
-        )
-        .await
-        .unwrap();
-    assert!(past.items.is_empty());
-    assert_eq!(past.total, total, "total known past the end");
+        let past = pager
+            .offset::<Item, _>(
+                pool,
+                &PageRequest {
+                    page: page3.total_pages + 1,
+                    page_size: size,
+                    sort: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(past.items.is_empty());
+        assert_eq!(past.total, total, "total known past the end");
 
-    let filtered = pager
-        .clone()
-        .filter_eq("grp", 3_i64)
-        .unwrap()
-        .offset::<Item, _>(
-            pool,
-            &PageRequest {
-                page: 1,
-                page_size: 10,
-                sort: None,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(filtered.total, total / 10);
-    assert!(filtered.items.iter().all(|i| i.grp == 3));
-
+        let filtered = pager
+            .clone()
+            .filter_eq("grp", 3_i64)
+            .unwrap()
+            .offset::<Item, _>(
+                pool,
+                &PageRequest {
+                    page: 1,
+                    page_size: 10,
+                    sort: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(filtered.total, total / 10);
+        assert!(filtered.items.iter().all(|i| i.grp == 3));
+    }
+    let pager = pager(t, &CursorKey::random());
     for (page, page_size) in [(0, 10), (1, 0), (1, 1001), (u64::MAX, 1000)] {
         let err = pager
             .offset::<Item, _>(
