@@ -129,17 +129,25 @@ where
                 assert_eq!(page.items.len(), PAGE as usize);
             });
         });
-        group.bench_with_input(BenchmarkId::new("offset", depth), depth, |b, &depth| {
-            b.to_async(rt).iter(|| async {
-                let req = PageRequest {
-                    page: depth,
-                    page_size: PAGE,
-                    sort: None,
-                };
-                let page = pager.offset::<Item, _>(pool, &req).await.unwrap();
-                assert_eq!(page.items.len(), PAGE as usize);
+        for (name, pager) in [
+            ("offset_window_count", pager.clone()),
+            (
+                "offset_separate_count",
+                pager.clone().total_count(TotalCount::Separate),
+            ),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, depth), depth, |b, &depth| {
+                b.to_async(rt).iter(|| async {
+                    let req = PageRequest {
+                        page: depth,
+                        page_size: PAGE,
+                        sort: None,
+                    };
+                    let page = pager.offset::<Item, _>(pool, &req).await.unwrap();
+                    assert_eq!(page.items.len(), PAGE as usize);
+                });
             });
-        });
+        }
     }
     group.finish();
 }

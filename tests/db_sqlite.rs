@@ -252,9 +252,9 @@ async fn pool_builder_sets_the_statement_cache() {
             .await
             .unwrap();
         sqlx::query("SELECT 1").execute(&pool).await.unwrap();
-        let mut conn = pool.acquire().await.unwrap();
+        let conn = pool.acquire().await.unwrap();
         assert_eq!(
-            sqlx::Connection::cached_statements_size(&mut *conn),
+            sqlx::Connection::cached_statements_size(&*conn),
             cached,
             "capacity {capacity}"
         );

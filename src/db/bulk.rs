@@ -158,7 +158,7 @@ impl Bulk {
                 .push(" ");
             self.column_list(qb);
             qb.push(" ");
-            qb.push_values(chunk, |b, r| bind(b, r));
+            qb.push_values(chunk, &mut bind);
         })
         .await
     }
@@ -200,7 +200,7 @@ impl Bulk {
                 .push(" ");
             self.column_list(qb);
             qb.push(" ");
-            qb.push_values(chunk, |b, r| bind(b, r));
+            qb.push_values(chunk, &mut bind);
             if <D<Q> as Dialect>::MYSQL_SYNTAX {
                 qb.push(" ON DUPLICATE KEY UPDATE ");
                 let cols = if updated.is_empty() {
@@ -296,7 +296,7 @@ impl Bulk {
                 qb.push(format_args!("WITH {V_ALIAS} "));
                 self.column_list(qb);
                 qb.push(" AS (");
-                qb.push_values(chunk, |b, r| bind(b, r));
+                qb.push_values(chunk, &mut bind);
                 qb.push(format_args!(") UPDATE {table} AS {T_ALIAS} SET "));
                 for (i, c) in self.columns[1..].iter().enumerate() {
                     if i > 0 {

@@ -19,8 +19,8 @@ const VERSION: u8 = 1;
 /// The application key that signs cursor tokens (HMAC-SHA256), at least 32 bytes.
 ///
 /// Tokens are opaque to clients and tamper-evident: a token edited, truncated, made up, or
-/// signed with another key is refused with [`DbErrorKind::InvalidCursor`]
-/// (super::DbErrorKind::InvalidCursor) before any SQL runs. Tokens are not encrypted: the
+/// signed with another key is refused with
+/// [`DbErrorKind::InvalidCursor`](super::DbErrorKind::InvalidCursor) before any SQL runs. Tokens are not encrypted: the
 /// sort key values of the row at the page edge can be read by whoever holds the token, so
 /// do not sort by secrets. Rotating the key invalidates outstanding cursors.
 #[derive(Clone)]

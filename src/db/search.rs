@@ -221,7 +221,7 @@ impl Aggregate {
         Ok(self)
     }
 
-    fn from_where<DB: Dialect>(&self, qb: &mut QueryBuilder<DB>) {
+    fn push_from_where<DB: Dialect>(&self, qb: &mut QueryBuilder<DB>) {
         qb.push(" FROM ").push(self.table.quoted::<DB>());
         for (i, (c, v)) in self.filters.iter().enumerate() {
             qb.push(if i == 0 { " WHERE " } else { " AND " });
@@ -237,7 +237,7 @@ impl Aggregate {
     /// Database errors.
     pub async fn count<Q: QueryTarget>(&self, mut target: Q) -> Result<i64, DbError> {
         let mut qb = QueryBuilder::<Q::Database>::new("SELECT COUNT(*) AS n");
-        self.from_where(&mut qb);
+        self.push_from_where(&mut qb);
         let row = target.fetch_one(qb.build()).await?;
         Ok(<Q::Database as Dialect>::read_i64(&row, "n")?)
     }
@@ -256,7 +256,7 @@ impl Aggregate {
         let sum =
             <Q::Database as Dialect>::cast_i64(&format!("SUM({})", column.quoted::<Q::Database>()));
         let mut qb = QueryBuilder::<Q::Database>::new(format!("SELECT {sum} AS s"));
-        self.from_where(&mut qb);
+        self.push_from_where(&mut qb);
         let row = target.fetch_one(qb.build()).await?;
         Ok(<Q::Database as Dialect>::read_opt_i64(&row, "s")?)
     }
@@ -297,7 +297,7 @@ impl Aggregate {
             }
         }
         qb.push(" AS s");
-        self.from_where(&mut qb);
+        self.push_from_where(&mut qb);
         qb.push(format_args!(" GROUP BY {c} ORDER BY {c}"));
         let rows = target.fetch_all(qb.build()).await?;
         rows.iter()
