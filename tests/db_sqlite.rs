@@ -238,6 +238,9 @@ async fn keyset_on_a_pool_connection_and_search() {
     assert_eq!(ids(search.run(pool, "BLUE wid", 10).await.unwrap()), [0, 1]);
     assert_eq!(ids(search.run(pool, "50%", 10).await.unwrap()), [2]);
     assert_eq!(ids(search.run(pool, "n_t", 10).await.unwrap()), [3]);
+    // Full-text is PostgreSQL's: elsewhere it falls back to a substring match.
+    let fts = search.mode(tower_strata::db::SearchMode::FullText("english".into()));
+    assert_eq!(ids(fts.run(pool, "blue", 10).await.unwrap()), [0, 1]);
     db.close().await;
 }
 

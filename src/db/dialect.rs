@@ -84,6 +84,10 @@ pub trait Dialect: Database<Arguments: IntoArguments<Self>> + sealed::Sealed {
     #[doc(hidden)]
     const MYSQL_SYNTAX: bool;
 
+    /// Whether PostgreSQL full-text search (`to_tsvector`, `plainto_tsquery`) is available.
+    #[doc(hidden)]
+    const FULL_TEXT: bool;
+
     /// The case-insensitive pattern operator.
     #[doc(hidden)]
     const ILIKE: &'static str;
@@ -177,6 +181,7 @@ impl Dialect for sqlx::Postgres {
     const QUOTE: char = '"';
     const ROW_VALUES: bool = true;
     const MYSQL_SYNTAX: bool = false;
+    const FULL_TEXT: bool = true;
     const ILIKE: &'static str = "ILIKE";
     common!(sqlx::Postgres);
 
@@ -194,6 +199,7 @@ impl Dialect for sqlx::MySql {
     const QUOTE: char = '`';
     const ROW_VALUES: bool = false;
     const MYSQL_SYNTAX: bool = true;
+    const FULL_TEXT: bool = false;
     const ILIKE: &'static str = "LIKE";
     common!(sqlx::MySql);
 
@@ -211,6 +217,7 @@ impl Dialect for sqlx::Sqlite {
     const QUOTE: char = '"';
     const ROW_VALUES: bool = true;
     const MYSQL_SYNTAX: bool = false;
+    const FULL_TEXT: bool = false;
     const ILIKE: &'static str = "LIKE";
     common!(sqlx::Sqlite);
 

@@ -111,6 +111,32 @@
 //!     .layer(ServiceBuilder::new().layer(TxLayer::new(pool, TxConfig::default())?));
 //! # let _ = app; Ok(()) }
 //! ```
+//!
+//! # Performance
+//!
+//! `cargo bench --all-features --bench db -- --warm-up-time 1 --measurement-time 3`
+//! (100,000 rows, pages of 50 ordered by `name, id` with an index on them; PostgreSQL 15
+//! and the bundled SQLite 3.51 on a shared 2-core machine, so read the ratios, not the
+//! absolute times):
+//!
+//! | page depth | 1 | 100 | 1,000 |
+//! |---|---|---|---|
+//! | PostgreSQL keyset | 0.23 ms | 0.32 ms | 0.28 ms |
+//! | PostgreSQL offset, [`TotalCount::Separate`] | 8.6 ms | 13.0 ms | 46.4 ms |
+//! | PostgreSQL offset, [`TotalCount::Window`] | 54 ms | 42 ms | 56 ms |
+//! | SQLite keyset | 0.17 ms | 0.25 ms | 0.28 ms |
+//! | SQLite offset, [`TotalCount::Separate`] | 0.44 ms | 0.80 ms | 2.36 ms |
+//! | SQLite offset, [`TotalCount::Window`] | 37 ms | 49 ms | 118 ms |
+//!
+//! Keyset pages stay flat with depth; offset pages grow with it (page 1,000 costs 5x
+//! page 1 on both databases with a separate count), and the one-round-trip window count
+//! costs a pass over every matching row on each page, so on large tables
+//! [`TotalCount::Separate`] is the faster choice despite the second round trip.
+//!
+//! Bulk insert of 100,000 rows in one [`Bulk::insert`] call against a loop of single-row
+//! `INSERT`s (the loop measured on 2,000 rows, compared as rows per second): PostgreSQL
+//! 142,500 rows/s against 2,800 rows/s (**51x**), [`PgUnnest`] 169,700 rows/s (**61x**);
+//! SQLite 507,000 rows/s against 8,100 rows/s (**62x**).
 
 mod bulk;
 

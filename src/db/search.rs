@@ -114,7 +114,7 @@ impl Search {
         let mut qb = QueryBuilder::<D<Q>>::new("SELECT * FROM ");
         qb.push(self.table.quoted::<D<Q>>()).push(" WHERE ");
         match &self.mode {
-            SearchMode::FullText(config) if <D<Q> as Dialect>::ILIKE == "ILIKE" => {
+            SearchMode::FullText(config) if <D<Q> as Dialect>::FULL_TEXT => {
                 let config = Ident::new(config)?;
                 let document = self
                     .columns
