@@ -1,5 +1,6 @@
 //! Keyset versus offset pagination by page depth, and bulk insert versus a loop of single
-//! inserts, on PostgreSQL (`DATABASE_URL`) and SQLite (a temporary file).
+//! inserts, on PostgreSQL (`DATABASE_URL`), SQLite (a temporary file) and MariaDB
+//! (`MYSQL_URL`).
 //!
 //! `cargo bench --all-features --bench db -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -265,5 +266,20 @@ fn sqlite(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, postgres, sqlite);
+fn mariadb(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let url =
+        std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let pool = rt
+        .block_on(sqlx::MySqlPool::connect(&url))
+        .expect("MariaDB");
+    let t = rt.block_on(create(&pool, "page"));
+    rt.block_on(bulk_insert(&pool, &t, &rows(ROWS)));
+    rt.block_on(exec(&pool, format!("ANALYZE TABLE {t}")));
+    pagination(c, &rt, "mariadb", &pool, &t);
+    rt.block_on(exec(&pool, format!("DROP TABLE {t}")));
+    insert_benches(c, &rt, "mariadb", &pool, None);
+}
+
+criterion_group!(benches, postgres, sqlite, mariadb);
 criterion_main!(benches);
