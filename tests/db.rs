@@ -409,3 +409,46 @@ async fn pool_builder_and_stats() {
     pool.close().await;
     assert!(PoolStats::of(&pool).closed);
 }
+
+/// A bulk insert inside a savepoint of the request's transaction: the savepoint rolls back
+/// alone and the outer transaction's work commits.
+#[tokio::test]
+async fn bulk_inside_a_savepoint() {
+    let pool = pool().await;
+    let t = create_items(&pool, "sp").await;
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let t2 = t.clone();
+    let svc = tx_support::app(layer, move |tx: TxHandle<Postgres>, _body: String| {
+        let t = t2.clone();
+        async move {
+            let bulk = Bulk::new(&t, &["id", "name", "grp"])
+                .unwrap()
+                .max_params(30)
+                .unwrap();
+            let bind = |mut b: sqlx::query_builder::Separated<'_, Postgres, &'static str>,
+                        r: &Item| {
+                b.push_bind(r.id).push_bind(r.name.clone()).push_bind(r.grp);
+            };
+            let mut conn = tx.conn().await.unwrap();
+            bulk.insert(&mut conn, &rows(0..50), bind).await.unwrap();
+            let mut sp = conn.savepoint().await.unwrap();
+            let mut clash = rows(100..150);
+            clash.push(Item {
+                id: 0,
+                name: "dup".into(),
+                grp: 0,
+            });
+            assert!(bulk.insert(&mut sp, &clash, bind).await.is_err());
+            sp.rollback().await.unwrap();
+            let n = Aggregate::new(&t).unwrap().count(&mut conn).await.unwrap();
+            assert_eq!(
+                n, 50,
+                "the savepoint's chunks rolled back, the outer rows stay"
+            );
+            tx_support::status(200)
+        }
+    });
+    assert_eq!(tx_support::send(&svc, "").await.status(), StatusCode::OK);
+    assert_eq!(Aggregate::new(&t).unwrap().count(&pool).await.unwrap(), 50);
+    drop_table(&pool, &t).await;
+}

@@ -8,7 +8,7 @@ use http::request::Parts;
 use super::error::DbError;
 use super::page::{CursorRequest, DEFAULT_MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE, PageRequest};
 
-const MAX_CURSOR_LEN: usize = 4096;
+const MAX_CURSOR_LEN: usize = 16 * 1024;
 
 /// Page size rules for the extractors: put one in the request extensions (axum
 /// `Extension(PageLimits { .. })` as a layer) to change them; without one,

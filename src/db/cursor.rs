@@ -12,8 +12,9 @@ use super::dialect::Value;
 use super::error::DbError;
 
 const MAC_LEN: usize = 32;
-/// Tokens longer than this are refused before any decoding work.
-const MAX_TOKEN_LEN: usize = 4096;
+/// Tokens longer than this are refused before any decoding work. Sort key values must be
+/// short enough for their tokens to fit (a few kilobytes of text at most).
+const MAX_TOKEN_LEN: usize = 16 * 1024;
 const VERSION: u8 = 1;
 
 /// The application key that signs cursor tokens (HMAC-SHA256), at least 32 bytes.
@@ -166,7 +167,7 @@ mod tests {
             "",
             "!!!",
             "AAAA",
-            &"A".repeat(5000),
+            &"A".repeat(17_000),
         ] {
             let err = key.open(bad).unwrap_err();
             assert_eq!(err.kind(), DbErrorKind::InvalidCursor, "{bad}");
