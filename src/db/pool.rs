@@ -1,0 +1,299 @@
+//! Pool presets, a validated builder, and pool statistics for the health report.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::pool::PoolOptions;
+use sqlx::{Connection, Pool};
+
+use super::dialect::Dialect;
+use super::error::DbError;
+
+type ConnOptions<DB> = <<DB as sqlx::Database>::Connection as Connection>::Options;
+
+/// Starting points for [`PoolBuilder`]; every value can be overridden.
+///
+/// | preset | max | min idle | acquire timeout | idle timeout | max lifetime | statement cache |
+/// |---|---|---|---|---|---|---|
+/// | `Web` | 10 | 2 | 5 s | 10 min | 30 min | 100 |
+/// | `Worker` | 4 | 0 | 30 s | 5 min | 30 min | 100 |
+/// | `Test` | 5 | 0 | 10 s | 30 s | 5 min | 20 |
+///
+/// `Web` keeps a couple of warm connections and fails fast when the pool is exhausted (the
+/// transaction layer then answers `503`); `Worker` waits longer for fewer connections;
+/// `Test` keeps nothing idle so parallel test suites do not hold server slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PoolPreset {
+    /// Request-serving processes.
+    #[default]
+    Web,
+    /// Background jobs and batch work.
+    Worker,
+    /// Test suites sharing a server.
+    Test,
+}
+
+/// Builds a sqlx pool with sane defaults, validated before any connection is made.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn demo() -> Result<(), tower_strata::db::DbError> {
+/// use std::time::Duration;
+/// use tower_strata::db::{PoolBuilder, PoolPreset, PoolStats};
+///
+/// let pool: sqlx::PgPool = PoolBuilder::new(PoolPreset::Web)
+///     .max_connections(20)
+///     .acquire_timeout(Duration::from_secs(2))
+///     .connect("postgres://postgres@127.0.0.1/test")
+///     .await?;
+/// let stats = PoolStats::of(&pool);
+/// # let _ = stats; Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolBuilder {
+    max_connections: u32,
+    min_idle: u32,
+    acquire_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    statement_cache: usize,
+    test_before_acquire: bool,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        Self::new(PoolPreset::Web)
+    }
+}
+
+impl PoolBuilder {
+    /// The preset's values.
+    pub fn new(preset: PoolPreset) -> Self {
+        let min = Duration::from_secs(60);
+        match preset {
+            PoolPreset::Web => Self {
+                max_connections: 10,
+                min_idle: 2,
+                acquire_timeout: Duration::from_secs(5),
+                idle_timeout: Some(10 * min),
+                max_lifetime: Some(30 * min),
+                statement_cache: 100,
+                test_before_acquire: true,
+            },
+            PoolPreset::Worker => Self {
+                max_connections: 4,
+                min_idle: 0,
+                acquire_timeout: Duration::from_secs(30),
+                idle_timeout: Some(5 * min),
+                max_lifetime: Some(30 * min),
+                statement_cache: 100,
+                test_before_acquire: true,
+            },
+            PoolPreset::Test => Self {
+                max_connections: 5,
+                min_idle: 0,
+                acquire_timeout: Duration::from_secs(10),
+                idle_timeout: Some(Duration::from_secs(30)),
+                max_lifetime: Some(5 * min),
+                statement_cache: 20,
+                test_before_acquire: false,
+            },
+        }
+    }
+
+    /// Most open connections.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Connections kept open even when idle.
+    pub fn min_idle(mut self, n: u32) -> Self {
+        self.min_idle = n;
+        self
+    }
+
+    /// Longest wait for a connection before `PoolTimedOut`.
+    pub fn acquire_timeout(mut self, d: Duration) -> Self {
+        self.acquire_timeout = d;
+        self
+    }
+
+    /// Idle connections above `min_idle` are closed after this long (`None`: never).
+    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Connections are closed after this age (`None`: never), to pick up server-side
+    /// changes and spread reconnects.
+    pub fn max_lifetime(mut self, d: Option<Duration>) -> Self {
+        self.max_lifetime = d;
+        self
+    }
+
+    /// Prepared statements cached per connection (`0` turns the cache off).
+    pub fn statement_cache(mut self, n: usize) -> Self {
+        self.statement_cache = n;
+        self
+    }
+
+    /// Whether a connection is pinged before it is handed out.
+    pub fn test_before_acquire(mut self, yes: bool) -> Self {
+        self.test_before_acquire = yes;
+        self
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    ///
+    /// [`DbErrorKind::InvalidConfig`](super::DbErrorKind::InvalidConfig) for no connections,
+    /// `min_idle` above `max_connections`, a zero acquire timeout, or an idle timeout longer
+    /// than the max lifetime.
+    pub fn validate(&self) -> Result<(), DbError> {
+        if self.max_connections == 0 {
+            return Err(DbError::config("max_connections must be at least 1"));
+        }
+        if self.min_idle > self.max_connections {
+            return Err(DbError::config(format!(
+                "min_idle ({}) exceeds max_connections ({})",
+                self.min_idle, self.max_connections
+            )));
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(DbError::config("acquire_timeout must be above zero"));
+        }
+        if let (Some(idle), Some(life)) = (self.idle_timeout, self.max_lifetime)
+            && idle > life
+        {
+            return Err(DbError::config("idle_timeout exceeds max_lifetime"));
+        }
+        Ok(())
+    }
+
+    /// The sqlx pool options (without the statement cache, which lives on the connect
+    /// options).
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::validate`].
+    pub fn pool_options<DB: Dialect>(&self) -> Result<PoolOptions<DB>, DbError> {
+        self.validate()?;
+        Ok(PoolOptions::<DB>::new()
+            .max_connections(self.max_connections)
+            .min_connections(self.min_idle)
+            .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .test_before_acquire(self.test_before_acquire))
+    }
+
+    /// Opens a pool to `url`, with one connection made to check it.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::validate`]; a malformed URL; the connection error (bounded by the
+    /// acquire timeout).
+    pub async fn connect<DB: Dialect>(&self, url: &str) -> Result<Pool<DB>, DbError> {
+        self.validate()?;
+        let options = <ConnOptions<DB> as FromStr>::from_str(url).map_err(DbError::from)?;
+        self.connect_with::<DB>(options).await
+    }
+
+    /// Opens a pool with the given connect options (the statement cache size is set on
+    /// them).
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::connect`].
+    pub async fn connect_with<DB: Dialect>(
+        &self,
+        options: ConnOptions<DB>,
+    ) -> Result<Pool<DB>, DbError> {
+        let options = DB::set_statement_cache(options, self.statement_cache);
+        Ok(self.pool_options::<DB>()?.connect_with(options).await?)
+    }
+
+    /// A pool that connects on first use.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::validate`].
+    pub fn connect_lazy_with<DB: Dialect>(
+        &self,
+        options: ConnOptions<DB>,
+    ) -> Result<Pool<DB>, DbError> {
+        let options = DB::set_statement_cache(options, self.statement_cache);
+        Ok(self.pool_options::<DB>()?.connect_lazy_with(options))
+    }
+}
+
+/// A snapshot of a pool for the health report (serde-serializable).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// Open connections.
+    pub size: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// Open connections lent out.
+    pub in_use: u32,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// `in_use / max_connections`, from `0.0` to `1.0`.
+    pub utilisation: f64,
+    /// Whether [`Pool::close`] was called.
+    pub closed: bool,
+}
+
+impl PoolStats {
+    /// Reads `pool`'s counters (no round trip).
+    pub fn of<DB: sqlx::Database>(pool: &Pool<DB>) -> Self {
+        let size = pool.size();
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+        let in_use = size - idle;
+        let max_connections = pool.options().get_max_connections();
+        Self {
+            size,
+            idle,
+            in_use,
+            max_connections,
+            utilisation: if max_connections == 0 {
+                0.0
+            } else {
+                f64::from(in_use) / f64::from(max_connections)
+            },
+            closed: pool.is_closed(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_bad_values_are_refused() {
+        for p in [PoolPreset::Web, PoolPreset::Worker, PoolPreset::Test] {
+            PoolBuilder::new(p).validate().unwrap();
+        }
+        let b = PoolBuilder::default();
+        assert!(b.clone().max_connections(0).validate().is_err());
+        assert!(b.clone().max_connections(2).min_idle(3).validate().is_err());
+        assert!(
+            b.clone()
+                .acquire_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            b.clone()
+                .idle_timeout(Some(Duration::from_secs(100)))
+                .max_lifetime(Some(Duration::from_secs(10)))
+                .validate()
+                .is_err()
+        );
+    }
+}
