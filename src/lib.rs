@@ -7,6 +7,8 @@
 //!   metadata (TTL, grace, tags), with in-memory, Redis and tiered (L1 + L2) implementations,
 //!   constant-cost tag invalidation, a Redis pub/sub backplane and a typed
 //!   [`Cache`](store::Cache) with single-flight `get_or_compute`.
+//! - [`cache`]: the response cache layer, [`CacheLayer`](cache::CacheLayer): RFC 9111
+//!   shared-cache semantics over any store, with coalescing, stale serving and tags.
 //!
 //! # Example
 //!
@@ -51,4 +53,5 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub mod cache;
 pub mod store;
