@@ -153,10 +153,10 @@ where
                                 *trailers = Some(t.clone());
                             }
                         }
-                        if inner.is_end_stream() {
-                            if let Some(fin) = finish.take() {
-                                fin.finish(concat(chunks, *size), trailers.take());
-                            }
+                        if inner.is_end_stream()
+                            && let Some(fin) = finish.take()
+                        {
+                            fin.finish(concat(chunks, *size), trailers.take());
                         }
                     }
                     None => {

@@ -97,13 +97,13 @@ impl KeyConfig {
             out.push_str(" k=");
             out.push_str(part.as_str());
         }
-        if let Some(names) = self.cookie_route(uri.path()) {
-            if !names.is_empty() {
-                out.push_str(" c=");
-                for name in names {
-                    let value = cookie_value(headers, name).unwrap_or_default();
-                    let _ = write!(out, "{name}={value};");
-                }
+        if let Some(names) = self.cookie_route(uri.path())
+            && !names.is_empty()
+        {
+            out.push_str(" c=");
+            for name in names {
+                let value = cookie_value(headers, name).unwrap_or_default();
+                let _ = write!(out, "{name}={value};");
             }
         }
         out

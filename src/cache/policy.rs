@@ -186,6 +186,7 @@ pub(crate) static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-c
 pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 /// Decides whether a response to a GET may be stored by a shared cache and for how long.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decide(
     config: &PolicyConfig,
     request_has_authorization: bool,
@@ -285,14 +286,12 @@ pub(crate) fn decide(
     if let Some(ttl) = config.default_ttl {
         return Ok(make(ttl, initial_age));
     }
-    if config.heuristic {
-        if let Some(last_modified) = header_date(headers, &header::LAST_MODIFIED) {
-            let base = date.unwrap_or(response_time);
-            if let Ok(since) = base.duration_since(last_modified) {
-                let lifetime = (since / 10).min(HEURISTIC_CAP);
-                return Ok(make(lifetime, initial_age));
-            }
-        }
+    if config.heuristic
+        && let Some(last_modified) = header_date(headers, &header::LAST_MODIFIED)
+        && let Ok(since) = date.unwrap_or(response_time).duration_since(last_modified)
+    {
+        let lifetime = (since / 10).min(HEURISTIC_CAP);
+        return Ok(make(lifetime, initial_age));
     }
     Err("no freshness information")
 }

@@ -40,7 +40,7 @@ pub(crate) struct Record {
 /// What a primary key holds.
 #[derive(Debug)]
 pub(crate) enum Stored {
-    Response(Record),
+    Response(Box<Record>),
     Vary {
         identity: String,
         names: Vec<HeaderName>,
@@ -199,7 +199,7 @@ pub(crate) fn decode(bytes: &Bytes) -> Result<Stored, Corrupt> {
                 n => Some(r.headers(n)?),
             };
             let offset = bytes.len() - r.buf.len();
-            Ok(Stored::Response(Record {
+            Ok(Stored::Response(Box::new(Record {
                 identity,
                 status,
                 headers,
@@ -212,7 +212,7 @@ pub(crate) fn decode(bytes: &Bytes) -> Result<Stored, Corrupt> {
                     sie,
                     must_revalidate,
                 },
-            }))
+            })))
         }
         1 => {
             let count = r.u16()?;

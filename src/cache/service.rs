@@ -118,9 +118,15 @@ impl Found {
     fn is_stale(&self) -> bool {
         self.entry_ttl.is_some_and(|ttl| self.entry_age >= ttl)
     }
+    /// How long past its freshness lifetime the response is (RFC 9111: current age minus
+    /// freshness lifetime; a response that arrived already old starts stale).
     fn staleness(&self) -> Duration {
-        self.entry_ttl
-            .map_or(Duration::ZERO, |ttl| self.entry_age.saturating_sub(ttl))
+        let f = &self.record.freshness;
+        let by_age = self.current_age().saturating_sub(f.lifetime);
+        let by_entry = self
+            .entry_ttl
+            .map_or(Duration::ZERO, |ttl| self.entry_age.saturating_sub(ttl));
+        by_age.max(by_entry)
     }
     fn current_age(&self) -> Duration {
         self.record.freshness.initial_age + self.entry_age
@@ -268,7 +274,7 @@ async fn lookup<St: Store>(
         return Ok(None);
     }
     Ok(Some(Found {
-        record: Arc::new(record),
+        record: Arc::from(record),
         entry_age: entry.age(),
         entry_ttl: entry.ttl(),
         tags: entry.tags().to_vec(),
@@ -455,8 +461,10 @@ where
     // Revalidate a stale entry with its validators; the client's own conditionals are
     // answered from the refreshed entry.
     let mut client_headers = None;
-    if let Some(found) = &stale {
-        if method == Method::GET {
+    if let Some(found) = &stale
+        && method == Method::GET
+    {
+        {
             let etag = found.record.headers.get(header::ETAG).cloned();
             let last_modified = found.record.headers.get(header::LAST_MODIFIED).cloned();
             if etag.is_some() || last_modified.is_some() {
@@ -517,30 +525,28 @@ where
         if response.status().is_server_error() && found.within_sie(&ctx) {
             return Ok(serve_stale_on_error(&ctx, found, &method, &request_headers));
         }
-        if response.status() == StatusCode::NOT_MODIFIED {
-            if let Some(client_headers) = client_headers {
-                if let Some(refreshed) = refresh_from_304(
-                    &ctx,
-                    found,
-                    response.headers(),
-                    &identity,
-                    &primary,
-                    request_time,
-                    response_time,
-                )
-                .await
-                {
-                    Shared::count(&ctx.shared.revalidated);
-                    drop(guard);
-                    return Ok(serve(
-                        &ctx,
-                        &refreshed,
-                        &method,
-                        &client_headers,
-                        "fwd=stale; fwd-status=304",
-                    ));
-                }
-            }
+        if response.status() == StatusCode::NOT_MODIFIED
+            && let Some(client_headers) = client_headers
+            && let Some(refreshed) = refresh_from_304(
+                &ctx,
+                found,
+                response.headers(),
+                &identity,
+                &primary,
+                request_time,
+                response_time,
+            )
+            .await
+        {
+            Shared::count(&ctx.shared.revalidated);
+            drop(guard);
+            return Ok(serve(
+                &ctx,
+                &refreshed,
+                &method,
+                &client_headers,
+                "fwd=stale; fwd-status=304",
+            ));
         }
     }
 
@@ -655,11 +661,14 @@ fn entry_times<St>(ctx: &Ctx<St>, f: &Freshness, has_validators: bool) -> (Durat
     }
     let mut grace = Duration::ZERO;
     if !f.must_revalidate {
+        // A response that arrived already stale has used part of its stale windows.
+        let over = f.initial_age.saturating_sub(f.lifetime);
         grace = f
             .swr
             .or(ctx.config.swr)
             .unwrap_or_default()
-            .max(f.sie.or(ctx.config.sie).unwrap_or_default());
+            .max(f.sie.or(ctx.config.sie).unwrap_or_default())
+            .saturating_sub(over);
     }
     if has_validators {
         grace = grace.max(ctx.config.stale_retention);
@@ -1041,10 +1050,10 @@ async fn collect_limited<RB: Body<Data = Bytes>>(
 }
 
 fn add_status<St>(ctx: &Ctx<St>, headers: &mut HeaderMap, value: &str) {
-    if ctx.config.cache_status {
-        if let Ok(v) = HeaderValue::from_str(&format!("tower-strata; {value}")) {
-            headers.append(CACHE_STATUS.clone(), v);
-        }
+    if ctx.config.cache_status
+        && let Ok(v) = HeaderValue::from_str(&format!("tower-strata; {value}"))
+    {
+        headers.append(CACHE_STATUS.clone(), v);
     }
 }
 
