@@ -1283,3 +1283,47 @@ mod axum_router {
                 });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_writes_land_on_a_multi_thread_runtime() {
+    let (up, _) = upstream(|_, _| {
+        response(
+            200,
+            &[("cache-control", "max-age=60"), ("surrogate-key", "a b")],
+            "x",
+        )
+    });
+    let layer = CacheLayer::new(store());
+    let stats = layer.stats();
+    let svc = layered(layer, up);
+    send(&svc, get("http://h/a")).await;
+    let landed =
+        support::eventually(Duration::from_secs(5), || async { stats.stores() == 1 }).await;
+    assert!(landed.is_some(), "{stats:?}");
+}
+
+#[tokio::test]
+async fn invalidation_wins_over_a_store_write_still_in_flight() {
+    let (up, calls) = upstream(|n, req| {
+        if req.method() == http::Method::PUT {
+            response(204, &[], "")
+        } else {
+            response(200, &[("cache-control", "max-age=60")], format!("v{n}"))
+        }
+    });
+    let svc = layered(CacheLayer::new(store()), up);
+    // Read the whole body (the write is spawned but has not run), then invalidate at once.
+    let r = svc.clone().oneshot(get("http://h/a")).await.unwrap();
+    assert_eq!(body(r).await, "v1");
+    let put = Request::put("http://h/a").body(Full::default()).unwrap();
+    svc.clone().oneshot(put).await.unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let (_, b) = send(&svc, get("http://h/a")).await;
+    assert_eq!(
+        b, "v3",
+        "the invalidated response is neither handed out nor stored"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

@@ -1,7 +1,7 @@
 //! [`CacheLayer`]: configuration, shared state (in-flight misses, hit-for-pass) and counters.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -296,7 +296,12 @@ pub(crate) enum Outcome {
     NotStored,
 }
 
-type Flight = watch::Sender<Option<Outcome>>;
+/// An in-flight miss: its outcome for waiters, and whether an unsafe request invalidated the
+/// key meanwhile (then its response must not be stored or handed out).
+pub(crate) struct Flight {
+    tx: watch::Sender<Option<Outcome>>,
+    cancelled: AtomicBool,
+}
 
 #[derive(Default)]
 pub(crate) struct Shared {
@@ -333,15 +338,27 @@ impl Shared {
     pub fn join(self: &Arc<Self>, key: &str) -> Join {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = flights.get(key) {
-            return Join::Waiter(flight.subscribe());
+            return Join::Waiter(flight.tx.subscribe());
         }
-        let flight = Arc::new(watch::channel(None).0);
+        let flight = Arc::new(Flight {
+            tx: watch::channel(None).0,
+            cancelled: AtomicBool::new(false),
+        });
         flights.insert(key.to_owned(), flight.clone());
         Join::Leader(FlightGuard {
             shared: self.clone(),
             key: key.to_owned(),
             flight,
         })
+    }
+
+    /// Detaches the in-flight miss on `key`, if any: later requests no longer join it and its
+    /// response is not stored (the key was invalidated).
+    pub fn cancel(&self, key: &str) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = flights.remove(key) {
+            flight.cancelled.store(true, Ordering::SeqCst);
+        }
     }
 
     pub fn is_pass(&self, key: &str) -> bool {
@@ -400,14 +417,19 @@ impl FlightGuard {
     /// Hands the stored response to the waiters (and to requests that arrive before the
     /// guard is dropped).
     pub fn publish(&self, outcome: Outcome) {
-        self.flight.send_replace(Some(outcome));
+        self.flight.tx.send_replace(Some(outcome));
+    }
+
+    /// Whether the key was invalidated while this miss was in flight.
+    pub fn is_cancelled(&self) -> bool {
+        self.flight.cancelled.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        if self.flight.borrow().is_none() {
-            self.flight.send_replace(Some(Outcome::NotStored));
+        if self.flight.tx.borrow().is_none() {
+            self.flight.tx.send_replace(Some(Outcome::NotStored));
         }
         let mut flights = self
             .shared

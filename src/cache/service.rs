@@ -319,6 +319,7 @@ where
         for identity in identities {
             let key = store_key(&identity);
             ctx.shared.unpass(&key);
+            ctx.shared.cancel(&key);
             match ctx.store.delete(&key).await {
                 Ok(_) => Shared::count(&ctx.shared.invalidations),
                 Err(error) => {
@@ -464,26 +465,24 @@ where
     if let Some(found) = &stale
         && method == Method::GET
     {
-        {
-            let etag = found.record.headers.get(header::ETAG).cloned();
-            let last_modified = found.record.headers.get(header::LAST_MODIFIED).cloned();
-            if etag.is_some() || last_modified.is_some() {
-                client_headers = Some(request.headers().clone());
-                let h = request.headers_mut();
-                for name in [
-                    header::IF_NONE_MATCH,
-                    header::IF_MODIFIED_SINCE,
-                    header::IF_RANGE,
-                    header::RANGE,
-                ] {
-                    h.remove(name);
-                }
-                if let Some(etag) = etag {
-                    h.insert(header::IF_NONE_MATCH, etag);
-                }
-                if let Some(lm) = last_modified {
-                    h.insert(header::IF_MODIFIED_SINCE, lm);
-                }
+        let etag = found.record.headers.get(header::ETAG).cloned();
+        let last_modified = found.record.headers.get(header::LAST_MODIFIED).cloned();
+        if etag.is_some() || last_modified.is_some() {
+            client_headers = Some(request.headers().clone());
+            let h = request.headers_mut();
+            for name in [
+                header::IF_NONE_MATCH,
+                header::IF_MODIFIED_SINCE,
+                header::IF_RANGE,
+                header::RANGE,
+            ] {
+                h.remove(name);
+            }
+            if let Some(etag) = etag {
+                h.insert(header::IF_NONE_MATCH, etag);
+            }
+            if let Some(lm) = last_modified {
+                h.insert(header::IF_MODIFIED_SINCE, lm);
             }
         }
     }
@@ -748,6 +747,10 @@ impl<St: Store> Finish for StoreOnFinish<St> {
         let ctx = this.ctx;
         let guard = this.guard;
         runtime.spawn(async move {
+            let cancelled = || guard.as_ref().is_some_and(FlightGuard::is_cancelled);
+            if cancelled() {
+                return;
+            }
             write(
                 &ctx,
                 &this.primary,
@@ -759,6 +762,10 @@ impl<St: Store> Finish for StoreOnFinish<St> {
                 &this.tags,
             )
             .await;
+            // An unsafe request invalidated the key while the write was in flight: undo it.
+            if cancelled() {
+                let _ = ctx.store.delete(&this.primary).await;
+            }
             // Requests arriving until now were answered from the published record.
             drop(guard);
         });
