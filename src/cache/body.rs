@@ -56,6 +56,13 @@ impl<B> std::fmt::Debug for CacheBody<B> {
     }
 }
 
+/// An empty body.
+impl<B> Default for CacheBody<B> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl<B> CacheBody<B> {
     pub(crate) fn stored(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         CacheBody {

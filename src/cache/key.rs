@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Uri};
 
@@ -27,6 +28,21 @@ impl KeyPart {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The raw request body (the framed gRPC message) of a cacheable gRPC call, attached as a
+/// request extension by `GrpcKeyLayer` (feature `tonic`) or by the app, for the cache to key
+/// on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcMessage(pub Bytes);
+
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// How request URIs are turned into keys.

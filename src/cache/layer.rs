@@ -64,6 +64,7 @@ pub(crate) struct Config {
     pub strip_tag_headers: bool,
     pub key: KeyConfig,
     pub upstream_timeout: Option<Duration>,
+    pub grpc_methods: Vec<(String, Duration)>,
 }
 
 impl<St: Store> CacheLayer<St> {
@@ -98,6 +99,7 @@ impl<St: Store> CacheLayer<St> {
                     ..KeyConfig::default()
                 },
                 upstream_timeout: None,
+                grpc_methods: Vec::new(),
             },
             shared: Arc::new(Shared::default()),
         }
@@ -253,6 +255,13 @@ impl<St> CacheLayer<St> {
     /// stale-if-error window is served, or `504 Gateway Timeout` answered. Default none.
     pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
         self.config.upstream_timeout = Some(timeout);
+        self
+    }
+
+    /// Caches the gRPC method at `path` (`/package.Service/Method`) for `ttl`, keyed by the
+    /// request message (see the [module docs](super#grpc)). Other gRPC methods pass through.
+    pub fn grpc_method(mut self, path: impl Into<String>, ttl: Duration) -> Self {
+        self.config.grpc_methods.push((path.into(), ttl));
         self
     }
 

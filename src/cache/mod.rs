@@ -125,6 +125,14 @@
 //! `tower-strata; fwd=bypass`, ...), which [`CacheLayer::cache_status`] turns off. Hop-by-hop
 //! headers are neither stored nor replayed.
 //!
+//! # gRPC
+//!
+//! Only methods marked with [`CacheLayer::grpc_method`] are cached, keyed by method path plus
+//! the request message bytes (the [`GrpcMessage`] extension, which `GrpcKeyLayer` attaches
+//! with the `tonic` feature), for the TTL given there, and only responses whose trailers carry
+//! `grpc-status: 0`. Other gRPC calls pass through untouched and never invalidate anything.
+//! gRPC misses are not coalesced.
+//!
 //! # Tags
 //!
 //! Tags come from `Surrogate-Key` (space-separated), `Cache-Tag` (comma-separated) and the
@@ -135,6 +143,8 @@
 
 mod body;
 mod future;
+#[cfg(feature = "tonic")]
+mod grpc;
 mod key;
 mod layer;
 mod policy;
@@ -144,7 +154,10 @@ mod tags;
 
 pub use body::CacheBody;
 pub use future::ResponseFuture;
-pub use key::KeyPart;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub use grpc::{DEFAULT_MAX_MESSAGE_SIZE, GrpcKey, GrpcKeyFuture, GrpcKeyLayer};
+pub use key::{GrpcMessage, KeyPart};
 pub use layer::{CacheLayer, CacheStats, DEFAULT_MAX_BODY_SIZE};
 pub use policy::CacheOverride;
 pub use service::Cache;

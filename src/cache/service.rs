@@ -14,7 +14,9 @@ use tower_service::Service;
 
 use super::body::{CacheBody, Finish};
 use super::future::ResponseFuture;
-use super::key::{self, KeyPart, is_get_or_head, store_key, variant_identity, vary_names};
+use super::key::{
+    self, GrpcMessage, KeyPart, is_get_or_head, store_key, variant_identity, vary_names,
+};
 use super::layer::{Ctx, FlightGuard, Join, Outcome, Shared};
 use super::policy::{self, CacheOverride, Directives, Freshness};
 use super::record::{self, Record, Stored};
@@ -152,6 +154,21 @@ where
     RB: Body<Data = Bytes> + Send + 'static,
 {
     let method = request.method().clone();
+    if is_grpc(request.headers()) {
+        let ttl = ctx
+            .config
+            .grpc_methods
+            .iter()
+            .find(|(path, _)| path == request.uri().path())
+            .map(|(_, ttl)| *ttl);
+        return match (ttl, request.extensions().get::<GrpcMessage>()) {
+            (Some(ttl), Some(message)) if method == Method::POST => {
+                let message = message.0.clone();
+                grpc_request(ctx, svc, request, ttl, message).await
+            }
+            _ => Ok(svc.call(request).await?.map(CacheBody::passthrough)),
+        };
+    }
     if matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -228,6 +245,94 @@ where
         return forward(ctx, svc, request, identity, primary, Some(found)).await;
     }
     forward(ctx, svc, request, identity, primary, None).await
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A cacheable gRPC call: keyed by method path and message bytes; stored only when the
+/// trailers carry `grpc-status: 0`.
+async fn grpc_request<S, St, B, RB>(
+    ctx: Arc<Ctx<St>>,
+    mut svc: S,
+    request: Request<B>,
+    ttl: Duration,
+    message: Bytes,
+) -> Result<Resp<RB>, S::Error>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    St: Store,
+    RB: Body<Data = Bytes> + Send + 'static,
+{
+    let base = ctx.config.key.identity(&request);
+    let identity = format!(
+        "GRPC{} m={}",
+        base.strip_prefix("GET").unwrap_or(&base),
+        key::hex(&message)
+    );
+    let primary = store_key(&identity);
+    match lookup(&ctx, &identity, &primary, request.headers()).await {
+        Ok(Some(found)) if !found.is_stale() => {
+            Shared::count(&ctx.shared.hits);
+            return Ok(serve(&ctx, &found, &Method::POST, request.headers(), "hit"));
+        }
+        Ok(_) => {}
+        Err(()) => {
+            let response = svc.call(request).await?;
+            return Ok(finish_passthrough(
+                &ctx,
+                response,
+                "fwd=miss; detail=store-error",
+            ));
+        }
+    }
+    Shared::count(&ctx.shared.misses);
+    let response = svc.call(request).await?;
+    let (mut parts, body) = response.into_parts();
+    let storable = parts.status == StatusCode::OK
+        && is_grpc(&parts.headers)
+        && !parts.headers.contains_key("grpc-status")
+        && !parts.headers.contains_key(header::SET_COOKIE);
+    let tags = extract_tags(
+        &ctx,
+        &mut parts.headers,
+        parts.extensions.get::<CacheTags>(),
+    );
+    if !storable || ttl.is_zero() {
+        Shared::count(&ctx.shared.not_stored);
+        let mut response = Response::from_parts(parts, CacheBody::passthrough(body));
+        add_status(&ctx, response.headers_mut(), "fwd=miss");
+        return Ok(response);
+    }
+    let finish = StoreOnFinish {
+        ctx: ctx.clone(),
+        guard: None,
+        primary,
+        identity: identity.clone(),
+        variant: identity,
+        names: Vec::new(),
+        status: parts.status,
+        headers: stored_headers(&ctx, &parts.headers),
+        freshness: Freshness {
+            lifetime: ttl,
+            initial_age: Duration::ZERO,
+            swr: None,
+            sie: None,
+            must_revalidate: true,
+        },
+        ttl,
+        grace: Duration::ZERO,
+        tags,
+        grpc: true,
+    };
+    let limit = body_limit(&ctx);
+    let mut response =
+        Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
+    add_status(&ctx, response.headers_mut(), "fwd=miss");
+    Ok(response)
 }
 
 /// Looks a request up: the primary key, then the variant a vary spec points to. `Err` is a
@@ -633,6 +738,7 @@ where
         ttl,
         grace,
         tags,
+        grpc: false,
     };
     let mut response =
         Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
@@ -720,11 +826,22 @@ struct StoreOnFinish<St: Store> {
     ttl: Duration,
     grace: Duration,
     tags: Vec<String>,
+    /// Store only when the trailers carry `grpc-status: 0`.
+    grpc: bool,
 }
 
 impl<St: Store> Finish for StoreOnFinish<St> {
     fn finish(self: Box<Self>, body: Bytes, trailers: Option<HeaderMap>) {
         let this = *self;
+        if this.grpc
+            && trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .is_none_or(|s| s != "0")
+        {
+            Shared::count(&this.ctx.shared.not_stored);
+            return;
+        }
         let record = Record {
             identity: this.variant,
             status: this.status,
