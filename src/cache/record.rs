@@ -124,6 +124,7 @@ pub(crate) fn encode_vary(identity: &str, names: &[HeaderName]) -> Bytes {
 }
 
 struct Reader<'a> {
+    src: &'a Bytes,
     buf: &'a [u8],
 }
 
@@ -164,7 +165,10 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             let name = HeaderName::from_bytes(self.bytes()?)
                 .map_err(|_| Corrupt("invalid header name"))?;
-            let value = HeaderValue::from_bytes(self.bytes()?)
+            // The value is a slice of the stored bytes: no copy.
+            let raw = self.bytes()?;
+            let start = self.src.len() - self.buf.len() - raw.len();
+            let value = HeaderValue::from_maybe_shared(self.src.slice(start..start + raw.len()))
                 .map_err(|_| Corrupt("invalid header value"))?;
             map.append(name, value);
         }
@@ -181,7 +185,10 @@ pub(crate) fn decode(bytes: &Bytes) -> Result<Stored, Corrupt> {
         return Err(Corrupt("unknown record version"));
     }
     let kind = bytes[4];
-    let mut r = Reader { buf: &bytes[5..] };
+    let mut r = Reader {
+        src: bytes,
+        buf: &bytes[5..],
+    };
     let identity = r.string()?;
     match kind {
         0 => {

@@ -113,10 +113,14 @@ struct Found {
     record: Arc<Record>,
     entry_age: Duration,
     entry_ttl: Option<Duration>,
-    tags: Vec<String>,
+    /// The store entry, for its tags (none for a response handed over by a coalesced miss).
+    entry: Option<crate::store::Entry>,
 }
 
 impl Found {
+    fn tags(&self) -> &[String] {
+        self.entry.as_ref().map_or(&[], |e| e.tags())
+    }
     fn is_stale(&self) -> bool {
         self.entry_ttl.is_some_and(|ttl| self.entry_age >= ttl)
     }
@@ -164,7 +168,7 @@ where
         return match (ttl, request.extensions().get::<GrpcMessage>()) {
             (Some(ttl), Some(message)) if method == Method::POST => {
                 let message = message.0.clone();
-                grpc_request(ctx, svc, request, ttl, message).await
+                Box::pin(grpc_request(ctx, svc, request, ttl, message)).await
             }
             _ => Ok(svc.call(request).await?.map(CacheBody::passthrough)),
         };
@@ -173,7 +177,7 @@ where
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
-        return unsafe_request(&ctx, svc, request).await;
+        return Box::pin(unsafe_request(&ctx, svc, request)).await;
     }
     let config = &ctx.config;
     let path = request.uri().path();
@@ -242,9 +246,10 @@ where
             spawn_refresh(ctx.clone(), svc, &request, identity, primary, found);
             return Ok(response);
         }
-        return forward(ctx, svc, request, identity, primary, Some(found)).await;
+        return Box::pin(forward(ctx, svc, request, identity, primary, Some(found))).await;
     }
-    forward(ctx, svc, request, identity, primary, None).await
+    // The miss path is large; boxing it keeps the hit path's future small.
+    Box::pin(forward(ctx, svc, request, identity, primary, None)).await
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -370,19 +375,20 @@ async fn lookup<St: Store>(
         }
     };
     // A hashed key that collided, or a variant stored under the primary key: a miss.
-    let expected = if key::vary_names(&record.headers).is_empty() {
-        identity.to_owned()
+    let names = key::vary_names(&record.headers);
+    let matches = if names.is_empty() {
+        record.identity == identity
     } else {
-        variant_identity(identity, &vary_names(&record.headers), headers)
+        record.identity == variant_identity(identity, &names, headers)
     };
-    if record.identity != expected {
+    if !matches {
         return Ok(None);
     }
     Ok(Some(Found {
         record: Arc::from(record),
         entry_age: entry.age(),
         entry_ttl: entry.ttl(),
-        tags: entry.tags().to_vec(),
+        entry: Some(entry),
     }))
 }
 
@@ -548,7 +554,7 @@ where
                             record,
                             entry_age: Duration::ZERO,
                             entry_ttl: None,
-                            tags: Vec::new(),
+                            entry: None,
                         };
                         return Ok(serve(
                             &ctx,
@@ -999,14 +1005,14 @@ async fn refresh_from_304<St: Store>(
         &record,
         ttl,
         grace,
-        &found.tags,
+        found.tags(),
     )
     .await;
     Some(Found {
         record: Arc::new(record),
         entry_age: Duration::ZERO,
         entry_ttl: Some(ttl),
-        tags: found.tags.clone(),
+        entry: found.entry.clone(),
     })
 }
 
