@@ -40,7 +40,7 @@
 //! | `redis` | no | [`store::RedisStore`], the backplane, [`store::StoreConfig`]; with `memory`, [`store::TieredStore`] |
 //! | `compression` | no | LZ4 compression of large values in [`store::Cache`] |
 //! | `axum` | yes | axum extractors and helpers |
-//! | `tonic` | no | tonic (gRPC) helpers |
+//! | `tonic` | no | tonic (gRPC) helpers, [`cache::GrpcKeyLayer`] |
 //! | `postgres`, `mysql`, `sqlite` | `sqlite` | the transaction layer for each database |
 //! | `metrics` | yes | the latency metrics layer and export to the `metrics` facade |
 //! | `full` | no | everything |

@@ -43,7 +43,25 @@ use super::key::GrpcMessage;
 /// Default largest request message buffered for keying: 64 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
-/// Buffers the request messages of the listed gRPC methods; see the [module docs](self).
+/// Buffers the request messages of the listed gRPC methods for [`CacheLayer::grpc_method`](super::CacheLayer::grpc_method);
+/// see the [module docs](super#grpc). Put it in front of the cache layer:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower_strata::cache::{CacheLayer, GrpcKeyLayer};
+/// use tower_strata::store::MemoryStore;
+///
+/// let layers = ServiceBuilder::new()
+///     .layer(GrpcKeyLayer::new(["/shop.Catalog/GetProduct"]))
+///     .layer(
+///         CacheLayer::new(MemoryStore::new(64 << 20))
+///             .grpc_method("/shop.Catalog/GetProduct", Duration::from_secs(30)),
+///     )
+///     .into_inner();
+/// // tonic::transport::Server::builder().layer(layers).add_service(...)
+/// # let _ = layers;
+/// ```
 #[derive(Clone, Debug)]
 pub struct GrpcKeyLayer {
     methods: Arc<[String]>,
