@@ -246,10 +246,28 @@ where
             spawn_refresh(ctx.clone(), svc, &request, identity, primary, found);
             return Ok(response);
         }
-        return Box::pin(forward(ctx, svc, request, identity, primary, Some(found))).await;
+        return Box::pin(forward(
+            ctx,
+            svc,
+            request,
+            identity,
+            primary,
+            Some(found),
+            false,
+        ))
+        .await;
     }
     // The miss path is large; boxing it keeps the hit path's future small.
-    Box::pin(forward(ctx, svc, request, identity, primary, None)).await
+    Box::pin(forward(
+        ctx,
+        svc,
+        request,
+        identity,
+        primary,
+        None,
+        !skip_lookup,
+    ))
+    .await
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -506,6 +524,7 @@ where
 
 /// A miss, or a stale entry that must be revalidated: go upstream (leading or joining a
 /// coalesced miss), then store what may be stored.
+#[allow(clippy::too_many_arguments)]
 async fn forward<S, St, B, RB>(
     ctx: Arc<Ctx<St>>,
     mut svc: S,
@@ -513,6 +532,8 @@ async fn forward<S, St, B, RB>(
     identity: String,
     primary: String,
     stale: Option<Found>,
+    // The store was read and had nothing: worth a second look once this request leads.
+    looked_up: bool,
 ) -> Result<Resp<RB>, S::Error>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
@@ -528,7 +549,21 @@ where
     let mut guard = None;
     if method == Method::GET && config.coalesce && !ctx.shared.is_pass(&primary) {
         match ctx.shared.join(&primary) {
-            Join::Leader(g) if plain || stale.is_some() => guard = Some(g),
+            Join::Leader(g) if plain || stale.is_some() => {
+                // The previous leader may have stored the response and left between this
+                // request's lookup and its join: look again before going upstream.
+                if looked_up
+                    && let Ok(Some(found)) =
+                        lookup(&ctx, &identity, &primary, request.headers()).await
+                    && !found.is_stale()
+                {
+                    g.publish(Outcome::Stored(found.record.clone()));
+                    drop(g);
+                    Shared::count(&ctx.shared.hits);
+                    return Ok(serve(&ctx, &found, &method, request.headers(), "hit"));
+                }
+                guard = Some(g);
+            }
             Join::Leader(_) => {}
             Join::Waiter(mut rx) => {
                 let waited =
