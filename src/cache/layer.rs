@@ -326,6 +326,10 @@ pub(crate) struct Shared {
     pub invalidations: AtomicU64,
     pub dropped_tags: AtomicU64,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Bumped by every invalidation; `invalidated` records the value per key, so a store write
+    /// can tell whether its key was invalidated after its response was fetched.
+    generation: AtomicU64,
+    invalidated: Mutex<HashMap<String, u64>>,
     passes: Mutex<HashMap<String, Instant>>,
     refreshing: Mutex<HashSet<String>>,
 }
@@ -368,6 +372,28 @@ impl Shared {
         if let Some(flight) = flights.remove(key) {
             flight.cancelled.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// The current invalidation generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Records that `key` was invalidated now.
+    pub fn invalidate(&self, key: &str) {
+        let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
+        if invalidated.len() >= MAX_PASSES {
+            // Writes in flight are short-lived: forget all but the most recent invalidations.
+            invalidated.retain(|_, g| *g + (MAX_PASSES as u64) / 2 > now);
+        }
+        invalidated.insert(key.to_owned(), now);
+    }
+
+    /// Whether `key` was invalidated after generation `since`.
+    pub fn invalidated_since(&self, key: &str, since: u64) -> bool {
+        let invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
+        invalidated.get(key).is_some_and(|g| *g > since)
     }
 
     pub fn is_pass(&self, key: &str) -> bool {

@@ -313,6 +313,7 @@ where
         }
     }
     Shared::count(&ctx.shared.misses);
+    let generation = ctx.shared.generation();
     let response = svc.call(request).await?;
     let (mut parts, body) = response.into_parts();
     let storable = parts.status == StatusCode::OK
@@ -350,6 +351,7 @@ where
         grace: Duration::ZERO,
         tags,
         grpc: true,
+        generation,
     };
     let limit = body_limit(&ctx);
     let mut response =
@@ -449,6 +451,7 @@ where
             let key = store_key(&identity);
             ctx.shared.unpass(&key);
             ctx.shared.cancel(&key);
+            ctx.shared.invalidate(&key);
             match ctx.store.delete(&key).await {
                 Ok(_) => Shared::count(&ctx.shared.invalidations),
                 Err(error) => {
@@ -637,6 +640,7 @@ where
     let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
     let request_no_store = Directives::parse(&request_headers, &header::CACHE_CONTROL).no_store;
     let request_time = SystemTime::now();
+    let generation = ctx.shared.generation();
     let result = call_upstream(&mut svc, request, config.upstream_timeout).await;
     let response_time = SystemTime::now();
 
@@ -780,6 +784,7 @@ where
         grace,
         tags,
         grpc: false,
+        generation,
     };
     let mut response =
         Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
@@ -869,6 +874,8 @@ struct StoreOnFinish<St: Store> {
     tags: Vec<String>,
     /// Store only when the trailers carry `grpc-status: 0`.
     grpc: bool,
+    /// The invalidation generation when the response was requested.
+    generation: u64,
 }
 
 impl<St: Store> Finish for StoreOnFinish<St> {
@@ -904,8 +911,12 @@ impl<St: Store> Finish for StoreOnFinish<St> {
         };
         let ctx = this.ctx;
         let guard = this.guard;
+        let generation = this.generation;
         runtime.spawn(async move {
-            let cancelled = || guard.as_ref().is_some_and(FlightGuard::is_cancelled);
+            let cancelled = || {
+                guard.as_ref().is_some_and(FlightGuard::is_cancelled)
+                    || ctx.shared.invalidated_since(&this.primary, generation)
+            };
             if cancelled() {
                 return;
             }
@@ -1108,6 +1119,7 @@ fn spawn_refresh<S, St, B, RB>(
         let request_headers = refresh.headers().clone();
         let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
         let request_time = SystemTime::now();
+        let generation = ctx.shared.generation();
         let call = svc.oneshot(refresh);
         let response = match ctx.config.upstream_timeout {
             Some(t) => match tokio::time::timeout(t, call).await {
@@ -1120,6 +1132,9 @@ fn spawn_refresh<S, St, B, RB>(
             },
         };
         let response_time = SystemTime::now();
+        if ctx.shared.invalidated_since(&primary, generation) {
+            return; // invalidated meanwhile: the refresh must not bring it back
+        }
         if response.status() == StatusCode::NOT_MODIFIED {
             if refresh_from_304(
                 &ctx,
