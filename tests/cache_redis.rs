@@ -205,3 +205,53 @@ async fn redis_killed_mid_run_requests_still_succeed_from_upstream() {
     );
     assert!(stats.store_errors() >= 5, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_lease_coalesces_misses_across_instances() {
+    let store = redis_store(&redis_url());
+    let (up, calls) = upstream(&[("cache-control", "max-age=60")]);
+    // Two app instances: separate layers (no shared in-process state), one Redis.
+    let instances: Vec<_> = (0..2)
+        .map(|_| {
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(store.clone()).distributed_lease(Duration::from_secs(5)))
+                .service(up.clone())
+        })
+        .collect();
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let svc = instances[i % 2].clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                text(svc.oneshot(get("http://h/cold")).await.unwrap()).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "v1");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one upstream call for both instances"
+    );
+    // Without the lease each instance fetches for itself.
+    let (up, calls) = upstream(&[("cache-control", "max-age=60")]);
+    let instances: Vec<_> = (0..2)
+        .map(|_| {
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(store.clone()))
+                .service(up.clone())
+        })
+        .collect();
+    let (a, b) = tokio::join!(
+        instances[0].clone().oneshot(get("http://h/cold2")),
+        instances[1].clone().oneshot(get("http://h/cold2"))
+    );
+    text(a.unwrap()).await;
+    text(b.unwrap()).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    store.clear().await.unwrap();
+}

@@ -65,6 +65,7 @@ pub(crate) struct Config {
     pub key: KeyConfig,
     pub upstream_timeout: Option<Duration>,
     pub grpc_methods: Vec<(String, Duration)>,
+    pub lease: Option<Duration>,
 }
 
 impl<St: Store> CacheLayer<St> {
@@ -100,6 +101,7 @@ impl<St: Store> CacheLayer<St> {
                 },
                 upstream_timeout: None,
                 grpc_methods: Vec::new(),
+                lease: None,
             },
             shared: Arc::new(Shared::default()),
         }
@@ -262,6 +264,17 @@ impl<St> CacheLayer<St> {
     /// request message (see the [module docs](super#grpc)). Other gRPC methods pass through.
     pub fn grpc_method(mut self, path: impl Into<String>, ttl: Duration) -> Self {
         self.config.grpc_methods.push((path.into(), ttl));
+        self
+    }
+
+    /// Coalesces misses across instances sharing the store: the instance that leads a miss
+    /// takes a lease (a store counter, `INCR` + `PX` on Redis) for at most `ttl`; instances
+    /// that find the lease taken serve their stale entry if they have one, or poll the store
+    /// for the leader's response (up to the lease TTL and the coalescing timeout) before
+    /// going upstream themselves. The leader releases the lease once the response is stored;
+    /// an unstorable response leaves it to expire, so keep `ttl` short. Default off.
+    pub fn distributed_lease(mut self, ttl: Duration) -> Self {
+        self.config.lease = Some(ttl);
         self
     }
 

@@ -103,7 +103,9 @@
 //! `stale-while-revalidate` (or [`CacheLayer::stale_while_revalidate`]) a stale entry is served
 //! at once and refreshed in the background, once per key. Within `stale-if-error` (or
 //! [`CacheLayer::stale_if_error`]) a stale entry is served when upstream fails, times out
-//! ([`CacheLayer::upstream_timeout`]) or answers 5xx. Coalescing is per process.
+//! ([`CacheLayer::upstream_timeout`]) or answers 5xx. Coalescing is per process; with
+//! [`CacheLayer::distributed_lease`] instances sharing a store also coalesce through a short
+//! lease in the store, the others serving stale or polling for the leader's response.
 //!
 //! # Bodies
 //!

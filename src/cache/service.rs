@@ -352,6 +352,7 @@ where
         tags,
         grpc: true,
         generation,
+        lease: None,
     };
     let limit = body_limit(&ctx);
     let mut response =
@@ -550,6 +551,7 @@ where
     let method = request.method().clone();
     let plain = !has_conditionals(request.headers());
     let mut guard = None;
+    let mut lease = None;
     if method == Method::GET && config.coalesce && !ctx.shared.is_pass(&primary) {
         match ctx.shared.join(&primary) {
             Join::Leader(g) if plain || stale.is_some() => {
@@ -564,6 +566,51 @@ where
                     drop(g);
                     Shared::count(&ctx.shared.hits);
                     return Ok(serve(&ctx, &found, &method, request.headers(), "hit"));
+                }
+                if let Some(lease_ttl) = config.lease {
+                    let key = lease_key(&primary);
+                    match ctx.store.incr(&key, 1, Some(lease_ttl)).await {
+                        Ok(1) => lease = Some(key),
+                        Ok(_) => {
+                            // Another instance is fetching this key.
+                            if let Some(found) = &stale
+                                && !found.record.freshness.must_revalidate
+                            {
+                                Shared::count(&ctx.shared.stale_hits);
+                                return Ok(serve(
+                                    &ctx,
+                                    found,
+                                    &method,
+                                    request.headers(),
+                                    "hit; detail=stale-during-remote-fetch",
+                                ));
+                            }
+                            let deadline = tokio::time::Instant::now()
+                                + lease_ttl.min(config.coalesce_timeout);
+                            while tokio::time::Instant::now() < deadline {
+                                tokio::time::sleep(LEASE_POLL).await;
+                                if let Ok(Some(found)) =
+                                    lookup(&ctx, &identity, &primary, request.headers()).await
+                                    && !found.is_stale()
+                                {
+                                    g.publish(Outcome::Stored(found.record.clone()));
+                                    drop(g);
+                                    Shared::count(&ctx.shared.coalesced);
+                                    return Ok(serve(
+                                        &ctx,
+                                        &found,
+                                        &method,
+                                        request.headers(),
+                                        "hit; detail=coalesced-remote",
+                                    ));
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            Shared::count(&ctx.shared.store_errors);
+                            tracing::warn!(%error, "cache lease failed; going upstream");
+                        }
+                    }
                 }
                 guard = Some(g);
             }
@@ -785,6 +832,7 @@ where
         tags,
         grpc: false,
         generation,
+        lease,
     };
     let mut response =
         Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
@@ -795,6 +843,16 @@ where
     };
     add_status(&ctx, response.headers_mut(), &status);
     Ok(response)
+}
+
+/// How often an instance waiting on another instance's lease polls the store.
+const LEASE_POLL: Duration = Duration::from_millis(25);
+
+fn lease_key(primary: &str) -> String {
+    let mut key = String::with_capacity(primary.len() + 2);
+    key.push_str("l:");
+    key.push_str(primary);
+    key
 }
 
 fn body_limit<St: Store>(ctx: &Ctx<St>) -> usize {
@@ -876,6 +934,8 @@ struct StoreOnFinish<St: Store> {
     grpc: bool,
     /// The invalidation generation when the response was requested.
     generation: u64,
+    /// The cross-instance lease this miss holds, released once the response is stored.
+    lease: Option<String>,
 }
 
 impl<St: Store> Finish for StoreOnFinish<St> {
@@ -934,6 +994,9 @@ impl<St: Store> Finish for StoreOnFinish<St> {
             // An unsafe request invalidated the key while the write was in flight: undo it.
             if cancelled() {
                 let _ = ctx.store.delete(&this.primary).await;
+            }
+            if let Some(lease) = &this.lease {
+                let _ = ctx.store.delete(lease).await;
             }
             // Requests arriving until now were answered from the published record.
             drop(guard);
