@@ -10,6 +10,10 @@
 //! It shows the typed cache (`Cache::get_or_compute`) in front of a slow "database": the first
 //! read of a product is a miss that loads it, the next ones are hits, concurrent misses load
 //! once, and an update purges the product's tag so the next read loads the new value.
+//!
+//! `/catalog` is a whole route behind the response cache layer (`CacheLayer`): its
+//! `Cache-Status` header shows the miss, then hits, and the update purges it too (the page is
+//! tagged with every product through `Surrogate-Key`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +27,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
+use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::store::{Cache, KeyBuilder, MemoryStore, SetOptions, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +61,7 @@ impl Database {
 struct App {
     db: Arc<Database>,
     cache: Cache<MemoryStore>,
+    responses: CacheStats,
 }
 
 #[derive(Serialize)]
@@ -128,8 +134,36 @@ async fn update_product(
 async fn stats(State(app): State<App>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "store": app.cache.store().stats(),
+        "response_cache": {
+            "hits": app.responses.hits(),
+            "misses": app.responses.misses(),
+            "stores": app.responses.stores(),
+        },
         "database_loads": app.db.loads.load(Ordering::Relaxed),
     }))
+}
+
+/// The whole catalog page: slow to build, cached as an HTTP response for 30 s, tagged with
+/// every product it shows so a product update purges it.
+async fn catalog(State(app): State<App>) -> impl axum::response::IntoResponse {
+    app.db.loads.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rows = app.db.rows.read().await;
+    let mut products: Vec<&Product> = rows.values().collect();
+    products.sort_by_key(|p| p.id);
+    let tags: Vec<String> = products
+        .iter()
+        .map(|p| format!("product:{}", p.id))
+        .collect();
+    let page = serde_json::to_string(&products).unwrap_or_default();
+    (
+        [
+            ("cache-control", "public, max-age=30".to_owned()),
+            ("surrogate-key", tags.join(" ")),
+            ("content-type", "application/json".to_owned()),
+        ],
+        page,
+    )
 }
 
 fn app() -> Router {
@@ -147,13 +181,19 @@ fn app() -> Router {
             );
         }
     }
+    // One store for the typed cache and the response cache, so one tag purge reaches both.
+    let store = MemoryStore::new(64 << 20);
+    let layer = CacheLayer::new(store.clone());
     let state = App {
         db,
-        cache: Cache::new(MemoryStore::new(64 << 20)),
+        cache: Cache::new(store),
+        responses: layer.stats(),
     };
+    let cached = Router::new().route("/catalog", get(catalog)).layer(layer);
     Router::new()
         .route("/products/{id}", get(get_product).put(update_product))
         .route("/stats", get(stats))
+        .merge(cached)
         .with_state(state)
 }
 
@@ -195,6 +235,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  curl -s -X PUT http://{addr}/products/1 -H 'content-type: application/json' -d '{{\"price_cents\":2999}}'"
     );
     println!("  curl -s http://{addr}/products/1      # miss again, with the new price");
+    println!("  curl -si http://{addr}/catalog        # a cached route: see Cache-Status and Age");
     println!("  curl -s http://{addr}/stats           # hits, misses, hit rate, bytes held");
     axum::serve(listener, app()).await?;
     Ok(())
@@ -271,6 +312,45 @@ async fn run_demo() -> Result<(), Box<dyn std::error::Error>> {
         "GET /products/1",
         &call(&app, "GET", "/products/1", "").await,
     );
+
+    // The response cache: a whole route behind CacheLayer.
+    async fn cache_status(app: &Router, uri: &str) -> String {
+        let request = axum::http::Request::get(uri).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let _ = response.into_body().collect().await;
+        // The cache writes to the store in the background once the body has streamed; give it
+        // a moment so the demo's next line shows a plain hit.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status
+    }
+    println!();
+    println!("{:<34} cache-status", "request");
+    for _ in 0..2 {
+        println!(
+            "{:<34} {}",
+            "GET /catalog",
+            cache_status(&app, "/catalog").await
+        );
+    }
+    let update = call(&app, "PUT", "/products/3", r#"{"price_cents":7900}"#).await;
+    println!(
+        "{:<34} purged {} entries (the catalog page too)",
+        "PUT /products/3", update["purged_entries"]
+    );
+    for _ in 0..2 {
+        println!(
+            "{:<34} {}",
+            "GET /catalog",
+            cache_status(&app, "/catalog").await
+        );
+    }
+
     let stats = call(&app, "GET", "/stats", "").await;
     println!(
         "\nstore: {} hits, {} misses, hit rate {:.0} %, {} bytes held; database loads: {}",
@@ -279,6 +359,12 @@ async fn run_demo() -> Result<(), Box<dyn std::error::Error>> {
         stats["store"]["hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
         stats["store"]["bytes"],
         stats["database_loads"]
+    );
+    println!(
+        "response cache: {} hits, {} misses, {} stored",
+        stats["response_cache"]["hits"],
+        stats["response_cache"]["misses"],
+        stats["response_cache"]["stores"]
     );
     Ok(())
 }

@@ -13,6 +13,10 @@
 //! - `metrics` (feature `metrics`): `MetricsLayer`, per-route latency percentiles, slow requests
 //!   and export to the `metrics` facade with OpenTelemetry names.
 //! - `health` (feature `health`): liveness and readiness endpoints over background checks.
+//! - `db` (features `postgres`, `mysql`, `sqlite`): offset and signed keyset pagination, bulk
+//!   operations in parameter-limit chunks, search and aggregate helpers, pool presets.
+//! - [`cache`]: the response cache layer, [`CacheLayer`](cache::CacheLayer): RFC 9111
+//!   shared-cache semantics over any store, with coalescing, stale serving and tags.
 //!
 //! # Example
 //!
@@ -44,7 +48,7 @@
 //! | `redis` | no | [`store::RedisStore`], the backplane, [`store::StoreConfig`]; with `memory`, [`store::TieredStore`] |
 //! | `compression` | no | LZ4 compression of large values in [`store::Cache`] |
 //! | `axum` | yes | axum extractors and helpers |
-//! | `tonic` | no | tonic (gRPC) helpers |
+//! | `tonic` | no | tonic (gRPC) helpers, [`cache::GrpcKeyLayer`] |
 //! | `postgres`, `mysql`, `sqlite` | `sqlite` | the transaction layer for each database |
 //! | `metrics` | yes | the latency metrics layer and export to the `metrics` facade |
 //! | `health` | yes | the health service and its checks |
@@ -58,6 +62,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub mod cache;
 pub mod store;
 
 #[cfg(feature = "sqlx")]

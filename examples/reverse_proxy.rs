@@ -1,0 +1,292 @@
+//! A caching reverse proxy: the cache layer in front of a hyper-util client, usable before any
+//! HTTP origin.
+//!
+//! ```text
+//! cargo run --release --example reverse_proxy -- --listen 127.0.0.1:8080 \
+//!     --origin http://127.0.0.1:9000 [--store memory|redis://127.0.0.1:6379] \
+//!     [--max-body BYTES] [--default-ttl SECS]
+//! ```
+//!
+//! Every request is forwarded (all methods, headers and bodies; `Host` rewritten to the
+//! origin's; hop-by-hop headers dropped), and what RFC 9111 allows a shared cache to store is
+//! served from the cache. Responses carry `Cache-Status` and, on hits, `Age`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_strata::cache::CacheLayer;
+use tower_strata::store::{BoxStore, MemoryStore};
+
+const USAGE: &str = "usage: reverse_proxy --listen ADDR --origin http://HOST:PORT \
+[--store memory|redis://HOST:PORT] [--max-body BYTES] [--default-ttl SECS]";
+
+type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Command-line options. Each flag is one arm in [`Args::parse`]; new flags (a later
+/// `--purge-token TOKEN`) are a field and an arm.
+#[derive(Debug)]
+struct Args {
+    listen: SocketAddr,
+    origin: Uri,
+    store: String,
+    max_body: Option<usize>,
+    default_ttl: Option<Duration>,
+}
+
+impl Args {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut listen = None;
+        let mut origin = None;
+        let mut store = "memory".to_owned();
+        let mut max_body = None;
+        let mut default_ttl = None;
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--listen" => {
+                    let v = value()?;
+                    listen = Some(v.parse().map_err(|e| format!("--listen {v:?}: {e}"))?);
+                }
+                "--origin" => {
+                    let v = value()?;
+                    let uri: Uri = v.parse().map_err(|e| format!("--origin {v:?}: {e}"))?;
+                    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                        return Err(format!("--origin {v:?}: expected http://HOST:PORT"));
+                    }
+                    origin = Some(uri);
+                }
+                "--store" => {
+                    let v = value()?;
+                    if v != "memory" && !v.starts_with("redis://") && !v.starts_with("rediss://") {
+                        return Err(format!("--store {v:?}: expected memory or redis://..."));
+                    }
+                    store = v;
+                }
+                "--max-body" => {
+                    let v = value()?;
+                    max_body = Some(v.parse().map_err(|e| format!("--max-body {v:?}: {e}"))?);
+                }
+                "--default-ttl" => {
+                    let v = value()?;
+                    let secs: u64 = v.parse().map_err(|e| format!("--default-ttl {v:?}: {e}"))?;
+                    default_ttl = Some(Duration::from_secs(secs));
+                }
+                "-h" | "--help" => return Err(USAGE.to_owned()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(Args {
+            listen: listen.ok_or("--listen is required")?,
+            origin: origin.ok_or("--origin is required")?,
+            store,
+            max_body,
+            default_ttl,
+        })
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Rewrites a request for the origin: its scheme and authority, `Host`, no hop-by-hop fields.
+fn to_origin(origin: &Uri, mut request: Request<ProxyBody>) -> Result<Request<ProxyBody>, String> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let authority = origin.authority().ok_or("origin without authority")?;
+    *request.uri_mut() = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let headers = request.headers_mut();
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+    );
+    Ok(request)
+}
+
+#[cfg(feature = "redis")]
+fn redis_store(url: &str) -> BoxStore {
+    match tower_strata::store::RedisStore::builder(url)
+        .namespace("reverse_proxy")
+        .build()
+    {
+        Ok(store) => BoxStore::new(store),
+        Err(e) => {
+            eprintln!("--store {url}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_store(url: &str) -> BoxStore {
+    eprintln!("--store {url}: built without the `redis` feature; add `--features redis`");
+    std::process::exit(2);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let store = if args.store == "memory" {
+        BoxStore::new(MemoryStore::new(256 << 20))
+    } else {
+        redis_store(&args.store)
+    };
+    let mut layer = CacheLayer::new(store).upstream_timeout(Duration::from_secs(60));
+    if let Some(max) = args.max_body {
+        layer = layer.max_body_size(max);
+    }
+    if let Some(ttl) = args.default_ttl {
+        layer = layer.default_ttl(ttl);
+    }
+
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_nodelay(true);
+    let client: Client<_, ProxyBody> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let origin = args.origin.clone();
+    let upstream = tower::service_fn(move |request: Request<ProxyBody>| {
+        let client = client.clone();
+        let request = to_origin(&origin, request);
+        async move {
+            match request {
+                Ok(request) => client.request(request).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
+        }
+    });
+    let cached = ServiceBuilder::new().layer(layer).service(upstream);
+
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("--listen {}: {e}", args.listen);
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "reverse_proxy listening on http://{} -> {} (store: {})",
+        listener.local_addr().map_or(args.listen, |a| a),
+        args.origin,
+        args.store
+    );
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                continue;
+            }
+        };
+        let cached = cached.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let cached = cached.clone();
+                async move {
+                    let request = request.map(|b| b.boxed_unsync());
+                    let response = match cached.oneshot(request).await {
+                        Ok(response) => response.map(|b| b.boxed_unsync()),
+                        Err(e) => {
+                            let mut r = Response::new(
+                                http_body_util::Full::new(Bytes::from(format!(
+                                    "bad gateway: {e}\n"
+                                )))
+                                .map_err(|never: Infallible| match never {})
+                                .boxed_unsync(),
+                            );
+                            *r.status_mut() = StatusCode::BAD_GATEWAY;
+                            r
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                eprintln!("connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_the_contract() {
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:8080",
+            "--origin",
+            "http://127.0.0.1:9000",
+            "--store",
+            "redis://127.0.0.1:6379",
+            "--max-body",
+            "1024",
+            "--default-ttl",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(a.listen.port(), 8080);
+        assert_eq!(a.store, "redis://127.0.0.1:6379");
+        assert_eq!(a.max_body, Some(1024));
+        assert_eq!(a.default_ttl, Some(Duration::from_secs(30)));
+        assert!(parse(&["--listen", "127.0.0.1:1", "--origin", "http://o:1"]).is_ok());
+        assert!(parse(&["--listen", "x"]).is_err());
+        assert!(parse(&["--listen", "127.0.0.1:1"]).is_err());
+        assert!(parse(&["--listen", "127.0.0.1:1", "--origin", "ftp://o"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--listen"]).is_err());
+    }
+}

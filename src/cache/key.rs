@@ -1,0 +1,293 @@
+//! Cache keys: method, scheme, host, path, query, an app-supplied part, key cookies and `Vary`.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request, Uri};
+
+/// An app-supplied part of the cache key (tenant, locale), attached as a request extension by
+/// a layer or middleware in front of the cache.
+///
+/// ```
+/// use tower_strata::cache::KeyPart;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(KeyPart::new("tenant=acme"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPart(String);
+
+impl KeyPart {
+    /// A key part; different parts never share entries.
+    pub fn new(part: impl Into<String>) -> Self {
+        KeyPart(part.into())
+    }
+
+    /// The part's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The raw request body (the framed gRPC message) of a cacheable gRPC call, attached as a
+/// request extension by `GrpcKeyLayer` (feature `tonic`) or by the app, for the cache to key
+/// on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcMessage(pub Bytes);
+
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// How request URIs are turned into keys.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KeyConfig {
+    pub sort_query: bool,
+    /// Query parameters left out of the key; a trailing `*` matches a prefix (`utm_*`).
+    pub ignored_params: Vec<String>,
+    /// Path prefixes whose requests may carry cookies, with the cookies that are part of the
+    /// key.
+    pub cookie_routes: Vec<(String, Vec<String>)>,
+    /// Scheme assumed when the request URI has none (servers see origin-form URIs).
+    pub default_scheme: String,
+}
+
+/// Keys longer than this are replaced by a hash; the full identity is kept in the entry and
+/// compared on every read, so a collision is a miss, never a wrong response.
+const MAX_PLAIN_KEY: usize = 200;
+
+impl KeyConfig {
+    /// The key cookies for this path if the route opted in, `None` if requests with cookies
+    /// must bypass the cache.
+    pub fn cookie_route(&self, path: &str) -> Option<&[String]> {
+        self.cookie_routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, names)| names.as_slice())
+    }
+
+    /// The primary identity of a request: what a stored GET response for it is filed under.
+    /// HEAD shares GET's identity.
+    pub fn identity<B>(&self, request: &Request<B>) -> String {
+        self.identity_for(
+            request.uri(),
+            request.headers(),
+            request.extensions().get::<KeyPart>(),
+        )
+    }
+
+    /// The identity of a GET for `uri` in the context of a request's headers and key part.
+    pub fn identity_for(&self, uri: &Uri, headers: &HeaderMap, part: Option<&KeyPart>) -> String {
+        let scheme = uri.scheme_str().unwrap_or(&self.default_scheme);
+        let host = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mut out = String::with_capacity(64);
+        out.push_str("GET ");
+        out.push_str(scheme);
+        out.push_str("://");
+        out.push_str(&host);
+        out.push_str(uri.path());
+        if let Some(query) = uri.query() {
+            let query = self.normalise_query(query);
+            if !query.is_empty() {
+                out.push('?');
+                out.push_str(&query);
+            }
+        }
+        if let Some(part) = part {
+            out.push_str(" k=");
+            out.push_str(part.as_str());
+        }
+        if let Some(names) = self.cookie_route(uri.path())
+            && !names.is_empty()
+        {
+            out.push_str(" c=");
+            for name in names {
+                let value = cookie_value(headers, name).unwrap_or_default();
+                let _ = write!(out, "{name}={value};");
+            }
+        }
+        out
+    }
+
+    fn normalise_query(&self, query: &str) -> String {
+        if !self.sort_query && self.ignored_params.is_empty() {
+            return query.to_owned();
+        }
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let name = p.split_once('=').map_or(*p, |(n, _)| n);
+                !self
+                    .ignored_params
+                    .iter()
+                    .any(|ignored| match ignored.strip_suffix('*') {
+                        Some(prefix) => name.starts_with(prefix),
+                        None => name == ignored,
+                    })
+            })
+            .collect();
+        if self.sort_query {
+            params.sort_unstable();
+        }
+        params.join("&")
+    }
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().to_owned())
+        })
+}
+
+/// Whether the method is HEAD or GET (both served from a stored GET).
+pub(crate) fn is_get_or_head(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// The header names a `Vary` lists, lower-cased, sorted, deduplicated.
+pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+/// The identity of one variant: the primary identity plus the request's values of the `Vary`
+/// headers.
+pub(crate) fn variant_identity(primary: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
+    let mut out = String::with_capacity(primary.len() + 32);
+    out.push_str(primary);
+    for name in names {
+        out.push_str(" v:");
+        out.push_str(name.as_str());
+        out.push('=');
+        let mut first = true;
+        for value in headers.get_all(name) {
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            // Non-UTF-8 values are hex-encoded so different bytes never compare equal.
+            match value.to_str() {
+                Ok(v) => out.push_str(v.trim()),
+                Err(_) => {
+                    for b in value.as_bytes() {
+                        let _ = write!(out, "%{b:02x}");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The store key for an identity: the identity itself when short and printable, else a hash.
+pub(crate) fn store_key(identity: &str) -> String {
+    if identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control) {
+        let mut key = String::with_capacity(identity.len() + 2);
+        key.push_str("c:");
+        key.push_str(identity);
+        key
+    } else {
+        let a = fnv1a(identity.as_bytes(), 0xcbf2_9ce4_8422_2325);
+        let b = fnv1a(identity.as_bytes(), 0x6c62_272e_07bb_0142);
+        format!("c#{a:016x}{b:016x}")
+    }
+}
+
+fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+    let mut hash = seed;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> KeyConfig {
+        KeyConfig {
+            default_scheme: "http".into(),
+            ..KeyConfig::default()
+        }
+    }
+
+    #[test]
+    fn host_scheme_and_query() {
+        let c = config();
+        let a = Request::get("http://A.example/p?x=1").body(()).unwrap();
+        let b = Request::get("/p?x=1")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        assert_eq!(c.identity(&a), "GET http://a.example/p?x=1");
+        assert_eq!(c.identity(&b), "GET http://b.example/p?x=1");
+        let head = Request::head("http://a.example/p?x=1").body(()).unwrap();
+        assert_eq!(c.identity(&head), c.identity(&a));
+    }
+
+    #[test]
+    fn query_normalisation() {
+        let mut c = config();
+        c.sort_query = true;
+        c.ignored_params = vec!["utm_*".into(), "fbclid".into()];
+        let a = Request::get("http://h/p?b=2&utm_source=x&a=1&fbclid=9")
+            .body(())
+            .unwrap();
+        assert_eq!(c.identity(&a), "GET http://h/p?a=1&b=2");
+    }
+
+    #[test]
+    fn key_part_and_cookies() {
+        let mut c = config();
+        c.cookie_routes = vec![("/i18n".into(), vec!["lang".into()])];
+        let mut r = Request::get("http://h/i18n/x")
+            .header("cookie", "session=s; lang=fr")
+            .body(())
+            .unwrap();
+        r.extensions_mut().insert(KeyPart::new("t1"));
+        assert_eq!(c.identity(&r), "GET http://h/i18n/x k=t1 c=lang=fr;");
+        assert!(c.cookie_route("/other").is_none());
+    }
+
+    #[test]
+    fn long_keys_are_hashed() {
+        let long = "x".repeat(300);
+        assert!(store_key(&long).starts_with("c#"));
+        assert_eq!(store_key(&long).len(), 34);
+        assert_ne!(store_key(&long), store_key(&"y".repeat(300)));
+        assert_eq!(store_key("GET a"), "c:GET a");
+    }
+}

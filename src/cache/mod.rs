@@ -1,0 +1,184 @@
+//! The response cache layer: RFC 9111 shared-cache semantics over any [`Store`](crate::store::Store).
+//!
+//! [`CacheLayer`] goes in front of any `Service<http::Request<B>>` (an axum `Router`, a hyper
+//! service, a tonic server) and stores responses in a store: memory, Redis or tiered.
+//!
+//! # Example
+//!
+//! With the defaults, in an axum router:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use axum::{Router, routing::get};
+//! use tower::ServiceExt;
+//! use tower_strata::cache::CacheLayer;
+//! use tower_strata::store::MemoryStore;
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+//!     .layer(CacheLayer::new(MemoryStore::new(64 << 20)));
+//!
+//! let request = || http::Request::get("http://example.com/").body(axum::body::Body::empty());
+//! let first = app.clone().oneshot(request().unwrap()).await.unwrap();
+//! assert_eq!(first.headers()["cache-status"], "tower-strata; fwd=miss; stored");
+//! let _ = axum::body::to_bytes(axum::body::Body::new(first.into_body()), usize::MAX).await;
+//! # tokio::task::yield_now().await;
+//! let second = app.oneshot(request().unwrap()).await.unwrap();
+//! assert!(second.headers()["cache-status"].to_str().unwrap().starts_with("tower-strata; hit"));
+//! # }
+//! ```
+//!
+//! Customised, with `ServiceBuilder`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_strata::cache::CacheLayer;
+//! use tower_strata::store::MemoryStore;
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(
+//!         CacheLayer::new(MemoryStore::new(64 << 20))
+//!             .default_ttl(Duration::from_secs(30))
+//!             .stale_while_revalidate(Duration::from_secs(10))
+//!             .stale_if_error(Duration::from_secs(300))
+//!             .max_body_size(256 * 1024)
+//!             .sort_query(true)
+//!             .ignore_query_params(["utm_*", "fbclid"])
+//!             .key_cookies("/i18n/", ["lang"])
+//!             .ttl_jitter(Duration::from_secs(3)),
+//!     )
+//!     .service_fn(|_req: http::Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+//!     });
+//! # let _ = service;
+//! ```
+//!
+//! # What is stored
+//!
+//! Only responses to GET, following RFC 9111 for a shared cache: `Cache-Control` (`max-age`,
+//! `s-maxage`, `no-store`, `no-cache`, `private`, `public`, `must-revalidate`,
+//! `proxy-revalidate`, `stale-while-revalidate`, `stale-if-error`), `Expires`, the `Age` the
+//! response already carries, heuristic freshness (10% of the time since `Last-Modified`) only
+//! for statuses cacheable by default or `public` responses. `CDN-Cache-Control` (RFC 9213), and
+//! else `Surrogate-Control`, replace `Cache-Control` and `Expires` for this cache's freshness,
+//! so an app can give this tier a TTL browsers never see; `private` and `no-store` in
+//! `Cache-Control` still forbid storing. On top: [`CacheLayer::default_ttl`] for responses that
+//! say nothing, [`CacheLayer::override_ttl`], [`CacheLayer::routes`], [`CacheLayer::methods`],
+//! and a per-response [`CacheOverride`] extension.
+//!
+//! # Never leaking private data
+//!
+//! Not stored: responses with `Set-Cookie`, `private` or `no-store`, responses to requests with
+//! `Authorization` unless `public`, `s-maxage` or `must-revalidate` allow it (RFC 9111 §3.5),
+//! `Vary: *`. Requests carrying `Cookie` bypass the cache unless the route opted in with
+//! [`CacheLayer::key_cookies`], which puts the named cookies' values in the key.
+//!
+//! # Keys
+//!
+//! Method (HEAD is served from a stored GET), scheme, host (so one host cannot poison
+//! another's entries), path and query (optionally sorted, with ignored parameters), the
+//! [`KeyPart`] request extension and key cookies. With `Vary`, the primary key holds a small
+//! record naming the headers, and each variant lives under a key that adds the request's values
+//! of them. Long keys are hashed; every record carries its full identity and a read compares
+//! it, so a hash collision is a miss, never a wrong response.
+//!
+//! # Conditional and range requests, invalidation
+//!
+//! A hit answers a matching `If-None-Match` / `If-Modified-Since` with `304`, a single
+//! `Range: bytes=` with `206` (or `416`). A stale entry is revalidated upstream with its
+//! validators; a `304` refreshes its headers and freshness (RFC 9111 §4.3.4). A successful
+//! POST, PUT, PATCH or DELETE removes the entries for its URI and for its `Location` and
+//! `Content-Location` on the same host (RFC 9111 §4.4).
+//!
+//! # Concurrency: coalescing, stale serving, hit-for-pass
+//!
+//! Concurrent misses on one key send one request upstream; the others wait (at most
+//! [`CacheLayer::coalesce_timeout`], then go upstream themselves) and are answered from the
+//! leader's response once its body has streamed through. If that response is not storable the
+//! waiters are released to go upstream: they are never given another request's response, and
+//! a waiter whose `Vary` values differ goes upstream too. The key is then remembered for
+//! [`CacheLayer::hit_for_pass`] so later requests skip the queue. Within
+//! `stale-while-revalidate` (or [`CacheLayer::stale_while_revalidate`]) a stale entry is served
+//! at once and refreshed in the background, once per key. Within `stale-if-error` (or
+//! [`CacheLayer::stale_if_error`]) a stale entry is served when upstream fails, times out
+//! ([`CacheLayer::upstream_timeout`]) or answers 5xx. Coalescing is per process; with
+//! [`CacheLayer::distributed_lease`] instances sharing a store also coalesce through a short
+//! lease in the store, the others serving stale or polling for the leader's response.
+//!
+//! # Bodies
+//!
+//! A storable response is recorded while it streams to the client, up to
+//! [`CacheLayer::max_body_size`] (default 1 MiB); past it the recording is dropped and the rest
+//! streams through unbuffered. Responses that cannot be stored (and `text/event-stream`,
+//! `application/grpc`) pass through without any buffering. Trailers are kept. Records use a
+//! compact, versioned binary format and a hit serves the stored bytes without copying.
+//!
+//! # Failure
+//!
+//! A store error (Redis down, a timeout) never fails a request: the layer goes upstream and
+//! counts it in [`CacheStats::store_errors`].
+//!
+//! # What clients see
+//!
+//! `Age` on hits (RFC 9111 §4.2.3, including the age the response arrived with) and an
+//! RFC 9211 `Cache-Status` (`tower-strata; hit; ttl=42`, `tower-strata; fwd=miss; stored`,
+//! `tower-strata; fwd=bypass`, ...), which [`CacheLayer::cache_status`] turns off. Hop-by-hop
+//! headers are neither stored nor replayed.
+//!
+//! # gRPC
+//!
+//! Only methods marked with [`CacheLayer::grpc_method`] are cached, keyed by method path plus
+//! the request message bytes (the [`GrpcMessage`] extension, which `GrpcKeyLayer` attaches
+//! with the `tonic` feature), for the TTL given there, and only responses whose trailers carry
+//! `grpc-status: 0`. Other gRPC calls pass through untouched and never invalidate anything.
+//! gRPC misses are not coalesced.
+//!
+//! # Tags
+//!
+//! Tags come from `Surrogate-Key` (space-separated), `Cache-Tag` (comma-separated) and the
+//! [`CacheTags`] extension. Tags over [`MAX_TAG_LEN`] bytes, or past [`MAX_TAG_HEADER_LEN`] in a
+//! header, are dropped and logged; the response is served all the same. They are stored with
+//! the entry (purge them with [`Store::delete_tag`](crate::store::Store::delete_tag)) and the
+//! headers are removed before the response leaves ([`CacheLayer::strip_tag_headers`]).
+
+mod body;
+mod future;
+#[cfg(feature = "tonic")]
+mod grpc;
+mod key;
+mod layer;
+mod policy;
+mod record;
+mod service;
+mod tags;
+
+pub use body::CacheBody;
+pub use future::ResponseFuture;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub use grpc::{DEFAULT_MAX_MESSAGE_SIZE, GrpcKey, GrpcKeyFuture, GrpcKeyLayer};
+pub use key::{GrpcMessage, KeyPart};
+pub use layer::{CacheLayer, CacheStats, DEFAULT_MAX_BODY_SIZE};
+pub use policy::CacheOverride;
+pub use service::Cache;
+pub use tags::{CacheTags, MAX_TAG_HEADER_LEN, MAX_TAG_LEN};
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<CacheLayer<MemoryStore>>();
+        assert_send_sync::<Cache<tower::util::BoxCloneSyncService<(), (), ()>, MemoryStore>>();
+        assert_send::<ResponseFuture<http_body_util::Full<bytes::Bytes>, std::io::Error>>();
+        assert_send::<CacheBody<http_body_util::Full<bytes::Bytes>>>();
+        assert_send_sync::<CacheStats>();
+    }
+}
