@@ -28,7 +28,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tower_strata::cache::{CacheLayer, CacheStats};
+use tower_strata::health::{Check, Health, stats_check};
+use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
 use tower_strata::store::{Cache, KeyBuilder, MemoryStore, SetOptions, Store};
+
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Product {
@@ -225,6 +230,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if demo {
         return run_demo().await;
     }
+    // Latency metrics per route template, a Prometheus `/metrics` endpoint and the health
+    // service around the app.
+    let scrape = prometheus::install()?;
+    let registry = MetricsRegistry::builder()
+        .slow_threshold(Some(Duration::from_millis(250)))
+        .build()?;
+    let health = Health::builder()
+        .check(Check::optional("latency", {
+            let registry = registry.clone();
+            stats_check(move || registry.report())
+        }))
+        .interval(Duration::from_secs(10))
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let _checks = health.spawn();
+    let app = app()
+        .route("/metrics", get(move || std::future::ready(scrape.render())))
+        .merge(health.router())
+        .layer(
+            MetricsLayer::new(registry)
+                .exclude_path("/metrics")
+                .exclude_prefix("/health"),
+        );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("tower-strata quickstart listening on http://{addr}");
@@ -237,7 +265,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -s http://{addr}/products/1      # miss again, with the new price");
     println!("  curl -si http://{addr}/catalog        # a cached route: see Cache-Status and Age");
     println!("  curl -s http://{addr}/stats           # hits, misses, hit rate, bytes held");
-    axum::serve(listener, app()).await?;
+    println!("  curl -s http://{addr}/metrics         # Prometheus, per route template");
+    println!("  curl -s http://{addr}/health/ready    # readiness with the latency summary");
+    axum::serve(listener, app).await?;
     Ok(())
 }
 
