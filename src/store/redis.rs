@@ -650,6 +650,29 @@ impl RedisStore {
         }
     }
 
+    /// `SADD` or `SREM` of `members`; an empty list is a no-op (Redis refuses it).
+    async fn change_set(
+        &self,
+        op: &'static str,
+        command: &str,
+        key: &str,
+        members: &[&str],
+    ) -> Result<u64, StoreError> {
+        self.inner.limits.check_key(key)?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            op,
+            redis::cmd(command)
+                .arg(self.key(key))
+                .arg(members)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     pub(crate) async fn publish_op(&self, op: BusOp) -> Result<(), StoreError> {
         if self.inner.bus.is_none() {
             return Ok(());
@@ -793,35 +816,11 @@ impl Store for RedisStore {
     }
 
     async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.inner.limits.check_key(key)?;
-        if members.is_empty() {
-            return Ok(0);
-        }
-        let mut conn = self.inner.conn.clone();
-        self.run(
-            "set_add",
-            redis::cmd("SADD")
-                .arg(self.key(key))
-                .arg(members)
-                .query_async(&mut conn),
-        )
-        .await
+        self.change_set("set_add", "SADD", key, members).await
     }
 
     async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.inner.limits.check_key(key)?;
-        if members.is_empty() {
-            return Ok(0);
-        }
-        let mut conn = self.inner.conn.clone();
-        self.run(
-            "set_remove",
-            redis::cmd("SREM")
-                .arg(self.key(key))
-                .arg(members)
-                .query_async(&mut conn),
-        )
-        .await
+        self.change_set("set_remove", "SREM", key, members).await
     }
 
     async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
