@@ -17,6 +17,8 @@
 //!   operations in parameter-limit chunks, search and aggregate helpers, pool presets.
 //! - [`cache`]: the response cache layer, [`CacheLayer`](cache::CacheLayer): RFC 9111
 //!   shared-cache semantics over any store, with coalescing, stale serving and tags.
+//! - [`purge`]: purging and invalidation: a [`Purger`](purge::Purger) by key, tag, pattern or
+//!   all, hard or soft, across instances.
 //!
 //! # Example
 //!
@@ -63,6 +65,7 @@
 struct ReadmeDoctests;
 
 pub mod cache;
+pub mod purge;
 pub mod store;
 
 #[cfg(feature = "sqlx")]

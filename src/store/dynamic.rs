@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Entry, Limits, SetOptions, Store, StoreError, StoreStats};
+use super::{Entry, KeyPattern, Limits, PurgeMode, SetOptions, Store, StoreError, StoreStats};
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -44,6 +44,12 @@ pub trait DynStore: Send + Sync + 'static {
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> BoxFut<'a, u64>;
     /// See [`Store::clear`].
     fn clear(&self) -> BoxFut<'_, u64>;
+    /// See [`Store::purge_key`].
+    fn purge_key<'a>(&'a self, key: &'a str, mode: PurgeMode) -> BoxFut<'a, bool>;
+    /// See [`Store::purge_tag`].
+    fn purge_tag<'a>(&'a self, tag: &'a str, mode: PurgeMode) -> BoxFut<'a, u64>;
+    /// See [`Store::purge_matching`].
+    fn purge_matching<'a>(&'a self, pattern: &'a KeyPattern, mode: PurgeMode) -> BoxFut<'a, u64>;
     /// See [`Store::stats`].
     fn stats(&self) -> StoreStats;
     /// See [`Store::limits`].
@@ -90,6 +96,15 @@ impl<S: Store> DynStore for S {
     }
     fn clear(&self) -> BoxFut<'_, u64> {
         Box::pin(Store::clear(self))
+    }
+    fn purge_key<'a>(&'a self, key: &'a str, mode: PurgeMode) -> BoxFut<'a, bool> {
+        Box::pin(Store::purge_key(self, key, mode))
+    }
+    fn purge_tag<'a>(&'a self, tag: &'a str, mode: PurgeMode) -> BoxFut<'a, u64> {
+        Box::pin(Store::purge_tag(self, tag, mode))
+    }
+    fn purge_matching<'a>(&'a self, pattern: &'a KeyPattern, mode: PurgeMode) -> BoxFut<'a, u64> {
+        Box::pin(Store::purge_matching(self, pattern, mode))
     }
     fn stats(&self) -> StoreStats {
         Store::stats(self)
@@ -175,6 +190,19 @@ impl Store for BoxStore {
     }
     async fn clear(&self) -> Result<u64, StoreError> {
         self.0.clear().await
+    }
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        self.0.purge_key(key, mode).await
+    }
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
+        self.0.purge_tag(tag, mode).await
+    }
+    async fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        self.0.purge_matching(pattern, mode).await
     }
     fn stats(&self) -> StoreStats {
         self.0.stats()

@@ -90,6 +90,13 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store cannot do this (a regular-expression purge on a store that cannot list its
+    /// keys, say).
+    #[error("{op} is not supported by this store")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+    },
     /// The store's configuration is invalid.
     #[error("invalid store configuration: {0}")]
     Config(String),

@@ -192,6 +192,85 @@ impl std::fmt::Display for Pattern {
     }
 }
 
+/// Longest regular expression accepted, in bytes, and the most memory its compiled form may use.
+pub const MAX_REGEX_LEN: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// What a pattern purge matches keys with: a Redis-style glob, or a regular expression.
+///
+/// A glob is matched by Redis itself (`SCAN MATCH`); a regular expression is matched on the
+/// client side against the keys `SCAN` returns, so it costs a walk of the namespace either way
+/// but never blocks Redis. Regular expressions use the `regex` crate: linear time, no
+/// backtracking, and a size limit on the compiled form, so a hostile pattern cannot stall a
+/// purge.
+#[derive(Debug, Clone)]
+pub enum KeyPattern {
+    /// A glob with Redis `MATCH` semantics.
+    Glob(Pattern),
+    /// A regular expression, matched against whole keys only if anchored (`^...$`).
+    Regex(regex::Regex),
+}
+
+impl KeyPattern {
+    /// A glob pattern; see [`Pattern::new`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidPattern`] when the glob is malformed.
+    pub fn glob(pattern: &str) -> Result<Self, StoreError> {
+        Pattern::new(pattern).map(KeyPattern::Glob)
+    }
+
+    /// A regular expression.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidPattern`] when it is empty, longer than [`MAX_REGEX_LEN`], does not
+    /// parse, or compiles to more than 1 MiB.
+    pub fn regex(pattern: &str) -> Result<Self, StoreError> {
+        let invalid = |reason| StoreError::InvalidPattern {
+            pattern: super::error::cut(pattern),
+            reason,
+        };
+        if pattern.is_empty() {
+            return Err(invalid("empty regular expression"));
+        }
+        if pattern.len() > MAX_REGEX_LEN {
+            return Err(invalid("regular expression longer than 1024 bytes"));
+        }
+        regex::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map(KeyPattern::Regex)
+            .map_err(|error| match error {
+                regex::Error::CompiledTooBig(_) => invalid("regular expression too large"),
+                _ => invalid("not a valid regular expression"),
+            })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyPattern::Glob(glob) => glob.as_str(),
+            KeyPattern::Regex(regex) => regex.as_str(),
+        }
+    }
+
+    /// Whether `key` matches.
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyPattern::Glob(glob) => glob.matches(key),
+            KeyPattern::Regex(regex) => regex.is_match(key),
+        }
+    }
+}
+
+impl From<Pattern> for KeyPattern {
+    fn from(glob: Pattern) -> Self {
+        KeyPattern::Glob(glob)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,3 +332,4 @@ mod tests {
         assert!(!p.matches(&"a".repeat(49)));
     }
 }
+

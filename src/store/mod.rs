@@ -103,7 +103,7 @@ pub use config::{ConfigError, Preset, StoreConfig};
 pub use dynamic::{BoxStore, DynStore};
 pub use entry::{Entry, Limits, SetOptions};
 pub use error::StoreError;
-pub use glob::Pattern;
+pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern};
 pub use stats::StoreStats;
 pub use typed::{Cache, CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder};
 
@@ -121,6 +121,19 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+/// How a purge treats the entries it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PurgeMode {
+    /// Remove them: the next read is a miss.
+    #[default]
+    Hard,
+    /// Mark them stale as of now and keep them for their grace period, so a cache can serve them
+    /// stale while one request refreshes them (Varnish `softpurge`, Fastly soft purge). An entry
+    /// without grace is as good as gone.
+    Soft,
+}
 
 /// A key-value store of byte values with entry metadata: the whole cache-manager surface.
 ///
@@ -220,6 +233,55 @@ pub trait Store: Send + Sync + 'static {
     /// Removes everything in this store's namespace. Returns how many keys went.
     fn clear(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Purges one key, hard ([`Store::delete`]) or soft: a soft purge keeps the entry but makes
+    /// it stale from now on, so a cache serves it inside its grace period while one refresh
+    /// goes upstream (Varnish's soft purge). Returns whether an entry was there.
+    ///
+    /// The provided implementation purges hard whatever the mode; the crate's stores do both.
+    fn purge_key(
+        &self,
+        key: &str,
+        mode: PurgeMode,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = mode;
+        self.delete(key)
+    }
+
+    /// Purges every entry carrying `tag`, hard ([`Store::delete_tag`]) or soft (see
+    /// [`Store::purge_key`]), at a cost that does not grow with their number. Returns how many
+    /// entries the tag held.
+    ///
+    /// The provided implementation purges hard whatever the mode; the crate's stores do both.
+    fn purge_tag(
+        &self,
+        tag: &str,
+        mode: PurgeMode,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = mode;
+        self.delete_tag(tag)
+    }
+
+    /// Purges every key of this store's namespace matching a glob or a regular expression,
+    /// hard or soft. Returns how many entries were purged.
+    ///
+    /// The provided implementation purges globs hard through [`Store::delete_matching`] and
+    /// answers [`StoreError::Unsupported`] to a regular expression; the crate's stores do all.
+    fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = mode;
+        async move {
+            match pattern {
+                KeyPattern::Glob(glob) => self.delete_matching(glob.as_str()).await,
+                KeyPattern::Regex(_) => Err(StoreError::Unsupported {
+                    op: "purge by regular expression",
+                }),
+            }
+        }
+    }
+
     /// A snapshot of the store's counters.
     fn stats(&self) -> StoreStats;
 
@@ -294,6 +356,27 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn clear(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).clear()
+    }
+    fn purge_key(
+        &self,
+        key: &str,
+        mode: PurgeMode,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).purge_key(key, mode)
+    }
+    fn purge_tag(
+        &self,
+        tag: &str,
+        mode: PurgeMode,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).purge_tag(tag, mode)
+    }
+    fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).purge_matching(pattern, mode)
     }
     fn stats(&self) -> StoreStats {
         (**self).stats()
