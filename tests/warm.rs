@@ -84,7 +84,10 @@ async fn user_get(router: &Router, path: &str) -> (String, String) {
 
 async fn stored(stats: &CacheStats, n: u64) {
     let landed = eventually(Duration::from_secs(5), || async { stats.stores() >= n }).await;
-    assert!(landed.is_some(), "the warm response was not stored: {stats:?}");
+    assert!(
+        landed.is_some(),
+        "the warm response was not stored: {stats:?}"
+    );
 }
 
 async fn run_once_then_a_hit(store: impl Store) {
@@ -97,7 +100,11 @@ async fn run_once_then_a_hit(store: impl Store) {
     let (status, body) = user_get(&router, "/products/1").await;
     assert!(status.starts_with("tower-strata; hit"), "{status}");
     assert_eq!(body, "product 1 as application/json");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran for the warm request only");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran for the warm request only"
+    );
     let warm = warmer.stats();
     assert_eq!((warm.runs, warm.requests_sent, warm.succeeded), (1, 1, 1));
 }
@@ -247,7 +254,12 @@ async fn failures_are_counted_and_the_run_goes_on() {
     let stats = warmer.stats();
     assert_eq!(stats.runs, 2);
     assert_eq!(
-        (stats.requests_sent, stats.succeeded, stats.failed, stats.timed_out),
+        (
+            stats.requests_sent,
+            stats.succeeded,
+            stats.failed,
+            stats.timed_out
+        ),
         (10, 2, 8, 2)
     );
 }

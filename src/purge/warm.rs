@@ -485,9 +485,7 @@ impl<S, B> WarmerBuilder<S, B> {
         B: 'static,
     {
         self.sources.push(Arc::new(move || {
-            source()
-                .map(IntoWarmRequests::into_warm_requests)
-                .boxed()
+            source().map(IntoWarmRequests::into_warm_requests).boxed()
         }));
         self
     }
@@ -541,7 +539,9 @@ where
             request.check()?;
         }
         if self.concurrency == 0 {
-            return Err(WarmError::InvalidConfig("concurrency must be at least 1".into()));
+            return Err(WarmError::InvalidConfig(
+                "concurrency must be at least 1".into(),
+            ));
         }
         if self.timeout.is_zero() {
             return Err(WarmError::InvalidConfig("timeout must not be zero".into()));
@@ -550,9 +550,10 @@ where
             return Err(WarmError::InvalidConfig("interval must not be zero".into()));
         }
         let host = match &self.host {
-            Some(host) => Some(HeaderValue::from_str(host).map_err(|e| {
-                WarmError::InvalidConfig(format!("invalid host {host:?}: {e}"))
-            })?),
+            Some(host) => Some(
+                HeaderValue::from_str(host)
+                    .map_err(|e| WarmError::InvalidConfig(format!("invalid host {host:?}: {e}")))?,
+            ),
             None => None,
         };
         let engine = Engine {
@@ -627,9 +628,10 @@ where
                     let uri = request.uri().clone();
                     let send = AssertUnwindSafe(send(service.clone(), request, self.timeout));
                     in_flight.spawn(async move {
-                        let outcome = send.catch_unwind().await.unwrap_or_else(|_| {
-                            Outcome::Error("the service panicked".to_owned())
-                        });
+                        let outcome = send
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| Outcome::Error("the service panicked".to_owned()));
                         (uri, outcome)
                     });
                 }
@@ -638,7 +640,10 @@ where
                 };
                 let (uri, outcome) = match joined {
                     Ok(done) => done,
-                    Err(e) => (Uri::default(), Outcome::Error(format!("the request task {e}"))),
+                    Err(e) => (
+                        Uri::default(),
+                        Outcome::Error(format!("the request task {e}")),
+                    ),
                 };
                 match outcome {
                     Outcome::Success => {
@@ -909,7 +914,9 @@ mod tests {
         let bad_header = Warmer::builder(ok_service())
             .request(WarmRequest::get("/").header("bad name", "x"))
             .build();
-        assert!(matches!(bad_header, Err(WarmError::InvalidRequest(m)) if m.contains("header name")));
+        assert!(
+            matches!(bad_header, Err(WarmError::InvalidRequest(m)) if m.contains("header name"))
+        );
         let bad_value = Warmer::builder(ok_service())
             .request(WarmRequest::get("/").header("accept", "a\nb"))
             .build();
@@ -955,7 +962,10 @@ mod tests {
         assert_eq!(report.source_failures, 3);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
         let stats = warmer.stats();
-        assert_eq!((stats.runs, stats.requests_sent, stats.source_failures), (1, 4, 3));
+        assert_eq!(
+            (stats.runs, stats.requests_sent, stats.source_failures),
+            (1, 4, 3)
+        );
         assert_eq!(stats.last_run, Some(report));
         assert!(stats.last_run_at.is_some());
     }
