@@ -340,3 +340,37 @@ async fn without_an_interval_it_runs_at_start_up_and_when_triggered() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cache_warm_requests_refetch_on_every_run_and_keep_the_entry_fresh() {
+    let (router, calls, stats) = shop(MemoryStore::new(1 << 20));
+    let plain = shop_warmer(&router, None);
+    let refetch = Warmer::with_body::<Body, _>(router.clone())
+        .host("shop.example")
+        .request(
+            WarmRequest::get("/products/1")
+                .header("accept", "application/json")
+                .header("cache-control", "no-cache"),
+        )
+        .build()
+        .unwrap();
+    plain.run_once().await;
+    stored(&stats, 1).await;
+    plain.run_once().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a fresh entry answers the warm request"
+    );
+    refetch.run_once().await;
+    refetch.run_once().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "no-cache goes upstream on every run"
+    );
+    stored(&stats, 3).await;
+    let (status, _) = user_get(&router, "/products/1").await;
+    assert!(status.starts_with("tower-strata; hit"), "{status}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

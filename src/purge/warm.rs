@@ -1,146 +1,5 @@
-//! Cache warming: requests sent through the app's own service at start-up and on an interval,
-//! so hot entries are cached before users ask for them.
-//!
-//! A [`Warmer`] holds a clone of the service that has the [`CacheLayer`](crate::cache::CacheLayer)
-//! inside it (an axum `Router` with its layers, or any `Clone` `tower::Service` over
-//! `http::Request`), and a list of what to request:
-//!
-//! - fixed requests, [`WarmRequest::get`] with headers;
-//! - request factories, `Fn() -> http::Request<B>`, called on every run;
-//! - sources, async closures returning many requests (from a database query, say): a
-//!   `Vec<http::Request<B>>`, a `Vec<WarmRequest>`, or a `Result` of either.
-//!
-//! [`Warmer::run_once`] sends them all, at most [`WarmerBuilder::concurrency`] at a time (default
-//! [`DEFAULT_CONCURRENCY`]), each under [`WarmerBuilder::timeout`] (default
-//! [`DEFAULT_TIMEOUT`]), drains every response body (the cache stores a response only once its
-//! body has streamed through) and drops it. [`Warmer::spawn`] runs at once and then every
-//! [`WarmerBuilder::interval`] in a background task that stops when its [`WarmHandle`] is
-//! dropped or [`shut down`](WarmHandle::shutdown).
-//!
-//! # Failures
-//!
-//! A response that is not `2xx`, a timeout, a service or body error, a panicking handler, a
-//! factory that panics or a source that fails or times out is logged with `tracing` (`warn`)
-//! and counted in the [`WarmReport`] and [`WarmStats`]; the run goes on with the other
-//! requests. Warming never fails the app and a run never panics.
-//!
-//! # Keys: host and headers
-//!
-//! The cache keys an entry by scheme, host, path, query and the `Vary` headers, so a warm
-//! request must look like the users' requests: give absolute URIs, or set the host users send
-//! with [`WarmerBuilder::host`], and the headers the responses vary on (`Accept`,
-//! `Accept-Encoding`, ...). A warm request for a fresh entry is a cache hit and goes no further;
-//! add `Cache-Control: no-cache` to a [`WarmRequest`] to refetch it upstream on every run.
-//!
-//! # Example
-//!
-//! With axum: warm the product pages at start-up and every minute.
-//!
-//! ```
-//! # #[cfg(feature = "axum")] {
-//! use std::time::Duration;
-//! use axum::{Router, body::Body, routing::get};
-//! use tower_strata::cache::CacheLayer;
-//! use tower_strata::purge::{WarmRequest, Warmer};
-//! use tower_strata::store::MemoryStore;
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let app = Router::new()
-//!     .route("/products/{id}", get(|| async { ([("cache-control", "max-age=300")], "{}") }))
-//!     .layer(CacheLayer::new(MemoryStore::new(64 << 20)));
-//!
-//! let warmer = Warmer::with_body::<Body, _>(app.clone())
-//!     .host("shop.example")
-//!     .request(WarmRequest::get("/products/1").header("accept", "application/json"))
-//!     .factory(|| http::Request::get("/products/2").body(Body::empty()).unwrap())
-//!     .source(|| async {
-//!         // For example the ids of the best sellers, from the database.
-//!         let ids = [3, 4, 5];
-//!         ids.map(|id| WarmRequest::get(format!("/products/{id}"))).to_vec()
-//!     })
-//!     .interval(Duration::from_secs(60))
-//!     .build()
-//!     .expect("valid warm requests");
-//!
-//! let report = warmer.run_once().await;
-//! assert_eq!((report.sent, report.succeeded), (5, 5));
-//!
-//! // In the app: keep the handle for as long as warming should go on.
-//! let handle = warmer.spawn();
-//! // axum::serve(listener, app).await?;
-//! handle.shutdown().await;
-//! # }
-//! # }
-//! ```
-//!
-//! With `ServiceBuilder`, customised:
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use std::time::Duration;
-//! use bytes::Bytes;
-//! use http_body_util::Full;
-//! use tower::ServiceBuilder;
-//! use tower_strata::cache::CacheLayer;
-//! use tower_strata::purge::{WarmRequest, Warmer};
-//! use tower_strata::store::MemoryStore;
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let service = ServiceBuilder::new()
-//!     .layer(CacheLayer::new(MemoryStore::new(64 << 20)))
-//!     .service_fn(|_req: http::Request<Full<Bytes>>| async {
-//!         let response = http::Response::builder()
-//!             .header("cache-control", "max-age=60")
-//!             .body(Full::new(Bytes::from_static(b"hello")))
-//!             .unwrap();
-//!         Ok::<_, Infallible>(response)
-//!     });
-//!
-//! let warmer = Warmer::builder(service)
-//!     .requests((1..=20).map(|page| WarmRequest::get(format!("http://shop.example/?page={page}"))))
-//!     .concurrency(8)
-//!     .timeout(Duration::from_secs(5))
-//!     .interval(Duration::from_secs(30))
-//!     .build()
-//!     .unwrap();
-//! let report = warmer.run_once().await;
-//! assert_eq!(report.succeeded, 20);
-//! assert_eq!(warmer.stats().runs, 1);
-//! # }
-//! ```
-//!
-//! # Reporting
-//!
-//! [`Warmer::stats`] is a cheap [`WarmStats`] snapshot (it serialises), for the health module's
-//! `stats_check`:
-//!
-//! ```
-//! # #[cfg(feature = "health")] {
-//! use tower_strata::health::{Check, Health, Status, stats_check};
-//! use tower_strata::purge::{WarmStats, Warmer};
-//!
-//! fn health(warmer: &Warmer) -> Health {
-//!     let warmer = warmer.clone();
-//!     Health::builder()
-//!         .check(Check::optional(
-//!             "warming",
-//!             stats_check(move || warmer.stats()).status(|s: &WarmStats| {
-//!                 // Degraded when the last run lost more than a tenth of its requests.
-//!                 match s.last_run {
-//!                     Some(run) if run.failed * 10 > run.sent => Status::Degraded,
-//!                     _ => Status::Healthy,
-//!                 }
-//!             }),
-//!         ))
-//!         .build()
-//!         .unwrap()
-//! }
-//! # let warmer = Warmer::builder(tower::service_fn(|_r: http::Request<http_body_util::Full<bytes::Bytes>>| async {
-//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-//! # })).build().unwrap();
-//! # let _ = health(&warmer);
-//! # }
-//! ```
+//! Cache warming: [`Warmer`] sends registered requests through the app's service to fill its
+//! cache.
 
 use std::fmt;
 use std::future::Future;
@@ -424,7 +283,7 @@ impl Counters {
 type Factory<B> = Arc<dyn Fn() -> Request<B> + Send + Sync>;
 type Source<B> = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<Request<B>>, String>> + Send + Sync>;
 
-/// Builds a [`Warmer`]; see the [module docs](self).
+/// Builds a [`Warmer`]; see [`Warmer`].
 pub struct WarmerBuilder<S, B = Full<Bytes>> {
     service: S,
     requests: Vec<WarmRequest>,
@@ -744,9 +603,153 @@ where
     }
 }
 
-/// Sends registered requests through a service to fill its cache; see the [module docs](self).
+/// Cache warming: sends registered requests through the app's own service at start-up and on an
+/// interval, so hot entries are cached before users ask for them.
 ///
-/// Cheap to clone: clones share the registered requests and the [`WarmStats`].
+/// A warmer holds a clone of the service that has the [`CacheLayer`](crate::cache::CacheLayer)
+/// inside it (an axum `Router` with its layers, or any `Clone` `tower::Service` over
+/// `http::Request`), and a list of what to request:
+///
+/// - fixed requests, [`WarmRequest::get`] with headers;
+/// - request factories, `Fn() -> http::Request<B>`, called on every run;
+/// - sources, async closures returning many requests (from a database query, say): a
+///   `Vec<http::Request<B>>`, a `Vec<WarmRequest>`, or a `Result` of either.
+///
+/// [`Warmer::run_once`] sends them all, at most [`WarmerBuilder::concurrency`] at a time (default
+/// [`DEFAULT_CONCURRENCY`]), each under [`WarmerBuilder::timeout`] (default
+/// [`DEFAULT_TIMEOUT`]), drains every response body (the cache stores a response only once its
+/// body has streamed through) and drops it. [`Warmer::spawn`] runs at once and then every
+/// [`WarmerBuilder::interval`] in a background task that stops when its [`WarmHandle`] is
+/// dropped or [`shut down`](WarmHandle::shutdown).
+///
+/// # Failures
+///
+/// A response that is not `2xx`, a timeout, a service or body error, a panicking handler, a
+/// factory that panics or a source that fails or times out is logged with `tracing` (`warn`)
+/// and counted in the [`WarmReport`] and [`WarmStats`]; the run goes on with the other
+/// requests. Warming never fails the app and a run never panics.
+///
+/// # Keys: host and headers
+///
+/// The cache keys an entry by scheme, host, path, query and the `Vary` headers, so a warm
+/// request must look like the users' requests: give absolute URIs, or set the host users send
+/// with [`WarmerBuilder::host`], and the headers the responses vary on (`Accept`,
+/// `Accept-Encoding`, ...). A warm request for a fresh entry is a cache hit and goes no further;
+/// add `Cache-Control: no-cache` to a [`WarmRequest`] to refetch it upstream on every run.
+///
+/// # Example
+///
+/// With axum: warm the product pages at start-up and every minute.
+///
+/// ```
+/// # #[cfg(feature = "axum")] {
+/// use std::time::Duration;
+/// use axum::{Router, body::Body, routing::get};
+/// use tower_strata::cache::CacheLayer;
+/// use tower_strata::purge::{WarmRequest, Warmer};
+/// use tower_strata::store::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let app = Router::new()
+///     .route("/products/{id}", get(|| async { ([("cache-control", "max-age=300")], "{}") }))
+///     .layer(CacheLayer::new(MemoryStore::new(64 << 20)));
+///
+/// let warmer = Warmer::with_body::<Body, _>(app.clone())
+///     .host("shop.example")
+///     .request(WarmRequest::get("/products/1").header("accept", "application/json"))
+///     .factory(|| http::Request::get("/products/2").body(Body::empty()).unwrap())
+///     .source(|| async {
+///         // For example the ids of the best sellers, from the database.
+///         let ids = [3, 4, 5];
+///         ids.map(|id| WarmRequest::get(format!("/products/{id}"))).to_vec()
+///     })
+///     .interval(Duration::from_secs(60))
+///     .build()
+///     .expect("valid warm requests");
+///
+/// let report = warmer.run_once().await;
+/// assert_eq!((report.sent, report.succeeded), (5, 5));
+///
+/// // In the app: keep the handle for as long as warming should go on.
+/// let handle = warmer.spawn();
+/// // axum::serve(listener, app).await?;
+/// handle.shutdown().await;
+/// # }
+/// # }
+/// ```
+///
+/// With `ServiceBuilder`, customised:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::ServiceBuilder;
+/// use tower_strata::cache::CacheLayer;
+/// use tower_strata::purge::{WarmRequest, Warmer};
+/// use tower_strata::store::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let service = ServiceBuilder::new()
+///     .layer(CacheLayer::new(MemoryStore::new(64 << 20)))
+///     .service_fn(|_req: http::Request<Full<Bytes>>| async {
+///         let response = http::Response::builder()
+///             .header("cache-control", "max-age=60")
+///             .body(Full::new(Bytes::from_static(b"hello")))
+///             .unwrap();
+///         Ok::<_, Infallible>(response)
+///     });
+///
+/// let warmer = Warmer::builder(service)
+///     .requests((1..=20).map(|page| WarmRequest::get(format!("http://shop.example/?page={page}"))))
+///     .concurrency(8)
+///     .timeout(Duration::from_secs(5))
+///     .interval(Duration::from_secs(30))
+///     .build()
+///     .unwrap();
+/// let report = warmer.run_once().await;
+/// assert_eq!(report.succeeded, 20);
+/// assert_eq!(warmer.stats().runs, 1);
+/// # }
+/// ```
+///
+/// # Reporting
+///
+/// [`Warmer::stats`] is a cheap [`WarmStats`] snapshot (it serialises), for the health module's
+/// `stats_check`:
+///
+/// ```
+/// # #[cfg(feature = "health")] {
+/// use tower_strata::health::{Check, Health, Status, stats_check};
+/// use tower_strata::purge::{WarmStats, Warmer};
+///
+/// fn health(warmer: &Warmer) -> Health {
+///     let warmer = warmer.clone();
+///     Health::builder()
+///         .check(Check::optional(
+///             "warming",
+///             stats_check(move || warmer.stats()).status(|s: &WarmStats| {
+///                 // Degraded when the last run lost more than a tenth of its requests.
+///                 match s.last_run {
+///                     Some(run) if run.failed * 10 > run.sent => Status::Degraded,
+///                     _ => Status::Healthy,
+///                 }
+///             }),
+///         ))
+///         .build()
+///         .unwrap()
+/// }
+/// # let warmer = Warmer::builder(tower::service_fn(|_r: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// # })).build().unwrap();
+/// # let _ = health(&warmer);
+/// # }
+/// ```
+///
+/// # Cloning
+///
+/// Cheap: clones share the registered requests and the [`WarmStats`].
 #[derive(Clone)]
 pub struct Warmer {
     engine: Arc<dyn Run>,
