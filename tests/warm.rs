@@ -109,7 +109,7 @@ async fn run_once_then_a_hit(store: impl Store) {
     assert_eq!((warm.runs, warm.requests_sent, warm.succeeded), (1, 1, 1));
 }
 
-async fn interval_rewarms_after_a_purge<St: Store + Clone>(store: St) {
+async fn interval_rewarms_after_a_purge<St: Store + Clone>(store: St, soft: bool) {
     let (router, calls, stats) = shop(store.clone());
     let warmer = shop_warmer(&router, Some(Duration::from_millis(50)));
     let handle = warmer.spawn();
@@ -118,7 +118,9 @@ async fn interval_rewarms_after_a_purge<St: Store + Clone>(store: St) {
     assert!(status.starts_with("tower-strata; hit"), "{status}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    let purged = Purger::new(store).purge_tags(["products"]).await.unwrap();
+    let purger = Purger::new(store);
+    let purger = if soft { purger.soft() } else { purger };
+    let purged = purger.purge_tags(["products"]).await.unwrap();
     assert!(purged >= 1, "the warm entry was purged");
     // The next tick finds a miss and fetches the page again, before any user asks for it.
     let rewarmed = eventually(Duration::from_secs(5), || async {
@@ -141,7 +143,12 @@ async fn run_once_makes_the_next_user_request_a_hit_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_runs_rewarm_after_a_purge_memory() {
-    interval_rewarms_after_a_purge(Arc::new(MemoryStore::new(1 << 20))).await;
+    interval_rewarms_after_a_purge(Arc::new(MemoryStore::new(1 << 20)), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_runs_refresh_after_a_soft_purge_memory() {
+    interval_rewarms_after_a_purge(Arc::new(MemoryStore::new(1 << 20)), true).await;
 }
 
 #[cfg(feature = "redis")]
@@ -166,7 +173,15 @@ async fn run_once_makes_the_next_user_request_a_hit_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_runs_rewarm_after_a_purge_redis() {
     let store = redis_store();
-    interval_rewarms_after_a_purge(store.clone()).await;
+    interval_rewarms_after_a_purge(store.clone(), false).await;
+    store.clear().await.unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_runs_refresh_after_a_soft_purge_redis() {
+    let store = redis_store();
+    interval_rewarms_after_a_purge(store.clone(), true).await;
     store.clear().await.unwrap();
 }
 
