@@ -8,3 +8,9 @@
 mod purger;
 
 pub use purger::{PurgeError, PurgeReport, PurgeRequest, PurgeStats, Purger};
+
+mod warm;
+pub use warm::{
+    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, IntoWarmRequests, WarmError, WarmHandle, WarmReport,
+    WarmRequest, WarmStats, Warmer, WarmerBuilder,
+};
