@@ -8,3 +8,12 @@
 mod purger;
 
 pub use purger::{PurgeError, PurgeReport, PurgeRequest, PurgeStats, Purger};
+mod bus;
+pub mod invalidate;
+mod rules;
+pub use bus::{BusError, InvalidationBus, InvalidationBusBuilder};
+pub use invalidate::{
+    CACHE_GROUP_INVALIDATION, Invalidate, InvalidateLayer, InvalidateStats, Invalidation,
+    ResponseFuture as InvalidateFuture,
+};
+pub use rules::{EventRule, Rule, RuleError};
