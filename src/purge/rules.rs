@@ -266,7 +266,7 @@ impl Template {
     }
 
     /// The template filled from `lookup`; `Err(name)` names the first missing field.
-    pub(crate) fn render<'a, F>(&'a self, mut lookup: F) -> Result<String, &'a str>
+    pub(crate) fn render<F>(&self, mut lookup: F) -> Result<String, &str>
     where
         F: FnMut(&str) -> Option<String>,
     {

@@ -245,10 +245,11 @@ pub(crate) fn parse_string_list(input: &[u8]) -> Result<Vec<String>, &'static st
         return Ok(out);
     }
     loop {
-        if let Some(group) = parser.member()? {
-            if !group.is_empty() && !out.contains(&group) {
-                out.push(group);
-            }
+        if let Some(group) = parser.member()?
+            && !group.is_empty()
+            && !out.contains(&group)
+        {
+            out.push(group);
         }
         parser.skip_ows();
         if parser.peek().is_none() {

@@ -22,10 +22,14 @@
 //! Either way, by the time the client sees the response the purge is done.
 //!
 //! **Stack it inside `TxLayer`** (closer to the handler): `CacheLayer` -> `TxLayer` ->
-//! `InvalidateLayer` -> handlers. Outside `TxLayer` it sees no `AfterCommit` and purges
-//! before the commit, which is exactly the race this layer exists to avoid. With axum's
-//! `Router::layer`, the layer added **last** is the outermost; with `ServiceBuilder`, the
-//! layer added **first** is.
+//! `InvalidateLayer` -> handlers. There it finds `AfterCommit` and ties each purge to the
+//! attempt that commits: a failed `COMMIT` (answered `500`/`502`/`503` by the transaction
+//! layer) purges nothing, and of a request replayed after a serialization failure only the
+//! attempt that commits purges. With axum's `Router::layer` the layer added **last** is the
+//! outermost, so add `InvalidateLayer` before `TxLayer`; with `ServiceBuilder` the layer added
+//! **first** is the outermost, so add it after. What must never happen is a purge before the
+//! commit (from the handler, or from a layer that does not wait for it): the race test in
+//! `tests/invalidate_tx.rs` shows readers then re-cache the old row.
 //!
 //! # Failures
 //!
