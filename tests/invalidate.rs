@@ -617,3 +617,74 @@ mod redis {
         );
     }
 }
+
+#[test]
+fn services_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let layer = InvalidateLayer::new(Purger::new(MemoryStore::new(1 << 20)));
+    let mut svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_r: Request<String>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            });
+    send_sync(&svc);
+    send(&svc.call(req(Method::PUT, "/x")));
+    send_sync(&layer);
+    let bus = InvalidationBus::builder(Purger::new(MemoryStore::new(1 << 20)))
+        .build()
+        .unwrap();
+    send_sync(&bus);
+    send(&bus.publish("e", json!({})));
+}
+
+#[test]
+fn router_layer_service_builder_and_tonic_accept_the_layer() {
+    let layer = InvalidateLayer::new(Purger::new(MemoryStore::new(1 << 20)));
+    let _router: axum::Router = axum::Router::new()
+        .route("/", axum::routing::put(|| async { "x" }))
+        .layer(layer.clone());
+    let _svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+        |_r: Request<axum::body::Body>| async {
+            Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+        },
+    );
+    #[cfg(feature = "tonic")]
+    {
+        let router = tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(grpc::Grpc);
+        // Type-checks the layered service against tonic's bounds without running it.
+        let _serve = async move {
+            router.serve("127.0.0.1:1".parse().unwrap()).await.unwrap();
+        };
+    }
+}
+
+#[cfg(feature = "tonic")]
+mod grpc {
+    use super::*;
+    use std::task::{Context, Poll};
+
+    #[derive(Clone)]
+    pub struct Grpc;
+
+    impl tonic::server::NamedService for Grpc {
+        const NAME: &'static str = "test.Grpc";
+    }
+
+    impl Service<Request<tonic::body::Body>> for Grpc {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<tonic::body::Body>) -> Self::Future {
+            std::future::ready(Ok(Response::new(tonic::body::Body::empty())))
+        }
+    }
+}
