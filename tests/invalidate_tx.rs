@@ -344,9 +344,18 @@ async fn race(
     writes: i64,
     readers: usize,
 ) -> (Vec<String>, u64, u64) {
+    race_on(MemoryStore::new(16 << 20), mode, coalesce, writes, readers).await
+}
+
+async fn race_on<St: Store + Clone>(
+    store: St,
+    mode: Purging,
+    coalesce: bool,
+    writes: i64,
+    readers: usize,
+) -> (Vec<String>, u64, u64) {
     let pool = pool(24).await;
     let table = table(&pool, "race").await;
-    let store = MemoryStore::new(16 << 20);
     let purger = Purger::new(store.clone());
     let db = Db {
         pool: pool.clone(),
@@ -452,6 +461,31 @@ async fn race(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_write_returns_no_reader_sees_the_old_value() {
     let (violations, reads, hits) = race(Purging::Layer, false, 60, 16).await;
+    eprintln!(
+        "{reads} reads, {hits} hits, {} violations",
+        violations.len()
+    );
+    assert!(
+        hits > reads / 4,
+        "the cache served most reads ({hits}/{reads})"
+    );
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:?}",
+        violations.len(),
+        violations.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// The race with the cache and the purges on Redis.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_write_returns_no_reader_sees_the_old_value_on_redis() {
+    let store = tower_strata::store::RedisStore::builder(support::redis_url())
+        .namespace(support::unique("inv_race"))
+        .build()
+        .unwrap();
+    let (violations, reads, hits) = race_on(store, Purging::Layer, false, 60, 16).await;
     eprintln!(
         "{reads} reads, {hits} hits, {} violations",
         violations.len()

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use futures_util::future::join_all;
 use http::StatusCode;
 use serde::Serialize;
 use tower_layer::Layer;
@@ -181,29 +182,29 @@ impl Counters {
     }
 }
 
-/// Purges every tag and key of `targets`, each on its own so one failure does not skip the
-/// rest. Failures are logged at `error` and counted, never returned: the write they follow has
-/// already happened, and failing its response would invite a retry of a committed write.
+/// Purges every tag and key of `targets`, concurrently and each on its own, so one failure does
+/// not skip the rest and a hung store costs one store timeout, not one per tag. Failures are
+/// logged at `error` and counted, never returned: the write they follow has already happened,
+/// and failing its response would invite a retry of a committed write.
 pub(crate) async fn run(purger: Purger, targets: Targets, stats: Arc<Counters>, origin: String) {
-    for tag in &targets.tags {
+    let record = |result: Result<u64, crate::purge::PurgeError>, what: &str, name: &str| {
         Counters::add(&stats.purges, 1);
-        match purger.purge_tags([tag]).await {
+        match result {
             Ok(n) => Counters::add(&stats.entries_purged, n),
             Err(error) => {
                 Counters::add(&stats.failures, 1);
-                tracing::error!(%error, tag, origin, "invalidation: tag purge failed");
+                tracing::error!(%error, what, name, origin, "invalidation: purge failed");
             }
         }
+    };
+    let tags = join_all(targets.tags.iter().map(|tag| purger.purge_tags([tag])));
+    let keys = join_all(targets.keys.iter().map(|key| purger.purge_key(key)));
+    let (tag_results, key_results) = futures_util::future::join(tags, keys).await;
+    for (tag, result) in targets.tags.iter().zip(tag_results) {
+        record(result, "tag", tag);
     }
-    for key in &targets.keys {
-        Counters::add(&stats.purges, 1);
-        match purger.purge_key(key).await {
-            Ok(n) => Counters::add(&stats.entries_purged, n),
-            Err(error) => {
-                Counters::add(&stats.failures, 1);
-                tracing::error!(%error, key, origin, "invalidation: key purge failed");
-            }
-        }
+    for (key, result) in targets.keys.iter().zip(key_results) {
+        record(result, "key", key);
     }
     tracing::debug!(
         origin,
