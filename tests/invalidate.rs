@@ -591,6 +591,51 @@ mod redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_subscriber_reconnects_after_redis_restarts() {
+        let mut redis = support::PrivateRedis::start();
+        let port = redis.port;
+        let ns = unique("inv_restart");
+        let on = |store: MemoryStore| {
+            InvalidationBus::builder(Purger::new(store))
+                .rule(EventRule::on("product.updated").purge_tags(["product:{id}"]))
+                .redis(redis.url())
+                .namespace(&ns)
+                .timeout(Duration::from_millis(200))
+                .connect_timeout(Duration::from_millis(200))
+                .ping_interval(Duration::from_millis(100))
+                .build()
+                .unwrap()
+        };
+        let (store_a, store_b) = (MemoryStore::new(1 << 20), MemoryStore::new(1 << 20));
+        let (a, b) = (on(store_a.clone()), on(store_b.clone()));
+        wait_connected(&[&a, &b]).await;
+
+        redis.kill();
+        let down = eventually(Duration::from_secs(5), || async { !b.connected() }).await;
+        assert!(down.is_some(), "B notices the dead connection");
+        // While Redis is down, publishing fails in time but still applies locally.
+        fill(&store_a).await;
+        assert!(
+            a.publish("product.updated", json!({"id": 1}))
+                .await
+                .is_err()
+        );
+        assert_eq!(present(&store_a).await, ["b", "c", "d", "key:1"]);
+
+        let _redis = support::PrivateRedis::start_on(port);
+        wait_connected(&[&a, &b]).await;
+        fill(&store_b).await;
+        a.publish("product.updated", json!({"id": 2}))
+            .await
+            .unwrap();
+        let seen = eventually(Duration::from_millis(100), || async {
+            store_b.get("b").await.unwrap().is_none()
+        })
+        .await;
+        assert!(seen.is_some(), "events flow again after the restart");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn publishing_to_a_hung_redis_is_a_timely_error_but_applies_locally() {
         let silent = SilentServer::start();
         let store = MemoryStore::new(1 << 20);
