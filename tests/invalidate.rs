@@ -140,6 +140,28 @@ async fn a_rule_with_path_params_purges_the_right_tags_and_keys() {
 }
 
 #[tokio::test]
+async fn a_soft_purger_marks_entries_stale_instead() {
+    let store = MemoryStore::new(1 << 20);
+    let options = tagged(&["product:1"]).grace(Duration::from_secs(60));
+    store
+        .set("a", Bytes::from_static(b"v"), &options)
+        .await
+        .unwrap();
+    let layer = product_rules(InvalidateLayer::new(Purger::new(store.clone()).soft()));
+    app(layer.clone(), 200, &[])
+        .oneshot(req(Method::PUT, "/products/1"))
+        .await
+        .unwrap();
+    let entry = store
+        .get("a")
+        .await
+        .unwrap()
+        .expect("kept for its grace period");
+    assert!(entry.is_stale());
+    assert_eq!(layer.purger().stats().soft_purges, 2, "the tag and the key");
+}
+
+#[tokio::test]
 async fn rules_do_not_fire_on_failures_other_methods_or_other_routes() {
     let store = MemoryStore::new(1 << 20);
     fill(&store).await;

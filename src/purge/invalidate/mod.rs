@@ -6,6 +6,10 @@
 //! parameters (axum syntax: `{id}`, `{*rest}`); rules are checked when added, so a malformed
 //! template is a [`RuleError`] at start-up. Every matching rule fires.
 //!
+//! The purges are hard or soft as the [`Purger`](crate::purge::Purger) given to the layer is:
+//! with `purger.soft()` entries are marked stale and served within their grace period while
+//! one request refreshes them.
+//!
 //! # When the purge runs
 //!
 //! Only when the response succeeded (2xx; see [`InvalidateLayer::success`]); never when the
