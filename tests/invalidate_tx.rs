@@ -265,6 +265,65 @@ async fn purges_run_after_commit_and_never_on_rollback() {
     drop_table(&pool, &table).await;
 }
 
+/// The handler answers 204 but `COMMIT` fails (a deferred constraint): the transaction layer
+/// answers an error and the after-commit purge never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_purges_nothing() {
+    let pool = pool(4).await;
+    let name = support::unique("inv_deferred");
+    sqlx::query(sql(format!(
+        "CREATE TABLE {name} (v BIGINT, CONSTRAINT {name}_u UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = MemoryStore::new(1 << 20);
+    let invalidate = InvalidateLayer::new(Purger::new(store.clone()))
+        .rule(Rule::on([Method::POST], "/items").purge_tags(["items"]))
+        .unwrap();
+    let stats = invalidate.clone();
+    let table = name.clone();
+    let app = Router::new()
+        .route(
+            "/items",
+            axum::routing::post(move |tx: TxHandle<Postgres>| {
+                let table = table.clone();
+                async move {
+                    let mut conn = tx.conn().await.unwrap();
+                    // Two equal values: the deferred check fails at COMMIT, not here.
+                    sqlx::query(sql(format!("INSERT INTO {table} VALUES (1), (1)")))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .layer(invalidate)
+        .layer(TxLayer::new(pool.clone(), TxConfig::default()).unwrap());
+    store
+        .set(
+            "cached",
+            Bytes::from_static(b"x"),
+            &SetOptions::new().tags(["items"]),
+        )
+        .await
+        .unwrap();
+    let request = Request::post("/items")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert!(response.status().is_server_error(), "{}", response.status());
+    assert!(store.get("cached").await.unwrap().is_some(), "not purged");
+    let stats = stats.stats();
+    assert_eq!(stats.after_commit, 1, "registered");
+    assert_eq!((stats.rule_firings, stats.purges), (0, 0), "but never run");
+    sqlx::query(sql(format!("DROP TABLE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
 /// How the race test's writer makes its purge.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Purging {

@@ -124,7 +124,8 @@ fn decide<B>(pending: Pending, response: &mut Response<B>) -> Option<PurgeFuture
     if !(layer.success)(response.status()) {
         return None;
     }
-    let stats = &layer.stats;
+    let mut from_header = false;
+    let mut from_extension = false;
     if unsafe_method {
         if layer.group_header
             && let Some(groups) = header::groups(response.headers())
@@ -132,13 +133,11 @@ fn decide<B>(pending: Pending, response: &mut Response<B>) -> Option<PurgeFuture
             if layer.strip_group_header {
                 response.headers_mut().remove(&CACHE_GROUP_INVALIDATION);
             }
-            if !groups.is_empty() {
-                Counters::add(&stats.header_invalidations, 1);
-                groups.into_iter().for_each(|g| targets.add_tag(g));
-            }
+            from_header = !groups.is_empty();
+            groups.into_iter().for_each(|g| targets.add_tag(g));
         }
         if let Some(extra) = response.extensions_mut().remove::<Invalidation>() {
-            Counters::add(&stats.extension_invalidations, 1);
+            from_extension = true;
             extra.tags.into_iter().for_each(|t| targets.add_tag(t));
             extra.keys.into_iter().for_each(|k| targets.add_key(k));
         }
@@ -146,13 +145,21 @@ fn decide<B>(pending: Pending, response: &mut Response<B>) -> Option<PurgeFuture
     if targets.is_empty() {
         return None;
     }
-    Counters::add(&stats.rule_firings, fired);
-    let purge = run(layer.purger.clone(), targets, stats.clone(), origin);
+    let stats = layer.stats.clone();
+    let purger = layer.purger.clone();
+    // Counted when the purge runs: a deferred purge whose transaction then fails to commit
+    // fired nothing.
+    let purge = async move {
+        Counters::add(&stats.rule_firings, fired);
+        Counters::add(&stats.header_invalidations, u64::from(from_header));
+        Counters::add(&stats.extension_invalidations, u64::from(from_extension));
+        run(purger, targets, stats, origin).await;
+    };
     #[cfg(feature = "sqlx")]
     if let Some(after_commit) = after_commit {
         // The transaction layer runs this after COMMIT and before the response leaves; never
         // on rollback.
-        Counters::add(&stats.after_commit, 1);
+        Counters::add(&layer.stats.after_commit, 1);
         after_commit.register(move || purge);
         return None;
     }

@@ -129,13 +129,15 @@ impl<S> Layer<S> for InvalidateLayer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct InvalidateStats {
-    /// Rules that fired: matched a request answered with success, or an event.
+    /// Rules that fired: matched a request answered with success (counted when the purge runs,
+    /// so after the commit inside a transaction), or an event.
     pub rule_firings: u64,
     /// Responses whose `Cache-Group-Invalidation` header named groups that were purged.
     pub header_invalidations: u64,
     /// Responses whose [`Invalidation`](super::Invalidation) extension was honoured.
     pub extension_invalidations: u64,
-    /// Purge sets deferred until after the transaction committed.
+    /// Purge sets registered to run after the transaction commits (whether or not it then
+    /// did).
     pub after_commit: u64,
     /// Events received (published here, or from another instance).
     pub events: u64,
