@@ -14,3 +14,12 @@ pub use warm::{
     DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, IntoWarmRequests, WarmError, WarmHandle, WarmReport,
     WarmRequest, WarmStats, Warmer, WarmerBuilder,
 };
+mod bus;
+pub mod invalidate;
+mod rules;
+pub use bus::{BusError, InvalidationBus, InvalidationBusBuilder};
+pub use invalidate::{
+    CACHE_GROUP_INVALIDATION, Invalidate, InvalidateLayer, InvalidateStats, Invalidation,
+    ResponseFuture as InvalidateFuture,
+};
+pub use rules::{EventRule, Rule, RuleError};
