@@ -7,4 +7,6 @@
 
 mod purger;
 
-pub use purger::{PurgeError, PurgeReport, PurgeRequest, PurgeStats, Purger};
+pub use purger::{
+    DEFAULT_MAX_DEPENDANTS, PurgeError, PurgeReport, PurgeRequest, PurgeStats, Purger, Target,
+};
