@@ -1033,9 +1033,16 @@ async fn write<St: Store>(
         let spec_options = SetOptions::new()
             .ttl(ttl + grace)
             .tags(tags.iter().cloned());
+        // Variants carry an internal tag derived from the primary key, so a URL purge
+        // reaches every variant (see `purge::CachePurger::purge_url`).
+        let variant_options = options.tags(tags.iter().cloned().chain([key::url_tag(primary)]));
         match ctx
             .store
-            .set(&store_key(&record.identity), record.encode(), &options)
+            .set(
+                &store_key(&record.identity),
+                record.encode(),
+                &variant_options,
+            )
             .await
         {
             Ok(()) => {

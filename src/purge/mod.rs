@@ -10,3 +10,7 @@ mod purger;
 pub use purger::{
     DEFAULT_MAX_DEPENDANTS, PurgeError, PurgeReport, PurgeRequest, PurgeStats, Purger, Target,
 };
+
+mod cache;
+
+pub use cache::CachePurger;
