@@ -124,12 +124,21 @@ mod tests {
     fn bearer_tokens() {
         let token = BearerToken::new("s3cret").unwrap();
         let verdict = |h| token.authorize(&parts(h));
-        assert_eq!(verdict(Some("Bearer s3cret")), Authorization::allow("bearer"));
-        assert_eq!(verdict(Some("bearer  s3cret ")), Authorization::allow("bearer"));
+        assert_eq!(
+            verdict(Some("Bearer s3cret")),
+            Authorization::allow("bearer")
+        );
+        assert_eq!(
+            verdict(Some("bearer  s3cret ")),
+            Authorization::allow("bearer")
+        );
         assert_eq!(verdict(Some("Bearer s3cre")), Authorization::Forbidden);
         assert_eq!(verdict(Some("Bearer s3cret2")), Authorization::Forbidden);
         assert_eq!(verdict(Some("Bearer ")), Authorization::Forbidden);
-        assert_eq!(verdict(Some("Basic s3cret")), Authorization::Unauthenticated);
+        assert_eq!(
+            verdict(Some("Basic s3cret")),
+            Authorization::Unauthenticated
+        );
         assert_eq!(verdict(Some("Bearer")), Authorization::Unauthenticated);
         assert_eq!(verdict(None), Authorization::Unauthenticated);
         assert!(BearerToken::new("").is_none());

@@ -34,10 +34,7 @@ impl From<CachePurger> for PurgeHandle {
 
 impl From<Purger> for PurgeHandle {
     fn from(purger: Purger) -> Self {
-        PurgeHandle {
-            purger,
-            urls: None,
-        }
+        PurgeHandle { purger, urls: None }
     }
 }
 

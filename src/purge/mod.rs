@@ -34,6 +34,7 @@
 //! | body over [`PurgeLayer::max_body_size`] (default 64 KiB) | `413` |
 //! | body not received within [`PurgeLayer::body_timeout`] | `408` |
 //! | malformed JSON, unknown fields, nothing named, invalid pattern, too many dependants | `400` |
+//! | the store cannot purge that way (a custom store without regular expressions) | `501` |
 //! | the store failed | `503` |
 //!
 //! Nothing is purged unless the answer is `200`; credentials are checked before the body is

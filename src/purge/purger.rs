@@ -468,7 +468,11 @@ impl Purger {
     /// An invalid pattern or [`PurgeError::TooManyDependants`] (nothing purged), or the first
     /// store error (what came before it was purged).
     pub async fn purge(&self, request: &PurgeRequest) -> Result<PurgeReport, PurgeError> {
-        let purger = if request.soft { self.soft() } else { self.clone() };
+        let purger = if request.soft {
+            self.soft()
+        } else {
+            self.clone()
+        };
         let mut patterns = Vec::with_capacity(request.patterns.len() + request.regexes.len());
         for glob in &request.patterns {
             patterns.push(KeyPattern::glob(glob)?);
@@ -548,7 +552,11 @@ mod tests {
         let store = Arc::new(MemoryStore::new(1 << 20));
         for (key, tag) in [("a", "ta"), ("b", "tb"), ("c", "tc"), ("d", "td")] {
             store
-                .set(key, Bytes::from_static(b"v"), &SetOptions::new().tags([tag]))
+                .set(
+                    key,
+                    Bytes::from_static(b"v"),
+                    &SetOptions::new().tags([tag]),
+                )
                 .await
                 .unwrap();
         }

@@ -99,11 +99,7 @@ where
         };
         match kind {
             None => ResponseFuture::inner(self.inner.call(request)),
-            Some(kind) => ResponseFuture::answer(Box::pin(handle(
-                settings.clone(),
-                kind,
-                request,
-            ))),
+            Some(kind) => ResponseFuture::answer(Box::pin(handle(settings.clone(), kind, request))),
         }
     }
 }
@@ -151,7 +147,11 @@ fn soft_requested(parts: &Parts) -> bool {
         .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"))
 }
 
-async fn handle<B>(settings: Arc<Settings>, kind: Kind, request: Request<B>) -> Response<Full<Bytes>>
+async fn handle<B>(
+    settings: Arc<Settings>,
+    kind: Kind,
+    request: Request<B>,
+) -> Response<Full<Bytes>>
 where
     B: Body + Send + 'static,
     B::Error: Into<BoxError>,
@@ -179,7 +179,10 @@ where
         let taken = bucket.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Err(wait) = taken {
             tracing::warn!(principal, peer, "purge refused: rate limited");
-            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too many purges; retry later");
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many purges; retry later",
+            );
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response
                 .headers_mut()
@@ -216,10 +219,20 @@ async fn purge_url(
     let urls = if soft { urls.soft() } else { urls.clone() };
     let url = parts.uri.to_string();
     let part = parts.extensions.get::<KeyPart>();
-    match urls.purge_url_with_part(&parts.uri, &parts.headers, part).await {
+    match urls
+        .purge_url_with_part(&parts.uri, &parts.headers, part)
+        .await
+    {
         Ok(purged) => {
             tracing::info!(principal, peer, url, purged, soft, "cache purge by URL");
-            json(StatusCode::OK, &UrlAnswer { url: &url, purged, soft })
+            json(
+                StatusCode::OK,
+                &UrlAnswer {
+                    url: &url,
+                    purged,
+                    soft,
+                },
+            )
         }
         Err(e) => failure(e, principal, peer, &url),
     }
@@ -254,7 +267,12 @@ where
     }
     let read = tokio::time::timeout(settings.body_timeout, Limited::new(body, max).collect());
     let bytes = match read.await {
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "purge body not received in time"),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "purge body not received in time",
+            );
+        }
         Ok(Err(e)) if e.is::<LengthLimitError>() => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "purge body too large");
         }
@@ -346,9 +364,19 @@ fn failure(e: PurgeError, principal: &str, peer: &str, what: &str) -> Response<F
                     | StoreError::KeyTooLong { .. }
             )
     );
+    if let PurgeError::Store(StoreError::Unsupported { .. }) = &e {
+        tracing::warn!(principal, peer, what, error = %e, "cache purge not supported");
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            &format!("purge not supported: {e}"),
+        );
+    }
     if client_error {
         tracing::info!(principal, peer, what, error = %e, "cache purge refused");
-        error(StatusCode::BAD_REQUEST, &format!("invalid purge request: {e}"))
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid purge request: {e}"),
+        )
     } else {
         tracing::error!(principal, peer, what, error = %e, "cache purge failed");
         error(
