@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tower_strata::store::{
-    BoxStore, Cache, ComputeError, MemoryStore, RedisStore, SetOptions, Store, StoreError,
-    TieredStore,
+    BoxStore, Cache, ComputeError, KeyPattern, MemoryStore, PurgeMode, RedisStore, SetOptions,
+    Store, StoreError, TieredStore,
 };
 
 fn b(s: &str) -> Bytes {
@@ -362,6 +362,118 @@ mod suite {
             .unwrap();
         assert_eq!(v, 1, "fail-safe: the stale value");
     }
+
+    fn graced(tags: &[&str]) -> SetOptions {
+        SetOptions::new()
+            .ttl(Duration::from_secs(60))
+            .grace(Duration::from_secs(30))
+            .tags(tags.iter().copied())
+    }
+
+    pub async fn soft_purge_key(s: impl Store) {
+        s.set("soft", b("old"), &graced(&[])).await.unwrap();
+        s.set("other", b("kept"), &graced(&[])).await.unwrap();
+        let no_grace = SetOptions::new().ttl(Duration::from_secs(60));
+        s.set("bare", b("x"), &no_grace).await.unwrap();
+        assert!(s.purge_key("soft", PurgeMode::Soft).await.unwrap());
+        assert!(s.purge_key("bare", PurgeMode::Soft).await.unwrap());
+        assert!(!s.purge_key("missing", PurgeMode::Soft).await.unwrap());
+        let stale = s.get("soft").await.unwrap().expect("kept for its grace");
+        assert!(stale.is_stale(), "soft-purged entries are stale");
+        assert_eq!(stale.value(), &b("old"));
+        assert!(stale.time_to_live().unwrap() <= Duration::from_secs(30));
+        assert!(
+            s.get("bare").await.unwrap().is_none(),
+            "no grace: as good as gone"
+        );
+        assert!(!s.get("other").await.unwrap().unwrap().is_stale());
+        // A write after the purge is fresh; a hard purge removes.
+        s.set("soft", b("new"), &graced(&[])).await.unwrap();
+        assert!(!s.get("soft").await.unwrap().unwrap().is_stale());
+        assert!(s.purge_key("soft", PurgeMode::Hard).await.unwrap());
+        assert!(s.get("soft").await.unwrap().is_none());
+    }
+
+    pub async fn soft_purge_tag(s: impl Store) {
+        for i in 0..5 {
+            s.set(&format!("p{i}"), b("old"), &graced(&["products"]))
+                .await
+                .unwrap();
+        }
+        s.set("c", b("cat"), &graced(&["categories"]))
+            .await
+            .unwrap();
+        let no_grace = SetOptions::new()
+            .ttl(Duration::from_secs(60))
+            .tags(["products"]);
+        s.set("ng", b("x"), &no_grace).await.unwrap();
+        let n = s.purge_tag("products", PurgeMode::Soft).await.unwrap();
+        assert_eq!(n, 6, "the tag held six entries");
+        for i in 0..5 {
+            let e = s
+                .get(&format!("p{i}"))
+                .await
+                .unwrap()
+                .expect("served stale");
+            assert!(e.is_stale());
+            assert_eq!(e.value(), &b("old"));
+        }
+        assert!(s.get("ng").await.unwrap().is_none(), "no grace: gone");
+        assert!(
+            !s.get("c").await.unwrap().unwrap().is_stale(),
+            "other tags untouched"
+        );
+        // Written after the soft purge: fresh.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.set("p0", b("new"), &graced(&["products"])).await.unwrap();
+        let fresh = s.get("p0").await.unwrap().unwrap();
+        assert!(!fresh.is_stale());
+        assert_eq!(fresh.value(), &b("new"));
+        // A hard purge after the soft one removes everything stored before it.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.purge_tag("products", PurgeMode::Hard).await.unwrap();
+        for i in 0..5 {
+            assert!(s.get(&format!("p{i}")).await.unwrap().is_none());
+        }
+    }
+
+    pub async fn purge_matching(s: impl Store) {
+        for key in ["user:1", "user:2", "user:10", "order:1"] {
+            s.set(key, b("v"), &graced(&[])).await.unwrap();
+        }
+        let bad = KeyPattern::regex("user:(").unwrap_err();
+        assert!(matches!(bad, StoreError::InvalidPattern { .. }), "{bad}");
+        let digits = KeyPattern::regex(r"^user:\d$").unwrap();
+        assert_eq!(s.purge_matching(&digits, PurgeMode::Soft).await.unwrap(), 2);
+        assert!(s.get("user:1").await.unwrap().unwrap().is_stale());
+        assert!(!s.get("user:10").await.unwrap().unwrap().is_stale());
+        assert_eq!(s.purge_matching(&digits, PurgeMode::Hard).await.unwrap(), 2);
+        assert!(s.get("user:2").await.unwrap().is_none());
+        assert!(s.get("user:10").await.unwrap().is_some());
+        let glob = KeyPattern::glob("user:*").unwrap();
+        assert_eq!(s.purge_matching(&glob, PurgeMode::Hard).await.unwrap(), 1);
+        assert!(s.get("order:1").await.unwrap().is_some());
+    }
+
+    /// A value fetched before a purge but written after it (a slow reader racing a writer)
+    /// must not survive the purge: the entry is stamped with the fetch's start.
+    pub async fn write_fetched_before_purge_is_hidden(s: impl Store) {
+        let fetched_at = std::time::SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.purge_tag("row:1", PurgeMode::Hard).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let late = graced(&["row:1"]).as_of(fetched_at);
+        s.set("late", b("old row"), &late).await.unwrap();
+        assert!(
+            s.get("late").await.unwrap().is_none(),
+            "hidden by the purge's mark"
+        );
+        // Fetched after the purge: kept.
+        s.set("fresh", b("new row"), &graced(&["row:1"]))
+            .await
+            .unwrap();
+        assert!(s.get("fresh").await.unwrap().is_some());
+    }
 }
 
 macro_rules! conformance {
@@ -424,6 +536,22 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn compute_errors_reach_all_and_are_not_cached() {
                 suite::compute_errors_reach_all_and_are_not_cached(super::$store().await).await
+            }
+            #[tokio::test]
+            async fn soft_purge_key() {
+                suite::soft_purge_key(super::$store().await).await
+            }
+            #[tokio::test]
+            async fn soft_purge_tag() {
+                suite::soft_purge_tag(super::$store().await).await
+            }
+            #[tokio::test]
+            async fn purge_matching() {
+                suite::purge_matching(super::$store().await).await
+            }
+            #[tokio::test]
+            async fn write_fetched_before_purge_is_hidden() {
+                suite::write_fetched_before_purge_is_hidden(super::$store().await).await
             }
             #[tokio::test]
             async fn stale_value_is_served_when_compute_fails() {

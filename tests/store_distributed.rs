@@ -407,3 +407,60 @@ async fn redis_index_sweep_drops_expired_members() {
     );
     store.clear().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purges_reach_the_other_instance_within_100ms() {
+    use tower_strata::store::{KeyPattern, PurgeMode};
+    let ns = support::unique("soft2");
+    let a = tiered_on(&support::redis_url(), &ns);
+    let b = tiered_on(&support::redis_url(), &ns);
+    wait_subscribed(&[&a, &b]).await;
+    let graced = SetOptions::new()
+        .ttl(Duration::from_secs(60))
+        .grace(Duration::from_secs(60))
+        .tags(["products"]);
+    for key in ["p1", "p2"] {
+        a.set(key, Bytes::from_static(b"v1"), &graced)
+            .await
+            .unwrap();
+        let filled = eventually(Duration::from_secs(2), || async {
+            b.get(key).await.unwrap().is_some() && b.l1().get(key).await.unwrap().is_some()
+        })
+        .await;
+        assert!(filled.is_some(), "B holds an L1 copy of {key}");
+    }
+
+    // A soft tag purge on A: B serves the value stale, from its own L1 marks.
+    a.purge_tag("products", PurgeMode::Soft).await.unwrap();
+    let stale = eventually(Duration::from_millis(100), || async {
+        b.get("p1")
+            .await
+            .unwrap()
+            .is_some_and(|e| e.is_stale() && e.value() == &b"v1"[..])
+    })
+    .await;
+    assert!(stale.is_some(), "B sees the soft purge within 100 ms");
+
+    // A soft regex purge: B drops its copy and reads L2's stale one.
+    a.set("p2", Bytes::from_static(b"v2"), &graced)
+        .await
+        .unwrap();
+    let fresh = eventually(Duration::from_secs(2), || async {
+        b.get("p2").await.unwrap().is_some_and(|e| !e.is_stale())
+    })
+    .await;
+    assert!(fresh.is_some());
+    let regex = KeyPattern::regex("^p2$").unwrap();
+    assert_eq!(a.purge_matching(&regex, PurgeMode::Soft).await.unwrap(), 1);
+    let stale = eventually(Duration::from_millis(100), || async {
+        b.get("p2")
+            .await
+            .unwrap()
+            .is_some_and(|e| e.is_stale() && e.value() == &b"v2"[..])
+    })
+    .await;
+    assert!(
+        stale.is_some(),
+        "B sees the soft pattern purge within 100 ms"
+    );
+}

@@ -314,6 +314,7 @@ where
     }
     Shared::count(&ctx.shared.misses);
     let generation = ctx.shared.generation();
+    let fetched_at = SystemTime::now();
     let response = svc.call(request).await?;
     let (mut parts, body) = response.into_parts();
     let storable = parts.status == StatusCode::OK
@@ -352,6 +353,7 @@ where
         tags,
         grpc: true,
         generation,
+        fetched_at,
         lease: None,
     };
     let limit = body_limit(&ctx);
@@ -832,6 +834,7 @@ where
         tags,
         grpc: false,
         generation,
+        fetched_at: request_time,
         lease,
     };
     let mut response =
@@ -934,6 +937,8 @@ struct StoreOnFinish<St: Store> {
     grpc: bool,
     /// The invalidation generation when the response was requested.
     generation: u64,
+    /// When the upstream request began: the entry counts as stored then (see `write`).
+    fetched_at: SystemTime,
     /// The cross-instance lease this miss holds, released once the response is stored.
     lease: Option<String>,
 }
@@ -989,6 +994,7 @@ impl<St: Store> Finish for StoreOnFinish<St> {
                 this.ttl,
                 this.grace,
                 &this.tags,
+                this.fetched_at,
             )
             .await;
             // An unsafe request invalidated the key while the write was in flight: undo it.
@@ -1012,6 +1018,12 @@ impl<St: Store> Finish for StoreOnFinish<St> {
 }
 
 /// Writes a record (and the vary spec pointing to it). Returns whether it was stored.
+///
+/// The entry is stamped as stored when its upstream request began (`fetched_at`), not when the
+/// body finished: a tag purge made while the request was in flight (a writer committing and
+/// purging while this reader still held the old row) is then newer than the entry and hides
+/// it, instead of the late write bringing the old value back. Its age therefore includes the
+/// fetch time, which errs on the side of staleness.
 #[allow(clippy::too_many_arguments)]
 async fn write<St: Store>(
     ctx: &Ctx<St>,
@@ -1022,17 +1034,20 @@ async fn write<St: Store>(
     ttl: Duration,
     grace: Duration,
     tags: &[String],
+    fetched_at: SystemTime,
 ) -> bool {
     let options = SetOptions::new()
         .ttl(ttl)
         .grace(grace)
-        .tags(tags.iter().cloned());
+        .tags(tags.iter().cloned())
+        .as_of(fetched_at);
     let result = if names.is_empty() {
         ctx.store.set(primary, record.encode(), &options).await
     } else {
         let spec_options = SetOptions::new()
             .ttl(ttl + grace)
-            .tags(tags.iter().cloned());
+            .tags(tags.iter().cloned())
+            .as_of(fetched_at);
         // Variants carry an internal tag derived from the primary key, so a URL purge
         // reaches every variant (see `purge::CachePurger::purge_url`).
         let variant_options = options.tags(tags.iter().cloned().chain([key::url_tag(primary)]));
@@ -1122,6 +1137,7 @@ async fn refresh_from_304<St: Store>(
         ttl,
         grace,
         found.tags(),
+        request_time,
     )
     .await;
     Some(Found {
@@ -1270,7 +1286,15 @@ fn spawn_refresh<S, St, B, RB>(
         };
         if record.encodable() {
             write(
-                &ctx, &primary, &identity, &names, &record, ttl, grace, &tags,
+                &ctx,
+                &primary,
+                &identity,
+                &names,
+                &record,
+                ttl,
+                grace,
+                &tags,
+                request_time,
             )
             .await;
         }

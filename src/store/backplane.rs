@@ -20,10 +20,17 @@ use tokio::sync::{broadcast, oneshot};
 pub(crate) enum BusOp {
     /// These keys changed or went.
     Keys { keys: Vec<String> },
-    /// These tags were purged at `at` (microseconds since the epoch).
-    Tags { tags: Vec<String>, at: u64 },
-    /// Keys matching this glob pattern went.
+    /// These tags were purged at `at` (microseconds since the epoch), hard or soft.
+    Tags {
+        tags: Vec<String>,
+        at: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        soft: bool,
+    },
+    /// Keys matching this glob pattern went (or were soft-purged).
     Pattern { pattern: String },
+    /// Keys matching this regular expression went (or were soft-purged).
+    Regex { regex: String },
     /// The namespace was cleared.
     Clear,
 }

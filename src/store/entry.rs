@@ -23,11 +23,12 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A new entry stored now.
+    /// A new entry stored now, or as of [`SetOptions::as_of`] if that is earlier.
     pub fn new(value: Bytes, options: &SetOptions) -> Self {
+        let now = SystemTime::now();
         Entry {
             value,
-            stored_at: SystemTime::now(),
+            stored_at: options.as_of.map_or(now, |t| t.min(now)),
             ttl: options.ttl,
             grace: options.grace,
             tags: (!options.tags.is_empty()).then(|| options.tags.clone()),
@@ -99,6 +100,19 @@ impl Entry {
 
     pub(crate) fn stored_at_micros(&self) -> u64 {
         micros(self.stored_at)
+    }
+
+    /// This entry soft-purged at `at` (microseconds since the epoch): stale from then on, and
+    /// gone once its grace period after `at` has run out. The TTL is cut to end at `at`; an
+    /// entry stored after `at` is returned unchanged.
+    pub(crate) fn soft_purged(mut self, at: u64) -> Self {
+        let stored = self.stored_at_micros();
+        if at < stored {
+            return self;
+        }
+        let cut = Duration::from_micros(at - stored);
+        self.ttl = Some(self.ttl.map_or(cut, |ttl| ttl.min(cut)));
+        self
     }
 
     /// Encodes the entry in the versioned binary entry format (see the module docs).
@@ -240,6 +254,7 @@ pub struct SetOptions {
     ttl: Option<Duration>,
     grace: Duration,
     tags: Arc<[String]>,
+    as_of: Option<SystemTime>,
 }
 
 impl SetOptions {
@@ -273,6 +288,17 @@ impl SetOptions {
         T: Into<String>,
     {
         self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Records the entry as stored at `time` rather than now (a later time counts as now).
+    ///
+    /// A cache sets this to when it *began* fetching the value: if a tag purge happens while
+    /// the fetch is in flight, the purge's invalidation mark is newer than the entry, so the
+    /// value the fetch read before the purge is never served after it, even though it is
+    /// written afterwards. The TTL runs from `time` too.
+    pub fn as_of(mut self, time: SystemTime) -> Self {
+        self.as_of = Some(time);
         self
     }
 

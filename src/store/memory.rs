@@ -13,8 +13,9 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
 use super::entry::{coarse_now_micros, now_micros};
 use super::error::cut;
+use super::marks::{TagMarks, Verdict};
 use super::stats::Counters;
-use super::{Entry, Limits, Pattern, SetOptions, Store, StoreError, StoreStats};
+use super::{Entry, KeyPattern, Limits, PurgeMode, SetOptions, Store, StoreError, StoreStats};
 
 /// Bytes charged per slot on top of its key and value, for the map, the `Arc` and the metadata.
 const SLOT_OVERHEAD: u64 = 96;
@@ -237,40 +238,60 @@ impl TagIndex {
     }
 }
 
-/// Invalidation marks: tag -> time of its last purge, in microseconds since the epoch.
+/// Invalidation marks: tag -> times of its last hard and soft purges, in microseconds since
+/// the epoch (0: none).
 ///
 /// A mark outlives the purge's clean-up, because the index is only an accelerator: entries it
-/// missed (a race between an eviction and a re-set of the same key) are still hidden by the
-/// mark. The sweep drops marks older than every live tagged entry, so they stay bounded.
+/// missed (a race between an eviction and a re-set of the same key, or a fetch that began
+/// before the purge and is written after it, see [`SetOptions::as_of`]) are still hidden by
+/// the mark. The sweep drops marks older than every live tagged entry and older than
+/// [`MARK_RETENTION`], so they stay bounded.
 struct Marks {
-    map: RwLock<HashMap<String, u64>>,
+    map: RwLock<HashMap<String, TagMarks>>,
     len: AtomicUsize,
+    retention: Duration,
 }
 
+/// Marks are kept at least this long after their purge by default, so a slow fetch that began
+/// before a purge and writes after it (its entry stamped with the fetch's start) is still
+/// caught.
+const MARK_RETENTION: Duration = Duration::from_secs(300);
+
 impl Marks {
-    fn record(&self, tag: &str, at: u64) {
+    fn record(&self, tag: &str, at: u64, soft: bool) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let mark = map.entry(tag.to_owned()).or_insert(0);
-        *mark = (*mark).max(at);
+        let mark = map.entry(tag.to_owned()).or_default();
+        if soft {
+            mark.soft = mark.soft.max(at);
+        } else {
+            mark.hard = mark.hard.max(at);
+        }
         self.len.store(map.len(), Relaxed);
     }
 
-    /// True when one of the entry's tags was purged at or after the entry was stored.
-    fn invalidates(&self, entry: &Entry) -> bool {
+    /// What the marks of the entry's tags say of it.
+    fn check(&self, entry: &Entry) -> Verdict {
         if entry.tags().is_empty() || self.len.load(Relaxed) == 0 {
-            return false;
+            return Verdict::Valid;
         }
-        let stored = entry.stored_at_micros();
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        entry
-            .tags()
-            .iter()
-            .any(|t| map.get(t.as_str()).is_some_and(|&at| at >= stored))
+        let mut marks = TagMarks::default();
+        for tag in entry.tags() {
+            if let Some(m) = map.get(tag.as_str()) {
+                marks.raise(*m);
+            }
+        }
+        marks.verdict(entry.stored_at_micros())
+    }
+
+    fn invalidates(&self, entry: &Entry) -> bool {
+        matches!(self.check(entry), Verdict::Invalid)
     }
 
     fn retain_newer_than(&self, oldest_live: u64) {
+        let keep_after = now_micros().saturating_sub(self.retention.as_micros() as u64);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, at| *at >= oldest_live);
+        map.retain(|_, m| m.latest() >= oldest_live.min(keep_after));
         self.len.store(map.len(), Relaxed);
     }
 
@@ -294,6 +315,7 @@ pub struct MemoryStoreBuilder {
     estimated_items: Option<usize>,
     limits: Limits,
     sweep_interval: Option<Duration>,
+    mark_retention: Duration,
 }
 
 impl Default for MemoryStoreBuilder {
@@ -303,6 +325,7 @@ impl Default for MemoryStoreBuilder {
             estimated_items: None,
             limits: Limits::default(),
             sweep_interval: Some(Duration::from_secs(10)),
+            mark_retention: MARK_RETENTION,
         }
     }
 }
@@ -323,6 +346,15 @@ impl MemoryStoreBuilder {
     /// The limits enforced on keys, values and tags.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// How long a tag purge's invalidation mark is kept at least (default 5 min), so that a
+    /// response fetched before the purge and written after it (stamped with its fetch's start,
+    /// see [`SetOptions::as_of`]) is still hidden: set it above your slowest upstream call.
+    /// Marks are also kept while any entry older than them lives.
+    pub fn mark_retention(mut self, retention: Duration) -> Self {
+        self.mark_retention = retention;
         self
     }
 
@@ -357,6 +389,7 @@ impl MemoryStoreBuilder {
                 marks: Marks {
                     map: RwLock::default(),
                     len: AtomicUsize::new(0),
+                    retention: self.mark_retention,
                 },
                 counters,
                 limits: self.limits,
@@ -540,15 +573,29 @@ impl MemoryStore {
             }
             return Ok(None);
         }
-        if self.inner.marks.invalidates(&entry_slot.entry) {
-            self.remove_exact(key, &slot);
-            return Ok(None);
-        }
+        let soft_at = match self.inner.marks.check(&entry_slot.entry) {
+            Verdict::Valid => None,
+            Verdict::Soft(at) => Some(at),
+            Verdict::Invalid => {
+                self.remove_exact(key, &slot);
+                return Ok(None);
+            }
+        };
         let stale = entry_slot.stale_at <= now;
         let Slot::Entry(entry_slot) = slot else {
             unreachable!("matched above")
         };
-        Ok(Some((entry_slot.entry, stale)))
+        match soft_at {
+            None => Ok(Some((entry_slot.entry, stale))),
+            // Soft-purged by a tag: stale from the purge on, gone once grace has run out.
+            Some(at) => {
+                let entry = entry_slot.entry.soft_purged(at);
+                if entry.is_expired() {
+                    return Ok(None);
+                }
+                Ok(Some((entry, true)))
+            }
+        }
     }
 
     fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
@@ -600,10 +647,66 @@ impl MemoryStore {
             .insert_with_lifecycle(key.to_owned(), slot, &mut state);
     }
 
+    /// Soft-purges a tag as of `at`: its entries are served stale from then on, within their
+    /// grace. One mark, whatever the tag's size. Returns how many entries the index holds for
+    /// it.
+    pub(crate) fn soft_purge_tag_at(&self, tag: &str, at: u64) -> u64 {
+        self.inner.marks.record(tag, at, true);
+        lock(self.inner.index.shard(tag))
+            .get(tag)
+            .map_or(0, |keys| keys.len() as u64)
+    }
+
+    /// Soft-purges one key as of `at`: the entry stays, stale, for its grace period. Counters
+    /// and sets, which have no staleness, are removed. Returns whether something was there.
+    pub(crate) fn soft_purge_key_at(&self, key: &str, at: u64) -> bool {
+        let Some(slot) = self.inner.cache.peek(key) else {
+            return false;
+        };
+        let Slot::Entry(entry_slot) = &slot else {
+            return self.remove_exact(key, &slot);
+        };
+        let soft = entry_slot.entry.clone().soft_purged(at);
+        if !self.remove_exact(key, &slot) {
+            // Replaced or removed meanwhile: whatever is there now is newer than the purge.
+            return false;
+        }
+        if !soft.is_expired() {
+            // Only into an empty slot: a write that landed since the removal is newer than the
+            // purge and wins.
+            let expires_at = entry_slot.expires_at;
+            let tags = soft.tags().to_vec();
+            let stale_copy = Slot::Entry(EntrySlot {
+                stale_at: at.min(entry_slot.stale_at),
+                expires_at,
+                entry: soft,
+            });
+            let mut inserted = false;
+            let _ = self.inner.cache.get_or_insert_with(key, || {
+                inserted = true;
+                Ok::<_, std::convert::Infallible>(stale_copy)
+            });
+            if inserted {
+                self.inner.index.add(key, &tags);
+            }
+        }
+        true
+    }
+
+    /// Keys matching a pattern, now.
+    fn matching_keys(&self, pattern: &KeyPattern) -> Vec<String> {
+        self.inner
+            .cache
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| pattern.matches(k))
+            .collect()
+    }
+
     /// Invalidates a tag as of `at` (microseconds since the epoch). Returns how many entries
     /// the index held for it. Large tags are cleaned up in the background.
     pub(crate) fn purge_tag_at(&self, tag: &str, at: u64) -> u64 {
-        self.inner.marks.record(tag, at);
+        self.inner.marks.record(tag, at, false);
         let keys = self.inner.index.take(tag);
         let count = keys.len() as u64;
         Counters::add(&self.inner.counters.deletes, count);
@@ -642,16 +745,18 @@ impl MemoryStore {
         }
     }
 
-    /// Removes matching keys without validation or counting; returns how many went.
-    pub(crate) fn remove_matching(&self, pattern: &Pattern) -> u64 {
-        let keys: Vec<String> = self
-            .inner
-            .cache
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| pattern.matches(k))
-            .collect();
-        keys.iter().filter(|k| self.remove_key(k)).count() as u64
+    /// Removes (or soft-purges) matching keys without counting; returns how many.
+    pub(crate) fn purge_matching_local(&self, pattern: &KeyPattern, mode: PurgeMode) -> u64 {
+        let keys = self.matching_keys(pattern);
+        match mode {
+            PurgeMode::Hard => keys.iter().filter(|k| self.remove_key(k)).count() as u64,
+            PurgeMode::Soft => {
+                let at = now_micros();
+                keys.iter()
+                    .filter(|k| self.soft_purge_key_at(k, at))
+                    .count() as u64
+            }
+        }
     }
 
     pub(crate) fn remove_all(&self) -> u64 {
@@ -823,9 +928,41 @@ impl Store for MemoryStore {
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        let pattern = Pattern::new(pattern)?;
-        let n = self.remove_matching(&pattern);
+        let pattern = KeyPattern::glob(pattern)?;
+        let n = self.purge_matching_local(&pattern, PurgeMode::Hard);
         Counters::add(&self.inner.counters.deletes, n);
+        Ok(n)
+    }
+
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        match mode {
+            PurgeMode::Hard => self.delete(key).await,
+            PurgeMode::Soft => {
+                self.inner.limits.check_key(key)?;
+                Ok(self.soft_purge_key_at(key, now_micros()))
+            }
+        }
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
+        match mode {
+            PurgeMode::Hard => self.delete_tag(tag).await,
+            PurgeMode::Soft => {
+                self.inner.limits.check_tag(tag)?;
+                Ok(self.soft_purge_tag_at(tag, now_micros()))
+            }
+        }
+    }
+
+    async fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        let n = self.purge_matching_local(pattern, mode);
+        if mode == PurgeMode::Hard {
+            Counters::add(&self.inner.counters.deletes, n);
+        }
         Ok(n)
     }
 
@@ -880,7 +1017,10 @@ mod tests {
 
     #[tokio::test]
     async fn marks_hide_entries_the_index_missed_and_are_swept() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::builder()
+            .capacity_bytes(1 << 20)
+            .mark_retention(Duration::from_millis(1))
+            .build();
         store
             .set(
                 "k",
@@ -906,5 +1046,17 @@ mod tests {
         assert!(store.get("k2").await.unwrap().is_some());
         store.sweep();
         assert_eq!(store.inner.marks.len.load(Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn marks_outlive_their_clean_up_for_the_retention() {
+        let store = MemoryStore::new(1 << 20);
+        store.delete_tag("t").await.unwrap();
+        store.sweep();
+        assert_eq!(
+            store.inner.marks.len.load(Relaxed),
+            1,
+            "kept for a late write fetched before the purge"
+        );
     }
 }

@@ -63,14 +63,29 @@
 //!   ones to every instance, so a Redis hit stays **one round trip**. A tag an instance has not
 //!   seen yet costs one extra pipelined `GET` once; while the backplane is disconnected, marks are
 //!   re-read on every tagged read (correct, slower) and the known marks are dropped on reconnect.
+//! - **Soft purges** ([`PurgeMode::Soft`]) leave a second, *soft* mark per tag: an entry stored
+//!   before it is returned stale (its TTL cut to end at the purge) for the rest of its grace
+//!   period, so a cache serves it while one request refreshes it. Nothing is removed.
+//! - **Late writes**: a cache stamps an entry with the time its origin fetch *began*
+//!   ([`SetOptions::as_of`]), so a purge made while the fetch was in flight is newer than the
+//!   entry and hides it; the memory store keeps marks for at least five minutes
+//!   ([`MemoryStoreBuilder::mark_retention`]) and Redis for seven days for that reason.
 //! - Marks compare clocks of different machines: keep them in sync (NTP). A writer whose clock
 //!   runs behind a purger's by more than the time between its write and the purge could see its
 //!   entry survive the purge's mark; the background clean-up removes it all the same.
 //!
+//! # Pattern purges
+//!
+//! [`Store::purge_matching`] takes a glob or a regular expression ([`KeyPattern`]). On Redis a
+//! glob is matched by `SCAN MATCH` and a regular expression on the client, against the keys
+//! each `SCAN` page returns: the purge walks the namespace (O(keys) for the purger, in pages of
+//! 1,000, never blocking Redis) and costs nothing per lookup, unlike Varnish's bans, which are
+//! checked on every read. The memory store walks its own keys the same way.
+//!
 //! # Redis key layout and Cluster slots
 //!
 //! With namespace `ns`, a [`RedisStore`] uses `ns:k:{key}` for entries, counters and sets,
-//! `ns:m:{tag}` for a tag's invalidation mark, `ns:i:{tag}` for a tag's index set and the
+//! `ns:m:{tag}` and `ns:s:{tag}` for a tag's hard and soft invalidation marks, `ns:i:{tag}` for a tag's index set and the
 //! channel `ns:bus` for the backplane. Every command touches one key, and batches are pipelines,
 //! which Cluster clients split per slot, never multi-key commands: a tag's mark and index are
 //! single keys that hash wherever they hash, and correctness rests on the marks alone. The one
@@ -85,6 +100,7 @@ mod dynamic;
 mod entry;
 mod error;
 mod glob;
+mod marks;
 mod stats;
 mod typed;
 

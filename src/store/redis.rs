@@ -13,8 +13,11 @@ use tokio::sync::oneshot;
 
 use super::backplane::{self, BusOp, BusShared, ListenerConfig};
 use super::entry::now_micros;
+use super::marks::{TagMarks, Verdict};
 use super::stats::Counters;
-use super::{Entry, Limits, Pattern, SetOptions, Store, StoreError, StoreStats};
+use super::{
+    Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreStats,
+};
 
 /// Keys unlinked per pipeline by background clean-up and pattern deletes.
 const BATCH: usize = 500;
@@ -29,6 +32,20 @@ local t = 0
 for i = 5, 12 do t = t * 256 + string.byte(h, i) end
 if t <= tonumber(ARGV[1]) then return redis.call('UNLINK', KEYS[1]) end
 return 0
+";
+
+/// Replaces an entry with its soft-purged copy (ARGV[2], expiring in ARGV[3] ms) only if it
+/// is still the entry that was read: same stored-at time (ARGV[1], microseconds, bytes 5..12).
+/// A write that landed since the read is newer than the purge and is left alone.
+const REPLACE_IF_SAME: &str = r"
+local h = redis.call('GETRANGE', KEYS[1], 0, 11)
+if string.len(h) < 12 or string.sub(h, 1, 2) ~= 'TS' then return 0 end
+local t = 0
+for i = 5, 12 do t = t * 256 + string.byte(h, i) end
+if t ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(ARGV[3]) <= 0 then return redis.call('UNLINK', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 ";
 
 /// INCRBY that sets the TTL (ARGV[2], milliseconds, 0 for none) only when it creates the counter.
@@ -66,8 +83,8 @@ struct Inner {
     mark_ttl: Duration,
     publish_writes: bool,
     counters: Counters,
-    /// Invalidation marks known locally: tag -> last purge (0: never purged).
-    marks: Arc<quick_cache::sync::Cache<String, u64>>,
+    /// Invalidation marks known locally: tag -> last hard and soft purges (0: never).
+    marks: Arc<quick_cache::sync::Cache<String, TagMarks>>,
     bus: Option<Arc<BusShared>>,
     _shutdown: Option<oneshot::Sender<()>>,
 }
@@ -205,9 +222,9 @@ impl RedisStoreBuilder {
             let on_op = {
                 let marks = marks.clone();
                 move |op: &BusOp| {
-                    if let BusOp::Tags { tags, at } = op {
+                    if let BusOp::Tags { tags, at, soft } = op {
                         for tag in tags {
-                            raise_mark(&marks, tag, *at);
+                            raise_mark(&marks, tag, TagMarks::at(*at, *soft));
                         }
                     }
                 }
@@ -263,10 +280,12 @@ impl RedisStoreBuilder {
     }
 }
 
-fn raise_mark(marks: &quick_cache::sync::Cache<String, u64>, tag: &str, at: u64) {
-    let current = marks.get(tag).unwrap_or(0);
-    if at > current || marks.get(tag).is_none() {
-        marks.insert(tag.to_owned(), at.max(current));
+fn raise_mark(marks: &quick_cache::sync::Cache<String, TagMarks>, tag: &str, mark: TagMarks) {
+    let current = marks.get(tag);
+    let mut raised = current.unwrap_or_default();
+    raised.raise(mark);
+    if current != Some(raised) {
+        marks.insert(tag.to_owned(), raised);
     }
 }
 
@@ -343,6 +362,10 @@ impl RedisStore {
         format!("{}:m:{tag}", self.inner.prefix)
     }
 
+    fn soft_mark_key(&self, tag: &str) -> String {
+        format!("{}:s:{tag}", self.inner.prefix)
+    }
+
     fn index_key(&self, tag: &str) -> String {
         format!("{}:i:{tag}", self.inner.prefix)
     }
@@ -378,8 +401,9 @@ impl RedisStore {
         }
     }
 
-    /// Drops entries whose tags were purged after they were stored. Marks not known locally
-    /// (or all of them, while the backplane is down) are fetched in one pipelined round trip.
+    /// Drops entries whose tags were purged after they were stored, and marks stale those
+    /// soft-purged since. Marks not known locally (or all of them, while the backplane is down)
+    /// are fetched in one pipelined round trip.
     async fn filter_invalidated(&self, entries: &mut [Option<Entry>]) -> Result<(), StoreError> {
         let trust_local = self.backplane_connected();
         let mut unknown: Vec<String> = Vec::new();
@@ -396,12 +420,16 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             for tag in &unknown {
                 pipe.cmd("GET").arg(self.mark_key(tag));
+                pipe.cmd("GET").arg(self.soft_mark_key(tag));
             }
             let mut conn = self.inner.conn.clone();
             let marks: Vec<Option<u64>> =
                 self.run("get marks", pipe.query_async(&mut conn)).await?;
-            for (tag, mark) in unknown.into_iter().zip(marks) {
-                let mark = mark.unwrap_or(0);
+            for (tag, pair) in unknown.into_iter().zip(marks.chunks(2)) {
+                let mark = TagMarks {
+                    hard: pair[0].unwrap_or(0),
+                    soft: pair.get(1).copied().flatten().unwrap_or(0),
+                };
                 if trust_local {
                     raise_mark(&self.inner.marks, &tag, mark);
                 }
@@ -409,20 +437,26 @@ impl RedisStore {
             }
         }
         for slot in entries.iter_mut() {
-            let invalid = slot.as_ref().is_some_and(|entry| {
-                let stored = entry.stored_at_micros();
-                entry.tags().iter().any(|tag| {
-                    let mark = fetched
-                        .get(tag)
-                        .copied()
-                        .or_else(|| self.inner.marks.get(tag.as_str()))
-                        .unwrap_or(0);
-                    mark >= stored
-                })
-            });
-            if invalid {
-                *slot = None;
+            let Some(entry) = slot.take() else { continue };
+            if entry.tags().is_empty() {
+                *slot = Some(entry);
+                continue;
             }
+            let mut marks = TagMarks::default();
+            for tag in entry.tags() {
+                if let Some(mark) = fetched
+                    .get(tag)
+                    .copied()
+                    .or_else(|| self.inner.marks.get(tag.as_str()))
+                {
+                    marks.raise(mark);
+                }
+            }
+            *slot = match marks.verdict(entry.stored_at_micros()) {
+                Verdict::Valid => Some(entry),
+                Verdict::Invalid => None,
+                Verdict::Soft(at) => Some(entry.soft_purged(at)).filter(|e| !e.is_expired()),
+            };
         }
         Ok(())
     }
@@ -498,35 +532,30 @@ impl RedisStore {
 
     /// Scans keys matching a Redis pattern and unlinks them in batches. Never `KEYS`.
     async fn unlink_scanning(&self, pattern: &str) -> Result<u64, StoreError> {
-        let mut conn = self.inner.conn.clone();
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .run(
-                    "scan",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("UNLINK").arg(key);
-                }
-                let counts: Vec<u64> = self.run("unlink", pipe.query_async(&mut conn)).await?;
-                removed += counts.iter().sum::<u64>();
-            }
+            let (next, keys) = self.scan_page(cursor, pattern).await?;
+            removed += self.unlink(&keys).await?;
             if next == 0 {
                 return Ok(removed);
             }
             cursor = next;
         }
+    }
+
+    /// `UNLINK`s full Redis keys in one pipeline; returns how many existed.
+    async fn unlink(&self, full_keys: &[String]) -> Result<u64, StoreError> {
+        if full_keys.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for key in full_keys {
+            pipe.cmd("UNLINK").arg(key);
+        }
+        let mut conn = self.inner.conn.clone();
+        let counts: Vec<u64> = self.run("unlink", pipe.query_async(&mut conn)).await?;
+        Ok(counts.iter().sum())
     }
 
     /// Removes a purged tag's entries (those stored at or before `at`) in batches, then the
@@ -581,18 +610,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut dropped = 0;
         loop {
-            let (next, sets): (u64, Vec<String>) = self
-                .run(
-                    "scan",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let (next, sets) = self.scan_page(cursor, &pattern).await?;
             for set in sets {
                 let Some(tag) = set.strip_prefix(&index_prefix) else {
                     continue;
@@ -683,12 +701,25 @@ impl RedisStore {
         self.run("publish", pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Purges a tag as of `at`; returns the index size at that moment.
-    pub(crate) async fn purge_tag_at(&self, tag: &str, at: u64) -> Result<u64, StoreError> {
+    /// Purges a tag as of `at`, hard or soft; returns the index size at that moment. A hard
+    /// purge's entries are removed in the background; a soft purge's stay, stale, until their
+    /// grace runs out.
+    pub(crate) async fn purge_tag_at(
+        &self,
+        tag: &str,
+        at: u64,
+        soft: bool,
+    ) -> Result<u64, StoreError> {
         self.inner.limits.check_tag(tag)?;
         let mut pipe = redis::pipe();
+        let mark_key = if soft {
+            self.soft_mark_key(tag)
+        } else {
+            self.mark_key(tag)
+        };
+        // GT-like: a mark never moves back (two purges racing from two machines).
         pipe.cmd("SET")
-            .arg(self.mark_key(tag))
+            .arg(mark_key)
             .arg(at)
             .arg("PX")
             .arg(self.inner.mark_ttl.as_millis().max(1) as u64)
@@ -699,11 +730,15 @@ impl RedisStore {
             BusOp::Tags {
                 tags: vec![tag.to_owned()],
                 at,
+                soft,
             },
         );
         let mut conn = self.inner.conn.clone();
-        let (count,): (u64,) = self.run("delete_tag", pipe.query_async(&mut conn)).await?;
-        raise_mark(&self.inner.marks, tag, at);
+        let (count,): (u64,) = self.run("purge tag", pipe.query_async(&mut conn)).await?;
+        raise_mark(&self.inner.marks, tag, TagMarks::at(at, soft));
+        if soft {
+            return Ok(count);
+        }
         Counters::add(&self.inner.counters.deletes, count);
         let store = self.clone();
         let tag = tag.to_owned();
@@ -713,6 +748,102 @@ impl RedisStore {
             }
         });
         Ok(count)
+    }
+
+    /// Soft-purges full Redis keys (`ns:k:...`) as of `at`: one pipeline of `GET`s, then one of
+    /// compare-and-replace scripts. Returns how many entries were soft-purged.
+    async fn soft_purge_raw(&self, full_keys: &[String], at: u64) -> Result<u64, StoreError> {
+        if full_keys.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.inner.conn.clone();
+        let mut pipe = redis::pipe();
+        for key in full_keys {
+            pipe.cmd("GET").arg(key);
+        }
+        let raws: Vec<Option<Vec<u8>>> = self
+            .run("soft purge read", pipe.query_async(&mut conn))
+            .await?;
+        let mut pipe = redis::pipe();
+        let mut queued = 0;
+        for (key, raw) in full_keys.iter().zip(raws) {
+            // Counters and sets are not entries: left alone by a soft purge.
+            let Some(Ok(entry)) = raw.map(|r| Entry::decode(Bytes::from(r))) else {
+                continue;
+            };
+            let stored = entry.stored_at_micros();
+            let soft = entry.soft_purged(at);
+            let left_ms = soft
+                .time_to_live()
+                .map_or(i64::MAX, |l| l.as_millis().min(i64::MAX as u128) as i64);
+            pipe.cmd("EVAL")
+                .arg(REPLACE_IF_SAME)
+                .arg(1)
+                .arg(key)
+                .arg(stored)
+                .arg(soft.encode().as_ref())
+                .arg(left_ms);
+            queued += 1;
+        }
+        if queued == 0 {
+            return Ok(0);
+        }
+        let done: Vec<u64> = self
+            .run("soft purge write", pipe.query_async(&mut conn))
+            .await?;
+        Ok(done.into_iter().filter(|&n| n > 0).count() as u64)
+    }
+
+    /// One `SCAN` page.
+    async fn scan_page(
+        &self,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "scan",
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Purges the entries whose keys match, page by page: `SCAN` never blocks Redis, a glob is
+    /// matched by Redis and a regular expression here, on the keys each page returns.
+    async fn purge_scanning(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        let prefix = Pattern::escape(&self.inner.prefix);
+        let (redis_pattern, regex) = match pattern {
+            KeyPattern::Glob(glob) => (format!("{prefix}:k:{}", glob.as_str()), None),
+            KeyPattern::Regex(regex) => (format!("{prefix}:k:*"), Some(regex)),
+        };
+        let strip = format!("{}:k:", self.inner.prefix);
+        let at = now_micros();
+        let mut cursor = 0;
+        let mut purged = 0;
+        loop {
+            let (next, mut keys) = self.scan_page(cursor, &redis_pattern).await?;
+            if let Some(regex) = regex {
+                keys.retain(|k| k.strip_prefix(&strip).is_some_and(|k| regex.is_match(k)));
+            }
+            purged += match mode {
+                PurgeMode::Hard => self.unlink(&keys).await?,
+                PurgeMode::Soft => self.soft_purge_raw(&keys, at).await?,
+            };
+            if next == 0 {
+                return Ok(purged);
+            }
+            cursor = next;
+        }
     }
 }
 
@@ -836,7 +967,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.purge_tag_at(tag, now_micros()).await
+        self.purge_tag_at(tag, now_micros(), false).await
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
@@ -855,11 +986,51 @@ impl Store for RedisStore {
         Ok(removed)
     }
 
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        if mode == PurgeMode::Hard {
+            return self.delete(key).await;
+        }
+        self.inner.limits.check_key(key)?;
+        let purged = self.soft_purge_raw(&[self.key(key)], now_micros()).await? > 0;
+        self.publish_op(BusOp::Keys {
+            keys: vec![key.to_owned()],
+        })
+        .await?;
+        Ok(purged)
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
+        self.purge_tag_at(tag, now_micros(), mode == PurgeMode::Soft)
+            .await
+    }
+
+    async fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        let purged = self.purge_scanning(pattern, mode).await?;
+        if mode == PurgeMode::Hard {
+            Counters::add(&self.inner.counters.deletes, purged);
+        }
+        self.publish_op(match pattern {
+            KeyPattern::Glob(glob) => BusOp::Pattern {
+                pattern: glob.as_str().to_owned(),
+            },
+            KeyPattern::Regex(regex) => BusOp::Regex {
+                regex: regex.as_str().to_owned(),
+            },
+        })
+        .await?;
+        Ok(purged)
+    }
+
     async fn clear(&self) -> Result<u64, StoreError> {
         let prefix = Pattern::escape(&self.inner.prefix);
         let removed = self.unlink_scanning(&format!("{prefix}:k:*")).await?;
         self.unlink_scanning(&format!("{prefix}:i:*")).await?;
         self.unlink_scanning(&format!("{prefix}:m:*")).await?;
+        self.unlink_scanning(&format!("{prefix}:s:*")).await?;
         self.inner.marks.clear();
         Counters::add(&self.inner.counters.deletes, removed);
         self.publish_op(BusOp::Clear).await?;

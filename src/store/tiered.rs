@@ -12,7 +12,8 @@ use super::backplane::{BusEvent, BusOp};
 use super::entry::now_micros;
 use super::stats::Counters;
 use super::{
-    Entry, Limits, MemoryStore, Pattern, RedisStore, SetOptions, Store, StoreError, StoreStats,
+    Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store, StoreError,
+    StoreStats,
 };
 
 /// A two-tier [`Store`] (features `memory` and `redis`): reads try L1 (memory) then L2 (Redis),
@@ -135,14 +136,28 @@ async fn apply_invalidations(
                     l1.remove_local(&key);
                 }
             }
-            Ok(BusEvent::Op(BusOp::Tags { tags, at })) => {
+            Ok(BusEvent::Op(BusOp::Tags { tags, at, soft })) => {
                 for tag in tags {
-                    l1.purge_tag_at(&tag, at);
+                    if soft {
+                        l1.soft_purge_tag_at(&tag, at);
+                    } else {
+                        l1.purge_tag_at(&tag, at);
+                    }
                 }
             }
-            Ok(BusEvent::Op(BusOp::Pattern { pattern })) => match Pattern::new(&pattern) {
+            // Copies of pattern-purged keys are dropped, soft or hard: the next read fetches
+            // L2's soft-purged entry.
+            Ok(BusEvent::Op(BusOp::Pattern { pattern })) => match KeyPattern::glob(&pattern) {
                 Ok(pattern) => {
-                    l1.remove_matching(&pattern);
+                    l1.purge_matching_local(&pattern, PurgeMode::Hard);
+                }
+                Err(_) => {
+                    l1.remove_all();
+                }
+            },
+            Ok(BusEvent::Op(BusOp::Regex { regex })) => match KeyPattern::regex(&regex) {
+                Ok(pattern) => {
+                    l1.purge_matching_local(&pattern, PurgeMode::Hard);
                 }
                 Err(_) => {
                     l1.remove_all();
@@ -204,6 +219,11 @@ impl TieredStore {
             tracing::debug!(error = %e, "tiered store: L2 failed, serving from L1");
             fallback
         })
+    }
+
+    /// Counts an L2 failure and passes it on.
+    fn report<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        result.inspect_err(|e| self.inner.counters.error(e))
     }
 
     /// Fills L1 with entries read from L2, unless an invalidation arrived meanwhile.
@@ -349,16 +369,52 @@ impl Store for TieredStore {
         self.inner.l2.limits().check_tag(tag)?;
         let at = now_micros();
         let local = self.inner.l1.purge_tag_at(tag, at);
-        let remote = self.inner.l2.purge_tag_at(tag, at).await;
+        let remote = self.inner.l2.purge_tag_at(tag, at, false).await;
         let remote = self.absorb(remote, 0);
         Ok(local.max(remote))
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        let parsed = Pattern::new(pattern)?;
-        let local = self.inner.l1.remove_matching(&parsed);
+        let parsed = KeyPattern::glob(pattern)?;
+        let local = self.inner.l1.purge_matching_local(&parsed, PurgeMode::Hard);
         let remote = self.inner.l2.delete_matching(pattern).await;
         Ok(local.max(self.absorb(remote, 0)))
+    }
+
+    // The purge methods apply locally, then report an L2 failure instead of absorbing it like
+    // the cache operations above: a purge that did not reach L2 has not taken effect (the entry
+    // is still there for every instance), and whoever purged must know.
+
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        self.inner.l2.limits().check_key(key)?;
+        // The local copy goes in both modes; after a soft purge the next read fetches L2's
+        // soft-purged entry.
+        let local = self.inner.l1.remove_local(key);
+        let remote = self.inner.l2.purge_key(key, mode).await;
+        self.report(remote).map(|remote| local || remote)
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
+        self.inner.l2.limits().check_tag(tag)?;
+        let at = now_micros();
+        let soft = mode == PurgeMode::Soft;
+        let local = if soft {
+            self.inner.l1.soft_purge_tag_at(tag, at)
+        } else {
+            self.inner.l1.purge_tag_at(tag, at)
+        };
+        let remote = self.inner.l2.purge_tag_at(tag, at, soft).await;
+        self.report(remote).map(|remote| local.max(remote))
+    }
+
+    async fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        let local = self.inner.l1.purge_matching_local(pattern, PurgeMode::Hard);
+        let remote = self.inner.l2.purge_matching(pattern, mode).await;
+        self.report(remote).map(|remote| local.max(remote))
     }
 
     async fn clear(&self) -> Result<u64, StoreError> {
