@@ -754,3 +754,77 @@ async fn a_purge_sent_to_one_instance_reaches_the_other_within_100ms() {
         assert!(seen.is_some(), "B misses {path} within 100 ms of A's purge");
     }
 }
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn every_purge_and_refusal_is_logged_with_who_what_and_how_many() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = app(memory());
+    fill(&app).await;
+    let mut request = purge_json(r#"{"tags":["products"],"soft":true}"#, bearer());
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 7],
+            4242,
+        ))));
+    assert_eq!(send(&app, request).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, purge_url("http://h/page", bearer()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    send(&app, purge_json(r#"{"all":true}"#, Some("Bearer nope"))).await;
+    let text = logs.text();
+    let lines: Vec<&str> = text.lines().collect();
+    let tag_line = lines
+        .iter()
+        .find(|l| l.contains("cache purge") && l.contains("tags=products"))
+        .unwrap_or_else(|| panic!("{text}"));
+    for needle in [
+        "principal=\"bearer\"",
+        "peer=\"192.0.2.7:4242\"",
+        "purged=2",
+        "soft=true",
+    ] {
+        assert!(tag_line.contains(needle), "{needle} in {tag_line}");
+    }
+    let url_line = lines
+        .iter()
+        .find(|l| l.contains("cache purge by URL"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(url_line.contains("url=\"http://h/page\"") && url_line.contains("purged=3"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("purge refused: forbidden")),
+        "{text}"
+    );
+}
