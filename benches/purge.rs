@@ -68,15 +68,36 @@ async fn memory_purge_call(count: usize, soft: bool, samples: usize) -> String {
         times.push(started.elapsed());
         assert_eq!(n as usize, count);
         // Let the background clean-up finish outside the measurement.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !soft && store.stats().entries != Some(0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     summary(&mut times)
 }
 
 /// The purge call on Redis: one fill whose entries carry `REDIS_TAGS` tags; each sample
 /// purges another of them (a Redis purge is a mark + `SCARD` + `PUBLISH`; the index stays).
+/// Waits until a hard purge's background clean-up has emptied the tag's index set, so the
+/// next measurement does not queue behind it in Redis.
+async fn wait_cleaned(raw: &mut redis::aio::MultiplexedConnection, namespace: &str, tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left: u64 = redis::cmd("SCARD")
+            .arg(format!("{namespace}:i:{tag}"))
+            .query_async(raw)
+            .await
+            .unwrap();
+        if left == 0 || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn redis_purge_call(
     store: &RedisStore,
+    raw: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
     count: usize,
     tags: &[String],
@@ -90,6 +111,9 @@ async fn redis_purge_call(
         let n = purger.purge_tags([tag]).await.unwrap();
         times.push(started.elapsed());
         assert!(n as usize <= count, "{prefix}: {n}");
+        if !soft {
+            wait_cleaned(raw, store.namespace(), tag).await;
+        }
     }
     summary(&mut times)
 }
@@ -110,7 +134,13 @@ fn tiered(url: &str, namespace: &str) -> TieredStore {
 }
 
 /// How long after A's purge call started B's L1 stops serving the probe entry.
-async fn propagation(a: &TieredStore, b: &TieredStore, tags: &[String], soft: bool) -> String {
+async fn propagation(
+    a: &TieredStore,
+    b: &TieredStore,
+    raw: &mut redis::aio::MultiplexedConnection,
+    tags: &[String],
+    soft: bool,
+) -> String {
     let purger = Purger::new(a.clone());
     let purger = if soft { purger.soft() } else { purger };
     let mut times = Vec::new();
@@ -131,7 +161,7 @@ async fn propagation(a: &TieredStore, b: &TieredStore, tags: &[String], soft: bo
         purger.purge_tags([tag]).await.unwrap();
         let deadline = started + Duration::from_secs(5);
         loop {
-            let gone = match b.l1().get(&probe).await.unwrap() {
+            let gone = match b.get(&probe).await.unwrap() {
                 None => true,
                 Some(entry) => soft && entry.is_stale(),
             };
@@ -142,6 +172,9 @@ async fn propagation(a: &TieredStore, b: &TieredStore, tags: &[String], soft: bo
             tokio::task::yield_now().await;
         }
         times.push(started.elapsed());
+        if !soft {
+            wait_cleaned(raw, a.l2().namespace(), tag).await;
+        }
     }
     summary(&mut times)
 }
@@ -181,14 +214,28 @@ fn main() {
             "redis fill: {BIG} + {SMALL} entries x {REDIS_TAGS} tags in {:.1} s",
             started.elapsed().as_secs_f64()
         ));
+        let mut raw = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
         let half = REDIS_TAGS / 4;
-        for (soft, range) in [(false, 0..half), (true, half..2 * half)] {
+        // Soft first: it leaves no background work behind.
+        for (soft, range) in [(true, half..2 * half), (false, 0..half)] {
             let mode = if soft { "soft" } else { "hard" };
-            let line = redis_purge_call(&store, "s", SMALL, &small_tags[range.clone()], soft).await;
+            let line = redis_purge_call(
+                &store,
+                &mut raw,
+                "s",
+                SMALL,
+                &small_tags[range.clone()],
+                soft,
+            )
+            .await;
             report.push(format!(
                 "redis purge call,  {mode}, {SMALL:>6} entries: {line}"
             ));
-            let line = redis_purge_call(&store, "b", BIG, &big_tags[range], soft).await;
+            let line = redis_purge_call(&store, &mut raw, "b", BIG, &big_tags[range], soft).await;
             report.push(format!(
                 "redis purge call,  {mode}, {BIG:>6} entries: {line}"
             ));
@@ -202,11 +249,11 @@ fn main() {
             assert!(Instant::now() < deadline, "backplanes never connected");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let line = propagation(&a, &b, &big_tags[2 * half..3 * half], false).await;
+        let line = propagation(&a, &b, &mut raw, &big_tags[2 * half..3 * half], false).await;
         report.push(format!(
             "second instance sees a hard purge of a {BIG}-entry tag: {line}"
         ));
-        let line = propagation(&a, &b, &big_tags[3 * half..], true).await;
+        let line = propagation(&a, &b, &mut raw, &big_tags[3 * half..], true).await;
         report.push(format!(
             "second instance sees a soft purge of a {BIG}-entry tag: {line}"
         ));
@@ -239,6 +286,16 @@ fn main() {
                 .purge_tags(["read_tag"])
                 .await
                 .unwrap();
+            if name == "redis" {
+                let mut raw = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                wait_cleaned(&mut raw, &namespace, "read_tag").await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             // Written after the purge: live, and its tag has a mark to check.
             store.set("live", value(), &tagged).await.unwrap();
             assert!(store.get("r:7").await.unwrap().is_none());
