@@ -4,12 +4,24 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- --listen 127.0.0.1:8080 \
 //!     --origin http://127.0.0.1:9000 [--store memory|redis://127.0.0.1:6379] \
-//!     [--max-body BYTES] [--default-ttl SECS]
+//!     [--max-body BYTES] [--default-ttl SECS] [--purge-token TOKEN]
 //! ```
 //!
 //! Every request is forwarded (all methods, headers and bodies; `Host` rewritten to the
 //! origin's; hop-by-hop headers dropped), and what RFC 9111 allows a shared cache to store is
 //! served from the cache. Responses carry `Cache-Status` and, on hits, `Age`.
+//!
+//! With `--purge-token TOKEN`, requests bearing `Authorization: Bearer TOKEN` can purge:
+//! `PURGE <url>` removes that URL's stored responses (every `Vary` variant; `Soft-Purge: 1`
+//! marks them stale instead) and `POST /_cache/purge` takes a JSON body such as
+//! `{"tags":["products"]}` (see `tower_strata::purge`). Without the flag, purging over HTTP is
+//! off and those requests are forwarded to the origin like any other.
+//!
+//! ```text
+//! curl -X PURGE -H 'Authorization: Bearer TOKEN' http://127.0.0.1:8080/products/1
+//! curl -H 'Authorization: Bearer TOKEN' -d '{"tags":["products"]}' \
+//!     http://127.0.0.1:8080/_cache/purge
+//! ```
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,17 +36,19 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
+use tower_strata::purge::PurgeLayer;
 use tower_strata::store::{BoxStore, MemoryStore};
 
 const USAGE: &str = "usage: reverse_proxy --listen ADDR --origin http://HOST:PORT \
-[--store memory|redis://HOST:PORT] [--max-body BYTES] [--default-ttl SECS]";
+[--store memory|redis://HOST:PORT] [--max-body BYTES] [--default-ttl SECS] \
+[--purge-token TOKEN]";
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Command-line options. Each flag is one arm in [`Args::parse`]; new flags (a later
-/// `--purge-token TOKEN`) are a field and an arm.
+/// Command-line options. Each flag is one arm in [`Args::parse`].
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
@@ -42,6 +56,8 @@ struct Args {
     store: String,
     max_body: Option<usize>,
     default_ttl: Option<Duration>,
+    /// Bearer token that turns on purging over HTTP.
+    purge_token: Option<String>,
 }
 
 impl Args {
@@ -51,6 +67,7 @@ impl Args {
         let mut store = "memory".to_owned();
         let mut max_body = None;
         let mut default_ttl = None;
+        let mut purge_token = None;
         while let Some(flag) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
@@ -82,6 +99,13 @@ impl Args {
                     let secs: u64 = v.parse().map_err(|e| format!("--default-ttl {v:?}: {e}"))?;
                     default_ttl = Some(Duration::from_secs(secs));
                 }
+                "--purge-token" => {
+                    let v = value()?;
+                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err("--purge-token: expected non-empty visible ASCII".to_owned());
+                    }
+                    purge_token = Some(v);
+                }
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -92,6 +116,7 @@ impl Args {
             store,
             max_body,
             default_ttl,
+            purge_token,
         })
     }
 }
@@ -198,7 +223,24 @@ async fn main() {
             }
         }
     });
+    // With a token, purge requests are answered in front of the cache; without one, the
+    // service is the cache alone and they are forwarded like any other request.
+    let purge = args.purge_token.as_deref().map(|token| {
+        PurgeLayer::with_token(layer.purger(), token).unwrap_or_else(|e| {
+            eprintln!("--purge-token: {e}");
+            std::process::exit(2);
+        })
+    });
     let cached = ServiceBuilder::new().layer(layer).service(upstream);
+    let proxy: BoxCloneService<Request<ProxyBody>, Response<ProxyBody>, String> = match purge {
+        Some(purge) => BoxCloneService::new(
+            ServiceBuilder::new()
+                .layer(purge)
+                .service(cached)
+                .map_response(|r| r.map(|b| b.boxed_unsync())),
+        ),
+        None => BoxCloneService::new(cached.map_response(|r| r.map(|b| b.boxed_unsync()))),
+    };
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
@@ -207,28 +249,40 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     println!(
-        "reverse_proxy listening on http://{} -> {} (store: {})",
+        "reverse_proxy listening on http://{} -> {} (store: {}, purging over HTTP: {})",
         listener.local_addr().map_or(args.listen, |a| a),
         args.origin,
-        args.store
+        args.store,
+        if args.purge_token.is_some() {
+            "on"
+        } else {
+            "off"
+        }
     );
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 eprintln!("accept: {e}");
                 continue;
             }
         };
-        let cached = cached.clone();
+        let proxy = proxy.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let cached = cached.clone();
+                let proxy = proxy.clone();
                 async move {
-                    let request = request.map(|b| b.boxed_unsync());
-                    let response = match cached.oneshot(request).await {
-                        Ok(response) => response.map(|b| b.boxed_unsync()),
+                    let mut request = request.map(|b| b.boxed_unsync());
+                    // The purge log names the peer.
+                    request.extensions_mut().insert(peer);
+                    let response = match proxy.oneshot(request).await {
+                        Ok(response) => response,
                         Err(e) => {
                             let mut r = Response::new(
                                 http_body_util::Full::new(Bytes::from(format!(
@@ -276,13 +330,19 @@ mod tests {
             "1024",
             "--default-ttl",
             "30",
+            "--purge-token",
+            "t0ken",
         ])
         .unwrap();
         assert_eq!(a.listen.port(), 8080);
         assert_eq!(a.store, "redis://127.0.0.1:6379");
         assert_eq!(a.max_body, Some(1024));
         assert_eq!(a.default_ttl, Some(Duration::from_secs(30)));
-        assert!(parse(&["--listen", "127.0.0.1:1", "--origin", "http://o:1"]).is_ok());
+        assert_eq!(a.purge_token.as_deref(), Some("t0ken"));
+        let plain = parse(&["--listen", "127.0.0.1:1", "--origin", "http://o:1"]).unwrap();
+        assert!(plain.purge_token.is_none());
+        assert!(parse(&["--purge-token", "two words"]).is_err());
+        assert!(parse(&["--purge-token", ""]).is_err());
         assert!(parse(&["--listen", "x"]).is_err());
         assert!(parse(&["--listen", "127.0.0.1:1"]).is_err());
         assert!(parse(&["--listen", "127.0.0.1:1", "--origin", "ftp://o"]).is_err());

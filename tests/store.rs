@@ -465,7 +465,10 @@ mod suite {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let after = std::time::SystemTime::now();
         assert!(s.purged_since(&tags(&["x", "a"]), before).await.unwrap());
-        assert!(s.purged_since(&tags(&["s"]), before).await.unwrap(), "soft counts");
+        assert!(
+            s.purged_since(&tags(&["s"]), before).await.unwrap(),
+            "soft counts"
+        );
         assert!(!s.purged_since(&tags(&["x"]), before).await.unwrap());
         assert!(!s.purged_since(&tags(&["a", "s"]), after).await.unwrap());
         assert!(!s.purged_since(&[], before).await.unwrap());

@@ -224,6 +224,15 @@ pub(crate) fn store_key(identity: &str) -> String {
     }
 }
 
+/// The internal tag every stored `Vary` variant of the response under `primary` carries, so a
+/// URL purge reaches all variants with one tag purge (`~url:` and a 128-bit hash of the key:
+/// fixed length, and a collision only purges more). Responses without `Vary` carry none.
+pub(crate) fn url_tag(primary: &str) -> String {
+    let a = fnv1a(primary.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let b = fnv1a(primary.as_bytes(), 0x6c62_272e_07bb_0142);
+    format!("~url:{a:016x}{b:016x}")
+}
+
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
     let mut hash = seed;
     for b in bytes {
@@ -289,5 +298,11 @@ mod tests {
         assert_eq!(store_key(&long).len(), 34);
         assert_ne!(store_key(&long), store_key(&"y".repeat(300)));
         assert_eq!(store_key("GET a"), "c:GET a");
+    }
+
+    #[test]
+    fn url_tags_are_fixed_length_and_distinct() {
+        assert_eq!(url_tag("c:GET a").len(), 37);
+        assert_ne!(url_tag("c:GET a"), url_tag("c:GET b"));
     }
 }

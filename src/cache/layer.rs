@@ -287,6 +287,12 @@ impl<St> CacheLayer<St> {
     pub fn store(&self) -> &St {
         &self.store
     }
+
+    /// The shared store handle, key configuration and shared state, for URL purges
+    /// (`purge::CachePurger`).
+    pub(crate) fn purge_parts(&self) -> (&Arc<St>, &KeyConfig, &Arc<Shared>) {
+        (&self.store, &self.config.key, &self.shared)
+    }
 }
 
 impl<S, St> Layer<S> for CacheLayer<St> {

@@ -147,8 +147,8 @@ mod body;
 mod future;
 #[cfg(feature = "tonic")]
 mod grpc;
-mod key;
-mod layer;
+pub(crate) mod key;
+pub(crate) mod layer;
 mod policy;
 mod record;
 mod service;

@@ -1084,13 +1084,23 @@ async fn write<St: Store>(
     let result = if names.is_empty() {
         ctx.store.set(primary, record.encode(), &options).await
     } else {
+        // The index keeps the variants' grace, so a soft purge leaves it readable for as long
+        // as the (stale) variants it points to.
         let spec_options = SetOptions::new()
             .ttl(ttl + grace)
+            .grace(grace)
             .tags(tags.iter().cloned())
             .as_of(fetched_at);
+        // Variants carry an internal tag derived from the primary key, so a URL purge
+        // reaches every variant (see `purge::CachePurger::purge_url`).
+        let variant_options = options.tags(tags.iter().cloned().chain([key::url_tag(primary)]));
         match ctx
             .store
-            .set(&store_key(&record.identity), record.encode(), &options)
+            .set(
+                &store_key(&record.identity),
+                record.encode(),
+                &variant_options,
+            )
             .await
         {
             Ok(()) => {
@@ -1207,9 +1217,9 @@ fn spawn_refresh<S, St, B, RB>(
     *refresh.uri_mut() = request.uri().clone();
     *refresh.version_mut() = request.version();
     *refresh.headers_mut() = request.headers().clone();
-    if let Some(part) = request.extensions().get::<KeyPart>() {
-        refresh.extensions_mut().insert(part.clone());
-    }
+    // All of them, not only `KeyPart`: the inner service may need what a router put there
+    // (axum's path parameters; without them a refresh of `/products/{id}` fails).
+    *refresh.extensions_mut() = request.extensions().clone();
     let h = refresh.headers_mut();
     for name in [
         header::IF_NONE_MATCH,

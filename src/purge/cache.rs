@@ -1,0 +1,142 @@
+//! URL purges through the response cache: [`CachePurger`], from [`CacheLayer::purger`].
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use http::{HeaderMap, Uri};
+
+use super::{PurgeError, Purger};
+use crate::cache::CacheLayer;
+use crate::cache::KeyPart;
+use crate::cache::key::{KeyConfig, store_key, url_tag};
+use crate::cache::layer::Shared;
+use crate::store::Store;
+
+/// A [`Purger`] over a response cache's store that also purges URLs the way the cache keys
+/// them. Dereferences to its [`Purger`], so keys, tags, patterns and dependencies work as
+/// there. Cheap to clone; clones share stats and dependencies.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_strata::cache::CacheLayer;
+/// use tower_strata::store::MemoryStore;
+///
+/// let cache = CacheLayer::new(MemoryStore::new(64 << 20)).sort_query(true);
+/// let purger = cache.purger();
+/// // Every stored variant (`Vary`) of the page, under the cache's key rules.
+/// let uri: http::Uri = "http://example.com/products?b=2&a=1".parse()?;
+/// purger.purge_url(&uri, &http::HeaderMap::new()).await?;
+/// purger.purge_tags(["products"]).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CachePurger {
+    purger: Purger,
+    key: Arc<KeyConfig>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CachePurger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachePurger")
+            .field("purger", &self.purger)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: Store> CacheLayer<St> {
+    /// A purger over this cache's store that can also purge URLs ([`CachePurger::purge_url`]).
+    ///
+    /// Each call makes a new [`Purger`] with its own stats and dependencies: call it once and
+    /// clone the result. Key configuration set on the layer after this call is not seen by
+    /// the purger.
+    pub fn purger(&self) -> CachePurger {
+        let (store, _, _) = self.purge_parts();
+        self.purger_with(Purger::new(store.clone()))
+    }
+
+    /// A [`CachePurger`] using an existing `purger` (its stats, dependencies and mode). The
+    /// purger must purge this cache's store.
+    pub fn purger_with(&self, purger: Purger) -> CachePurger {
+        let (_, key, shared) = self.purge_parts();
+        CachePurger {
+            purger,
+            key: Arc::new(key.clone()),
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl CachePurger {
+    /// Purges every stored response for a GET of `uri`: the plain entry, or with `Vary` every
+    /// variant, with the cache's key rules (default scheme, `Host` from `headers` for an
+    /// origin-form URI, query sorting and ignored parameters). A miss on that key in flight
+    /// in this process is not stored. Returns how many store entries went (with `Vary`, the
+    /// variant index counts as one more).
+    ///
+    /// Cost: one key purge and one tag purge (the variants' internal tag), whatever the number
+    /// of variants.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the in-process bookkeeping was done all the same.
+    pub async fn purge_url(&self, uri: &Uri, headers: &HeaderMap) -> Result<u64, PurgeError> {
+        self.purge_url_with_part(uri, headers, None).await
+    }
+
+    /// [`CachePurger::purge_url`] for entries stored under a [`KeyPart`] (tenant, locale).
+    /// Routes keyed by cookies ([`CacheLayer::key_cookies`]) take the cookie values from
+    /// `headers`.
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn purge_url_with_part(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        part: Option<&KeyPart>,
+    ) -> Result<u64, PurgeError> {
+        let identity = self.key.identity_for(uri, headers, part);
+        let primary = store_key(&identity);
+        // As an unsafe request does: a miss in flight must not store what it fetched before
+        // the purge, and a hit-for-pass marker goes.
+        self.shared.unpass(&primary);
+        self.shared.cancel(&primary);
+        self.shared.invalidate(&primary);
+        let own = self.purger.purge_key(&primary).await?;
+        let variants = self.purger.purge_tags([url_tag(&primary)]).await?;
+        Ok(own + variants)
+    }
+
+    /// This purger in soft mode (see [`Purger::soft`]).
+    pub fn soft(&self) -> CachePurger {
+        CachePurger {
+            purger: self.purger.soft(),
+            ..self.clone()
+        }
+    }
+
+    /// This purger in hard mode (see [`Purger::hard`]).
+    pub fn hard(&self) -> CachePurger {
+        CachePurger {
+            purger: self.purger.hard(),
+            ..self.clone()
+        }
+    }
+
+    /// The underlying [`Purger`].
+    pub fn purger(&self) -> &Purger {
+        &self.purger
+    }
+}
+
+impl Deref for CachePurger {
+    type Target = Purger;
+
+    fn deref(&self) -> &Purger {
+        &self.purger
+    }
+}

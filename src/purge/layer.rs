@@ -1,0 +1,173 @@
+//! [`PurgeLayer`]: configuration of purging over HTTP.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::auth::{Authorize, BearerToken};
+use super::limit::{Bucket, RateLimit};
+use super::service::Purge;
+use super::{CachePurger, Purger};
+
+/// Default path of the JSON purge endpoint.
+pub const DEFAULT_PURGE_PATH: &str = "/_cache/purge";
+/// Default largest JSON purge body: 64 KiB.
+pub const DEFAULT_MAX_PURGE_BODY: usize = 64 * 1024;
+
+/// What a [`PurgeLayer`] purges with: a [`CachePurger`] (keys, tags, patterns and URLs), or a
+/// plain [`Purger`] (no URLs: `PURGE <url>` is answered `501 Not Implemented`).
+#[derive(Clone, Debug)]
+pub struct PurgeHandle {
+    pub(crate) purger: Purger,
+    pub(crate) urls: Option<CachePurger>,
+}
+
+impl From<CachePurger> for PurgeHandle {
+    fn from(purger: CachePurger) -> Self {
+        PurgeHandle {
+            purger: purger.purger().clone(),
+            urls: Some(purger),
+        }
+    }
+}
+
+impl From<Purger> for PurgeHandle {
+    fn from(purger: Purger) -> Self {
+        PurgeHandle { purger, urls: None }
+    }
+}
+
+/// A [`PurgeLayer`] configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid purge configuration: {0}")]
+pub struct PurgeConfigError(String);
+
+impl PurgeConfigError {
+    pub(crate) fn new(reason: &str) -> Self {
+        PurgeConfigError(reason.to_owned())
+    }
+}
+
+/// Answers `PURGE <url>` and `POST /_cache/purge` in front of a service; see the
+/// [module docs](super#purging-over-http).
+///
+/// There is no unprotected constructor: a layer is built with a bearer token
+/// ([`PurgeLayer::with_token`]) or an [`Authorize`] policy ([`PurgeLayer::with_authorizer`]).
+/// Cheap to clone; every service it makes (and its clones) share one rate limit.
+#[derive(Clone)]
+pub struct PurgeLayer {
+    pub(crate) settings: Arc<Settings>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub handle: PurgeHandle,
+    pub auth: Arc<dyn Authorize>,
+    pub path: String,
+    pub purge_method: bool,
+    pub max_body: usize,
+    pub body_timeout: Duration,
+    pub limit: Option<RateLimit>,
+    pub bucket: Option<Arc<Mutex<Bucket>>>,
+}
+
+impl std::fmt::Debug for PurgeLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.settings;
+        f.debug_struct("PurgeLayer")
+            .field("handle", &s.handle)
+            .field("path", &s.path)
+            .field("purge_method", &s.purge_method)
+            .field("max_body", &s.max_body)
+            .field("body_timeout", &s.body_timeout)
+            .field("rate_limit", &s.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PurgeLayer {
+    /// A purge layer that lets requests bearing `Authorization: Bearer <token>` purge
+    /// (compared in constant time), with the defaults: `PURGE <url>` on,
+    /// [`DEFAULT_PURGE_PATH`], bodies up to [`DEFAULT_MAX_PURGE_BODY`] read within 5 s,
+    /// [`RateLimit::DEFAULT`].
+    ///
+    /// # Errors
+    ///
+    /// [`PurgeConfigError`] if the token is empty or has characters a header value cannot
+    /// carry after `Bearer ` (controls, spaces, non-ASCII).
+    pub fn with_token(
+        purger: impl Into<PurgeHandle>,
+        token: &str,
+    ) -> Result<Self, PurgeConfigError> {
+        let token = BearerToken::new(token).ok_or_else(|| {
+            PurgeConfigError::new("the bearer token must be non-empty visible ASCII")
+        })?;
+        Ok(Self::with_authorizer(purger, token))
+    }
+
+    /// A purge layer whose requests `authorizer` lets through, with the defaults of
+    /// [`PurgeLayer::with_token`].
+    pub fn with_authorizer(purger: impl Into<PurgeHandle>, authorizer: impl Authorize) -> Self {
+        let limit = RateLimit::DEFAULT;
+        PurgeLayer {
+            settings: Arc::new(Settings {
+                handle: purger.into(),
+                auth: Arc::new(authorizer),
+                path: DEFAULT_PURGE_PATH.to_owned(),
+                purge_method: true,
+                max_body: DEFAULT_MAX_PURGE_BODY,
+                body_timeout: Duration::from_secs(5),
+                limit: Some(limit),
+                bucket: Some(Arc::new(Mutex::new(Bucket::new(limit)))),
+            }),
+        }
+    }
+
+    fn update(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = (*self.settings).clone();
+        f(&mut settings);
+        self.settings = Arc::new(settings);
+        self
+    }
+
+    /// The path of the JSON endpoint (`POST` only; other methods pass through). Default
+    /// [`DEFAULT_PURGE_PATH`].
+    pub fn path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.update(|s| s.path = path)
+    }
+
+    /// Whether `PURGE <url>` requests are answered (default on). Off, they pass through to the
+    /// inner service.
+    pub fn purge_method(self, enabled: bool) -> Self {
+        self.update(|s| s.purge_method = enabled)
+    }
+
+    /// Largest JSON body read (default [`DEFAULT_MAX_PURGE_BODY`]); larger ones get `413`.
+    pub fn max_body_size(self, bytes: usize) -> Self {
+        self.update(|s| s.max_body = bytes)
+    }
+
+    /// How long reading the JSON body may take (default 5 s); past it, `408`.
+    pub fn body_timeout(self, timeout: Duration) -> Self {
+        self.update(|s| s.body_timeout = timeout)
+    }
+
+    /// The token bucket purge requests draw from (default [`RateLimit::DEFAULT`]), with a
+    /// fresh, full bucket. `None` turns rate limiting off.
+    pub fn rate_limit(self, limit: Option<RateLimit>) -> Self {
+        self.update(|s| {
+            s.limit = limit;
+            s.bucket = limit.map(|l| Arc::new(Mutex::new(Bucket::new(l))));
+        })
+    }
+}
+
+impl<S> Layer<S> for PurgeLayer {
+    type Service = Purge<S>;
+
+    fn layer(&self, inner: S) -> Purge<S> {
+        Purge::new(inner, self.settings.clone())
+    }
+}
