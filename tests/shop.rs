@@ -609,3 +609,54 @@ async fn layer_order_cache_inside_the_transaction_needs_the_after_commit_purge()
     assert_eq!(window.after.body["price_cents"], old + 1);
     f.drop_schema().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_endpoint_wants_its_token_and_purges_by_tag() {
+    let f = fixture(Stack::Full, &redis_url(), |c| {
+        c.purge_token = Some("s3cret-token".into());
+    })
+    .await;
+    f.get("/products/12").await;
+    assert!(f.get("/products/12").await.is_hit());
+    let purge = |token: Option<&'static str>| {
+        let mut req = Request::post("http://shop.test/admin/purge")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Body::from(json!({ "tags": ["product:12"] }).to_string()))
+            .unwrap();
+        let router = f.shop.router.clone();
+        async move {
+            let response = router.oneshot(req).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    assert_eq!(purge(None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        purge(Some("s3cret-tokem")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        f.get("/products/12").await.is_hit(),
+        "refused purges purge nothing"
+    );
+    let (status, report) = purge(Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["tags"], 1, "{report}");
+    assert!(f.get("/products/12").await.is_miss());
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_there_is_no_purge_endpoint() {
+    let f = fixture(Stack::Full, &redis_url(), |_| {}).await;
+    let response = f
+        .call(Method::POST, "/admin/purge", Some(json!({ "all": true })))
+        .await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    f.drop_schema().await;
+}

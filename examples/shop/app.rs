@@ -23,7 +23,7 @@ use tower_strata::db::{
 };
 use tower_strata::health::{Check, CheckOutput, Health, PoolCheck, fn_check, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
-use tower_strata::purge::Purger;
+use tower_strata::purge::{PurgeRequest, Purger};
 use tower_strata::store::{Store, TieredStore};
 use tower_strata::tx::{AfterCommit, TxBody, TxConfig, TxHandle, TxLayer, TxStats};
 
@@ -81,6 +81,8 @@ pub struct ShopConfig {
     /// Whether writes purge their tags after commit (off only to show what the layer-order
     /// tests show).
     pub purge_after_commit: bool,
+    /// Bearer token of `POST /admin/purge`; the route is not mounted without one.
+    pub purge_token: Option<String>,
 }
 
 impl ShopConfig {
@@ -101,6 +103,7 @@ impl ShopConfig {
             health_interval: Duration::from_secs(5),
             stack: Stack::Full,
             purge_after_commit: true,
+            purge_token: None,
         }
     }
 }
@@ -203,6 +206,8 @@ struct AppState {
     tx: Option<TxStats>,
     health: Health,
     registry: MetricsRegistry,
+    purge_token: Option<String>,
+    purge_after_commit: bool,
 }
 
 fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -343,7 +348,7 @@ macro_rules! write {
 // calls and add the layer inside `TxLayer` in `build`.
 // ---------------------------------------------------------------------------------------------
 fn purge_after_commit(state: &AppState, db: &Db, tags: Vec<String>) {
-    let Some(purger) = state.purger.clone() else {
+    let Some(purger) = state.purger.clone().filter(|_| state.purge_after_commit) else {
         return; // no cache, nothing to purge
     };
     let Some(after_commit) = &db.after_commit else {
@@ -591,6 +596,43 @@ async fn dashboard(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
+// ---------------------------------------------------------------------------------------------
+// PURGE ENDPOINT: `POST /admin/purge` with a `PurgeRequest` JSON body and the bearer token.
+// Stand-in for the protected purge endpoint (`PurgeLayer`); swap it in here when it lands.
+// ---------------------------------------------------------------------------------------------
+async fn purge_endpoint(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<PurgeRequest>,
+) -> Result<Response, ApiError> {
+    let expected = state.purge_token.as_deref().unwrap_or_default();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared in time independent of where the strings differ.
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if expected.is_empty() || !same {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad or missing bearer token",
+        ));
+    }
+    let Some(purger) = &state.purger else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no cache to purge"));
+    };
+    match purger.purge(&request).await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, err.to_string())),
+    }
+}
+
 /// Creates the schema and tables if missing and seeds the products when the table is empty.
 async fn create_tables(
     config: &ShopConfig,
@@ -762,14 +804,16 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         pager,
         sql,
         max_age: config.max_age,
-        purger: (cached && config.purge_after_commit).then(|| purger.clone()),
+        purger: cached.then(|| purger.clone()),
+        purge_after_commit: config.purge_after_commit,
         store: config.store.clone(),
         cache: cache_stats.clone(),
         tx: tx_stats.clone(),
         health: health.clone(),
         registry: config.registry.clone(),
+        purge_token: config.purge_token.clone(),
     });
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/products", get(list_products).post(create_product))
         .route(
             "/products/{id}",
@@ -779,8 +823,11 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
                 .delete(delete_product),
         )
         .route("/orders", axum::routing::post(place_order))
-        .route("/admin/dashboard", get(dashboard))
-        .with_state(state);
+        .route("/admin/dashboard", get(dashboard));
+    if config.purge_token.is_some() {
+        api = api.route("/admin/purge", axum::routing::post(purge_endpoint));
+    }
+    let api = api.with_state(state);
     let metrics = MetricsLayer::new(config.registry.clone())
         .exclude_path("/metrics")
         .exclude_prefix("/health");

@@ -7,7 +7,9 @@
 //! Reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), `REDIS_URL`
 //! (default `redis://127.0.0.1:6379`), and optionally `SHOP_SCHEMA` (default `shop`),
 //! `SHOP_PRODUCTS` (products seeded into an empty table, default 1000) and `CURSOR_KEY` (at
-//! least 32 bytes; signs pagination cursors, random per process when unset).
+//! least 32 bytes; signs pagination cursors, random per process when unset) and `PURGE_TOKEN`
+//! (mounts `POST /admin/purge`, which takes a `PurgeRequest` JSON body and
+//! `Authorization: Bearer <token>`).
 //!
 //! - `GET /products?limit=&sort=id|price|name|-price..&cursor=` keyset pages; `GET
 //!   /products/{id}`; `POST /products`, `PUT`/`PATCH`/`DELETE /products/{id}`.
@@ -52,8 +54,15 @@ fn listen_addr() -> Result<SocketAddr, String> {
         .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
 }
 
-fn print_tour(addr: SocketAddr) {
+fn print_tour(addr: SocketAddr, purge: bool) {
     let base = format!("http://{addr}");
+    let purge = if purge {
+        format!(
+            "\n  curl -s -X POST {base}/admin/purge -H \"authorization: Bearer $PURGE_TOKEN\" -H 'content-type: application/json' -d '{{\"tags\":[\"products\"]}}'"
+        )
+    } else {
+        String::new()
+    };
     println!(
         r#"shop listening on {base}; try:
 
@@ -63,7 +72,7 @@ fn print_tour(addr: SocketAddr) {
   curl -i {base}/products/1                      # purged after commit: a miss with the new price
   curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":2}}'
   curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":1000000}}'  # 409, rolled back
-  curl -s {base}/admin/dashboard
+  curl -s {base}/admin/dashboard{purge}
   curl -s {base}/metrics | grep http_server_request_duration_count
   curl -s {base}/health/ready
 "#
@@ -110,10 +119,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .slow_threshold(Some(Duration::from_millis(250)))
         .build()?;
     config.metrics_text = Some(Arc::new(move || scrape.render()));
+    config.purge_token = std::env::var("PURGE_TOKEN").ok().filter(|t| !t.is_empty());
+    let purge = config.purge_token.is_some();
     let shop = app::build(config).await?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_tour(listener.local_addr()?);
+    print_tour(listener.local_addr()?, purge);
     axum::serve(listener, shop.router.clone()).await?;
     Ok(())
 }
