@@ -248,8 +248,13 @@ async fn run_stack(
     let database_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let run_id = format!("{}_{}", std::process::id(), rand::random::<u32>());
-    let app_name = format!("shop_load_{label}_{run_id}");
+    let run_id = format!(
+        "{}_{}_{}",
+        label.replace(' ', "_"),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let app_name = format!("shop_load_{run_id}");
     let options: PgConnectOptions = database_url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(POOL)
@@ -264,7 +269,7 @@ async fn run_stack(
         .namespace(format!("shop_load_{run_id}"))
         .build()?;
     let store = TieredStore::builder(MemoryStore::new(256 << 20), l2).build()?;
-    let schema = format!("shop_load_{label}_{run_id}");
+    let schema = format!("shop_load_{run_id}");
     let mut config = ShopConfig::new(pool.clone(), store);
     config.schema = schema.clone();
     config.seed_products = PRODUCTS;
