@@ -1,0 +1,130 @@
+//! The shop: every tower-strata layer stacked on one axum service over PostgreSQL and Redis.
+//!
+//! ```text
+//! cargo run --example shop --features postgres,redis,memory,axum,metrics,health -- --listen 127.0.0.1:3000
+//! ```
+//!
+//! Reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), `REDIS_URL`
+//! (default `redis://127.0.0.1:6379`), and optionally `SHOP_SCHEMA` (default `shop`),
+//! `SHOP_PRODUCTS` (products seeded into an empty table, default 1000) and `CURSOR_KEY` (at
+//! least 32 bytes; signs pagination cursors, random per process when unset) and `PURGE_TOKEN`
+//! (mounts `POST /admin/purge`, which takes a `PurgeRequest` JSON body and
+//! `Authorization: Bearer <token>`).
+//!
+//! - `GET /products?limit=&sort=id|price|name|-price..&cursor=` keyset pages; `GET
+//!   /products/{id}`; `POST /products`, `PUT`/`PATCH`/`DELETE /products/{id}`.
+//! - `POST /orders {"product_id":1,"quantity":2}` takes the stock in one transaction (`409`
+//!   and rollback when it is short).
+//! - `GET /admin/dashboard`: the health report, cache, store, purge, transaction and latency
+//!   figures.
+//! - `GET /metrics` (Prometheus), `GET /health`, `GET /health/ready`.
+//!
+//! The layers, outermost first, in one `ServiceBuilder`: metrics, the response cache on a
+//! tiered store (memory + Redis, namespace `shop`), a transaction per request; writes purge
+//! the tags `product:{id}` and `products` after commit (see `app.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tower_strata::db::CursorKey;
+use tower_strata::metrics::MetricsRegistry;
+use tower_strata::store::{MemoryStore, RedisStore, TieredStore};
+
+#[allow(dead_code)] // the tests and the load run use the rest
+mod app;
+#[path = "../support/prometheus.rs"]
+mod prometheus;
+
+fn listen_addr() -> Result<SocketAddr, String> {
+    let mut args = std::env::args().skip(1);
+    let mut listen = String::from("127.0.0.1:3000");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().ok_or("--listen needs an address")?,
+            other if other.starts_with("--listen=") => {
+                listen = other["--listen=".len()..].to_owned()
+            }
+            other => return Err(format!("unknown argument {other:?} (usage: --listen ADDR)")),
+        }
+    }
+    listen
+        .parse()
+        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+}
+
+fn print_tour(addr: SocketAddr, purge: bool) {
+    let base = format!("http://{addr}");
+    let purge = if purge {
+        format!(
+            "\n  curl -s -X POST {base}/admin/purge -H \"authorization: Bearer $PURGE_TOKEN\" -H 'content-type: application/json' -d '{{\"tags\":[\"products\"]}}'"
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        r#"shop listening on {base}; try:
+
+  curl -i {base}/products/1                      # miss, then run it again: hit (Cache-Status)
+  curl -s '{base}/products?limit=5&sort=-price'  # a keyset page; pass its next_cursor as &cursor=
+  curl -i -X PATCH {base}/products/1 -H 'content-type: application/json' -d '{{"price_cents":999}}'
+  curl -i {base}/products/1                      # purged after commit: a miss with the new price
+  curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":2}}'
+  curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":1000000}}'  # 409, rolled back
+  curl -s {base}/admin/dashboard{purge}
+  curl -s {base}/metrics | grep http_server_request_duration_count
+  curl -s {base}/health/ready
+"#
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let addr = listen_addr()?;
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let database_url = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    let redis_url = env("REDIS_URL", "redis://127.0.0.1:6379");
+    let schema = env("SHOP_SCHEMA", "shop");
+    let seed_products: u32 = env("SHOP_PRODUCTS", "1000")
+        .parse()
+        .map_err(|e| format!("SHOP_PRODUCTS: {e}"))?;
+    let cursor_key = match std::env::var("CURSOR_KEY") {
+        Ok(key) => CursorKey::new(key.into_bytes()).map_err(|e| format!("CURSOR_KEY: {e}"))?,
+        Err(_) => CursorKey::random(),
+    };
+
+    let scrape = prometheus::install().map_err(|e| e.to_string())?;
+    let options: PgConnectOptions = database_url.parse()?;
+    let options = tower_strata::tx::log_slow_statements(options, Duration::from_millis(200));
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options)
+        .await?;
+    // Redis is connected lazily: a Redis that is down shows in /health/ready, not here.
+    let l2 = RedisStore::builder(&redis_url).namespace("shop").build()?;
+    let store = TieredStore::builder(MemoryStore::new(64 << 20), l2).build()?;
+
+    let mut config = app::ShopConfig::new(pool, store);
+    config.schema = schema;
+    config.seed_products = seed_products;
+    config.cursor_key = cursor_key;
+    config.registry = MetricsRegistry::builder()
+        .slow_threshold(Some(Duration::from_millis(250)))
+        .build()?;
+    config.metrics_text = Some(Arc::new(move || scrape.render()));
+    config.purge_token = std::env::var("PURGE_TOKEN").ok().filter(|t| !t.is_empty());
+    let purge = config.purge_token.is_some();
+    let shop = app::build(config).await?;
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    print_tour(listener.local_addr()?, purge);
+    axum::serve(listener, shop.router.clone()).await?;
+    Ok(())
+}

@@ -1,0 +1,662 @@
+//! The shop stack end to end over real PostgreSQL and Redis: metrics, cache on the tiered store,
+//! a transaction per request and purges after commit, composed as `examples/shop` composes them.
+//!
+//! Each test has its own PostgreSQL schema and its own Redis namespace (or its own redis-server).
+#![cfg(all(
+    feature = "postgres",
+    feature = "redis",
+    feature = "memory",
+    feature = "axum",
+    feature = "metrics",
+    feature = "health"
+))]
+
+mod support;
+
+#[allow(dead_code)] // the example and the load run use the rest
+#[path = "../examples/shop/app.rs"]
+mod app;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use tower::ServiceExt;
+use tower_strata::store::{MemoryStore, RedisStore, TieredStore};
+
+use app::{Shop, ShopConfig, Stack};
+use support::{PrivateRedis, eventually, redis_url, unique};
+
+fn pg_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+struct Fixture {
+    shop: Shop,
+    pool: PgPool,
+    schema: String,
+}
+
+async fn fixture(stack: Stack, redis: &str, tweak: impl FnOnce(&mut ShopConfig)) -> Fixture {
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&pg_url())
+        .await
+        .expect("PostgreSQL at DATABASE_URL");
+    let l2 = RedisStore::builder(redis)
+        .namespace(unique("shop"))
+        .build()
+        .unwrap();
+    let store = TieredStore::builder(MemoryStore::new(16 << 20), l2)
+        .build()
+        .unwrap();
+    let schema = unique("shop");
+    let mut config = ShopConfig::new(pool.clone(), store);
+    config.schema = schema.clone();
+    config.seed_products = 20;
+    config.seed_stock = 10;
+    config.stack = stack;
+    config.health_interval = Duration::from_millis(200);
+    tweak(&mut config);
+    let shop = app::build(config).await.expect("the shop builds");
+    Fixture { shop, pool, schema }
+}
+
+impl Fixture {
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://shop.test{uri}"));
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let stores = self.shop.cache.as_ref().map(|c| c.stores());
+        let response = self
+            .shop
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let reply = Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+        };
+        // A miss is written to the store once its body has streamed; wait for the write so
+        // the next request sees it.
+        if let (Some(before), Some(cache)) = (stores, &self.shop.cache)
+            && reply.cache_status().contains("stored")
+        {
+            let stored = eventually(Duration::from_secs(5), || {
+                let now = cache.stores();
+                async move { now > before }
+            })
+            .await;
+            assert!(stored.is_some(), "the miss was never stored");
+        }
+        reply
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, None).await
+    }
+
+    async fn db_product(&self, id: i64) -> (i64, i64) {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT price_cents, stock FROM {} WHERE id = $1",
+            self.shop.products_table
+        )))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn orders(&self) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.shop.orders_table
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn drop_schema(self) {
+        let schema = self.schema.clone();
+        let pool = self.pool.clone();
+        drop(self.shop);
+        sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+    fn is_hit(&self) -> bool {
+        self.cache_status().starts_with("tower-strata; hit")
+    }
+    fn is_miss(&self) -> bool {
+        self.cache_status().starts_with("tower-strata; fwd=miss")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_read_is_a_miss_then_a_hit() {
+    let f = fixture(Stack::Full, &redis_url(), |_| {}).await;
+    let first = f.get("/products/3").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.is_miss(), "{}", first.cache_status());
+    assert_eq!(first.headers["cache-control"], "public, max-age=60");
+    // The tags were read by the cache and stripped before the response left.
+    assert!(!first.headers.contains_key(app::TAG_HEADER));
+    assert_eq!(first.body["id"], 3);
+
+    let second = f.get("/products/3").await;
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert_eq!(second.body, first.body);
+    let cache = f.shop.cache.clone().unwrap();
+    assert_eq!((cache.misses(), cache.hits()), (1, 1));
+    // The hit never reached the database: one transaction, for the miss.
+    assert_eq!(f.shop.tx.as_ref().unwrap().snapshot().begun, 1);
+
+    // Keyset pages are cached per cursor, and walk the whole table.
+    let page = f.get("/products?limit=15&sort=price").await;
+    assert!(page.is_miss());
+    assert_eq!(page.body["items"].as_array().unwrap().len(), 15);
+    let cursor = page.body["next_cursor"].as_str().unwrap().to_owned();
+    let rest = f
+        .get(&format!("/products?limit=15&sort=price&cursor={cursor}"))
+        .await;
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 5);
+    assert!(f.get("/products?limit=15&sort=price").await.is_hit());
+    let forged = f.get("/products?limit=15&cursor=AAAA").await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_commits_purges_and_the_next_read_misses_with_the_new_value() {
+    let f = fixture(Stack::Full, &redis_url(), |_| {}).await;
+    f.get("/products/4").await;
+    assert!(f.get("/products/4").await.is_hit());
+    f.get("/products?limit=5").await;
+    assert!(f.get("/products?limit=5").await.is_hit());
+
+    let patched = f
+        .call(
+            Method::PATCH,
+            "/products/4",
+            Some(json!({ "price_cents": 12345 })),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(patched.body["price_cents"], 12345);
+    assert_eq!(f.db_product(4).await.0, 12345, "committed");
+    let purges = f.shop.purger.stats();
+    assert_eq!(purges.tag_purges, 2, "product:4 and products");
+    assert_eq!(purges.failures, 0);
+
+    let item = f.get("/products/4").await;
+    assert!(item.is_miss(), "{}", item.cache_status());
+    assert_eq!(item.body["price_cents"], 12345);
+    // The list page lives under another URI: only the `products` tag purge reaches it.
+    let page = f.get("/products?limit=5").await;
+    assert!(page.is_miss(), "{}", page.cache_status());
+    assert_eq!(page.body["items"][3]["price_cents"], 12345);
+
+    // PUT, POST and DELETE purge too.
+    let put = f
+        .call(
+            Method::PUT,
+            "/products/4",
+            Some(json!({ "name": "Renamed", "price_cents": 1, "stock": 3 })),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(f.get("/products/4").await.body["name"], "Renamed");
+    let created = f
+        .call(
+            Method::POST,
+            "/products",
+            Some(json!({ "name": "New", "price_cents": 5, "stock": 1 })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.headers["location"], "/products/21");
+    let deleted = f.call(Method::DELETE, "/products/4", None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(f.get("/products/4").await.status, StatusCode::NOT_FOUND);
+    let bad = f
+        .call(
+            Method::PATCH,
+            "/products/5",
+            Some(json!({ "price_cents": -1 })),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_short_of_stock_rolls_back_and_purges_nothing() {
+    let f = fixture(Stack::Full, &redis_url(), |_| {}).await;
+    // A placed order takes the stock and purges the product.
+    f.get("/products/5").await;
+    let placed = f
+        .call(
+            Method::POST,
+            "/orders",
+            Some(json!({ "product_id": 5, "quantity": 4 })),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{:?}", placed.body);
+    assert_eq!(placed.body["stock_left"], 6);
+    let read = f.get("/products/5").await;
+    assert!(read.is_miss());
+    assert_eq!(read.body["stock"], 6);
+    assert!(f.get("/products/5").await.is_hit());
+
+    let purges = f.shop.purger.stats();
+    let tx = f.shop.tx.as_ref().unwrap().snapshot();
+    let orders = f.orders().await;
+    let short = f
+        .call(
+            Method::POST,
+            "/orders",
+            Some(json!({ "product_id": 5, "quantity": 7 })),
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::CONFLICT);
+    assert_eq!(short.body["error"], "insufficient stock");
+    // Rolled back: the order row written before the stock check is gone, the stock unchanged.
+    assert_eq!(f.db_product(5).await.1, 6);
+    assert_eq!(f.orders().await, orders);
+    let after = f.shop.tx.as_ref().unwrap().snapshot();
+    assert_eq!(after.rolled_back, tx.rolled_back + 1);
+    assert_eq!(after.committed, tx.committed);
+    // Nothing purged: the product is still a hit.
+    assert_eq!(f.shop.purger.stats(), purges);
+    let still = f.get("/products/5").await;
+    assert!(still.is_hit(), "{}", still.cache_status());
+    assert_eq!(still.body["stock"], 6);
+
+    let unknown = f
+        .call(
+            Method::POST,
+            "/orders",
+            Some(json!({ "product_id": 999, "quantity": 1 })),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let zero = f
+        .call(
+            Method::POST,
+            "/orders",
+            Some(json!({ "product_id": 5, "quantity": 0 })),
+        )
+        .await;
+    assert_eq!(zero.status, StatusCode::BAD_REQUEST);
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_racing_for_the_last_units_never_oversell() {
+    let f = Arc::new(fixture(Stack::Full, &redis_url(), |_| {}).await);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                f.call(
+                    Method::POST,
+                    "/orders",
+                    Some(json!({ "product_id": 8, "quantity": 1 })),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 10, "stock was 10");
+    assert_eq!(f.db_product(8).await.1, 0);
+    assert_eq!(f.orders().await, 10);
+    assert_eq!(f.get("/products/8").await.body["stock"], 0);
+    Arc::into_inner(f).unwrap().drop_schema().await;
+}
+
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+        handle
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_route_templates_and_health_is_ready() {
+    let scrape = prometheus();
+    let f = fixture(Stack::Full, &redis_url(), |c| {
+        c.metrics_text = Some(Arc::new(|| prometheus().render()));
+    })
+    .await;
+    for id in [7, 7, 9] {
+        assert_eq!(
+            f.get(&format!("/products/{id}")).await.status,
+            StatusCode::OK
+        );
+    }
+    f.call(Method::PATCH, "/products/9", Some(json!({ "stock": 1 })))
+        .await;
+    let routes = f.shop.registry.routes();
+    assert!(routes.iter().any(|r| r == "/products/{id}"), "{routes:?}");
+    assert!(
+        !routes.iter().any(|r| r.contains("/products/7")),
+        "{routes:?}"
+    );
+    let text = f.get("/metrics").await.body;
+    let text = text.as_str().unwrap();
+    assert!(text.contains(r#"http_route="/products/{id}""#), "{text}");
+    assert!(!text.contains("/products/7"));
+    assert!(
+        !text.contains(r#"http_route="/metrics""#),
+        "/metrics is excluded"
+    );
+    let _ = scrape;
+
+    let ready = f.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.body["status"], "healthy", "{:#}", ready.body);
+    for check in ["postgres", "redis", "cache", "transactions", "latency"] {
+        let found = ready.body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == check)
+            .unwrap_or_else(|| panic!("no {check} check"));
+        assert_eq!(found["status"], "healthy", "{found:#}");
+    }
+    assert_eq!(f.get("/health").await.status, StatusCode::OK);
+
+    let dashboard = f.get("/admin/dashboard").await;
+    assert_eq!(dashboard.status, StatusCode::OK);
+    assert_eq!(dashboard.body["cache"]["hits"], 1);
+    assert_eq!(dashboard.body["purge"]["tag_purges"], 2);
+    assert!(
+        dashboard.body["transactions"]["committed"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    assert_eq!(dashboard.body["health"]["status"], "healthy");
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_degrades_health_but_not_correctness() {
+    let mut redis = PrivateRedis::start();
+    let f = fixture(Stack::Full, &redis.url(), |_| {}).await;
+    f.get("/products/2").await;
+    assert!(f.get("/products/2").await.is_hit());
+    assert_eq!(
+        f.shop.health.check_now().await.status,
+        tower_strata::health::Status::Healthy
+    );
+
+    redis.kill();
+    let report = f.shop.health.check_now().await;
+    assert_eq!(report.status, tower_strata::health::Status::Degraded);
+    let ready = f.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK, "degraded is still ready");
+    assert_eq!(ready.body["status"], "degraded");
+
+    // Reads stay right: from L1 or from PostgreSQL.
+    let cached = f.get("/products/2").await;
+    assert_eq!(cached.status, StatusCode::OK);
+    assert_eq!(cached.body["id"], 2);
+    let fresh = f.get("/products/11").await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.body["id"], 11);
+    // Writes commit, and their purge still reaches this instance's L1.
+    let patched = f
+        .call(
+            Method::PATCH,
+            "/products/2",
+            Some(json!({ "price_cents": 4242 })),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(f.db_product(2).await.0, 4242);
+    let read = f.get("/products/2").await;
+    assert_eq!(read.body["price_cents"], 4242, "{}", read.cache_status());
+    let ordered = f
+        .call(
+            Method::POST,
+            "/orders",
+            Some(json!({ "product_id": 2, "quantity": 1 })),
+        )
+        .await;
+    assert_eq!(ordered.status, StatusCode::CREATED);
+    assert_eq!(f.get("/products/2").await.body["stock"], 9);
+    f.drop_schema().await;
+}
+
+/// Holds every COMMIT that updated a product until the returned connection unlocks `key`: a
+/// deferred constraint trigger takes the advisory lock at commit time.
+async fn hold_commits(f: &Fixture, key: i64) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let schema = &f.schema;
+    for statement in [
+        format!(
+            "CREATE FUNCTION \"{schema}\".hold_commit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NULL; END $$"
+        ),
+        format!(
+            "CREATE CONSTRAINT TRIGGER hold_commit AFTER UPDATE ON {} DEFERRABLE INITIALLY
+             DEFERRED FOR EACH ROW EXECUTE FUNCTION \"{schema}\".hold_commit()",
+            f.shop.products_table
+        ),
+    ] {
+        sqlx::query(AssertSqlSafe(statement))
+            .execute(&f.pool)
+            .await
+            .unwrap();
+    }
+    let mut locker = f.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    locker
+}
+
+/// What a read sees while an update of the product waits in COMMIT, and after it committed.
+struct CommitWindow {
+    during: Reply,
+    after: Reply,
+}
+
+async fn read_around_a_commit(f: &Fixture) -> CommitWindow {
+    let id = 6;
+    let old = f.db_product(id).await.0;
+    f.get(&format!("/products/{id}")).await;
+    assert!(f.get(&format!("/products/{id}")).await.is_hit());
+    let key = i64::from(rand::random::<u32>() >> 1);
+    let mut locker = hold_commits(f, key).await;
+
+    let writer = {
+        let router = f.shop.router.clone();
+        tokio::spawn(async move {
+            let req = Request::patch(format!("http://shop.test/products/{id}"))
+                .header("content-type", "application/json")
+                .body(Body::from(json!({ "price_cents": old + 1 }).to_string()))
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        })
+    };
+    // Wait until the update sits in its COMMIT, waiting for the lock.
+    let pool = f.pool.clone();
+    let waiting = eventually(Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+                 AND NOT granted AND objid::text::bigint = $1)",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    assert!(waiting.is_some(), "the update never reached its COMMIT");
+    let during = f.get(&format!("/products/{id}")).await;
+    assert_eq!(
+        during.body["price_cents"], old,
+        "an uncommitted write is never seen"
+    );
+
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    assert_eq!(writer.await.unwrap(), StatusCode::OK);
+    assert_eq!(f.db_product(id).await.0, old + 1, "committed");
+    let after = f.get(&format!("/products/{id}")).await;
+    CommitWindow { during, after }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_order_cache_outside_the_transaction_is_right_at_every_step() {
+    let f = fixture(Stack::Full, &redis_url(), |_| {}).await;
+    let window = read_around_a_commit(&f).await;
+    // While the COMMIT waits, the entry still holds the committed value: a hit.
+    assert!(window.during.is_hit(), "{}", window.during.cache_status());
+    // After it, the entry is gone (invalidated after COMMIT): a miss with the new value.
+    assert!(window.after.is_miss(), "{}", window.after.cache_status());
+    let old = window.during.body["price_cents"].as_i64().unwrap();
+    assert_eq!(window.after.body["price_cents"], old + 1);
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_order_cache_inside_the_transaction_needs_the_after_commit_purge() {
+    // Without the after-commit purge, only the cache's own RFC 9111 invalidation of the PUT/
+    // PATCH URI is left, and inside the transaction layer it runs BEFORE the COMMIT: a read
+    // in between misses, reads the old row and stores it, and it is served after the commit.
+    let f = fixture(Stack::CacheInsideTx, &redis_url(), |c| {
+        c.purge_after_commit = false;
+    })
+    .await;
+    let window = read_around_a_commit(&f).await;
+    let old = window.during.body["price_cents"].as_i64().unwrap();
+    assert!(window.during.is_miss(), "invalidated before the commit");
+    assert!(window.after.is_hit(), "{}", window.after.cache_status());
+    assert_eq!(
+        window.after.body["price_cents"], old,
+        "stale after the commit"
+    );
+    f.drop_schema().await;
+
+    // With the purge registered on AfterCommit, the stale copy stored during the COMMIT is
+    // purged once it is done: right again.
+    let f = fixture(Stack::CacheInsideTx, &redis_url(), |_| {}).await;
+    let window = read_around_a_commit(&f).await;
+    let old = window.during.body["price_cents"].as_i64().unwrap();
+    assert!(window.during.is_miss());
+    assert!(window.after.is_miss(), "{}", window.after.cache_status());
+    assert_eq!(window.after.body["price_cents"], old + 1);
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_endpoint_wants_its_token_and_purges_by_tag() {
+    let f = fixture(Stack::Full, &redis_url(), |c| {
+        c.purge_token = Some("s3cret-token".into());
+    })
+    .await;
+    f.get("/products/12").await;
+    assert!(f.get("/products/12").await.is_hit());
+    let purge = |token: Option<&'static str>| {
+        let mut req = Request::post("http://shop.test/admin/purge")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Body::from(json!({ "tags": ["product:12"] }).to_string()))
+            .unwrap();
+        let router = f.shop.router.clone();
+        async move {
+            let response = router.oneshot(req).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    assert_eq!(purge(None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        purge(Some("s3cret-tokem")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        f.get("/products/12").await.is_hit(),
+        "refused purges purge nothing"
+    );
+    let (status, report) = purge(Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["tags"], 1, "{report}");
+    assert!(f.get("/products/12").await.is_miss());
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_there_is_no_purge_endpoint() {
+    let f = fixture(Stack::Full, &redis_url(), |_| {}).await;
+    let response = f
+        .call(Method::POST, "/admin/purge", Some(json!({ "all": true })))
+        .await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    f.drop_schema().await;
+}
