@@ -1,400 +1,582 @@
-//! tower-strata quickstart: an axum service on the embedded default (in-memory store), no
+//! tower-strata quickstart: a small shop on the embedded default (in-memory cache, SQLite), no
 //! server to install.
 //!
 //! ```text
 //! cargo run --example quickstart                 # serve on 127.0.0.1:3000 and print what to try
-//! cargo run --example quickstart -- --demo       # run the requests itself and print a table
-//! cargo run --example quickstart -- --listen 127.0.0.1:8000
+//! cargo run --example quickstart -- --demo       # run the requests itself and print tables
+//! cargo run --example quickstart -- --listen 127.0.0.1:8000 --purge-token s3cret
 //! ```
 //!
-//! It shows the typed cache (`Cache::get_or_compute`) in front of a slow "database": the first
-//! read of a product is a miss that loads it, the next ones are hits, concurrent misses load
-//! once, and an update purges the product's tag so the next read loads the new value.
+//! The same stack as `examples/shop` (which runs on PostgreSQL and Redis), in one
+//! `ServiceBuilder`, outermost first:
 //!
-//! `/catalog` is a whole route behind the response cache layer (`CacheLayer`): its
-//! `Cache-Status` header shows the miss, then hits, and the update purges it too (the page is
-//! tagged with every product through `Surrogate-Key`).
+//! 1. `MetricsLayer`: latency per route template, served at `/metrics` (Prometheus) and in
+//!    `/stats`.
+//! 2. `PurgeLayer`: `PURGE <url>` and `POST /_cache/purge` for requests bearing the purge token.
+//! 3. `CacheLayer` on a `MemoryStore`: product reads are cached, tagged `product:{id}` and
+//!    `products`.
+//! 4. `TxLayer` on SQLite: one transaction per request, committed on success, rolled back on
+//!    an error response.
+//! 5. `InvalidateLayer`: a successful `PUT /products/{id}` purges `product:{id}` and `products`
+//!    after the transaction committed; an order names what it invalidates in its response.
+//!
+//! `/health` and `/health/ready` report the database and the cache; `/stats` shows the cache,
+//! purge, transaction and latency figures.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Sqlite, SqlitePool};
+use tower::ServiceBuilder;
 use tower_strata::cache::{CacheLayer, CacheStats};
-use tower_strata::health::{Check, Health, stats_check};
-use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
-use tower_strata::store::{Cache, KeyBuilder, MemoryStore, SetOptions, Store};
+use tower_strata::health::{Check, Health, PoolCheck, stats_check};
+use tower_strata::metrics::{MetricsLayer, MetricsRegistry, Window};
+use tower_strata::purge::{InvalidateLayer, Invalidation, Purger, PurgeLayer, Rule};
+use tower_strata::store::{MemoryStore, Store};
+use tower_strata::tx::{TxConfig, TxHandle, TxLayer, TxStats};
 
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 struct Product {
-    id: u64,
+    id: i64,
     name: String,
-    price_cents: u64,
-}
-
-/// A stand-in for a database: every load takes 50 ms and is counted.
-#[derive(Default)]
-struct Database {
-    rows: RwLock<HashMap<u64, Product>>,
-    loads: AtomicU64,
-}
-
-impl Database {
-    async fn load(&self, id: u64) -> Result<Product, StatusCode> {
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.rows
-            .read()
-            .await
-            .get(&id)
-            .cloned()
-            .ok_or(StatusCode::NOT_FOUND)
-    }
-}
-
-#[derive(Clone)]
-struct App {
-    db: Arc<Database>,
-    cache: Cache<MemoryStore>,
-    responses: CacheStats,
-}
-
-#[derive(Serialize)]
-struct ProductResponse {
-    product: Product,
-    /// "cache" when served from the cache, "database" when this request loaded it.
-    source: &'static str,
-    millis: f64,
-}
-
-fn product_key(id: u64) -> String {
-    KeyBuilder::new("product").part(id).build()
-}
-
-async fn get_product(
-    State(app): State<App>,
-    Path(id): Path<u64>,
-) -> Result<Json<ProductResponse>, StatusCode> {
-    let started = Instant::now();
-    let loads_before = app.db.loads.load(Ordering::Relaxed);
-    let options = SetOptions::new()
-        .ttl(Duration::from_secs(60))
-        .grace(Duration::from_secs(300))
-        .tags([format!("product:{id}"), "products".to_string()]);
-    let db = app.db.clone();
-    let product = app
-        .cache
-        .get_or_compute(&product_key(id), &options, move || async move {
-            db.load(id).await
-        })
-        .await
-        .map_err(|e| match e {
-            tower_strata::store::ComputeError::Compute(status) => *status,
-            tower_strata::store::ComputeError::Cache(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        })?;
-    let loaded = app.db.loads.load(Ordering::Relaxed) > loads_before;
-    Ok(Json(ProductResponse {
-        product,
-        source: if loaded { "database" } else { "cache" },
-        millis: started.elapsed().as_secs_f64() * 1000.0,
-    }))
+    price_cents: i64,
+    stock: i64,
 }
 
 #[derive(Deserialize)]
 struct PriceUpdate {
-    price_cents: u64,
+    price_cents: i64,
 }
 
-async fn update_product(
-    State(app): State<App>,
-    Path(id): Path<u64>,
-    Json(update): Json<PriceUpdate>,
-) -> Result<Json<serde_json::Value>, StatusCode> {
-    let mut rows = app.db.rows.write().await;
-    let product = rows.get_mut(&id).ok_or(StatusCode::NOT_FOUND)?;
-    product.price_cents = update.price_cents;
-    drop(rows);
-    // One call invalidates every entry tagged with this product, however many there are.
-    let purged = app
-        .cache
-        .store()
-        .delete_tag(&format!("product:{id}"))
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(Json(
-        serde_json::json!({ "updated": id, "purged_entries": purged }),
-    ))
+#[derive(Deserialize)]
+struct NewOrder {
+    product_id: i64,
+    quantity: i64,
 }
 
-async fn stats(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "store": app.cache.store().stats(),
-        "response_cache": {
-            "hits": app.responses.hits(),
-            "misses": app.responses.misses(),
-            "stores": app.responses.stores(),
-        },
-        "database_loads": app.db.loads.load(Ordering::Relaxed),
-    }))
+/// A handler error: a status and a message, answered as JSON. Error statuses roll the
+/// request's transaction back.
+struct ApiError(StatusCode, String);
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        tracing::warn!(%error, "database error");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "database unavailable".into())
+    }
 }
 
-/// The whole catalog page: slow to build, cached as an HTTP response for 30 s, tagged with
-/// every product it shows so a product update purges it.
-async fn catalog(State(app): State<App>) -> impl axum::response::IntoResponse {
-    app.db.loads.fetch_add(1, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let rows = app.db.rows.read().await;
-    let mut products: Vec<&Product> = rows.values().collect();
-    products.sort_by_key(|p| p.id);
-    let tags: Vec<String> = products
-        .iter()
-        .map(|p| format!("product:{}", p.id))
-        .collect();
-    let page = serde_json::to_string(&products).unwrap_or_default();
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// A cacheable JSON answer: public for a minute, tagged for purging.
+fn cached(tags: &str, body: impl Serialize) -> Response {
     (
         [
-            ("cache-control", "public, max-age=30".to_owned()),
-            ("surrogate-key", tags.join(" ")),
-            ("content-type", "application/json".to_owned()),
+            (header::CACHE_CONTROL, "public, max-age=60".to_owned()),
+            (header::HeaderName::from_static("surrogate-key"), tags.to_owned()),
         ],
-        page,
+        Json(body),
     )
+        .into_response()
 }
 
-fn app() -> Router {
-    let db = Arc::new(Database::default());
-    {
-        let mut rows = db.rows.try_write().expect("no one else holds it yet");
-        for (id, name, price) in [(1, "lamp", 2_500), (2, "desk", 19_900), (3, "chair", 8_900)] {
-            rows.insert(
-                id,
-                Product {
-                    id,
-                    name: name.into(),
-                    price_cents: price,
-                },
-            );
-        }
+async fn list_products(tx: TxHandle<Sqlite>) -> Result<Response, ApiError> {
+    let mut conn = tx.conn().await?;
+    let products: Vec<Product> = sqlx::query_as("SELECT * FROM products ORDER BY id")
+        .fetch_all(&mut conn)
+        .await?;
+    Ok(cached("products", products))
+}
+
+async fn get_product(tx: TxHandle<Sqlite>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let mut conn = tx.conn().await?;
+    let product: Option<Product> = sqlx::query_as("SELECT * FROM products WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut conn)
+        .await?;
+    match product {
+        Some(product) => Ok(cached(&format!("product:{id} products"), product)),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}"))),
     }
-    // One store for the typed cache and the response cache, so one tag purge reaches both.
-    let store = MemoryStore::new(64 << 20);
-    let layer = CacheLayer::new(store.clone());
-    let state = App {
-        db,
-        cache: Cache::new(store),
-        responses: layer.stats(),
+}
+
+/// Updates a price. The `InvalidateLayer` rule purges `product:{id}` and `products` once the
+/// transaction has committed.
+async fn update_product(
+    tx: TxHandle<Sqlite>,
+    Path(id): Path<i64>,
+    Json(update): Json<PriceUpdate>,
+) -> Result<Json<Product>, ApiError> {
+    if update.price_cents < 0 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "price must not be negative".into()));
+    }
+    let mut conn = tx.conn().await?;
+    let product: Option<Product> =
+        sqlx::query_as("UPDATE products SET price_cents = $1 WHERE id = $2 RETURNING *")
+            .bind(update.price_cents)
+            .bind(id)
+            .fetch_optional(&mut conn)
+            .await?;
+    product
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no product {id}")))
+}
+
+/// Places an order: checks and decrements the stock in the request's transaction. Short
+/// stock is a `409`, which rolls the transaction back and purges nothing; success names the
+/// product's tags in an `Invalidation` extension, purged after the commit.
+async fn place_order(
+    tx: TxHandle<Sqlite>,
+    Json(order): Json<NewOrder>,
+) -> Result<Response, ApiError> {
+    if order.quantity <= 0 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "quantity must be positive".into()));
+    }
+    let mut conn = tx.conn().await?;
+    let id = order.product_id;
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut conn)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no product {id}")));
+    }
+    let order_id: i64 = sqlx::query_scalar(
+        "INSERT INTO orders (product_id, quantity) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(id)
+    .bind(order.quantity)
+    .fetch_one(&mut conn)
+    .await?;
+    // The stock check and the decrement are one statement; when it refuses, the 409 rolls
+    // the order row above back with the rest of the transaction.
+    let left: Option<i64> = sqlx::query_scalar(
+        "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $3 RETURNING stock",
+    )
+    .bind(order.quantity)
+    .bind(id)
+    .bind(order.quantity)
+    .fetch_optional(&mut conn)
+    .await?;
+    let Some(left) = left else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("not enough of product {id} in stock"),
+        ));
     };
-    let cached = Router::new().route("/catalog", get(catalog)).layer(layer);
-    Router::new()
-        .route("/products/{id}", get(get_product).put(update_product))
-        .route("/stats", get(stats))
-        .merge(cached)
-        .with_state(state)
+    let mut response = (
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "order": order_id, "stock_left": left })),
+    )
+        .into_response();
+    response
+        .extensions_mut()
+        .insert(Invalidation::tags([format!("product:{id}"), "products".to_owned()]));
+    Ok(response)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut listen: SocketAddr = "127.0.0.1:3000".parse()?;
-    let mut demo = false;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--demo" => demo = true,
-            "--listen" => {
-                i += 1;
-                listen = args
-                    .get(i)
-                    .ok_or("--listen needs an address")?
-                    .parse()
-                    .map_err(|e| format!("--listen: {e}"))?;
-            }
-            "-h" | "--help" => {
-                println!("usage: quickstart [--demo] [--listen ADDR]");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
-        }
-        i += 1;
+/// What `/stats` shows: every layer's figures.
+#[derive(Clone)]
+struct Figures {
+    store: MemoryStore,
+    cache: CacheStats,
+    purger: Purger,
+    invalidate: InvalidateLayer,
+    tx: TxStats,
+    metrics: MetricsRegistry,
+}
+
+impl Figures {
+    fn json(&self) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .metrics
+            .snapshot(Window::FiveMinutes)
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "route": r.route,
+                    "method": r.method,
+                    "count": r.count,
+                    "p50_ms": r.latency.p50.as_secs_f64() * 1000.0,
+                    "p99_ms": r.latency.p99.as_secs_f64() * 1000.0,
+                })
+            })
+            .collect();
+        let tx = self.tx.snapshot();
+        serde_json::json!({
+            "cache": {
+                "hits": self.cache.hits(),
+                "stale_hits": self.cache.stale_hits(),
+                "misses": self.cache.misses(),
+                "stores": self.cache.stores(),
+                "coalesced": self.cache.coalesced(),
+            },
+            "store": self.store.stats(),
+            "purges": self.purger.stats(),
+            "invalidation": self.invalidate.stats(),
+            "transactions": { "committed": tx.committed, "rolled_back": tx.rolled_back },
+            "routes": routes,
+        })
     }
-    if demo {
-        return run_demo().await;
+}
+
+/// The service and the handles it reports through.
+struct Shop {
+    router: Router,
+    figures: Figures,
+    health: Health,
+}
+
+async fn open_database(path: Option<&str>) -> Result<SqlitePool, Box<dyn std::error::Error>> {
+    let options = match path {
+        Some(path) => SqliteConnectOptions::new().filename(path).create_if_missing(true),
+        // One in-memory database shared by the pool's connections, gone at exit.
+        None => "sqlite:file:quickstart?mode=memory&cache=shared".parse()?,
     }
-    // Latency metrics per route template, a Prometheus `/metrics` endpoint and the health
-    // service around the app.
-    let scrape = prometheus::install()?;
-    let registry = MetricsRegistry::builder()
+    .journal_mode(SqliteJournalMode::Wal)
+    .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+         price_cents INTEGER NOT NULL, stock INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         product_id INTEGER NOT NULL REFERENCES products(id), quantity INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    for (id, name, price, stock) in [
+        (1, "lamp", 2_500, 10),
+        (2, "desk", 19_900, 3),
+        (3, "chair", 8_900, 25),
+    ] {
+        sqlx::query("INSERT OR IGNORE INTO products VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(name)
+            .bind(price)
+            .bind(stock)
+            .execute(&pool)
+            .await?;
+    }
+    Ok(pool)
+}
+
+fn shop(pool: SqlitePool, purge_token: &str) -> Result<Shop, Box<dyn std::error::Error>> {
+    let store = MemoryStore::new(64 << 20);
+    let cache = CacheLayer::new(store.clone()).stale_while_revalidate(Duration::from_secs(10));
+    let urls = cache.purger();
+    let purger = urls.purger().clone();
+    let invalidate = InvalidateLayer::new(purger.clone()).rule(
+        Rule::on([Method::PUT, Method::PATCH, Method::DELETE], "/products/{id}")
+            .purge_tags(["product:{id}", "products"]),
+    )?;
+    let tx = TxLayer::new(pool.clone(), TxConfig::default())?;
+    let metrics = MetricsRegistry::builder()
         .slow_threshold(Some(Duration::from_millis(250)))
         .build()?;
+    let figures = Figures {
+        store,
+        cache: cache.stats(),
+        purger: purger.clone(),
+        invalidate: invalidate.clone(),
+        tx: tx.stats(),
+        metrics: metrics.clone(),
+    };
     let health = Health::builder()
+        .check(Check::required("sqlite", PoolCheck::new(pool)))
         .check(Check::optional("latency", {
-            let registry = registry.clone();
-            stats_check(move || registry.report())
+            let metrics = metrics.clone();
+            stats_check(move || metrics.report())
         }))
         .interval(Duration::from_secs(10))
         .timeout(Duration::from_secs(1))
         .build()?;
-    let _checks = health.spawn();
-    let app = app()
-        .route("/metrics", get(move || std::future::ready(scrape.render())))
-        .merge(health.router())
+    let router = Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product).put(update_product))
+        .route("/orders", post(place_order))
+        // Gives the purge endpoint a route, so the stack below sees its requests.
+        .route("/_cache/purge", post(|| async { StatusCode::NOT_FOUND }))
+        // One stack, outermost first.
         .layer(
-            MetricsLayer::new(registry)
-                .exclude_path("/metrics")
-                .exclude_prefix("/health"),
-        );
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+            ServiceBuilder::new()
+                .layer(MetricsLayer::new(metrics))
+                .layer(PurgeLayer::with_token(urls, purge_token)?)
+                .layer(cache)
+                .layer(tx)
+                .layer(invalidate),
+        )
+        .route(
+            "/stats",
+            get(|State(figures): State<Figures>| async move { Json(figures.json()) }),
+        )
+        .with_state(figures.clone())
+        .merge(health.router());
+    Ok(Shop {
+        router,
+        figures,
+        health,
+    })
+}
+
+struct Args {
+    listen: SocketAddr,
+    demo: bool,
+    db: Option<String>,
+    purge_token: Option<String>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args {
+        listen: "127.0.0.1:3000".parse().expect("a valid address"),
+        demo: false,
+        db: None,
+        purge_token: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().ok_or(format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--demo" => args.demo = true,
+            "--listen" => {
+                args.listen = value("--listen")?
+                    .parse()
+                    .map_err(|e| format!("--listen: {e}"))?
+            }
+            "--db" => args.db = Some(value("--db")?),
+            "--purge-token" => args.purge_token = Some(value("--purge-token")?),
+            "-h" | "--help" => {
+                println!(
+                    "usage: quickstart [--demo] [--listen ADDR] [--db SQLITE_FILE] [--purge-token TOKEN]"
+                );
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(Some(args))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
+    let token = args
+        .purge_token
+        .clone()
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let pool = open_database(args.db.as_deref()).await?;
+    let shop = shop(pool, &token)?;
+    if args.demo {
+        return run_demo(shop, &token).await;
+    }
+    let scrape = prometheus::install()?;
+    let _checks = shop.health.spawn();
+    let app = shop
+        .router
+        .route("/metrics", get(move || std::future::ready(scrape.render())));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    let json = "-H 'content-type: application/json'";
     println!("tower-strata quickstart listening on http://{addr}");
     println!("try:");
-    println!("  curl -s http://{addr}/products/1      # miss: loads from the database (~50 ms)");
-    println!("  curl -s http://{addr}/products/1      # hit: served from the cache");
+    println!("  curl -si http://{addr}/products/1     # miss: read from SQLite (see Cache-Status)");
+    println!("  curl -si http://{addr}/products/1     # hit: served from the cache");
     println!(
-        "  curl -s -X PUT http://{addr}/products/1 -H 'content-type: application/json' -d '{{\"price_cents\":2999}}'"
+        "  curl -s -X PUT http://{addr}/products/1 {json} -d '{{\"price_cents\":2999}}'   # commits, then purges"
     );
-    println!("  curl -s http://{addr}/products/1      # miss again, with the new price");
-    println!("  curl -si http://{addr}/catalog        # a cached route: see Cache-Status and Age");
-    println!("  curl -s http://{addr}/stats           # hits, misses, hit rate, bytes held");
-    println!("  curl -s http://{addr}/metrics         # Prometheus, per route template");
-    println!("  curl -s http://{addr}/health/ready    # readiness with the latency summary");
+    println!("  curl -si http://{addr}/products/1     # miss again, with the new price");
+    println!(
+        "  curl -s -X POST http://{addr}/orders {json} -d '{{\"product_id\":2,\"quantity\":5}}'   # 409: rolled back"
+    );
+    println!(
+        "  curl -s -X POST http://{addr}/_cache/purge -H 'authorization: Bearer {token}' {json} -d '{{\"tags\":[\"products\"]}}'"
+    );
+    println!(
+        "  curl -s -X PURGE http://{addr}/products/3 -H 'authorization: Bearer {token}'"
+    );
+    println!("  curl -s http://{addr}/stats          # cache, purges, transactions, latency");
+    println!("  curl -s http://{addr}/metrics        # Prometheus, per route template");
+    println!("  curl -s http://{addr}/health/ready   # readiness");
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-/// Sends requests through the router in-process and prints what happened.
-async fn run_demo() -> Result<(), Box<dyn std::error::Error>> {
+/// Sends requests through the service in-process and prints what happened.
+async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Error>> {
     use axum::body::Body;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    let app = app();
-    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> serde_json::Value {
-        let request = axum::http::Request::builder()
+    struct Answer {
+        status: StatusCode,
+        cache: String,
+        body: serde_json::Value,
+        millis: f64,
+    }
+    async fn call(app: &Router, method: &str, uri: &str, auth: Option<&str>, body: &str) -> Answer {
+        let mut request = axum::http::Request::builder()
             .method(method)
             .uri(uri)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
-    }
-
-    println!(
-        "{:<34} {:<10} {:>9} {:>10}",
-        "request", "source", "price", "ms"
-    );
-    let row = |label: &str, v: &serde_json::Value| {
-        println!(
-            "{:<34} {:<10} {:>9} {:>10.2}",
-            label,
-            v["source"].as_str().unwrap_or("-"),
-            v["product"]["price_cents"]
-                .as_u64()
-                .map_or("-".into(), |p| p.to_string()),
-            v["millis"].as_f64().unwrap_or(0.0)
-        )
-    };
-    row(
-        "GET /products/1",
-        &call(&app, "GET", "/products/1", "").await,
-    );
-    row(
-        "GET /products/1",
-        &call(&app, "GET", "/products/1", "").await,
-    );
-    let concurrent: Vec<_> = (0..100)
-        .map(|_| {
-            let app = app.clone();
-            tokio::spawn(async move { call(&app, "GET", "/products/2", "").await })
-        })
-        .collect();
-    let mut from_db = 0;
-    for task in concurrent {
-        if task.await?["source"] == "database" {
-            from_db += 1;
+            .header("content-type", "application/json");
+        if let Some(token) = auth {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
-    }
-    println!(
-        "{:<34} {from_db} of 100 loaded from the database (single flight)",
-        "100 x GET /products/2 at once"
-    );
-    let update = call(&app, "PUT", "/products/1", r#"{"price_cents":2999}"#).await;
-    println!(
-        "{:<34} purged {} entries",
-        "PUT /products/1", update["purged_entries"]
-    );
-    row(
-        "GET /products/1",
-        &call(&app, "GET", "/products/1", "").await,
-    );
-    row(
-        "GET /products/1",
-        &call(&app, "GET", "/products/1", "").await,
-    );
-
-    // The response cache: a whole route behind CacheLayer.
-    async fn cache_status(app: &Router, uri: &str) -> String {
-        let request = axum::http::Request::get(uri).body(Body::empty()).unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response
+        let request = request.body(Body::from(body.to_owned())).expect("a valid request");
+        let started = Instant::now();
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let cache = response
             .headers()
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
-        let _ = response.into_body().collect().await;
-        // The cache writes to the store in the background once the body has streamed; give it
-        // a moment so the demo's next line shows a plain hit.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        status
-    }
-    println!();
-    println!("{:<34} cache-status", "request");
-    for _ in 0..2 {
-        println!(
-            "{:<34} {}",
-            "GET /catalog",
-            cache_status(&app, "/catalog").await
-        );
-    }
-    let update = call(&app, "PUT", "/products/3", r#"{"price_cents":7900}"#).await;
-    println!(
-        "{:<34} purged {} entries (the catalog page too)",
-        "PUT /products/3", update["purged_entries"]
-    );
-    for _ in 0..2 {
-        println!(
-            "{:<34} {}",
-            "GET /catalog",
-            cache_status(&app, "/catalog").await
-        );
+            .map_or("-".to_owned(), |s| {
+                if s.contains("hit") && !s.contains("fwd=") {
+                    "hit".to_owned()
+                } else if s.contains("fwd=stale") {
+                    "stale".to_owned()
+                } else if s.contains("fwd=") {
+                    "miss".to_owned()
+                } else {
+                    "-".to_owned()
+                }
+            });
+        let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        // The cache stores a response once its body has streamed, in the background: give it
+        // a moment so the next line shows a plain hit.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Answer {
+            status,
+            cache,
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            millis,
+        }
     }
 
-    let stats = call(&app, "GET", "/stats", "").await;
+    let app = &shop.router;
     println!(
-        "\nstore: {} hits, {} misses, hit rate {:.0} %, {} bytes held; database loads: {}",
-        stats["store"]["hits"],
-        stats["store"]["misses"],
-        stats["store"]["hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
-        stats["store"]["bytes"],
-        stats["database_loads"]
+        "{:<46} {:>6} {:<6} {:>8}  {}",
+        "request", "status", "cache", "ms", "answer"
     );
+    let row = |label: &str, a: &Answer, note: String| {
+        println!(
+            "{:<46} {:>6} {:<6} {:>8.2}  {}",
+            label,
+            a.status.as_u16(),
+            a.cache,
+            a.millis,
+            note
+        );
+    };
+    let price = |a: &Answer| format!("price {}", a.body["price_cents"]);
+    for _ in 0..2 {
+        let a = call(app, "GET", "/products/1", None, "").await;
+        row("GET /products/1", &a, price(&a));
+    }
+    let a = call(app, "GET", "/products", None, "").await;
+    row("GET /products", &a, String::new());
+    let a = call(app, "PUT", "/products/1", None, r#"{"price_cents":2999}"#).await;
+    row("PUT /products/1 {price_cents: 2999}", &a, "committed, then purged".into());
+    for _ in 0..2 {
+        let a = call(app, "GET", "/products/1", None, "").await;
+        row("GET /products/1", &a, price(&a));
+    }
+    let a = call(app, "GET", "/products/2", None, "").await;
+    row("GET /products/2", &a, format!("stock {}", a.body["stock"]));
+    let a = call(app, "POST", "/orders", None, r#"{"product_id":2,"quantity":5}"#).await;
+    row("POST /orders {product 2, quantity 5}", &a, format!("{}", a.body["error"]));
+    let a = call(app, "GET", "/products/2", None, "").await;
+    row("GET /products/2", &a, "rolled back: nothing purged".into());
+    let a = call(app, "POST", "/orders", None, r#"{"product_id":2,"quantity":2}"#).await;
+    row("POST /orders {product 2, quantity 2}", &a, format!("stock left {}", a.body["stock_left"]));
+    let a = call(app, "GET", "/products/2", None, "").await;
+    row("GET /products/2", &a, format!("stock {}", a.body["stock"]));
+    let purge = r#"{"tags":["products"]}"#;
+    let a = call(app, "POST", "/_cache/purge", None, purge).await;
+    row("POST /_cache/purge (no token)", &a, "refused, nothing purged".into());
+    let a = call(app, "POST", "/_cache/purge", Some(token), purge).await;
+    row("POST /_cache/purge {tags: [products]}", &a, format!("{}", a.body));
+    let a = call(app, "GET", "/products/3", None, "").await;
+    row("GET /products/3", &a, String::new());
+    let a = call(app, "PURGE", "/products/3", Some(token), "").await;
+    row("PURGE /products/3", &a, format!("{}", a.body));
+    let a = call(app, "GET", "/products/3", None, "").await;
+    row("GET /products/3", &a, String::new());
+
+    // Concurrent misses on one key go upstream once.
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let app = app.clone();
+            let uri = if i % 2 == 0 { "/products" } else { "/products/2" };
+            tokio::spawn(async move { call(&app, "GET", uri, None, "").await.cache })
+        })
+        .collect();
+    let mut hits = 0;
+    for task in tasks {
+        if task.await? == "hit" {
+            hits += 1;
+        }
+    }
     println!(
-        "response cache: {} hits, {} misses, {} stored",
-        stats["response_cache"]["hits"],
-        stats["response_cache"]["misses"],
-        stats["response_cache"]["stores"]
+        "{:<46} {hits} of 200 served from the cache in {:.1} ms",
+        "200 x GET at once (/products, /products/2)",
+        started.elapsed().as_secs_f64() * 1000.0
     );
+
+    let f = shop.figures.json();
+    println!();
+    println!("{:<28} {:>10}", "figure", "value");
+    let line = |name: &str, v: &serde_json::Value| println!("{name:<28} {v:>10}");
+    line("cache hits", &f["cache"]["hits"]);
+    line("cache misses", &f["cache"]["misses"]);
+    line("coalesced misses", &f["cache"]["coalesced"]);
+    line("purges (tags, keys, urls)", &serde_json::json!(
+        f["purges"]["tag_purges"].as_u64().unwrap_or(0)
+            + f["purges"]["key_purges"].as_u64().unwrap_or(0)
+            + f["purges"]["pattern_purges"].as_u64().unwrap_or(0)
+    ));
+    line("entries purged", &f["purges"]["entries_purged"]);
+    line("invalidation rule firings", &f["invalidation"]["rule_firings"]);
+    line("transactions committed", &f["transactions"]["committed"]);
+    line("transactions rolled back", &f["transactions"]["rolled_back"]);
+    println!();
+    println!(
+        "{:<8} {:<20} {:>6} {:>9} {:>9}",
+        "method", "route", "count", "p50 ms", "p99 ms"
+    );
+    for r in f["routes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<20} {:>6} {:>9.2} {:>9.2}",
+            r["method"].as_str().unwrap_or("-"),
+            r["route"].as_str().unwrap_or("-"),
+            r["count"],
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
     Ok(())
 }

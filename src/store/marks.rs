@@ -18,6 +18,7 @@ pub(crate) enum Verdict {
 
 impl TagMarks {
     /// A hard or a soft mark at `at`.
+    #[cfg(feature = "redis")]
     pub(crate) fn at(at: u64, soft: bool) -> Self {
         if soft {
             TagMarks { hard: 0, soft: at }
