@@ -455,6 +455,25 @@ mod suite {
         assert!(s.get("order:1").await.unwrap().is_some());
     }
 
+    pub async fn purged_since(s: impl Store) {
+        let tags = |t: &[&str]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let before = std::time::SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(!s.purged_since(&tags(&["a"]), before).await.unwrap());
+        s.purge_tag("a", PurgeMode::Hard).await.unwrap();
+        s.purge_tag("s", PurgeMode::Soft).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let after = std::time::SystemTime::now();
+        assert!(s.purged_since(&tags(&["x", "a"]), before).await.unwrap());
+        assert!(
+            s.purged_since(&tags(&["s"]), before).await.unwrap(),
+            "soft counts"
+        );
+        assert!(!s.purged_since(&tags(&["x"]), before).await.unwrap());
+        assert!(!s.purged_since(&tags(&["a", "s"]), after).await.unwrap());
+        assert!(!s.purged_since(&[], before).await.unwrap());
+    }
+
     /// A value fetched before a purge but written after it (a slow reader racing a writer)
     /// must not survive the purge: the entry is stamped with the fetch's start.
     pub async fn write_fetched_before_purge_is_hidden(s: impl Store) {
@@ -548,6 +567,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn purge_matching() {
                 suite::purge_matching(super::$store().await).await
+            }
+            #[tokio::test]
+            async fn purged_since() {
+                suite::purged_since(super::$store().await).await
             }
             #[tokio::test]
             async fn write_fetched_before_purge_is_hidden() {

@@ -320,8 +320,16 @@ pub(crate) struct Ctx<St> {
 /// What a coalesced miss ended with.
 #[derive(Clone, Debug)]
 pub(crate) enum Outcome {
-    Stored(Arc<Record>),
+    Stored(Arc<Record>, Provenance),
     NotStored,
+}
+
+/// When a handed-over response was fetched and which tags it carries: a waiter checks that no
+/// purge of those tags happened since (see `Store::purged_since`) before serving it.
+#[derive(Clone, Debug)]
+pub(crate) struct Provenance {
+    pub fetched_at: std::time::SystemTime,
+    pub tags: Arc<[String]>,
 }
 
 /// An in-flight miss: its outcome for waiters, and whether an unsafe request invalidated the

@@ -17,7 +17,7 @@ use super::future::ResponseFuture;
 use super::key::{
     self, GrpcMessage, KeyPart, is_get_or_head, store_key, variant_identity, vary_names,
 };
-use super::layer::{Ctx, FlightGuard, Join, Outcome, Shared};
+use super::layer::{Ctx, FlightGuard, Join, Outcome, Provenance, Shared};
 use super::policy::{self, CacheOverride, Directives, Freshness};
 use super::record::{self, Record, Stored};
 use super::tags::{CacheTags, extract_tags};
@@ -120,6 +120,16 @@ struct Found {
 impl Found {
     fn tags(&self) -> &[String] {
         self.entry.as_ref().map_or(&[], |e| e.tags())
+    }
+    /// Where a found entry came from, for handing it to coalesced waiters.
+    fn provenance(&self) -> Provenance {
+        Provenance {
+            fetched_at: self
+                .entry
+                .as_ref()
+                .map_or_else(SystemTime::now, |e| e.stored_at()),
+            tags: self.tags().into(),
+        }
     }
     fn is_stale(&self) -> bool {
         self.entry_ttl.is_some_and(|ttl| self.entry_age >= ttl)
@@ -564,7 +574,7 @@ where
                         lookup(&ctx, &identity, &primary, request.headers()).await
                     && !found.is_stale()
                 {
-                    g.publish(Outcome::Stored(found.record.clone()));
+                    g.publish(Outcome::Stored(found.record.clone(), found.provenance()));
                     drop(g);
                     Shared::count(&ctx.shared.hits);
                     return Ok(serve(&ctx, &found, &method, request.headers(), "hit"));
@@ -595,7 +605,10 @@ where
                                     lookup(&ctx, &identity, &primary, request.headers()).await
                                     && !found.is_stale()
                                 {
-                                    g.publish(Outcome::Stored(found.record.clone()));
+                                    g.publish(Outcome::Stored(
+                                        found.record.clone(),
+                                        found.provenance(),
+                                    ));
                                     drop(g);
                                     Shared::count(&ctx.shared.coalesced);
                                     return Ok(serve(
@@ -618,15 +631,36 @@ where
             }
             Join::Leader(_) => {}
             Join::Waiter(mut rx) => {
-                let waited =
-                    tokio::time::timeout(config.coalesce_timeout, rx.wait_for(Option::is_some))
-                        .await;
-                let stored = match waited {
-                    Ok(Ok(outcome)) => match &*outcome {
-                        Some(Outcome::Stored(record)) => Some(record.clone()),
+                // In a block of its own: the watch guard must be gone before the next await.
+                let stored = {
+                    let waited =
+                        tokio::time::timeout(config.coalesce_timeout, rx.wait_for(Option::is_some))
+                            .await;
+                    match waited {
+                        Ok(Ok(outcome)) => match &*outcome {
+                            Some(Outcome::Stored(record, provenance)) => {
+                                Some((record.clone(), provenance.clone()))
+                            }
+                            _ => None,
+                        },
                         _ => None,
-                    },
-                    _ => None,
+                    }
+                };
+                // A purge since the leader began fetching (a writer committed meanwhile) makes
+                // its response out of date for this request, which may have started after the
+                // write returned: go upstream instead. A store error counts as purged.
+                let stored = match stored {
+                    Some((record, provenance)) if !provenance.tags.is_empty() => {
+                        match ctx
+                            .store
+                            .purged_since(&provenance.tags, provenance.fetched_at)
+                            .await
+                        {
+                            Ok(false) => Some(record),
+                            _ => None,
+                        }
+                    }
+                    other => other.map(|(record, _)| record),
                 };
                 if let Some(record) = stored {
                     let names = vary_names(&record.headers);
@@ -969,7 +1003,13 @@ impl<St: Store> Finish for StoreOnFinish<St> {
         }
         let record = Arc::new(record);
         if let Some(guard) = &this.guard {
-            guard.publish(Outcome::Stored(record.clone()));
+            guard.publish(Outcome::Stored(
+                record.clone(),
+                Provenance {
+                    fetched_at: this.fetched_at,
+                    tags: this.tags.iter().cloned().collect(),
+                },
+            ));
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;

@@ -10,6 +10,11 @@
 //! over the response cache's store, plus [`CachePurger::purge_url`], which purges a URL's
 //! entries (every `Vary` variant) under the cache's key rules.
 //!
+//! [`InvalidateLayer`] purges what successful writes make stale, after the transaction
+//! committed (declarative [`Rule`]s, the `Cache-Group-Invalidation` header, the
+//! [`Invalidation`] extension; see [`invalidate`]); [`InvalidationBus`] maps domain events to
+//! purges on every instance; [`Warmer`] fills the cache before users ask.
+//!
 //! # Purging over HTTP
 //!
 //! [`PurgeLayer`] answers two kinds of requests and passes everything else to the inner
@@ -113,15 +118,26 @@
 
 mod auth;
 mod body;
+mod bus;
+mod cache;
 mod future;
+pub mod invalidate;
 mod layer;
 mod limit;
 mod purger;
+mod rules;
 mod service;
+mod warm;
 
 pub use auth::{Authorization, Authorize};
 pub use body::PurgeBody;
+pub use bus::{BusError, InvalidationBus, InvalidationBusBuilder};
+pub use cache::CachePurger;
 pub use future::ResponseFuture;
+pub use invalidate::{
+    CACHE_GROUP_INVALIDATION, Invalidate, InvalidateLayer, InvalidateStats, Invalidation,
+    ResponseFuture as InvalidateFuture,
+};
 pub use layer::{
     DEFAULT_MAX_PURGE_BODY, DEFAULT_PURGE_PATH, PurgeConfigError, PurgeHandle, PurgeLayer,
 };
@@ -129,11 +145,12 @@ pub use limit::RateLimit;
 pub use purger::{
     DEFAULT_MAX_DEPENDANTS, PurgeError, PurgeReport, PurgeRequest, PurgeStats, Purger, Target,
 };
-
-mod cache;
-
-pub use cache::CachePurger;
+pub use rules::{EventRule, Rule, RuleError};
 pub use service::Purge;
+pub use warm::{
+    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, IntoWarmRequests, WarmError, WarmHandle, WarmReport,
+    WarmRequest, WarmStats, Warmer, WarmerBuilder,
+};
 
 #[cfg(all(test, feature = "memory"))]
 mod tests {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -50,6 +50,8 @@ pub trait DynStore: Send + Sync + 'static {
     fn purge_tag<'a>(&'a self, tag: &'a str, mode: PurgeMode) -> BoxFut<'a, u64>;
     /// See [`Store::purge_matching`].
     fn purge_matching<'a>(&'a self, pattern: &'a KeyPattern, mode: PurgeMode) -> BoxFut<'a, u64>;
+    /// See [`Store::purged_since`].
+    fn purged_since<'a>(&'a self, tags: &'a [String], since: SystemTime) -> BoxFut<'a, bool>;
     /// See [`Store::stats`].
     fn stats(&self) -> StoreStats;
     /// See [`Store::limits`].
@@ -105,6 +107,9 @@ impl<S: Store> DynStore for S {
     }
     fn purge_matching<'a>(&'a self, pattern: &'a KeyPattern, mode: PurgeMode) -> BoxFut<'a, u64> {
         Box::pin(Store::purge_matching(self, pattern, mode))
+    }
+    fn purged_since<'a>(&'a self, tags: &'a [String], since: SystemTime) -> BoxFut<'a, bool> {
+        Box::pin(Store::purged_since(self, tags, since))
     }
     fn stats(&self) -> StoreStats {
         Store::stats(self)
@@ -203,6 +208,9 @@ impl Store for BoxStore {
         mode: PurgeMode,
     ) -> Result<u64, StoreError> {
         self.0.purge_matching(pattern, mode).await
+    }
+    async fn purged_since(&self, tags: &[String], since: SystemTime) -> Result<bool, StoreError> {
+        self.0.purged_since(tags, since).await
     }
     fn stats(&self) -> StoreStats {
         self.0.stats()

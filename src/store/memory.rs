@@ -5,13 +5,13 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
-use super::entry::{coarse_now_micros, now_micros};
+use super::entry::{coarse_now_micros, micros, now_micros};
 use super::error::cut;
 use super::marks::{TagMarks, Verdict};
 use super::stats::Counters;
@@ -282,6 +282,17 @@ impl Marks {
             }
         }
         marks.verdict(entry.stored_at_micros())
+    }
+
+    /// Whether a purge at or after `since` (microseconds) covers one of `tags`.
+    fn purged_since(&self, tags: &[String], since: u64) -> bool {
+        if tags.is_empty() || self.len.load(Relaxed) == 0 {
+            return false;
+        }
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        tags.iter()
+            .filter_map(|t| map.get(t.as_str()))
+            .any(|m| m.latest() >= since)
     }
 
     fn invalidates(&self, entry: &Entry) -> bool {
@@ -693,6 +704,11 @@ impl MemoryStore {
         true
     }
 
+    /// [`Store::purged_since`] without the async wrapper (the tiered store asks its L1).
+    pub(crate) fn purged_since_local(&self, tags: &[String], since: SystemTime) -> bool {
+        self.inner.marks.purged_since(tags, micros(since))
+    }
+
     /// Keys matching a pattern, now.
     fn matching_keys(&self, pattern: &KeyPattern) -> Vec<String> {
         self.inner
@@ -932,6 +948,10 @@ impl Store for MemoryStore {
         let n = self.purge_matching_local(&pattern, PurgeMode::Hard);
         Counters::add(&self.inner.counters.deletes, n);
         Ok(n)
+    }
+
+    async fn purged_since(&self, tags: &[String], since: SystemTime) -> Result<bool, StoreError> {
+        Ok(self.purged_since_local(tags, since))
     }
 
     async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {

@@ -300,6 +300,23 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
+    /// Whether a tag purge (hard or soft) made after `since` covers any of `tags`: whether a
+    /// value fetched at `since` and carrying these tags is out of date. A cache asks before
+    /// handing a response fetched by one request to others that joined it later (coalescing),
+    /// so a purge made during the fetch is not bypassed in memory.
+    ///
+    /// The provided implementation cannot know and answers `true` for any tag (never coalesce
+    /// tagged values); the crate's stores answer from their invalidation marks.
+    fn purged_since(
+        &self,
+        tags: &[String],
+        since: std::time::SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = since;
+        let any = !tags.is_empty();
+        async move { Ok(any) }
+    }
+
     /// A snapshot of the store's counters.
     fn stats(&self) -> StoreStats;
 
@@ -395,6 +412,13 @@ impl<S: Store> Store for std::sync::Arc<S> {
         mode: PurgeMode,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).purge_matching(pattern, mode)
+    }
+    fn purged_since(
+        &self,
+        tags: &[String],
+        since: std::time::SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).purged_since(tags, since)
     }
     fn stats(&self) -> StoreStats {
         (**self).stats()

@@ -986,6 +986,26 @@ impl Store for RedisStore {
         Ok(removed)
     }
 
+    async fn purged_since(
+        &self,
+        tags: &[String],
+        since: std::time::SystemTime,
+    ) -> Result<bool, StoreError> {
+        if tags.is_empty() {
+            return Ok(false);
+        }
+        // An empty entry carrying the tags, stored at `since`: the marks hide it or make it stale
+        // exactly when a purge since then covers one of them. Known marks answer without a
+        // round trip.
+        let probe = Entry::new(
+            Bytes::new(),
+            &SetOptions::new().tags(tags.iter().cloned()).as_of(since),
+        );
+        let mut probe = [Some(probe)];
+        self.filter_invalidated(&mut probe).await?;
+        Ok(probe[0].as_ref().is_none_or(Entry::is_stale))
+    }
+
     async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
         if mode == PurgeMode::Hard {
             return self.delete(key).await;

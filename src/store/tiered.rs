@@ -385,6 +385,18 @@ impl Store for TieredStore {
     // the cache operations above: a purge that did not reach L2 has not taken effect (the entry
     // is still there for every instance), and whoever purged must know.
 
+    async fn purged_since(
+        &self,
+        tags: &[String],
+        since: std::time::SystemTime,
+    ) -> Result<bool, StoreError> {
+        if self.inner.l1.purged_since_local(tags, since) {
+            return Ok(true);
+        }
+        let remote = self.inner.l2.purged_since(tags, since).await;
+        self.report(remote)
+    }
+
     async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
         self.inner.l2.limits().check_key(key)?;
         // The local copy goes in both modes; after a soft purge the next read fetches L2's
