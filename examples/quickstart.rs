@@ -38,7 +38,7 @@ use tower::ServiceBuilder;
 use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::health::{Check, Health, PoolCheck, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry, Window};
-use tower_strata::purge::{InvalidateLayer, Invalidation, Purger, PurgeLayer, Rule};
+use tower_strata::purge::{InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
 use tower_strata::store::{MemoryStore, Store};
 use tower_strata::tx::{TxConfig, TxHandle, TxLayer, TxStats};
 
@@ -71,7 +71,10 @@ struct ApiError(StatusCode, String);
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         tracing::warn!(%error, "database error");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, "database unavailable".into())
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unavailable".into(),
+        )
     }
 }
 
@@ -86,7 +89,10 @@ fn cached(tags: &str, body: impl Serialize) -> Response {
     (
         [
             (header::CACHE_CONTROL, "public, max-age=60".to_owned()),
-            (header::HeaderName::from_static("surrogate-key"), tags.to_owned()),
+            (
+                header::HeaderName::from_static("surrogate-key"),
+                tags.to_owned(),
+            ),
         ],
         Json(body),
     )
@@ -121,7 +127,10 @@ async fn update_product(
     Json(update): Json<PriceUpdate>,
 ) -> Result<Json<Product>, ApiError> {
     if update.price_cents < 0 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "price must not be negative".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "price must not be negative".into(),
+        ));
     }
     let mut conn = tx.conn().await?;
     let product: Option<Product> =
@@ -143,7 +152,10 @@ async fn place_order(
     Json(order): Json<NewOrder>,
 ) -> Result<Response, ApiError> {
     if order.quantity <= 0 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "quantity must be positive".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "quantity must be positive".into(),
+        ));
     }
     let mut conn = tx.conn().await?;
     let id = order.product_id;
@@ -182,15 +194,16 @@ async fn place_order(
         Json(serde_json::json!({ "order": order_id, "stock_left": left })),
     )
         .into_response();
-    response
-        .extensions_mut()
-        .insert(Invalidation::tags([format!("product:{id}"), "products".to_owned()]));
+    response.extensions_mut().insert(Invalidation::tags([
+        format!("product:{id}"),
+        "products".to_owned(),
+    ]));
     Ok(response)
 }
 
 /// What `/stats` shows: every layer's figures.
 #[derive(Clone)]
-struct Figures {
+pub(crate) struct Figures {
     store: MemoryStore,
     cache: CacheStats,
     purger: Purger,
@@ -200,7 +213,7 @@ struct Figures {
 }
 
 impl Figures {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         let routes: Vec<serde_json::Value> = self
             .metrics
             .snapshot(Window::FiveMinutes)
@@ -234,17 +247,25 @@ impl Figures {
 }
 
 /// The service and the handles it reports through.
-struct Shop {
-    router: Router,
-    figures: Figures,
-    health: Health,
+pub(crate) struct Shop {
+    pub(crate) router: Router,
+    pub(crate) figures: Figures,
+    pub(crate) health: Health,
 }
 
-async fn open_database(path: Option<&str>) -> Result<SqlitePool, Box<dyn std::error::Error>> {
+pub(crate) async fn open_database(
+    path: Option<&str>,
+) -> Result<SqlitePool, Box<dyn std::error::Error>> {
     let options = match path {
-        Some(path) => SqliteConnectOptions::new().filename(path).create_if_missing(true),
+        Some(path) => SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true),
         // One in-memory database shared by the pool's connections, gone at exit.
-        None => "sqlite:file:quickstart?mode=memory&cache=shared".parse()?,
+        None => format!(
+            "sqlite:file:quickstart-{:x}?mode=memory&cache=shared",
+            rand::random::<u64>()
+        )
+        .parse()?,
     }
     .journal_mode(SqliteJournalMode::Wal)
     .busy_timeout(Duration::from_secs(5));
@@ -282,14 +303,20 @@ async fn open_database(path: Option<&str>) -> Result<SqlitePool, Box<dyn std::er
     Ok(pool)
 }
 
-fn shop(pool: SqlitePool, purge_token: &str) -> Result<Shop, Box<dyn std::error::Error>> {
+pub(crate) fn shop(
+    pool: SqlitePool,
+    purge_token: &str,
+) -> Result<Shop, Box<dyn std::error::Error>> {
     let store = MemoryStore::new(64 << 20);
     let cache = CacheLayer::new(store.clone()).stale_while_revalidate(Duration::from_secs(10));
     let urls = cache.purger();
     let purger = urls.purger().clone();
     let invalidate = InvalidateLayer::new(purger.clone()).rule(
-        Rule::on([Method::PUT, Method::PATCH, Method::DELETE], "/products/{id}")
-            .purge_tags(["product:{id}", "products"]),
+        Rule::on(
+            [Method::PUT, Method::PATCH, Method::DELETE],
+            "/products/{id}",
+        )
+        .purge_tags(["product:{id}", "products"]),
     )?;
     let tx = TxLayer::new(pool.clone(), TxConfig::default())?;
     let metrics = MetricsRegistry::builder()
@@ -414,9 +441,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  curl -s -X POST http://{addr}/_cache/purge -H 'authorization: Bearer {token}' {json} -d '{{\"tags\":[\"products\"]}}'"
     );
-    println!(
-        "  curl -s -X PURGE http://{addr}/products/3 -H 'authorization: Bearer {token}'"
-    );
+    println!("  curl -s -X PURGE http://{addr}/products/3 -H 'authorization: Bearer {token}'");
     println!("  curl -s http://{addr}/stats          # cache, purges, transactions, latency");
     println!("  curl -s http://{addr}/metrics        # Prometheus, per route template");
     println!("  curl -s http://{addr}/health/ready   # readiness");
@@ -444,7 +469,9 @@ async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Err
         if let Some(token) = auth {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let request = request.body(Body::from(body.to_owned())).expect("a valid request");
+        let request = request
+            .body(Body::from(body.to_owned()))
+            .expect("a valid request");
         let started = Instant::now();
         let response = app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
@@ -463,7 +490,12 @@ async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Err
                     "-".to_owned()
                 }
             });
-        let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let millis = started.elapsed().as_secs_f64() * 1000.0;
         // The cache stores a response once its body has streamed, in the background: give it
         // a moment so the next line shows a plain hit.
@@ -499,26 +531,60 @@ async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Err
     let a = call(app, "GET", "/products", None, "").await;
     row("GET /products", &a, String::new());
     let a = call(app, "PUT", "/products/1", None, r#"{"price_cents":2999}"#).await;
-    row("PUT /products/1 {price_cents: 2999}", &a, "committed, then purged".into());
+    row(
+        "PUT /products/1 {price_cents: 2999}",
+        &a,
+        "committed, then purged".into(),
+    );
     for _ in 0..2 {
         let a = call(app, "GET", "/products/1", None, "").await;
         row("GET /products/1", &a, price(&a));
     }
     let a = call(app, "GET", "/products/2", None, "").await;
     row("GET /products/2", &a, format!("stock {}", a.body["stock"]));
-    let a = call(app, "POST", "/orders", None, r#"{"product_id":2,"quantity":5}"#).await;
-    row("POST /orders {product 2, quantity 5}", &a, format!("{}", a.body["error"]));
+    let a = call(
+        app,
+        "POST",
+        "/orders",
+        None,
+        r#"{"product_id":2,"quantity":5}"#,
+    )
+    .await;
+    row(
+        "POST /orders {product 2, quantity 5}",
+        &a,
+        format!("{}", a.body["error"]),
+    );
     let a = call(app, "GET", "/products/2", None, "").await;
     row("GET /products/2", &a, "rolled back: nothing purged".into());
-    let a = call(app, "POST", "/orders", None, r#"{"product_id":2,"quantity":2}"#).await;
-    row("POST /orders {product 2, quantity 2}", &a, format!("stock left {}", a.body["stock_left"]));
+    let a = call(
+        app,
+        "POST",
+        "/orders",
+        None,
+        r#"{"product_id":2,"quantity":2}"#,
+    )
+    .await;
+    row(
+        "POST /orders {product 2, quantity 2}",
+        &a,
+        format!("stock left {}", a.body["stock_left"]),
+    );
     let a = call(app, "GET", "/products/2", None, "").await;
     row("GET /products/2", &a, format!("stock {}", a.body["stock"]));
     let purge = r#"{"tags":["products"]}"#;
     let a = call(app, "POST", "/_cache/purge", None, purge).await;
-    row("POST /_cache/purge (no token)", &a, "refused, nothing purged".into());
+    row(
+        "POST /_cache/purge (no token)",
+        &a,
+        "refused, nothing purged".into(),
+    );
     let a = call(app, "POST", "/_cache/purge", Some(token), purge).await;
-    row("POST /_cache/purge {tags: [products]}", &a, format!("{}", a.body));
+    row(
+        "POST /_cache/purge {tags: [products]}",
+        &a,
+        format!("{}", a.body),
+    );
     let a = call(app, "GET", "/products/3", None, "").await;
     row("GET /products/3", &a, String::new());
     let a = call(app, "PURGE", "/products/3", Some(token), "").await;
@@ -531,7 +597,11 @@ async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Err
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let app = app.clone();
-            let uri = if i % 2 == 0 { "/products" } else { "/products/2" };
+            let uri = if i % 2 == 0 {
+                "/products"
+            } else {
+                "/products/2"
+            };
             tokio::spawn(async move { call(&app, "GET", uri, None, "").await.cache })
         })
         .collect();
@@ -554,15 +624,24 @@ async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Err
     line("cache hits", &f["cache"]["hits"]);
     line("cache misses", &f["cache"]["misses"]);
     line("coalesced misses", &f["cache"]["coalesced"]);
-    line("purges (tags, keys, urls)", &serde_json::json!(
-        f["purges"]["tag_purges"].as_u64().unwrap_or(0)
-            + f["purges"]["key_purges"].as_u64().unwrap_or(0)
-            + f["purges"]["pattern_purges"].as_u64().unwrap_or(0)
-    ));
+    line(
+        "purges (tags, keys, urls)",
+        &serde_json::json!(
+            f["purges"]["tag_purges"].as_u64().unwrap_or(0)
+                + f["purges"]["key_purges"].as_u64().unwrap_or(0)
+                + f["purges"]["pattern_purges"].as_u64().unwrap_or(0)
+        ),
+    );
     line("entries purged", &f["purges"]["entries_purged"]);
-    line("invalidation rule firings", &f["invalidation"]["rule_firings"]);
+    line(
+        "invalidation rule firings",
+        &f["invalidation"]["rule_firings"],
+    );
     line("transactions committed", &f["transactions"]["committed"]);
-    line("transactions rolled back", &f["transactions"]["rolled_back"]);
+    line(
+        "transactions rolled back",
+        &f["transactions"]["rolled_back"],
+    );
     println!();
     println!(
         "{:<8} {:<20} {:>6} {:>9} {:>9}",
