@@ -129,6 +129,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     print_tour(listener.local_addr()?, purge);
-    axum::serve(listener, shop.router.clone()).await?;
+    // With the peer address in the request extensions, purges are logged with who sent them.
+    let app = shop
+        .router
+        .clone()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await?;
     Ok(())
 }
