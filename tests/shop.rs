@@ -582,9 +582,10 @@ async fn layer_order_cache_outside_the_transaction_is_right_at_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layer_order_cache_inside_the_transaction_needs_the_after_commit_purge() {
-    // Without the after-commit purge, only the cache's own RFC 9111 invalidation of the PUT/
-    // PATCH URI is left, and inside the transaction layer it runs BEFORE the COMMIT: a read
-    // in between misses, reads the old row and stores it, and it is served after the commit.
+    // Without the invalidation layer (`purge_after_commit: false`), only the cache's own RFC
+    // 9111 invalidation of the PUT/PATCH URI is left, and inside the transaction layer it runs
+    // BEFORE the COMMIT: a read in between misses, reads the old row and stores it, and it is
+    // served after the commit.
     let f = fixture(Stack::CacheInsideTx, &redis_url(), |c| {
         c.purge_after_commit = false;
     })
@@ -599,8 +600,9 @@ async fn layer_order_cache_inside_the_transaction_needs_the_after_commit_purge()
     );
     f.drop_schema().await;
 
-    // With the purge registered on AfterCommit, the stale copy stored during the COMMIT is
-    // purged once it is done: right again.
+    // With the `InvalidateLayer` innermost (inside the transaction layer, so its purge is
+    // registered on AfterCommit), the stale copy stored during the COMMIT is purged once it is
+    // done: right again.
     let f = fixture(Stack::CacheInsideTx, &redis_url(), |_| {}).await;
     let window = read_around_a_commit(&f).await;
     let old = window.during.body["price_cents"].as_i64().unwrap();
@@ -618,36 +620,73 @@ async fn the_purge_endpoint_wants_its_token_and_purges_by_tag() {
     .await;
     f.get("/products/12").await;
     assert!(f.get("/products/12").await.is_hit());
-    let purge = |token: Option<&'static str>| {
-        let mut req = Request::post("http://shop.test/admin/purge")
+    let send = |method: &'static str, uri: &'static str, token: Option<&'static str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://shop.test{uri}"))
             .header("content-type", "application/json");
         if let Some(token) = token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let req = req
-            .body(Body::from(json!({ "tags": ["product:12"] }).to_string()))
-            .unwrap();
+        let body = if method == "POST" {
+            Body::from(json!({ "tags": ["product:12"] }).to_string())
+        } else {
+            Body::empty()
+        };
+        let req = req.body(body).unwrap();
         let router = f.shop.router.clone();
         async move {
             let response = router.oneshot(req).await.unwrap();
             let status = response.status();
+            let headers = response.headers().clone();
             let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, serde_json::from_slice::<Value>(&body).unwrap())
+            // Some answers (a 405) have no body.
+            let body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+            (status, headers, body)
         }
     };
-    assert_eq!(purge(None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        purge(Some("s3cret-tokem")).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    let purge = |token| send("POST", "/admin/purge", token);
+    // The `PurgeLayer` answers: 401 without credentials, 403 with the wrong token.
+    let (status, headers, _) = purge(None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, _, body) = purge(Some("s3cret-tokem")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(
         f.get("/products/12").await.is_hit(),
         "refused purges purge nothing"
     );
-    let (status, report) = purge(Some("s3cret-token")).await;
+    let (status, _, report) = purge(Some("s3cret-token")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["tags"], 1, "{report}");
     assert!(f.get("/products/12").await.is_miss());
+    // The purge went through the shop's purger, as the invalidation layer's purges do.
+    assert_eq!(f.shop.purger.stats().tag_purges, 1);
+    // Only POST is the purge endpoint; the route exists so the layer sees the path.
+    let (status, _, _) = send("GET", "/admin/purge", Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // `PURGE <url>`: that URL's entry, and only with the token.
+    assert!(f.get("/products/12").await.is_hit());
+    f.get("/products/13").await;
+    assert!(f.get("/products/13").await.is_hit());
+    let (status, _, _) = send("PURGE", "/products/12", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send("PURGE", "/products/12", Some("s3cret-tokem")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        f.get("/products/12").await.is_hit(),
+        "refused: still cached"
+    );
+    let (status, _, answer) = send("PURGE", "/products/12", Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["purged"].as_u64().unwrap() >= 1, "{answer}");
+    let next = f.get("/products/12").await;
+    assert!(next.is_miss(), "{}", next.cache_status());
+    assert!(
+        f.get("/products/13").await.is_hit(),
+        "another URL is untouched"
+    );
     f.drop_schema().await;
 }
 
@@ -658,5 +697,11 @@ async fn without_a_token_there_is_no_purge_endpoint() {
         .call(Method::POST, "/admin/purge", Some(json!({ "all": true })))
         .await;
     assert_eq!(response.status, StatusCode::NOT_FOUND);
+    // Nor a `PURGE` method: it goes to the router, which has no such method.
+    f.get("/products/1").await;
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let response = f.call(purge, "/products/1", None).await;
+    assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(f.get("/products/1").await.is_hit());
     f.drop_schema().await;
 }

@@ -10,22 +10,23 @@ use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
 use tower::ServiceBuilder;
+use tower::util::{Either, MapResponseLayer};
 use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::db::{
     CursorKey, CursorRequest, DbError, Ident, KeyKind, KeysetPage, Pager, Sorts,
 };
 use tower_strata::health::{Check, CheckOutput, Health, PoolCheck, fn_check, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
-use tower_strata::purge::{PurgeRequest, Purger};
+use tower_strata::purge::{InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
 use tower_strata::store::{Store, TieredStore};
-use tower_strata::tx::{AfterCommit, TxBody, TxConfig, TxHandle, TxLayer, TxStats};
+use tower_strata::tx::{TxBody, TxConfig, TxHandle, TxLayer, TxStats};
 
 /// Errors of [`build`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,11 +37,12 @@ pub const TAG_HEADER: &str = "surrogate-key";
 /// Which layers wrap the handlers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stack {
-    /// The shop as designed, in one `ServiceBuilder`: metrics, then the cache, then the
-    /// transaction layer; writes purge `product:{id}` and `products` after commit.
+    /// The shop as designed, in one `ServiceBuilder`: metrics, the purge endpoint, the cache,
+    /// the transaction layer, then the invalidation layer; writes purge `product:{id}` and
+    /// `products` after commit.
     Full,
-    /// The layer-order mistake examined by the tests: metrics, then the transaction layer,
-    /// then the cache.
+    /// The layer-order mistake examined by the tests: metrics, the purge endpoint, the
+    /// transaction layer, then the cache (and the invalidation layer innermost).
     CacheInsideTx,
     /// The baseline of the load run: the metrics layer only. No cache; the handlers open and
     /// commit their transactions by hand, and reads run on a pooled connection.
@@ -78,10 +80,12 @@ pub struct ShopConfig {
     pub health_interval: Duration,
     /// The layer stack.
     pub stack: Stack,
-    /// Whether writes purge their tags after commit (off only to show what the layer-order
-    /// tests show).
+    /// Whether the invalidation layer (`InvalidateLayer`, inside the transaction layer) is in
+    /// the stack, so that writes purge their tags after commit (off only to show what the
+    /// layer-order tests show).
     pub purge_after_commit: bool,
-    /// Bearer token of `POST /admin/purge`; the route is not mounted without one.
+    /// Bearer token of the purge endpoint (`PurgeLayer`: `POST /admin/purge` and
+    /// `PURGE <url>`); there is no purge endpoint without one.
     pub purge_token: Option<String>,
 }
 
@@ -116,7 +120,8 @@ pub struct Shop {
     pub cache: Option<CacheStats>,
     /// The transaction layer's statistics (`None` without it).
     pub tx: Option<TxStats>,
-    /// Purges the shop's cache entries (the after-commit purges go through it).
+    /// Purges the shop's cache entries (the invalidation layer and the purge endpoint purge
+    /// through it).
     pub purger: Purger,
     /// The health checks.
     pub health: Health,
@@ -206,8 +211,6 @@ struct AppState {
     tx: Option<TxStats>,
     health: Health,
     registry: MetricsRegistry,
-    purge_token: Option<String>,
-    purge_after_commit: bool,
 }
 
 fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -264,7 +267,6 @@ impl IntoResponse for ApiError {
 /// pool, with transactions opened by hand.
 struct Db {
     conn: Conn,
-    after_commit: Option<AfterCommit>,
 }
 
 enum Conn {
@@ -279,7 +281,6 @@ impl FromRequestParts<Arc<AppState>> for Db {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let after_commit = parts.extensions.get::<AfterCommit>().cloned();
         let conn = match parts.extensions.get::<TxHandle<Postgres>>() {
             Some(handle) => Conn::Layer(handle.clone()),
             // A stack with a transaction layer must never fall back to autocommit quietly.
@@ -291,7 +292,7 @@ impl FromRequestParts<Arc<AppState>> for Db {
             }
             None => Conn::Manual(state.pool.clone()),
         };
-        Ok(Db { conn, after_commit })
+        Ok(Db { conn })
     }
 }
 
@@ -336,31 +337,6 @@ macro_rules! write {
             }
         }
     };
-}
-
-// ---------------------------------------------------------------------------------------------
-// INVALIDATION AFTER COMMIT: the one place where writes purge the cache.
-//
-// Stand-in for the invalidation rules layer (`InvalidateLayer`: PUT/PATCH/DELETE
-// `/products/{id}` and POST `/orders` purge `product:{id}` and `products`): it registers the
-// purge with the transaction layer's `AfterCommit` hook, so it runs after COMMIT (before the
-// response leaves) and never on rollback. When the layer lands, delete this function and its
-// calls and add the layer inside `TxLayer` in `build`.
-// ---------------------------------------------------------------------------------------------
-fn purge_after_commit(state: &AppState, db: &Db, tags: Vec<String>) {
-    let Some(purger) = state.purger.clone().filter(|_| state.purge_after_commit) else {
-        return; // no cache, nothing to purge
-    };
-    let Some(after_commit) = &db.after_commit else {
-        tracing::error!("a cached stack without the transaction layer: purge skipped");
-        return;
-    };
-    after_commit.register(move || async move {
-        if let Err(err) = purger.purge_tags(&tags).await {
-            // The store failed open (Redis down): L1 was purged all the same.
-            tracing::warn!(error = %err, ?tags, "after-commit purge failed");
-        }
-    });
 }
 
 /// A cacheable JSON answer: `Cache-Control: public, max-age=..` and its cache tags.
@@ -442,7 +418,6 @@ async fn create_product(
             .fetch_one(&mut *conn)
             .await?
     });
-    purge_after_commit(&state, &db, vec!["products".into()]);
     let location = HeaderValue::from_str(&format!("/products/{}", product.id)).expect("ASCII");
     Ok((
         StatusCode::CREATED,
@@ -469,7 +444,6 @@ async fn update(
             .await?
     });
     let product = product.ok_or_else(not_found)?;
-    purge_after_commit(state, db, vec![format!("product:{id}"), "products".into()]);
     Ok(Json(product).into_response())
 }
 
@@ -511,11 +485,6 @@ async fn delete_product(
     if deleted == 0 {
         return Err(not_found());
     }
-    purge_after_commit(
-        &state,
-        &db,
-        vec![format!("product:{id}"), "products".into()],
-    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -553,12 +522,10 @@ async fn place_order(
             stock_left,
         }
     });
-    purge_after_commit(
-        &state,
-        &db,
-        vec![format!("product:{}", order.product_id), "products".into()],
-    );
-    Ok((StatusCode::CREATED, Json(placed)).into_response())
+    // The product is named in the body, not the path, so no rule can name its tag: the
+    // invalidation layer reads this extension and purges after COMMIT (only on success).
+    let purge = Invalidation::tags([format!("product:{}", order.product_id), "products".into()]);
+    Ok((StatusCode::CREATED, Extension(purge), Json(placed)).into_response())
 }
 
 /// The cache's counters and hit rate as JSON.
@@ -596,41 +563,15 @@ async fn dashboard(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-// ---------------------------------------------------------------------------------------------
-// PURGE ENDPOINT: `POST /admin/purge` with a `PurgeRequest` JSON body and the bearer token.
-// Stand-in for the protected purge endpoint (`PurgeLayer`); swap it in here when it lands.
-// ---------------------------------------------------------------------------------------------
-async fn purge_endpoint(
-    State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
-    Json(request): Json<PurgeRequest>,
-) -> Result<Response, ApiError> {
-    let expected = state.purge_token.as_deref().unwrap_or_default();
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    // Compared in time independent of where the strings differ.
-    let same = given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if expected.is_empty() || !same {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad or missing bearer token",
-        ));
-    }
-    let Some(purger) = &state.purger else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no cache to purge"));
-    };
-    match purger.purge(&request).await {
-        Ok(report) => Ok(Json(report).into_response()),
-        Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, err.to_string())),
-    }
+/// `POST /admin/purge` is answered by the `PurgeLayer` in front of the cache; this handler only
+/// gives the path a route. The layers of `Router::layer` wrap routes, and the fallback of
+/// `api.merge(health.router())` is the health router's, outside the layers: without a route a
+/// purge request would never reach the `PurgeLayer`.
+async fn purge_route() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the purge layer did not answer",
+    )
 }
 
 /// Creates the schema and tables if missing and seeds the products when the table is empty.
@@ -805,13 +746,11 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         sql,
         max_age: config.max_age,
         purger: cached.then(|| purger.clone()),
-        purge_after_commit: config.purge_after_commit,
         store: config.store.clone(),
         cache: cache_stats.clone(),
         tx: tx_stats.clone(),
         health: health.clone(),
         registry: config.registry.clone(),
-        purge_token: config.purge_token.clone(),
     });
     let mut api = Router::new()
         .route("/products", get(list_products).post(create_product))
@@ -824,31 +763,76 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         )
         .route("/orders", axum::routing::post(place_order))
         .route("/admin/dashboard", get(dashboard));
-    if config.purge_token.is_some() {
-        api = api.route("/admin/purge", axum::routing::post(purge_endpoint));
+    // The purge endpoint: only with a token, and only in front of a cache.
+    let purge_layer = match config.purge_token.as_deref() {
+        Some(token) if cached => {
+            api = api.route("/admin/purge", axum::routing::post(purge_route));
+            // Shares the shop's purger: its stats show every purge, endpoint and writes alike.
+            let purger = cache_layer.purger_with(purger.clone());
+            Some(PurgeLayer::with_token(purger, token)?.path("/admin/purge"))
+        }
+        _ => None,
+    };
+    // The purge layer, or nothing. Both sides of the `Either` must answer the same type and the
+    // purge layer's answers have their own body type: both answer axum's `Response`. A macro,
+    // as the inner body type differs from one stack to the other.
+    macro_rules! purge_layer {
+        () => {
+            match purge_layer {
+                Some(layer) => Either::Left(
+                    ServiceBuilder::new()
+                        .map_response(IntoResponse::into_response)
+                        .layer(layer)
+                        .into_inner(),
+                ),
+                None => Either::Right(MapResponseLayer::new(IntoResponse::into_response)),
+            }
+        };
     }
+    // What writes make stale, purged after COMMIT. Orders name their product in the body: they
+    // set an `Invalidation` extension instead (see `place_order`).
+    let invalidate_layer = if config.purge_after_commit {
+        Some(
+            InvalidateLayer::new(purger.clone())
+                .rule(
+                    Rule::on(
+                        [Method::PUT, Method::PATCH, Method::DELETE],
+                        "/products/{id}",
+                    )
+                    .purge_tags(["product:{id}", "products"]),
+                )?
+                .rule(Rule::on([Method::POST], "/products").purge_tags(["products"]))?,
+        )
+    } else {
+        None
+    };
     let api = api.with_state(state);
     let metrics = MetricsLayer::new(config.registry.clone())
         .exclude_path("/metrics")
         .exclude_prefix("/health");
     let api = match config.stack {
         // The shop: every layer in one ServiceBuilder, outermost first.
+        // `option_layer`: an absent layer is the identity.
         Stack::Full => api.layer(
             ServiceBuilder::new()
                 .layer(metrics)
+                .layer(purge_layer!())
                 .layer(cache_layer)
-                .layer(tx_layer),
+                .layer(tx_layer)
+                .option_layer(invalidate_layer),
         ),
         Stack::CacheInsideTx => api.layer(
             ServiceBuilder::new()
                 .layer(metrics)
+                .layer(purge_layer!())
                 .layer(tx_layer)
                 // The cache builds its background requests with `B::default()`, which the
                 // transaction layer's replayable body does not offer: hand it axum's body.
                 .map_request(|req: axum::http::Request<TxBody<axum::body::Body>>| {
                     req.map(axum::body::Body::new)
                 })
-                .layer(cache_layer),
+                .layer(cache_layer)
+                .option_layer(invalidate_layer),
         ),
         Stack::MetricsOnly => api.layer(metrics),
     };

@@ -8,8 +8,9 @@
 //! (default `redis://127.0.0.1:6379`), and optionally `SHOP_SCHEMA` (default `shop`),
 //! `SHOP_PRODUCTS` (products seeded into an empty table, default 1000) and `CURSOR_KEY` (at
 //! least 32 bytes; signs pagination cursors, random per process when unset) and `PURGE_TOKEN`
-//! (mounts `POST /admin/purge`, which takes a `PurgeRequest` JSON body and
-//! `Authorization: Bearer <token>`).
+//! (puts a `PurgeLayer` in front of the cache: `POST /admin/purge` with a `PurgeRequest` JSON
+//! body and `PURGE <url>`, both with `Authorization: Bearer <token>`; `401` without it, `403`
+//! with a wrong one).
 //!
 //! - `GET /products?limit=&sort=id|price|name|-price..&cursor=` keyset pages; `GET
 //!   /products/{id}`; `POST /products`, `PUT`/`PATCH`/`DELETE /products/{id}`.
@@ -19,9 +20,10 @@
 //!   figures.
 //! - `GET /metrics` (Prometheus), `GET /health`, `GET /health/ready`.
 //!
-//! The layers, outermost first, in one `ServiceBuilder`: metrics, the response cache on a
-//! tiered store (memory + Redis, namespace `shop`), a transaction per request; writes purge
-//! the tags `product:{id}` and `products` after commit (see `app.rs`).
+//! The layers, outermost first, in one `ServiceBuilder`: metrics, the purge endpoint (with
+//! `PURGE_TOKEN`), the response cache on a tiered store (memory + Redis, namespace `shop`), a
+//! transaction per request, and the invalidation rules: writes purge the tags `product:{id}`
+//! and `products` after commit (see `app.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,7 +60,9 @@ fn print_tour(addr: SocketAddr, purge: bool) {
     let base = format!("http://{addr}");
     let purge = if purge {
         format!(
-            "\n  curl -s -X POST {base}/admin/purge -H \"authorization: Bearer $PURGE_TOKEN\" -H 'content-type: application/json' -d '{{\"tags\":[\"products\"]}}'"
+            "\n  curl -s -X POST {base}/admin/purge -H \"authorization: Bearer $PURGE_TOKEN\" -H 'content-type: application/json' -d '{{\"tags\":[\"products\"]}}'  # purge by tag\
+             \n  curl -s -X PURGE {base}/products/1 -H \"authorization: Bearer $PURGE_TOKEN\"  # purge a URL: the next GET is a miss\
+             \n  curl -i -X PURGE {base}/products/1  # 401 without the token, 403 with a wrong one"
         )
     } else {
         String::new()
@@ -125,6 +129,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     print_tour(listener.local_addr()?, purge);
-    axum::serve(listener, shop.router.clone()).await?;
+    // With the peer address in the request extensions, purges are logged with who sent them.
+    let app = shop
+        .router
+        .clone()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await?;
     Ok(())
 }
