@@ -18,7 +18,9 @@
 //! - [`cache`]: the response cache layer, [`CacheLayer`](cache::CacheLayer): RFC 9111
 //!   shared-cache semantics over any store, with coalescing, stale serving and tags.
 //! - [`purge`]: purging and invalidation: a [`Purger`](purge::Purger) by key, tag, pattern or
-//!   all, hard or soft, across instances.
+//!   all, hard or soft, across instances; [`PurgeLayer`](purge::PurgeLayer) for `PURGE` and a
+//!   protected JSON endpoint; [`InvalidateLayer`](purge::InvalidateLayer) rules that purge
+//!   after the transaction committed; events over Redis; cache warming.
 //!
 //! # Example
 //!
