@@ -270,7 +270,11 @@ impl Purger {
     /// An invalid pattern (nothing purged), or the first store error (what came before it was
     /// purged).
     pub async fn purge(&self, request: &PurgeRequest) -> Result<PurgeReport, PurgeError> {
-        let purger = if request.soft { self.soft() } else { self.clone() };
+        let purger = if request.soft {
+            self.soft()
+        } else {
+            self.clone()
+        };
         let mut patterns = Vec::with_capacity(request.patterns.len() + request.regexes.len());
         for glob in &request.patterns {
             patterns.push(KeyPattern::glob(glob)?);

@@ -332,4 +332,3 @@ mod tests {
         assert!(!p.matches(&"a".repeat(49)));
     }
 }
-

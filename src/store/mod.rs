@@ -123,7 +123,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 /// How a purge treats the entries it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PurgeMode {
     /// Remove them: the next read is a miss.
