@@ -439,6 +439,7 @@ struct Measured {
     p50_us: f64,
     p99_us: f64,
     upstream: u64,
+    body_bytes: usize,
 }
 
 /// Serves `app` on a loopback port.
@@ -468,7 +469,8 @@ async fn connect(
     Ok(sender)
 }
 
-/// One GET; the body is read to the end. `Err` on a transport error, timeout or non-200.
+/// One GET; the body is read to the end and checked. `Err` on a transport error, timeout,
+/// non-200 or a body that is not product `id`.
 async fn one(
     sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     addr: SocketAddr,
@@ -486,7 +488,13 @@ async fn one(
         if status != StatusCode::OK {
             return Err(format!("status {status}"));
         }
-        Ok(body.to_bytes().len())
+        // The right product for the key, whole: a cache must not answer with another key's
+        // response or a truncated body.
+        let body = body.to_bytes();
+        if !body.starts_with(format!("{{\"id\":{id},").as_bytes()) || !body.ends_with(b"}}") {
+            return Err(format!("wrong body for product {id}"));
+        }
+        Ok(body.len())
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
@@ -498,8 +506,9 @@ async fn run(t: &Target, s: &Settings, calls: &AtomicU64) -> Result<Measured, St
     let (addr, server) = serve(t.app.clone()).await;
     let result = async {
         let mut sender = connect(addr).await?;
+        let mut body_bytes = 0;
         for id in 1..=s.keys {
-            one(&mut sender, addr, id).await?;
+            body_bytes = body_bytes.max(one(&mut sender, addr, id).await?);
         }
         // Stores complete after the body has streamed: give them a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -566,6 +575,7 @@ async fn run(t: &Target, s: &Settings, calls: &AtomicU64) -> Result<Measured, St
             p50_us: pct(0.50),
             p99_us: pct(0.99),
             upstream,
+            body_bytes,
         })
     }
     .await;
@@ -591,12 +601,13 @@ fn table(s: &Settings, rows: &[(&str, String, Result<Measured, String>)]) -> Str
     let _ = writeln!(
         out,
         "Load run: {} connections, {} keys, {} s warm-up + {} s measured per target, {} tokio \
-         threads (server and clients share them), handler = serde_json of a ~1 KiB product{}.\n",
+         threads (server and clients share them), handler = serde_json of a {}-byte product{}.\n",
         s.connections,
         s.keys,
         s.warmup,
         s.secs,
         s.threads,
+        bare.as_ref().map_or(0, |b| b.body_bytes),
         if s.sleep.is_zero() {
             String::new()
         } else {
@@ -664,7 +675,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let rows = rt.block_on(async {
-        let mut results: Vec<(&str, String, Vec<Result<Measured, String>>)> = Vec::new();
+        // (target, note, one result per round)
+        type Runs = Vec<Result<Measured, String>>;
+        let mut results: Vec<(&str, String, Runs)> = Vec::new();
         for round in 0..s.rounds {
             for (i, name) in TARGETS.iter().enumerate() {
                 if !s.wants(name) {

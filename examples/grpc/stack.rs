@@ -354,7 +354,6 @@ pub struct Handles {
 
 /// The `shop.Catalog` server with its layers, ready to serve.
 pub struct CatalogServer<DB: CatalogDb> {
-    pool: sqlx::Pool<DB>,
     store: MemoryStore,
     metrics: MetricsRegistry,
     cache: CacheLayer<MemoryStore>,
@@ -372,11 +371,10 @@ impl<DB: CatalogDb> CatalogServer<DB> {
         let metrics = MetricsRegistry::builder().export(false).build()?;
         let cache = CacheLayer::new(store.clone()).grpc_method(GET_PRODUCT, PRODUCT_TTL);
         let tx = TxLayer::new(
-            pool.clone(),
+            pool,
             TxConfig::default().transaction_timeout(Duration::from_secs(10)),
         )?;
         Ok(CatalogServer {
-            pool,
             store,
             metrics,
             cache,
@@ -393,11 +391,6 @@ impl<DB: CatalogDb> CatalogServer<DB> {
             tx: self.tx.stats(),
             db_reads: self.db_reads.clone(),
         }
-    }
-
-    /// The pool the transactions use.
-    pub fn pool(&self) -> &sqlx::Pool<DB> {
-        &self.pool
     }
 
     /// Serves on `listener` until `shutdown` completes.
