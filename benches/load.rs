@@ -21,7 +21,7 @@
 //! | `LOAD_ROUNDS` | 1 | run every target this many times and keep the median run |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | Redis for the Redis-backed targets |
 //!
-//! The handler serializes a ~1 KiB product with serde_json on every call (plus the optional
+//! The handler serializes a product (809 bytes of JSON) with serde_json on every call (plus the optional
 //! sleep) and answers `Cache-Control: public, max-age=60`. Every cache is primed before the
 //! warm-up, so the measured window is hits only; the `upstream` column counts handler calls in
 //! the window to prove it. The table is printed and written to `target/load-report.md`.
@@ -125,7 +125,7 @@ struct Supplier {
     country: &'static str,
 }
 
-/// The handler's work: build and serialize a ~1 KiB product, count the call.
+/// The handler's work: build and serialize a product (809 bytes of JSON), count the call.
 async fn product(id: u64, calls: Arc<AtomicU64>, sleep: Duration) -> Response {
     calls.fetch_add(1, Ordering::Relaxed);
     if !sleep.is_zero() {
