@@ -510,8 +510,8 @@ async fn run_demo(shop: Shop, token: &str) -> Result<(), Box<dyn std::error::Err
 
     let app = &shop.router;
     println!(
-        "{:<46} {:>6} {:<6} {:>8}  {}",
-        "request", "status", "cache", "ms", "answer"
+        "{:<46} {:>6} {:<6} {:>8}  answer",
+        "request", "status", "cache", "ms"
     );
     let row = |label: &str, a: &Answer, note: String| {
         println!(
