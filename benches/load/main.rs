@@ -3,8 +3,9 @@
 //! stores, and the crates a Rust user would pick instead, all on the same axum handler and payload.
 //!
 //! ```text
-//! cargo bench --bench load --features redis
-//! LOAD_SECS=10 LOAD_CONNECTIONS=128 LOAD_TARGETS=bare,strata-memory cargo bench --bench load --features redis
+//! cargo run --release --manifest-path benches/load/Cargo.toml
+//! LOAD_SECS=10 LOAD_CONNECTIONS=128 LOAD_TARGETS=bare,strata-memory \
+//!     cargo run --release --manifest-path benches/load/Cargo.toml
 //! ```
 //!
 //! Settings (environment variables):
@@ -24,7 +25,7 @@
 //! The handler serializes a product (809 bytes of JSON) with serde_json on every call (plus the optional
 //! sleep) and answers `Cache-Control: public, max-age=60`. Every cache is primed before the
 //! warm-up, so the measured window is hits only; the `upstream` column counts handler calls in
-//! the window to prove it. The table is printed and written to `target/load-report.md`.
+//! the window to prove it. The table is printed and written to `benches/load/target/load-report.md`.
 
 use std::convert::Infallible;
 use std::future::Future;
