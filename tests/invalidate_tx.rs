@@ -515,25 +515,30 @@ async fn race_on<St: Store + Clone>(
     (violations, reads.load(SeqCst), hits.load(SeqCst))
 }
 
-/// The commit-then-purge race: after a write's response returns, no reader is served the old
-/// value. Coalescing is off here, so only the purge ordering and the store's `as_of` stamps
-/// are exercised; the next tests run with the cache's defaults.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn after_a_write_returns_no_reader_sees_the_old_value_without_coalescing() {
-    let (violations, reads, hits) = race(Purging::Layer, false, 60, 16).await;
+/// Prints a race run's figures and fails on any reader served an older value.
+fn assert_no_stale_reads(violations: &[String], reads: u64, hits: u64) {
     eprintln!(
         "{reads} reads, {hits} hits, {} violations",
         violations.len()
-    );
-    assert!(
-        hits > reads / 4,
-        "the cache served most reads ({hits}/{reads})"
     );
     assert!(
         violations.is_empty(),
         "{} violations, first: {:?}",
         violations.len(),
         violations.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// The commit-then-purge race: after a write's response returns, no reader is served the old
+/// value. Coalescing is off here, so only the purge ordering and the store's `as_of` stamps
+/// are exercised; the next tests run with the cache's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_write_returns_no_reader_sees_the_old_value_without_coalescing() {
+    let (violations, reads, hits) = race(Purging::Layer, false, 60, 16).await;
+    assert_no_stale_reads(&violations, reads, hits);
+    assert!(
+        hits > reads / 4,
+        "the cache served most reads ({hits}/{reads})"
     );
 }
 
@@ -546,19 +551,10 @@ async fn after_a_write_returns_no_reader_sees_the_old_value_on_redis() {
         .build()
         .unwrap();
     let (violations, reads, hits) = race_on(store, Purging::Layer, true, 60, 16).await;
-    eprintln!(
-        "{reads} reads, {hits} hits, {} violations",
-        violations.len()
-    );
+    assert_no_stale_reads(&violations, reads, hits);
     assert!(
         hits > reads / 4,
         "the cache served most reads ({hits}/{reads})"
-    );
-    assert!(
-        violations.is_empty(),
-        "{} violations, first: {:?}",
-        violations.len(),
-        violations.iter().take(5).collect::<Vec<_>>()
     );
 }
 
@@ -569,16 +565,7 @@ async fn after_a_write_returns_no_reader_sees_the_old_value_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_write_returns_no_reader_sees_the_old_value() {
     let (violations, reads, hits) = race(Purging::Layer, true, 60, 16).await;
-    eprintln!(
-        "{reads} reads, {hits} hits, {} violations",
-        violations.len()
-    );
-    assert!(
-        violations.is_empty(),
-        "{} violations, first: {:?}",
-        violations.len(),
-        violations.iter().take(5).collect::<Vec<_>>()
-    );
+    assert_no_stale_reads(&violations, reads, hits);
 }
 
 /// The race with the purge made in the handler, before COMMIT: readers re-cache the old row.
