@@ -717,7 +717,8 @@ impl RedisStore {
         } else {
             self.mark_key(tag)
         };
-        // GT-like: a mark never moves back (two purges racing from two machines).
+        // A plain SET: two purges racing from machines whose clocks disagree can leave the
+        // earlier time in Redis. Each instance's known marks only ever rise (`raise_mark`).
         pipe.cmd("SET")
             .arg(mark_key)
             .arg(at)
