@@ -83,7 +83,16 @@ impl<B> CacheBody<B> {
         }
     }
 
-    pub(crate) fn recording(inner: B, limit: usize, finish: Box<dyn Finish>) -> Self {
+    pub(crate) fn recording(inner: B, limit: usize, finish: Box<dyn Finish>) -> Self
+    where
+        B: Body,
+    {
+        // A body that is complete before anyone polls it (a `204`, an empty `200`) is stored
+        // now: a server need not poll it at all (hyper does not for a `204`).
+        if inner.is_end_stream() {
+            finish.finish(Bytes::new(), None);
+            return Self::passthrough(inner);
+        }
         CacheBody {
             kind: Kind::Recording {
                 inner,

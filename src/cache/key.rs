@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 
 /// An app-supplied part of the cache key (tenant, locale), attached as a request extension by
@@ -84,29 +84,68 @@ impl KeyConfig {
 
     /// The identity of a GET for `uri` in the context of a request's headers and key part.
     pub fn identity_for(&self, uri: &Uri, headers: &HeaderMap, part: Option<&KeyPart>) -> String {
+        let mut out = String::with_capacity(64);
+        self.write_identity(&mut out, uri, headers, part);
+        out
+    }
+
+    /// The request's primary key, identity and store key in one buffer.
+    pub fn primary<B>(&self, request: &Request<B>) -> PrimaryKey {
+        self.primary_for(
+            request.uri(),
+            request.headers(),
+            request.extensions().get::<KeyPart>(),
+        )
+    }
+
+    /// [`KeyConfig::primary`] for a GET of `uri` in the context of a request's headers and
+    /// key part.
+    pub fn primary_for(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        part: Option<&KeyPart>,
+    ) -> PrimaryKey {
+        let mut buf = String::with_capacity(96);
+        buf.push_str(PLAIN_PREFIX);
+        self.write_identity(&mut buf, uri, headers, part);
+        PrimaryKey::from_buffer(buf)
+    }
+
+    /// Appends the identity of a GET for `uri` to `out`.
+    fn write_identity(
+        &self,
+        out: &mut String,
+        uri: &Uri,
+        headers: &HeaderMap,
+        part: Option<&KeyPart>,
+    ) {
         let scheme = uri.scheme_str().unwrap_or(&self.default_scheme);
         let host = uri
             .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let mut out = String::with_capacity(64);
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or_default();
         out.push_str("GET ");
         out.push_str(scheme);
         out.push_str("://");
-        out.push_str(&host);
+        // Host names are case-insensitive; most requests already send lower case.
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            out.push_str(&host.to_ascii_lowercase());
+        } else {
+            out.push_str(host);
+        }
         out.push_str(uri.path());
         if let Some(query) = uri.query() {
-            let query = self.normalise_query(query);
-            if !query.is_empty() {
+            if !self.sort_query && self.ignored_params.is_empty() {
                 out.push('?');
-                out.push_str(&query);
+                out.push_str(query);
+            } else {
+                let query = self.normalise_query(query);
+                if !query.is_empty() {
+                    out.push('?');
+                    out.push_str(&query);
+                }
             }
         }
         if let Some(part) = part {
@@ -122,7 +161,6 @@ impl KeyConfig {
                 let _ = write!(out, "{name}={value};");
             }
         }
-        out
     }
 
     fn normalise_query(&self, query: &str) -> String {
@@ -147,6 +185,23 @@ impl KeyConfig {
             params.sort_unstable();
         }
         params.join("&")
+    }
+}
+
+impl KeyConfig {
+    /// A `Cookie` header with only the request's key cookies `names` (in that order), for a
+    /// request the cache makes on the clients' behalf; `None` when the request has none.
+    pub fn key_cookie_header(&self, headers: &HeaderMap, names: &[String]) -> Option<HeaderValue> {
+        let mut out = String::new();
+        for name in names {
+            if let Some(value) = cookie_value(headers, name) {
+                if !out.is_empty() {
+                    out.push_str("; ");
+                }
+                let _ = write!(out, "{name}={value}");
+            }
+        }
+        HeaderValue::from_str(&out).ok().filter(|_| !out.is_empty())
     }
 }
 
@@ -182,7 +237,9 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The identity of one variant: the primary identity plus the request's values of the `Vary`
-/// headers.
+/// headers, normalised (RFC 9111 §4.1) so that requests meaning the same share a variant:
+/// field lines are combined, whitespace around list commas and runs of whitespace are
+/// dropped, and the values of fields defined as case-insensitive are lower-cased.
 pub(crate) fn variant_identity(primary: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
     let mut out = String::with_capacity(primary.len() + 32);
     out.push_str(primary);
@@ -190,19 +247,40 @@ pub(crate) fn variant_identity(primary: &str, names: &[HeaderName], headers: &He
         out.push_str(" v:");
         out.push_str(name.as_str());
         out.push('=');
+        let fold_case = CASE_INSENSITIVE_VALUES.contains(&name.as_str());
         let mut first = true;
         for value in headers.get_all(name) {
-            if !first {
-                out.push_str(", ");
-            }
-            first = false;
             // Non-UTF-8 values are hex-encoded so different bytes never compare equal.
-            match value.to_str() {
-                Ok(v) => out.push_str(v.trim()),
-                Err(_) => {
-                    for b in value.as_bytes() {
-                        let _ = write!(out, "%{b:02x}");
+            let Ok(value) = value.to_str() else {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                for b in value.as_bytes() {
+                    let _ = write!(out, "%{b:02x}");
+                }
+                continue;
+            };
+            for element in value.split(',') {
+                let element = element.trim();
+                if element.is_empty() {
+                    continue;
+                }
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                let mut space = false;
+                for c in element.chars() {
+                    if c == ' ' || c == '\t' {
+                        space = true;
+                        continue;
                     }
+                    if space {
+                        out.push(' ');
+                        space = false;
+                    }
+                    out.push(if fold_case { c.to_ascii_lowercase() } else { c });
                 }
             }
         }
@@ -210,17 +288,86 @@ pub(crate) fn variant_identity(primary: &str, names: &[HeaderName], headers: &He
     out
 }
 
+/// Request fields whose values are case-insensitive tokens, so a `Vary` on them keys on the
+/// lower-cased value. Others keep their case: `Vary: Authorization` must never merge two
+/// credentials that differ in case.
+const CASE_INSENSITIVE_VALUES: [&str; 4] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+];
+
+/// The variant identity a request selects under a stored response's `Vary` names (the
+/// primary identity itself when there are none).
+pub(crate) fn select_variant(identity: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
+    if names.is_empty() {
+        identity.to_owned()
+    } else {
+        variant_identity(identity, names, headers)
+    }
+}
+
+/// A request's primary key: its identity (what a stored response for it is filed under) and
+/// the store key, which is the identity behind [`PLAIN_PREFIX`] when short and printable (one
+/// buffer for both), else a hash.
+#[derive(Clone, Debug)]
+pub(crate) struct PrimaryKey {
+    /// `"c:"` followed by the identity.
+    buf: String,
+    hashed: Option<String>,
+}
+
+impl PrimaryKey {
+    fn from_buffer(buf: String) -> Self {
+        let identity = &buf[PLAIN_PREFIX.len()..];
+        let hashed = (identity.len() > MAX_PLAIN_KEY || identity.chars().any(char::is_control))
+            .then(|| hashed_key(identity));
+        PrimaryKey { buf, hashed }
+    }
+
+    /// The primary key of an identity built elsewhere (gRPC calls).
+    pub fn from_identity(identity: &str) -> Self {
+        let mut buf = String::with_capacity(PLAIN_PREFIX.len() + identity.len());
+        buf.push_str(PLAIN_PREFIX);
+        buf.push_str(identity);
+        Self::from_buffer(buf)
+    }
+
+    /// The identity.
+    pub fn identity(&self) -> &str {
+        &self.buf[PLAIN_PREFIX.len()..]
+    }
+
+    /// The store key.
+    pub fn store_key(&self) -> &str {
+        self.hashed.as_deref().unwrap_or(&self.buf)
+    }
+}
+
+/// Store keys of plain (unhashed) identities start with this.
+const PLAIN_PREFIX: &str = "c:";
+
+/// Whether `key` is one the response cache writes: a plain or a hashed identity.
+pub(crate) fn is_cache_key(key: &str) -> bool {
+    key.starts_with(PLAIN_PREFIX) || key.starts_with("c#")
+}
+
+fn hashed_key(identity: &str) -> String {
+    let a = fnv1a(identity.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let b = fnv1a(identity.as_bytes(), 0x6c62_272e_07bb_0142);
+    format!("c#{a:016x}{b:016x}")
+}
+
 /// The store key for an identity: the identity itself when short and printable, else a hash.
 pub(crate) fn store_key(identity: &str) -> String {
     if identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control) {
-        let mut key = String::with_capacity(identity.len() + 2);
-        key.push_str("c:");
+        let mut key = String::with_capacity(identity.len() + PLAIN_PREFIX.len());
+        key.push_str(PLAIN_PREFIX);
         key.push_str(identity);
         key
     } else {
-        let a = fnv1a(identity.as_bytes(), 0xcbf2_9ce4_8422_2325);
-        let b = fnv1a(identity.as_bytes(), 0x6c62_272e_07bb_0142);
-        format!("c#{a:016x}{b:016x}")
+        hashed_key(identity)
     }
 }
 
@@ -298,6 +445,39 @@ mod tests {
         assert_eq!(store_key(&long).len(), 34);
         assert_ne!(store_key(&long), store_key(&"y".repeat(300)));
         assert_eq!(store_key("GET a"), "c:GET a");
+    }
+
+    #[test]
+    fn primary_keys_match_store_keys() {
+        let c = config();
+        for uri in ["http://h/a?x=1", &format!("http://h/{}", "y".repeat(300))] {
+            let r = Request::get(uri).body(()).unwrap();
+            let key = c.primary(&r);
+            assert_eq!(key.identity(), c.identity(&r));
+            assert_eq!(key.store_key(), store_key(&c.identity(&r)));
+            assert!(is_cache_key(key.store_key()));
+        }
+    }
+
+    #[test]
+    fn variant_values_are_normalised_but_keep_case_where_it_matters() {
+        let names = [header::ACCEPT_ENCODING, header::AUTHORIZATION];
+        let mut a = HeaderMap::new();
+        a.append(header::ACCEPT_ENCODING, "GZIP ,  br".parse().unwrap());
+        a.append(header::AUTHORIZATION, "Bearer  Abc".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.append(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+        b.append(header::ACCEPT_ENCODING, "br".parse().unwrap());
+        b.append(header::AUTHORIZATION, "Bearer Abc".parse().unwrap());
+        assert_eq!(
+            variant_identity("p", &names, &a),
+            variant_identity("p", &names, &b)
+        );
+        b.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_ne!(
+            variant_identity("p", &names, &a),
+            variant_identity("p", &names, &b)
+        );
     }
 
     #[test]

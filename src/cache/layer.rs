@@ -1,19 +1,16 @@
-//! [`CacheLayer`]: configuration, shared state (in-flight misses, hit-for-pass) and counters.
+//! [`CacheLayer`]: the configuration every service it makes shares, and its setters.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use tokio::sync::watch;
-use tokio::time::Instant;
 use tower_layer::Layer;
 
+use super::invalidate::Invalidator;
 use super::key::KeyConfig;
 use super::policy::PolicyConfig;
-use super::record::Record;
 use super::service::Cache;
+use super::state::{CacheStats, Shared};
 use crate::store::Store;
 
 /// Default largest body buffered for storing: 1 MiB.
@@ -47,6 +44,15 @@ impl<St> std::fmt::Debug for CacheLayer<St> {
     }
 }
 
+/// A gRPC method the cache stores answers of.
+#[derive(Clone, Debug)]
+pub(crate) struct GrpcMethod {
+    pub path: String,
+    pub ttl: Duration,
+    /// The answer does not depend on the caller: calls with credentials share it too.
+    pub public: bool,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub max_body_size: usize,
@@ -64,7 +70,7 @@ pub(crate) struct Config {
     pub strip_tag_headers: bool,
     pub key: KeyConfig,
     pub upstream_timeout: Option<Duration>,
-    pub grpc_methods: Vec<(String, Duration)>,
+    pub grpc_methods: Vec<GrpcMethod>,
     pub lease: Option<Duration>,
 }
 
@@ -261,9 +267,27 @@ impl<St> CacheLayer<St> {
     }
 
     /// Caches the gRPC method at `path` (`/package.Service/Method`) for `ttl`, keyed by the
-    /// request message (see the [module docs](super#grpc)). Other gRPC methods pass through.
+    /// request message (see the [module docs](super#grpc)). Calls that carry credentials
+    /// (`authorization` metadata or a cookie) bypass the cache: their answer may be the
+    /// caller's own. Other gRPC methods pass through.
     pub fn grpc_method(mut self, path: impl Into<String>, ttl: Duration) -> Self {
-        self.config.grpc_methods.push((path.into(), ttl));
+        self.config.grpc_methods.push(GrpcMethod {
+            path: path.into(),
+            ttl,
+            public: false,
+        });
+        self
+    }
+
+    /// Like [`CacheLayer::grpc_method`] for a method whose answer does not depend on who
+    /// calls: calls with credentials are answered from the cache (and stored) too. Mark a
+    /// method public only when its handler ignores the caller.
+    pub fn grpc_public_method(mut self, path: impl Into<String>, ttl: Duration) -> Self {
+        self.config.grpc_methods.push(GrpcMethod {
+            path: path.into(),
+            ttl,
+            public: true,
+        });
         self
     }
 
@@ -288,10 +312,15 @@ impl<St> CacheLayer<St> {
         &self.store
     }
 
-    /// The shared store handle, key configuration and shared state, for URL purges
+    /// The shared store handle, for purgers over this cache's store.
+    pub(crate) fn shared_store(&self) -> &Arc<St> {
+        &self.store
+    }
+
+    /// The cache's invalidation operation, with its key rules, for URL purges
     /// (`purge::CachePurger`).
-    pub(crate) fn purge_parts(&self) -> (&Arc<St>, &KeyConfig, &Arc<Shared>) {
-        (&self.store, &self.config.key, &self.shared)
+    pub(crate) fn invalidator(&self) -> Invalidator {
+        Invalidator::new(self.config.key.clone(), self.shared.clone())
     }
 }
 
@@ -315,264 +344,4 @@ pub(crate) struct Ctx<St> {
     pub store: Arc<St>,
     pub config: Config,
     pub shared: Arc<Shared>,
-}
-
-/// What a coalesced miss ended with.
-#[derive(Clone, Debug)]
-pub(crate) enum Outcome {
-    Stored(Arc<Record>, Provenance),
-    NotStored,
-}
-
-/// When a handed-over response was fetched and which tags it carries: a waiter checks that no
-/// purge of those tags happened since (see `Store::purged_since`) before serving it.
-#[derive(Clone, Debug)]
-pub(crate) struct Provenance {
-    pub fetched_at: std::time::SystemTime,
-    pub tags: Arc<[String]>,
-}
-
-/// An in-flight miss: its outcome for waiters, and whether an unsafe request invalidated the
-/// key meanwhile (then its response must not be stored or handed out).
-pub(crate) struct Flight {
-    tx: watch::Sender<Option<Outcome>>,
-    cancelled: AtomicBool,
-}
-
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub hits: AtomicU64,
-    pub stale_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stores: AtomicU64,
-    pub not_stored: AtomicU64,
-    pub bypasses: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub store_errors: AtomicU64,
-    pub revalidated: AtomicU64,
-    pub invalidations: AtomicU64,
-    pub dropped_tags: AtomicU64,
-    flights: Mutex<HashMap<String, Arc<Flight>>>,
-    /// Bumped by every invalidation; `invalidated` records the value per key, so a store write
-    /// can tell whether its key was invalidated after its response was fetched.
-    generation: AtomicU64,
-    invalidated: Mutex<HashMap<String, u64>>,
-    passes: Mutex<HashMap<String, Instant>>,
-    refreshing: Mutex<HashSet<String>>,
-}
-
-/// Most keys remembered for hit-for-pass at once.
-const MAX_PASSES: usize = 10_000;
-
-pub(crate) enum Join {
-    Leader(FlightGuard),
-    Waiter(watch::Receiver<Option<Outcome>>),
-}
-
-impl Shared {
-    pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Joins the in-flight miss on `key`, or starts one.
-    pub fn join(self: &Arc<Self>, key: &str) -> Join {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flight) = flights.get(key) {
-            return Join::Waiter(flight.tx.subscribe());
-        }
-        let flight = Arc::new(Flight {
-            tx: watch::channel(None).0,
-            cancelled: AtomicBool::new(false),
-        });
-        flights.insert(key.to_owned(), flight.clone());
-        Join::Leader(FlightGuard {
-            shared: self.clone(),
-            key: key.to_owned(),
-            flight,
-        })
-    }
-
-    /// Detaches the in-flight miss on `key`, if any: later requests no longer join it and its
-    /// response is not stored (the key was invalidated).
-    pub fn cancel(&self, key: &str) {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flight) = flights.remove(key) {
-            flight.cancelled.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// The current invalidation generation.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    /// Records that `key` was invalidated now.
-    pub fn invalidate(&self, key: &str) {
-        let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
-        if invalidated.len() >= MAX_PASSES {
-            // Writes in flight are short-lived: forget all but the most recent invalidations.
-            invalidated.retain(|_, g| *g + (MAX_PASSES as u64) / 2 > now);
-        }
-        invalidated.insert(key.to_owned(), now);
-    }
-
-    /// Whether `key` was invalidated after generation `since`.
-    pub fn invalidated_since(&self, key: &str, since: u64) -> bool {
-        let invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
-        invalidated.get(key).is_some_and(|g| *g > since)
-    }
-
-    pub fn is_pass(&self, key: &str) -> bool {
-        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
-        match passes.get(key) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                passes.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    pub fn pass(&self, key: &str, duration: Duration) {
-        if duration.is_zero() {
-            return;
-        }
-        let now = Instant::now();
-        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
-        if passes.len() >= MAX_PASSES {
-            passes.retain(|_, until| *until > now);
-            if passes.len() >= MAX_PASSES {
-                passes.clear();
-            }
-        }
-        passes.insert(key.to_owned(), now + duration);
-    }
-
-    pub fn unpass(&self, key: &str) {
-        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
-        passes.remove(key);
-    }
-
-    /// Claims the background refresh of `key`; false if one is running.
-    pub fn start_refresh(&self, key: &str) -> bool {
-        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
-        refreshing.insert(key.to_owned())
-    }
-
-    pub fn end_refresh(&self, key: &str) {
-        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
-        refreshing.remove(key);
-    }
-}
-
-/// Held by the request that leads a miss; dropping it without an outcome releases the waiters
-/// to go upstream themselves.
-pub(crate) struct FlightGuard {
-    shared: Arc<Shared>,
-    key: String,
-    flight: Arc<Flight>,
-}
-
-impl FlightGuard {
-    /// Hands the stored response to the waiters (and to requests that arrive before the
-    /// guard is dropped).
-    pub fn publish(&self, outcome: Outcome) {
-        self.flight.tx.send_replace(Some(outcome));
-    }
-
-    /// Whether the key was invalidated while this miss was in flight.
-    pub fn is_cancelled(&self) -> bool {
-        self.flight.cancelled.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if self.flight.tx.borrow().is_none() {
-            self.flight.tx.send_replace(Some(Outcome::NotStored));
-        }
-        let mut flights = self
-            .shared
-            .flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if flights
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            flights.remove(&self.key);
-        }
-    }
-}
-
-/// Counters of a [`CacheLayer`], shared by every service it makes. Cheap to clone.
-#[derive(Clone)]
-pub struct CacheStats(Arc<Shared>);
-
-impl std::fmt::Debug for CacheStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheStats")
-            .field("hits", &self.hits())
-            .field("stale_hits", &self.stale_hits())
-            .field("misses", &self.misses())
-            .field("stores", &self.stores())
-            .field("not_stored", &self.not_stored())
-            .field("bypasses", &self.bypasses())
-            .field("coalesced", &self.coalesced())
-            .field("store_errors", &self.store_errors())
-            .field("revalidated", &self.revalidated())
-            .field("invalidations", &self.invalidations())
-            .field("dropped_tags", &self.dropped_tags())
-            .finish()
-    }
-}
-
-impl CacheStats {
-    /// Requests answered from a fresh stored response.
-    pub fn hits(&self) -> u64 {
-        self.0.hits.load(Ordering::Relaxed)
-    }
-    /// Requests answered from a stale stored response (stale-while-revalidate or
-    /// stale-if-error).
-    pub fn stale_hits(&self) -> u64 {
-        self.0.stale_hits.load(Ordering::Relaxed)
-    }
-    /// Lookups that found nothing usable and went upstream.
-    pub fn misses(&self) -> u64 {
-        self.0.misses.load(Ordering::Relaxed)
-    }
-    /// Responses written to the store.
-    pub fn stores(&self) -> u64 {
-        self.0.stores.load(Ordering::Relaxed)
-    }
-    /// Upstream responses to cacheable requests that were not storable.
-    pub fn not_stored(&self) -> u64 {
-        self.0.not_stored.load(Ordering::Relaxed)
-    }
-    /// Requests that bypassed the cache (method, route, cookies).
-    pub fn bypasses(&self) -> u64 {
-        self.0.bypasses.load(Ordering::Relaxed)
-    }
-    /// Requests answered with the response another request's miss fetched.
-    pub fn coalesced(&self) -> u64 {
-        self.0.coalesced.load(Ordering::Relaxed)
-    }
-    /// Store failures (the layer failed open: the request went upstream).
-    pub fn store_errors(&self) -> u64 {
-        self.0.store_errors.load(Ordering::Relaxed)
-    }
-    /// Stale entries refreshed by a `304 Not Modified` from upstream.
-    pub fn revalidated(&self) -> u64 {
-        self.0.revalidated.load(Ordering::Relaxed)
-    }
-    /// Keys removed after a successful unsafe request.
-    pub fn invalidations(&self) -> u64 {
-        self.0.invalidations.load(Ordering::Relaxed)
-    }
-    /// Tags dropped for being over a limit.
-    pub fn dropped_tags(&self) -> u64 {
-        self.0.dropped_tags.load(Ordering::Relaxed)
-    }
 }

@@ -63,10 +63,15 @@
 //! response already carries, heuristic freshness (10% of the time since `Last-Modified`) only
 //! for statuses cacheable by default or `public` responses. `CDN-Cache-Control` (RFC 9213), and
 //! else `Surrogate-Control`, replace `Cache-Control` and `Expires` for this cache's freshness,
-//! so an app can give this tier a TTL browsers never see; `private` and `no-store` in
-//! `Cache-Control` still forbid storing. On top: [`CacheLayer::default_ttl`] for responses that
-//! say nothing, [`CacheLayer::override_ttl`], [`CacheLayer::routes`], [`CacheLayer::methods`],
-//! and a per-response [`CacheOverride`] extension.
+//! so an app can give this tier a TTL browsers never see: when such a field gives this cache
+//! freshness, `Cache-Control: no-store` (meant for browsers) does not stop it storing
+//! (RFC 9213 §2.1), but `private` in `Cache-Control` still does. Directive fields are parsed
+//! with the RFC 9111 grammar; one that does not parse completely (an unbalanced quote, a stray
+//! character) forbids storing, and on a request bypasses the cache. Delta-seconds above 2^31
+//! count as 2^31; an `Age` that is not one valid number makes the response stale. On top:
+//! [`CacheLayer::default_ttl`] for responses that say nothing, [`CacheLayer::override_ttl`],
+//! [`CacheLayer::routes`], [`CacheLayer::methods`], and a per-response [`CacheOverride`]
+//! extension.
 //!
 //! # Never leaking private data
 //!
@@ -88,9 +93,16 @@
 //!
 //! A hit answers a matching `If-None-Match` / `If-Modified-Since` with `304`, a single
 //! `Range: bytes=` with `206` (or `416`). A stale entry is revalidated upstream with its
-//! validators; a `304` refreshes its headers and freshness (RFC 9111 §4.3.4). A successful
-//! POST, PUT, PATCH or DELETE removes the entries for its URI and for its `Location` and
-//! `Content-Location` on the same host (RFC 9111 §4.4).
+//! validators; a `304` refreshes its headers and freshness (RFC 9111 §4.3.4). A client gets a
+//! `304` only when its own request was conditional and matches: when the origin's `304` cannot
+//! refresh the entry (it sets a cookie, says `no-store` or `private`, or the entry's freshness
+//! came from a [`CacheOverride`]) the client gets the stored body with `200` and the merged
+//! headers (`Set-Cookie` to it alone, never stored).
+//!
+//! A successful request with any method not known as safe (`POST`, `PUT`, `PATCH`, `DELETE`,
+//! `M-SEARCH`, ...) removes every stored response of its URI and of its `Location` and
+//! `Content-Location` on the same host (RFC 9111 §4.4): the plain entry, or the `Vary` index
+//! and every variant. Purges of a URL or of a cache key (`purge`) use the same operation.
 //!
 //! # Concurrency: coalescing, stale serving, hit-for-pass
 //!
@@ -132,8 +144,9 @@
 //! Only methods marked with [`CacheLayer::grpc_method`] are cached, keyed by method path plus
 //! the request message bytes (the [`GrpcMessage`] extension, which `GrpcKeyLayer` attaches
 //! with the `tonic` feature), for the TTL given there, and only responses whose trailers carry
-//! `grpc-status: 0`. Other gRPC calls pass through untouched and never invalidate anything.
-//! gRPC misses are not coalesced.
+//! `grpc-status: 0`. Calls carrying `authorization` metadata or a cookie bypass the cache
+//! unless the method is marked with [`CacheLayer::grpc_public_method`]. Other gRPC calls pass
+//! through untouched and never invalidate anything. gRPC misses are not coalesced.
 //!
 //! # Tags
 //!
@@ -142,17 +155,40 @@
 //! header, are dropped and logged; the response is served all the same. They are stored with
 //! the entry (purge them with [`Store::delete_tag`](crate::store::Store::delete_tag)) and the
 //! headers are removed before the response leaves ([`CacheLayer::strip_tag_headers`]).
+//!
+//! # How it is built
+//!
+//! One file per step a request takes, as tower-http lays out a layer: `service` (the [`Cache`]
+//! service and the dispatch of a request to its path), `lookup` (the primary key, then the
+//! variant a `Vary` index points to), `coalesce` (joining or leading the miss in flight, per
+//! variant, and the distributed lease), `forward` (the miss path: the upstream call with its
+//! timeout, stale-if-error, recording the body), `revalidate` (the cache's conditional request,
+//! the `304` merge, the background refresh), `write` (`admit`, the one place an upstream
+//! response becomes a stored record, and the store write), `serve` (answering from a record:
+//! `Age`, `Cache-Status`, `304`, ranges), `invalidate` (removing every stored response of a
+//! URL, and the unsafe methods that call it) and `grpc_call`. Beside them: `layer`
+//! (configuration), `state` (what a layer's services share, and [`CacheStats`]), `key`,
+//! `policy` (the RFC 9111 rules), `record` (the stored format), `body`, `future`, `tags`.
 
 mod body;
+mod coalesce;
+mod forward;
 mod future;
 #[cfg(feature = "tonic")]
 mod grpc;
+mod grpc_call;
+pub(crate) mod invalidate;
 pub(crate) mod key;
 pub(crate) mod layer;
+mod lookup;
 mod policy;
 mod record;
+mod revalidate;
+mod serve;
 mod service;
+pub(crate) mod state;
 mod tags;
+mod write;
 
 pub use body::CacheBody;
 pub use future::ResponseFuture;
@@ -160,9 +196,10 @@ pub use future::ResponseFuture;
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub use grpc::{DEFAULT_MAX_MESSAGE_SIZE, GrpcKey, GrpcKeyFuture, GrpcKeyLayer};
 pub use key::{GrpcMessage, KeyPart};
-pub use layer::{CacheLayer, CacheStats, DEFAULT_MAX_BODY_SIZE};
+pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE};
 pub use policy::CacheOverride;
 pub use service::Cache;
+pub use state::CacheStats;
 pub use tags::{CacheTags, MAX_TAG_HEADER_LEN, MAX_TAG_LEN};
 
 #[cfg(all(test, feature = "memory"))]

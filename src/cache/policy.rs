@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Method, StatusCode};
 
 /// Heuristic freshness is capped at one day (RFC 9111 §4.2.2 suggests at most 10% of the time
 /// since `Last-Modified`).
@@ -53,11 +53,21 @@ impl CacheOverride {
     }
 }
 
+/// Delta-seconds above this count as this (RFC 9111 §1.2.2: 2^31), so no header value can
+/// overflow time arithmetic.
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// The longest duration a header can express, [`MAX_DELTA_SECONDS`].
+pub(crate) const MAX_DELTA: Duration = Duration::from_secs(MAX_DELTA_SECONDS);
+
 /// Parsed `Cache-Control`-style directives (also used for `CDN-Cache-Control` and
 /// `Surrogate-Control`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Directives {
     pub present: bool,
+    /// A field value did not parse completely (an unbalanced quote, a stray character, bytes
+    /// that are not text): a response must not be stored, a request bypasses.
+    pub malformed: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub no_store: bool,
@@ -71,23 +81,25 @@ pub(crate) struct Directives {
 }
 
 impl Directives {
-    /// Parses every value of `name` in `headers`. Unknown directives are ignored; a malformed
-    /// delta-seconds value makes the response stale at once (`max-age`) or is ignored.
+    /// Parses every value of `name` in `headers` with the RFC 9111 §5.2 grammar
+    /// (`#( token [ "=" ( token / quoted-string ) ] )`). Unknown directives are ignored; a
+    /// malformed delta-seconds value makes the response stale at once (`max-age`) or is
+    /// ignored; a field that does not parse at all sets [`Directives::malformed`], and nothing
+    /// after the fault is trusted.
     pub fn parse(headers: &HeaderMap, name: &HeaderName) -> Self {
         let mut d = Directives::default();
         for value in headers.get_all(name) {
-            let Ok(value) = value.to_str() else { continue };
-            for item in split_list(value) {
-                let item = item.trim();
-                if item.is_empty() {
-                    continue;
-                }
-                d.present = true;
-                let (key, arg) = match item.split_once('=') {
-                    Some((k, v)) => (k.trim(), Some(v.trim().trim_matches('"'))),
-                    None => (item, None),
+            d.present = true;
+            let Ok(value) = value.to_str() else {
+                d.malformed = true;
+                continue;
+            };
+            for item in directives(value) {
+                let Some((key, arg)) = item else {
+                    d.malformed = true;
+                    break;
                 };
-                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+                let secs = || arg.as_deref().and_then(delta_seconds);
                 match key.to_ascii_lowercase().as_str() {
                     // A malformed max-age means stale (RFC 9111 §4.2.1).
                     "max-age" => d.max_age = Some(secs().unwrap_or(0)),
@@ -106,31 +118,119 @@ impl Directives {
         }
         d
     }
+
+    /// Whether the directives give this cache a positive freshness lifetime.
+    fn is_fresh(&self) -> bool {
+        !self.no_store && !self.no_cache && self.s_maxage.or(self.max_age).is_some_and(|s| s > 0)
+    }
 }
 
-/// Splits a comma-separated list, keeping quoted strings (which may hold commas) whole.
-pub(crate) fn split_list(value: &str) -> impl Iterator<Item = &str> {
-    let mut rest = value;
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The directives of one field value: `Some((name, argument))` each, or one `None` at the
+/// first fault. Empty list elements are skipped (RFC 9110 §5.6.1).
+fn directives(value: &str) -> impl Iterator<Item = Option<(&str, Option<String>)>> {
+    let bytes = value.as_bytes();
+    let mut at = 0;
+    let mut failed = false;
     std::iter::from_fn(move || {
-        if rest.is_empty() {
+        if failed {
             return None;
         }
-        let mut in_quotes = false;
-        for (i, c) in rest.char_indices() {
-            match c {
-                '"' => in_quotes = !in_quotes,
-                ',' if !in_quotes => {
-                    let item = &rest[..i];
-                    rest = &rest[i + 1..];
-                    return Some(item);
+        let skip_ows = |at: &mut usize| {
+            while *at < bytes.len() && matches!(bytes[*at], b' ' | b'\t') {
+                *at += 1;
+            }
+        };
+        loop {
+            skip_ows(&mut at);
+            if at < bytes.len() && bytes[at] == b',' {
+                at += 1;
+                continue;
+            }
+            break;
+        }
+        if at >= bytes.len() {
+            return None;
+        }
+        let mut fail = || {
+            failed = true;
+            Some(None)
+        };
+        let start = at;
+        while at < bytes.len() && is_tchar(bytes[at]) {
+            at += 1;
+        }
+        if at == start {
+            return fail();
+        }
+        let name = &value[start..at];
+        let mut arg = None;
+        skip_ows(&mut at);
+        if at < bytes.len() && bytes[at] == b'=' {
+            at += 1;
+            skip_ows(&mut at);
+            if at < bytes.len() && bytes[at] == b'"' {
+                at += 1;
+                let mut out = String::new();
+                let mut closed = false;
+                while at < bytes.len() {
+                    match bytes[at] {
+                        b'"' => {
+                            closed = true;
+                            at += 1;
+                            break;
+                        }
+                        b'\\' if at + 1 < bytes.len() => {
+                            out.push(char::from(bytes[at + 1]));
+                            at += 2;
+                        }
+                        b'\\' => break,
+                        b => {
+                            out.push(char::from(b));
+                            at += 1;
+                        }
+                    }
                 }
-                _ => {}
+                if !closed {
+                    return fail();
+                }
+                arg = Some(out);
+            } else {
+                let start = at;
+                while at < bytes.len() && is_tchar(bytes[at]) {
+                    at += 1;
+                }
+                if at == start {
+                    return fail();
+                }
+                arg = Some(value[start..at].to_owned());
             }
         }
-        let item = rest;
-        rest = "";
-        Some(item)
+        skip_ows(&mut at);
+        if at < bytes.len() && bytes[at] != b',' {
+            return fail();
+        }
+        Some(Some((name, arg)))
     })
+}
+
+/// RFC 9111 §1.2.2 delta-seconds: one or more digits, saturating at [`MAX_DELTA_SECONDS`].
+pub(crate) fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        text.bytes()
+            .try_fold(0u64, |n, b| {
+                let n = n * 10 + u64::from(b - b'0');
+                (n < MAX_DELTA_SECONDS).then_some(n)
+            })
+            .unwrap_or(MAX_DELTA_SECONDS),
+    )
 }
 
 /// How long a stored response is fresh and how it may be served once stale.
@@ -185,29 +285,32 @@ pub(crate) static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-c
 /// `Surrogate-Control` (Edge Architecture Specification).
 pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
+/// One upstream exchange, as the storage decision sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Exchange<'a> {
+    /// The request carried `Authorization` (RFC 9111 §3.5).
+    pub request_has_authorization: bool,
+    /// The request said `no-store`.
+    pub request_no_store: bool,
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
+    /// The handler's per-response override, if any.
+    pub override_: Option<&'a CacheOverride>,
+    /// When the request went upstream and when its response came back.
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
 /// Decides whether a response to a GET may be stored by a shared cache and for how long.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn decide(
-    config: &PolicyConfig,
-    request_has_authorization: bool,
-    request_no_store: bool,
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-    override_: Option<&CacheOverride>,
-    request_time: SystemTime,
-    response_time: SystemTime,
-) -> Result<Freshness, NotStored> {
-    if method != Method::GET {
-        return Err("method is not GET");
-    }
-    if request_no_store {
+pub(crate) fn decide(config: &PolicyConfig, x: &Exchange<'_>) -> Result<Freshness, NotStored> {
+    let headers = x.headers;
+    if x.request_no_store {
         return Err("request says no-store");
     }
-    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
+    if x.status.is_informational() || x.status == StatusCode::PARTIAL_CONTENT {
         return Err("status is not a complete response");
     }
-    if status == StatusCode::NOT_MODIFIED {
+    if x.status == StatusCode::NOT_MODIFIED {
         return Err("status 304");
     }
     if headers.contains_key(header::SET_COOKIE) {
@@ -220,42 +323,50 @@ pub(crate) fn decide(
         return Err("Vary: *");
     }
     let (cc, targeted) = governing_directives(headers);
-    // Privacy directives apply from the general Cache-Control too, whatever a targeted field
-    // says: a targeted field can give this tier a TTL, never make private data shared.
     let general = if targeted {
         Directives::parse(headers, &header::CACHE_CONTROL)
     } else {
         cc.clone()
     };
-    if cc.no_store || general.no_store {
+    // A field that does not parse may hide `private` or `no-store` after its fault.
+    if cc.malformed || general.malformed {
+        return Err("malformed cache directives");
+    }
+    if cc.no_store {
+        return Err("no-store");
+    }
+    // RFC 9213 §2.1: a targeted field that gives this cache freshness governs it, so the
+    // general `no-store` (meant for browsers) does not apply here. `private` does: a targeted
+    // field can give this tier a TTL, never make one user's response shared.
+    if general.no_store && !(targeted && cc.is_fresh()) {
         return Err("no-store");
     }
     if cc.private || general.private {
         return Err("private");
     }
     let allowed = |d: &Directives| d.public || d.s_maxage.is_some() || d.must_revalidate;
-    if request_has_authorization && !(allowed(&cc) || allowed(&general)) {
+    if x.request_has_authorization && !(allowed(&cc) || allowed(&general)) {
         return Err("request carries Authorization");
     }
-    if let Some(o) = override_ {
+    if let Some(o) = x.override_ {
         return match o.ttl {
             Some(ttl) => Ok(Freshness {
-                lifetime: ttl,
+                lifetime: ttl.min(MAX_DELTA),
                 initial_age: Duration::ZERO,
-                swr: o.grace,
-                sie: o.grace,
+                swr: o.grace.map(|g| g.min(MAX_DELTA)),
+                sie: o.grace.map(|g| g.min(MAX_DELTA)),
                 must_revalidate: false,
             }),
             None => Err("the response's CacheOverride says no-store"),
         };
     }
     let date = header_date(headers, &header::DATE);
-    let initial_age = initial_age(headers, date, request_time, response_time);
+    let initial_age = initial_age(headers, date, x.request_time, x.response_time);
     let must_revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.no_cache;
     let swr = cc.swr.map(Duration::from_secs);
     let sie = cc.sie.map(Duration::from_secs);
     let make = |lifetime: Duration, initial_age: Duration| Freshness {
-        lifetime,
+        lifetime: lifetime.min(MAX_DELTA),
         initial_age,
         swr,
         sie,
@@ -275,12 +386,12 @@ pub(crate) fn decide(
         // An invalid Expires (e.g. "0") means already expired.
         let lifetime = match (header_date(headers, &header::EXPIRES), date) {
             (Some(expires), Some(date)) => expires.duration_since(date).unwrap_or_default(),
-            (Some(expires), None) => expires.duration_since(response_time).unwrap_or_default(),
+            (Some(expires), None) => expires.duration_since(x.response_time).unwrap_or_default(),
             _ => Duration::ZERO,
         };
         return Ok(make(lifetime, initial_age));
     }
-    if !(cacheable_by_default(status) || cc.public) {
+    if !(cacheable_by_default(x.status) || cc.public) {
         return Err("status is not cacheable by default and no explicit freshness");
     }
     if let Some(ttl) = config.default_ttl {
@@ -288,7 +399,9 @@ pub(crate) fn decide(
     }
     if config.heuristic
         && let Some(last_modified) = header_date(headers, &header::LAST_MODIFIED)
-        && let Ok(since) = date.unwrap_or(response_time).duration_since(last_modified)
+        && let Ok(since) = date
+            .unwrap_or(x.response_time)
+            .duration_since(last_modified)
     {
         let lifetime = (since / 10).min(HEURISTIC_CAP);
         return Ok(make(lifetime, initial_age));
@@ -296,33 +409,69 @@ pub(crate) fn decide(
     Err("no freshness information")
 }
 
-/// RFC 9111 §4.2.3: `corrected_initial_age`.
+/// RFC 9111 §4.2.3: `corrected_initial_age`. An `Age` that is not exactly one valid
+/// delta-seconds makes the response as old as a header can say, so it is stale at once
+/// (RFC 9111 §5.1: the conservative reading).
 pub(crate) fn initial_age(
     headers: &HeaderMap,
     date: Option<SystemTime>,
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let mut ages = headers.get_all(header::AGE).iter();
+    let age_value = match (ages.next(), ages.next()) {
+        (None, _) => Duration::ZERO,
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|v| delta_seconds(v.trim()))
+            .map_or(MAX_DELTA, Duration::from_secs),
+        (Some(_), Some(_)) => MAX_DELTA,
+    };
     let apparent_age = date
         .and_then(|d| response_time.duration_since(d).ok())
         .unwrap_or_default();
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or_default();
-    apparent_age.max(age_value + response_delay)
+    apparent_age
+        .max(age_value.saturating_add(response_delay))
+        .min(MAX_DELTA)
 }
 
-/// An HTTP-date header, if present and valid.
+/// An HTTP-date header, if present and valid in any of the three formats of RFC 9110 §5.6.7
+/// (IMF-fixdate, RFC 850, asctime), whatever the case of its names.
 pub(crate) fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(parse_http_date)
+}
+
+/// [`httpdate::parse_http_date`] after putting day and month names and `GMT` in the case it
+/// expects: recipients must accept them in any case.
+pub(crate) fn parse_http_date(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    if let Ok(t) = httpdate::parse_http_date(text) {
+        return Some(t);
+    }
+    let mut fixed = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            fixed.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            fixed.push(c);
+            word_start = true;
+        }
+    }
+    let fixed = fixed.replace("Gmt", "GMT");
+    httpdate::parse_http_date(&fixed).ok()
 }
 
 #[cfg(test)]
@@ -348,16 +497,18 @@ mod tests {
             override_ttl: None,
             heuristic: true,
         };
+        let headers = headers(pairs);
         decide(
             &config,
-            auth,
-            false,
-            &Method::GET,
-            StatusCode::from_u16(status).unwrap(),
-            &headers(pairs),
-            None,
-            now,
-            now,
+            &Exchange {
+                request_has_authorization: auth,
+                request_no_store: false,
+                status: StatusCode::from_u16(status).unwrap(),
+                headers: &headers,
+                override_: None,
+                request_time: now,
+                response_time: now,
+            },
         )
     }
 
@@ -371,6 +522,58 @@ mod tests {
         assert!(d.public && d.private);
         assert_eq!(d.max_age, Some(60));
         assert_eq!(d.swr, Some(5));
+    }
+
+    #[test]
+    fn malformed_fields_are_flagged_and_well_formed_ones_are_not() {
+        let parse = |v: &str| {
+            Directives::parse(&headers(&[("cache-control", v)]), &header::CACHE_CONTROL)
+        };
+        for bad in [
+            "max-age=60, x=\"a, private",
+            "max-age=60, \"private\"",
+            "max-age=60, pri vate",
+            "max-age=60 private",
+            "=60",
+            "max-age=",
+            "max-age=60;",
+        ] {
+            assert!(parse(bad).malformed, "{bad}");
+        }
+        for good in [
+            "max-age=60, x=\"a, \\\"b\\\"\"",
+            " , max-age = 60 ,, public ",
+            "no-cache=\"set-cookie, x\"",
+            "",
+        ] {
+            assert!(!parse(good).malformed, "{good}");
+        }
+        assert_eq!(parse(" , max-age = 60 ,, public ").max_age, Some(60));
+    }
+
+    #[test]
+    fn delta_seconds_saturate_and_reject_what_is_not_digits() {
+        assert_eq!(delta_seconds("18446744073709551615"), Some(MAX_DELTA_SECONDS));
+        assert_eq!(delta_seconds("99999999999999999999999"), Some(MAX_DELTA_SECONDS));
+        assert_eq!(delta_seconds("2147483647"), Some(2_147_483_647));
+        for bad in ["", "-1", "1.5", "abc", "+5"] {
+            assert_eq!(delta_seconds(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_in_every_format_and_case() {
+        let want = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for text in [
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "SUNDAY, 06-NOV-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "sun nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(text), Some(want), "{text}");
+        }
+        assert_eq!(parse_http_date("0"), None);
     }
 
     #[test]

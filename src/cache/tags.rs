@@ -3,7 +3,8 @@
 use http::HeaderMap;
 use http::header::HeaderName;
 
-use super::layer::{Ctx, Shared};
+use super::layer::Ctx;
+use super::state::Shared;
 use crate::store::Store;
 
 /// `Surrogate-Key`: space-separated tags (Fastly, Varnish).

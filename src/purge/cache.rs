@@ -1,15 +1,13 @@
 //! URL purges through the response cache: [`CachePurger`], from [`CacheLayer::purger`].
 
 use std::ops::Deref;
-use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
 use super::{PurgeError, Purger};
 use crate::cache::CacheLayer;
 use crate::cache::KeyPart;
-use crate::cache::key::{KeyConfig, store_key, url_tag};
-use crate::cache::layer::Shared;
+use crate::cache::invalidate::Invalidator;
 use crate::store::Store;
 
 /// A [`Purger`] over a response cache's store that also purges URLs the way the cache keys
@@ -34,8 +32,7 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct CachePurger {
     purger: Purger,
-    key: Arc<KeyConfig>,
-    shared: Arc<Shared>,
+    invalidator: Invalidator,
 }
 
 impl std::fmt::Debug for CachePurger {
@@ -53,18 +50,18 @@ impl<St: Store> CacheLayer<St> {
     /// clone the result. Key configuration set on the layer after this call is not seen by
     /// the purger.
     pub fn purger(&self) -> CachePurger {
-        let (store, _, _) = self.purge_parts();
-        self.purger_with(Purger::new(store.clone()))
+        self.purger_with(Purger::new(self.shared_store().clone()))
     }
 
     /// A [`CachePurger`] using an existing `purger` (its stats, dependencies and mode). The
-    /// purger must purge this cache's store.
+    /// purger must purge this cache's store. Its key purges of cache keys (and those of the
+    /// JSON `keys` list) then also forget this cache's in-process state of the URL, as
+    /// [`CachePurger::purge_url`] does.
     pub fn purger_with(&self, purger: Purger) -> CachePurger {
-        let (_, key, shared) = self.purge_parts();
+        let invalidator = self.invalidator();
         CachePurger {
-            purger,
-            key: Arc::new(key.clone()),
-            shared: shared.clone(),
+            purger: purger.with_cache(invalidator.clone()),
+            invalidator,
         }
     }
 }
@@ -99,16 +96,10 @@ impl CachePurger {
         headers: &HeaderMap,
         part: Option<&KeyPart>,
     ) -> Result<u64, PurgeError> {
-        let identity = self.key.identity_for(uri, headers, part);
-        let primary = store_key(&identity);
-        // As an unsafe request does: a miss in flight must not store what it fetched before
-        // the purge, and a hit-for-pass marker goes.
-        self.shared.unpass(&primary);
-        self.shared.cancel(&primary);
-        self.shared.invalidate(&primary);
-        let own = self.purger.purge_key(&primary).await?;
-        let variants = self.purger.purge_tags([url_tag(&primary)]).await?;
-        Ok(own + variants)
+        let key = self.invalidator.primary_for(uri, headers, part);
+        // The cache's own invalidation (every variant, and the in-process state of the URL),
+        // with this purger's mode, stats and dependencies.
+        self.purger.purge_key(key.store_key()).await
     }
 
     /// This purger in soft mode (see [`Purger::soft`]).

@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::invalidate::{Invalidator, remove_url};
+use crate::cache::key::is_cache_key;
 use crate::store::{BoxStore, KeyPattern, PurgeMode, Store, StoreError};
 
 /// What to purge, as one request: the body of the JSON purge endpoint.
@@ -175,6 +177,8 @@ struct Inner {
 pub struct Purger {
     inner: Arc<Inner>,
     mode: PurgeMode,
+    /// The response cache whose in-process state a purge of one of its keys forgets too.
+    cache: Option<Invalidator>,
 }
 
 impl fmt::Debug for Purger {
@@ -201,6 +205,16 @@ impl Purger {
                 max_dependants: AtomicU64::new(DEFAULT_MAX_DEPENDANTS as u64),
             }),
             mode: PurgeMode::Hard,
+            cache: None,
+        }
+    }
+
+    /// This purger, telling the response cache behind `invalidator` of the cache keys it
+    /// purges.
+    pub(crate) fn with_cache(&self, invalidator: Invalidator) -> Purger {
+        Purger {
+            cache: Some(invalidator),
+            ..self.clone()
         }
     }
 
@@ -218,8 +232,8 @@ impl Purger {
     /// This purger with the given mode. Shares stats with `self`.
     pub fn with_mode(&self, mode: PurgeMode) -> Purger {
         Purger {
-            inner: self.inner.clone(),
             mode,
+            ..self.clone()
         }
     }
 
@@ -270,13 +284,19 @@ impl Purger {
         Ok(total + self.purge_dependants(&dependants).await?)
     }
 
+    /// Purges one key. A response cache's key (`c:GET http://host/path`) is a URL: the cache's
+    /// invalidation removes its `Vary` variants with it.
     async fn purge_one_key(&self, key: &str) -> Result<u64, PurgeError> {
-        let result = self
-            .inner
-            .store
-            .purge_key(key, self.mode)
-            .await
-            .map(u64::from);
+        let store = &self.inner.store;
+        let result = if let Some(cache) = &self.cache
+            && is_cache_key(key)
+        {
+            cache.invalidate(store, key, self.mode).await
+        } else if is_cache_key(key) {
+            remove_url(store, key, self.mode).await
+        } else {
+            store.purge_key(key, self.mode).await.map(u64::from)
+        };
         self.count(&self.inner.counters.key_purges, result)
     }
 

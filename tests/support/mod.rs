@@ -1,6 +1,8 @@
 //! Shared test helpers: service URLs, unique names, and private redis-server processes.
 #![allow(dead_code)]
 
+pub mod cache_http;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,206 @@
+//! Invalidation: the one operation that removes every stored response of a URL (the plain
+//! entry, or the `Vary` index and every variant), and the unsafe requests that call it
+//! (RFC 9111 §4.4).
+//!
+//! Every path that invalidates goes through [`invalidate_url`] or, where no cache state is
+//! at hand (a plain `Purger` over the store), [`remove_url`]: unsafe methods, the late write
+//! of a miss invalidated in flight, a refresh that finds the page no longer cacheable,
+//! `PURGE`, URL, key and JSON purges.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use tower_service::Service;
+
+use super::body::CacheBody;
+use super::key::{KeyConfig, KeyPart, PrimaryKey, url_tag};
+use super::layer::Ctx;
+use super::serve::Resp;
+use super::state::Shared;
+use crate::store::{PurgeMode, Store, StoreError};
+
+/// Removes from the store every response stored for the URL whose primary store key is
+/// `primary`: the entry under the key itself (a response, or the `Vary` index) and every
+/// variant, which carry the URL's internal tag. Returns how many entries went.
+///
+/// Cost: one key purge and one tag purge, sent together, whatever the number of variants.
+pub(crate) async fn remove_url<St: Store + ?Sized>(
+    store: &St,
+    primary: &str,
+    mode: PurgeMode,
+) -> Result<u64, StoreError> {
+    let tag = url_tag(primary);
+    let (own, variants) = tokio::join!(store.purge_key(primary, mode), store.purge_tag(&tag, mode));
+    Ok(u64::from(own?) + variants?)
+}
+
+/// [`remove_url`], after forgetting what this process knows of the URL: a miss in flight on
+/// it is not stored (nor handed to its waiters), a background write of it undoes itself, and
+/// its hit-for-pass marker goes.
+pub(crate) async fn invalidate_url<St: Store + ?Sized>(
+    store: &St,
+    shared: &Shared,
+    primary: &str,
+    mode: PurgeMode,
+) -> Result<u64, StoreError> {
+    shared.forget(primary);
+    remove_url(store, primary, mode).await
+}
+
+/// The cache's invalidation operation as other modules use it (`purge`): the key rules to
+/// name a URL's entries, and the in-process state to forget. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Invalidator {
+    key: Arc<KeyConfig>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invalidator").finish_non_exhaustive()
+    }
+}
+
+impl Invalidator {
+    pub(crate) fn new(key: KeyConfig, shared: Arc<Shared>) -> Self {
+        Invalidator {
+            key: Arc::new(key),
+            shared,
+        }
+    }
+
+    /// The primary key of a GET for `uri` under the cache's key rules.
+    pub fn primary_for(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        part: Option<&KeyPart>,
+    ) -> PrimaryKey {
+        self.key.primary_for(uri, headers, part)
+    }
+
+    /// [`invalidate_url`] with this cache's state.
+    pub async fn invalidate<St: Store + ?Sized>(
+        &self,
+        store: &St,
+        primary: &str,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        invalidate_url(store, &self.shared, primary, mode).await
+    }
+}
+
+/// Methods RFC 9110 §9.2.1 defines as safe. Any other method (`POST`, `PUT`, `M-SEARCH`, ...)
+/// invalidates what it targets when it succeeds.
+pub(crate) fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// A successful request with an unsafe method invalidates its URI and its `Location` and
+/// `Content-Location` on the same host (RFC 9111 §4.4), every variant of each.
+pub(crate) async fn unsafe_request<S, St, B, RB>(
+    ctx: &Ctx<St>,
+    mut svc: S,
+    request: Request<B>,
+) -> Result<Resp<RB>, S::Error>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    St: Store,
+{
+    let uri = request.uri().clone();
+    let headers = request.headers().clone();
+    let part = request.extensions().get::<KeyPart>().cloned();
+    let response = svc.call(request).await?;
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        let key_config = &ctx.config.key;
+        let mut targets = vec![key_config.primary_for(&uri, &headers, part.as_ref())];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(target) = response
+                .headers()
+                .get(&name)
+                .and_then(|v| same_host_target(&uri, &headers, v))
+            {
+                targets.push(key_config.primary_for(&target, &headers, part.as_ref()));
+            }
+        }
+        for target in targets {
+            let key = target.store_key();
+            match invalidate_url(&*ctx.store, &ctx.shared, key, PurgeMode::Hard).await {
+                Ok(_) => Shared::count(&ctx.shared.invalidations),
+                Err(error) => {
+                    Shared::count(&ctx.shared.store_errors);
+                    tracing::warn!(%error, key, "cache invalidation failed");
+                }
+            }
+        }
+    }
+    Ok(response.map(CacheBody::passthrough))
+}
+
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// A `Location`-style target on the request's host, as a URI the key can be built from.
+fn same_host_target(uri: &Uri, headers: &HeaderMap, value: &HeaderValue) -> Option<Uri> {
+    let target: Uri = value.to_str().ok()?.parse().ok()?;
+    match target.authority() {
+        Some(authority) => {
+            let host = request_host(uri, headers)?;
+            authority
+                .as_str()
+                .eq_ignore_ascii_case(host)
+                .then_some(target)
+        }
+        None if target.path().starts_with('/') => {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = target.path_and_query().cloned();
+            Uri::from_parts(parts).ok()
+        }
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_targets() {
+        let uri: Uri = "/a".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("example.com"));
+        let same = same_host_target(&uri, &headers, &HeaderValue::from_static("/b?x=1")).unwrap();
+        assert_eq!(same.path_and_query().unwrap().as_str(), "/b?x=1");
+        assert!(
+            same_host_target(
+                &uri,
+                &headers,
+                &HeaderValue::from_static("http://example.com/c")
+            )
+            .is_some()
+        );
+        assert!(
+            same_host_target(
+                &uri,
+                &headers,
+                &HeaderValue::from_static("http://evil.com/c")
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn safe_methods() {
+        assert!(is_safe(&Method::GET) && is_safe(&Method::OPTIONS));
+        assert!(!is_safe(&Method::POST));
+        assert!(!is_safe(&Method::from_bytes(b"M-SEARCH").unwrap()));
+    }
+}

@@ -1,0 +1,172 @@
+//! Step 1, lookup: the primary key, then the variant a `Vary` index points to.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderMap, HeaderName};
+
+use super::key::{self, PrimaryKey, store_key, variant_identity};
+use super::layer::Ctx;
+use super::record::{self, Record, Stored};
+use super::state::{Provenance, Shared};
+use crate::store::{Entry, Store};
+
+/// A stored response found for a request.
+pub(crate) struct Found {
+    pub record: Arc<Record>,
+    pub entry_age: Duration,
+    pub entry_ttl: Option<Duration>,
+    /// The store entry, for its tags and when it was stored (none for a response handed over
+    /// by a coalesced miss).
+    pub entry: Option<Entry>,
+}
+
+impl Found {
+    /// A response handed over by another request's miss: fresh as of now.
+    pub fn handed_over(record: Arc<Record>) -> Self {
+        Found {
+            record,
+            entry_age: Duration::ZERO,
+            entry_ttl: None,
+            entry: None,
+        }
+    }
+
+    pub fn tags(&self) -> &[String] {
+        self.entry.as_ref().map_or(&[], |e| e.tags())
+    }
+
+    /// Where a found entry came from, for handing it to coalesced waiters.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            fetched_at: self
+                .entry
+                .as_ref()
+                .map_or_else(SystemTime::now, Entry::stored_at),
+            tags: self.tags().into(),
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.entry_ttl.is_some_and(|ttl| self.entry_age >= ttl)
+    }
+
+    /// Seconds of freshness left, for `Cache-Status: ttl=`.
+    pub fn ttl_left(&self) -> Option<u64> {
+        self.entry_ttl
+            .map(|t| t.saturating_sub(self.entry_age).as_secs())
+    }
+
+    /// How long past its freshness lifetime the response is (RFC 9111: current age minus
+    /// freshness lifetime; a response that arrived already old starts stale).
+    pub fn staleness(&self) -> Duration {
+        let f = &self.record.freshness;
+        let by_age = self.current_age().saturating_sub(f.lifetime);
+        let by_entry = self
+            .entry_ttl
+            .map_or(Duration::ZERO, |ttl| self.entry_age.saturating_sub(ttl));
+        by_age.max(by_entry)
+    }
+
+    pub fn current_age(&self) -> Duration {
+        self.record
+            .freshness
+            .initial_age
+            .saturating_add(self.entry_age)
+    }
+
+    /// Within the stale-while-revalidate window: serve now, refresh in the background.
+    pub fn within_swr<St>(&self, ctx: &Ctx<St>) -> bool {
+        self.within(self.record.freshness.swr.or(ctx.config.swr))
+    }
+
+    /// Within the stale-if-error window: serve when upstream fails.
+    pub fn within_sie<St>(&self, ctx: &Ctx<St>) -> bool {
+        self.within(self.record.freshness.sie.or(ctx.config.sie))
+    }
+
+    fn within(&self, window: Option<Duration>) -> bool {
+        let window = window.unwrap_or_default();
+        !self.record.freshness.must_revalidate && !window.is_zero() && self.staleness() <= window
+    }
+}
+
+/// What a lookup found: a usable response, and the `Vary` names when the primary key held an
+/// index (the request's variant is then known before going upstream, so misses coalesce per
+/// variant).
+#[derive(Default)]
+pub(crate) struct Lookup {
+    pub found: Option<Found>,
+    pub vary: Option<Vec<HeaderName>>,
+}
+
+/// Looks a request up: the primary key, then the variant a vary spec points to. `Err` is a
+/// store failure (counted).
+pub(crate) async fn lookup<St: Store>(
+    ctx: &Ctx<St>,
+    key: &PrimaryKey,
+    headers: &HeaderMap,
+) -> Result<Lookup, ()> {
+    let identity = key.identity();
+    let Some(entry) = get(ctx, key.store_key()).await? else {
+        return Ok(Lookup::default());
+    };
+    let (record, entry, vary) = match record::decode(entry.value()) {
+        Ok(Stored::Response(record)) => (record, entry, None),
+        Ok(Stored::Vary {
+            identity: stored,
+            names,
+        }) => {
+            if stored != identity {
+                return Ok(Lookup::default());
+            }
+            let variant = variant_identity(identity, &names, headers);
+            let Some(entry) = get(ctx, &store_key(&variant)).await? else {
+                return Ok(Lookup {
+                    found: None,
+                    vary: Some(names),
+                });
+            };
+            match record::decode(entry.value()) {
+                Ok(Stored::Response(record)) if record.identity == variant => {
+                    (record, entry, Some(names))
+                }
+                _ => {
+                    return Ok(Lookup {
+                        found: None,
+                        vary: Some(names),
+                    });
+                }
+            }
+        }
+        Err(corrupt) => {
+            tracing::warn!(
+                key = key.store_key(),
+                reason = corrupt.0,
+                "unreadable cache record"
+            );
+            return Ok(Lookup::default());
+        }
+    };
+    // A hashed key that collided, or a variant stored under the primary key: a miss.
+    let names = key::vary_names(&record.headers);
+    if record.identity != key::select_variant(identity, &names, headers) {
+        return Ok(Lookup { found: None, vary });
+    }
+    Ok(Lookup {
+        found: Some(Found {
+            record: Arc::from(record),
+            entry_age: entry.age(),
+            entry_ttl: entry.ttl(),
+            entry: Some(entry),
+        }),
+        vary,
+    })
+}
+
+async fn get<St: Store>(ctx: &Ctx<St>, key: &str) -> Result<Option<Entry>, ()> {
+    ctx.store.get(key).await.map_err(|error| {
+        Shared::count(&ctx.shared.store_errors);
+        tracing::warn!(%error, key, "cache store read failed; passing through");
+    })
+}

@@ -1,0 +1,305 @@
+//! Step 3, revalidate: the conditional request the cache makes with a stored response's
+//! validators (one rewrite, for revalidations and background refreshes alike), what a `304`
+//! does to the stored response (RFC 9111 §4.3.4), and the stale-while-revalidate refresh.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::CacheBody;
+use super::forward::{Upstream, call_upstream};
+use super::invalidate::invalidate_url;
+use super::key::{PrimaryKey, vary_names};
+use super::layer::Ctx;
+use super::lookup::Found;
+use super::record::Record;
+use super::serve::{Resp, add_status};
+use super::state::Shared;
+use super::tags::{CacheTags, extract_tags};
+use super::write::{
+    Fetched, Placement, admit, body_limit, collect_limited, strip_hop_by_hop, write,
+};
+use crate::store::{PurgeMode, Store};
+
+/// The request fields that make a request conditional (or partial).
+const CONDITIONALS: [header::HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// Whether a request is conditional or partial: its response is its own, not one to share.
+pub(crate) fn has_conditionals(headers: &HeaderMap) -> bool {
+    CONDITIONALS.iter().any(|h| headers.contains_key(h))
+}
+
+/// Whether a stored response can be revalidated (it has an `ETag` or a `Last-Modified`).
+pub(crate) fn has_validators(record: &Record) -> bool {
+    record.headers.contains_key(header::ETAG) || record.headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// Makes `headers` the cache's own conditional request for `record`: the client's
+/// conditionals and range go, the stored validators come in.
+pub(crate) fn conditional_headers(headers: &mut HeaderMap, record: &Record) {
+    for name in &CONDITIONALS {
+        headers.remove(name);
+    }
+    if let Some(etag) = record.headers.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = record.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+}
+
+/// What a `304` answering the cache's validators came to.
+pub(crate) enum Revalidation {
+    /// It validates the stored response: serve this (the stored body with the merged
+    /// headers). The store holds the merged response too when it may be stored.
+    Validated(Found),
+    /// It names another entity tag than the stored one (an inconsistent origin): the stored
+    /// response is not validated.
+    Mismatch,
+}
+
+/// RFC 9111 §4.3.4: merges a `304` into the stored response. When the merged response may be
+/// stored (judged by [`admit`], like any response) it replaces the stored one; when it may
+/// not (the `304` sets a cookie, says `no-store` or `private`, or the entry's freshness came
+/// from a `CacheOverride` the `304` does not carry), the stored body is still valid for this
+/// request and is served to it alone with the merged headers, `Set-Cookie` included.
+pub(crate) async fn merge_304<St: Store>(
+    ctx: &Ctx<St>,
+    found: &Found,
+    not_modified: &response::Parts,
+    fetched: &Fetched<'_>,
+) -> Revalidation {
+    let stored = &found.record;
+    if let (Some(new), Some(old)) = (
+        not_modified.headers.get(header::ETAG),
+        stored.headers.get(header::ETAG),
+    ) && weak_tag(new) != weak_tag(old)
+    {
+        return Revalidation::Mismatch;
+    }
+    let mut headers = stored.headers.clone();
+    let mut update = not_modified.headers.clone();
+    strip_hop_by_hop(&mut update);
+    update.remove(header::CONTENT_LENGTH);
+    for name in update.keys() {
+        headers.remove(name);
+    }
+    for (name, value) in &update {
+        headers.append(name.clone(), value.clone());
+    }
+    match admit(
+        ctx,
+        fetched,
+        stored.status,
+        &headers,
+        &not_modified.extensions,
+    ) {
+        Ok(admission) => {
+            let record =
+                admission.record(stored.status, stored.body.clone(), stored.trailers.clone());
+            let placement = Placement {
+                key: fetched.key.clone(),
+                names: admission.names,
+                ttl: admission.ttl,
+                grace: admission.grace,
+                tags: found.tags().to_vec(),
+                fetched_at: fetched.request_time,
+            };
+            write(ctx, &placement, &record).await;
+            Shared::count(&ctx.shared.revalidated);
+            Revalidation::Validated(Found {
+                record: Arc::new(record),
+                entry_age: Duration::ZERO,
+                entry_ttl: Some(placement.ttl),
+                entry: found.entry.clone(),
+            })
+        }
+        Err(reason) => {
+            tracing::debug!(reason, "revalidated response served, not stored");
+            headers.remove(header::AGE);
+            let record = Record {
+                headers,
+                ..Record::clone(stored)
+            };
+            Revalidation::Validated(Found {
+                record: Arc::new(record),
+                entry_age: Duration::ZERO,
+                entry_ttl: None,
+                entry: None,
+            })
+        }
+    }
+}
+
+fn weak_tag(tag: &HeaderValue) -> &[u8] {
+    let tag = tag.as_bytes();
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
+/// The answer when the origin's `304` does not validate the stored response: the request
+/// that went upstream was the cache's own, so there is no whole response to give.
+pub(crate) fn mismatch<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
+    tracing::warn!("origin answered the cache's revalidation with a 304 for another entity tag");
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    add_status(
+        ctx,
+        response.headers_mut(),
+        "fwd=stale; fwd-status=304; detail=mismatched-validator",
+    );
+    response
+}
+
+/// Request fields that carry credentials: a background refresh, made on behalf of every
+/// client, never sends them (and a stale hit's triggering request might carry junk).
+const CREDENTIALS: [header::HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// The headers a background refresh sends: `Host`, the fields that select the stored variant
+/// (its `Vary` names), the route's key cookies, and the stored validators. Nothing else of
+/// the request that happened to trigger it: no credentials, no client conditionals.
+fn refresh_headers<St>(
+    ctx: &Ctx<St>,
+    path: &str,
+    request: &HeaderMap,
+    record: &Record,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(host) = request.get(header::HOST) {
+        headers.insert(header::HOST, host.clone());
+    }
+    for name in vary_names(&record.headers) {
+        if CREDENTIALS.contains(&name) {
+            continue;
+        }
+        for value in request.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(cookies) = ctx.config.key.cookie_route(path)
+        && let Some(value) = ctx.config.key.key_cookie_header(request, cookies)
+    {
+        headers.insert(header::COOKIE, value);
+    }
+    conditional_headers(&mut headers, record);
+    headers
+}
+
+/// Refreshes a stale entry in the background, once per URL at a time. The triggering
+/// request (served stale) lends its URI, version, extensions (axum's path parameters) and
+/// body; its headers are replaced by [`refresh_headers`].
+pub(crate) fn spawn_refresh<S, St, B, RB>(
+    ctx: Arc<Ctx<St>>,
+    mut svc: S,
+    request: Request<B>,
+    key: PrimaryKey,
+    found: Found,
+) where
+    S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    St: Store,
+    B: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if !ctx.shared.start_refresh(key.store_key()) {
+        return;
+    }
+    let (mut parts, body) = request.into_parts();
+    parts.method = Method::GET;
+    parts.headers = refresh_headers(&ctx, parts.uri.path(), &parts.headers, &found.record);
+    let refresh = Request::from_parts(parts, body);
+    runtime.spawn(async move {
+        struct EndRefresh(Arc<Shared>, String);
+        impl Drop for EndRefresh {
+            fn drop(&mut self) {
+                self.0.end_refresh(&self.1);
+            }
+        }
+        let primary = key.store_key();
+        let _end = EndRefresh(ctx.shared.clone(), primary.to_owned());
+        let request_headers = refresh.headers().clone();
+        let request_time = SystemTime::now();
+        let generation = ctx.shared.generation();
+        let response = match call_upstream(&mut svc, refresh, ctx.config.upstream_timeout).await {
+            Upstream::Done(Ok(response)) => response,
+            _ => return, // keep serving stale
+        };
+        if ctx.shared.invalidated_since(primary, generation) {
+            return; // invalidated meanwhile: the refresh must not bring it back
+        }
+        let fetched = Fetched {
+            key: &key,
+            request_headers: &request_headers,
+            request_time,
+            response_time: SystemTime::now(),
+        };
+        if response.status() == StatusCode::NOT_MODIFIED {
+            let (parts, _) = response.into_parts();
+            merge_304(&ctx, &found, &parts, &fetched).await;
+            return;
+        }
+        if response.status().is_server_error() {
+            return; // keep serving stale
+        }
+        let (mut parts, body) = response.into_parts();
+        let tags = extract_tags(
+            &ctx,
+            &mut parts.headers,
+            parts.extensions.get::<CacheTags>(),
+        );
+        let admission = match admit(
+            &ctx,
+            &fetched,
+            parts.status,
+            &parts.headers,
+            &parts.extensions,
+        ) {
+            Ok(admission) => admission,
+            Err(reason) => {
+                // No longer cacheable: stop serving the old response, every variant of it.
+                tracing::debug!(key = primary, reason, "refreshed response not storable");
+                if let Err(error) =
+                    invalidate_url(&*ctx.store, &ctx.shared, primary, PurgeMode::Hard).await
+                {
+                    Shared::count(&ctx.shared.store_errors);
+                    tracing::warn!(%error, key = primary, "cache invalidation failed");
+                }
+                return;
+            }
+        };
+        let Some((body, trailers)) = collect_limited(body, body_limit(&ctx)).await else {
+            return;
+        };
+        let record = admission.record(parts.status, body, trailers);
+        if record.encodable() {
+            let placement = Placement {
+                key,
+                names: admission.names,
+                ttl: admission.ttl,
+                grace: admission.grace,
+                tags,
+                fetched_at: request_time,
+            };
+            write(&ctx, &placement, &record).await;
+        }
+    });
+}

@@ -1,0 +1,292 @@
+//! What every service of one [`CacheLayer`](super::CacheLayer) shares: in-flight misses
+//! (coalescing), hit-for-pass, background refreshes, the invalidation generation, and the
+//! counters behind [`CacheStats`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::record::Record;
+
+/// What a coalesced miss ended with.
+#[derive(Clone, Debug)]
+pub(crate) enum Outcome {
+    Stored(Arc<Record>, Provenance),
+    NotStored,
+}
+
+/// When a handed-over response was fetched and which tags it carries: a waiter checks that no
+/// purge of those tags happened since (see `Store::purged_since`) before serving it.
+#[derive(Clone, Debug)]
+pub(crate) struct Provenance {
+    pub fetched_at: std::time::SystemTime,
+    pub tags: Arc<[String]>,
+}
+
+/// An in-flight miss: its outcome for waiters, and whether an unsafe request invalidated the
+/// key meanwhile (then its response must not be stored or handed out).
+pub(crate) struct Flight {
+    tx: watch::Sender<Option<Outcome>>,
+    cancelled: AtomicBool,
+    /// The primary key of the URL it fetches (flights of `Vary` variants are keyed by the
+    /// variant, and an invalidation of the URL detaches them all).
+    primary: String,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub hits: AtomicU64,
+    pub stale_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stores: AtomicU64,
+    pub not_stored: AtomicU64,
+    pub bypasses: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub revalidated: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub dropped_tags: AtomicU64,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Bumped by every invalidation; `invalidated` records the value per key, so a store write
+    /// can tell whether its key was invalidated after its response was fetched.
+    generation: AtomicU64,
+    invalidated: Mutex<HashMap<String, u64>>,
+    passes: Mutex<HashMap<String, Instant>>,
+    refreshing: Mutex<HashSet<String>>,
+}
+
+/// Most keys remembered for hit-for-pass at once.
+const MAX_PASSES: usize = 10_000;
+
+pub(crate) enum Join {
+    Leader(FlightGuard),
+    Waiter(watch::Receiver<Option<Outcome>>),
+}
+
+impl Shared {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Joins the in-flight miss on `key` (the primary key, or a variant's key when the
+    /// request's variant is known), or starts one.
+    pub fn join(self: &Arc<Self>, primary: &str, key: &str) -> Join {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = flights.get(key) {
+            return Join::Waiter(flight.tx.subscribe());
+        }
+        let flight = Arc::new(Flight {
+            tx: watch::channel(None).0,
+            cancelled: AtomicBool::new(false),
+            primary: primary.to_owned(),
+        });
+        flights.insert(key.to_owned(), flight.clone());
+        Join::Leader(FlightGuard {
+            shared: self.clone(),
+            key: key.to_owned(),
+            flight,
+        })
+    }
+
+    /// Detaches the in-flight misses on the URL with primary key `primary`, every variant's:
+    /// later requests no longer join them and their responses are not stored.
+    fn cancel(&self, primary: &str) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        flights.retain(|_, flight| {
+            let keep = flight.primary != primary;
+            if !keep {
+                flight.cancelled.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
+    }
+
+    /// Forgets what this process knows of the URL with primary key `primary`, which is being
+    /// invalidated: its misses in flight are detached (see [`Shared::cancel`]), a store write
+    /// of it still running undoes itself ([`Shared::invalidated_since`]), and its
+    /// hit-for-pass marker goes.
+    pub fn forget(&self, primary: &str) {
+        self.unpass(primary);
+        self.cancel(primary);
+        self.invalidate(primary);
+    }
+
+    /// The current invalidation generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Records that `key` was invalidated now.
+    fn invalidate(&self, key: &str) {
+        let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
+        if invalidated.len() >= MAX_PASSES {
+            // Writes in flight are short-lived: forget all but the most recent invalidations.
+            invalidated.retain(|_, g| *g + (MAX_PASSES as u64) / 2 > now);
+        }
+        invalidated.insert(key.to_owned(), now);
+    }
+
+    /// Whether `key` was invalidated after generation `since`.
+    pub fn invalidated_since(&self, key: &str, since: u64) -> bool {
+        let invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
+        invalidated.get(key).is_some_and(|g| *g > since)
+    }
+
+    pub fn is_pass(&self, key: &str) -> bool {
+        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        match passes.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                passes.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn pass(&self, key: &str, duration: Duration) {
+        if duration.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        if passes.len() >= MAX_PASSES {
+            passes.retain(|_, until| *until > now);
+            if passes.len() >= MAX_PASSES {
+                passes.clear();
+            }
+        }
+        passes.insert(key.to_owned(), now + duration);
+    }
+
+    pub fn unpass(&self, key: &str) {
+        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        passes.remove(key);
+    }
+
+    /// Claims the background refresh of `key`; false if one is running.
+    pub fn start_refresh(&self, key: &str) -> bool {
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        refreshing.insert(key.to_owned())
+    }
+
+    pub fn end_refresh(&self, key: &str) {
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        refreshing.remove(key);
+    }
+}
+
+/// Held by the request that leads a miss; dropping it without an outcome releases the waiters
+/// to go upstream themselves.
+pub(crate) struct FlightGuard {
+    shared: Arc<Shared>,
+    key: String,
+    flight: Arc<Flight>,
+}
+
+impl FlightGuard {
+    /// Hands the stored response to the waiters (and to requests that arrive before the
+    /// guard is dropped).
+    pub fn publish(&self, outcome: Outcome) {
+        self.flight.tx.send_replace(Some(outcome));
+    }
+
+    /// Whether the key was invalidated while this miss was in flight.
+    pub fn is_cancelled(&self) -> bool {
+        self.flight.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if self.flight.tx.borrow().is_none() {
+            self.flight.tx.send_replace(Some(Outcome::NotStored));
+        }
+        let mut flights = self
+            .shared
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+/// Counters of a [`CacheLayer`], shared by every service it makes. Cheap to clone.
+#[derive(Clone)]
+pub struct CacheStats(pub(crate) Arc<Shared>);
+
+impl std::fmt::Debug for CacheStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStats")
+            .field("hits", &self.hits())
+            .field("stale_hits", &self.stale_hits())
+            .field("misses", &self.misses())
+            .field("stores", &self.stores())
+            .field("not_stored", &self.not_stored())
+            .field("bypasses", &self.bypasses())
+            .field("coalesced", &self.coalesced())
+            .field("store_errors", &self.store_errors())
+            .field("revalidated", &self.revalidated())
+            .field("invalidations", &self.invalidations())
+            .field("dropped_tags", &self.dropped_tags())
+            .finish()
+    }
+}
+
+impl CacheStats {
+    /// Requests answered from a fresh stored response.
+    pub fn hits(&self) -> u64 {
+        self.0.hits.load(Ordering::Relaxed)
+    }
+    /// Requests answered from a stale stored response (stale-while-revalidate or
+    /// stale-if-error).
+    pub fn stale_hits(&self) -> u64 {
+        self.0.stale_hits.load(Ordering::Relaxed)
+    }
+    /// Lookups that found nothing usable and went upstream.
+    pub fn misses(&self) -> u64 {
+        self.0.misses.load(Ordering::Relaxed)
+    }
+    /// Responses written to the store.
+    pub fn stores(&self) -> u64 {
+        self.0.stores.load(Ordering::Relaxed)
+    }
+    /// Upstream responses to cacheable requests that were not storable.
+    pub fn not_stored(&self) -> u64 {
+        self.0.not_stored.load(Ordering::Relaxed)
+    }
+    /// Requests that bypassed the cache (method, route, cookies).
+    pub fn bypasses(&self) -> u64 {
+        self.0.bypasses.load(Ordering::Relaxed)
+    }
+    /// Requests answered with the response another request's miss fetched.
+    pub fn coalesced(&self) -> u64 {
+        self.0.coalesced.load(Ordering::Relaxed)
+    }
+    /// Store failures (the layer failed open: the request went upstream).
+    pub fn store_errors(&self) -> u64 {
+        self.0.store_errors.load(Ordering::Relaxed)
+    }
+    /// Stale entries refreshed by a `304 Not Modified` from upstream.
+    pub fn revalidated(&self) -> u64 {
+        self.0.revalidated.load(Ordering::Relaxed)
+    }
+    /// Keys removed after a successful unsafe request.
+    pub fn invalidations(&self) -> u64 {
+        self.0.invalidations.load(Ordering::Relaxed)
+    }
+    /// Tags dropped for being over a limit.
+    pub fn dropped_tags(&self) -> u64 {
+        self.0.dropped_tags.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,395 @@
+//! Step 4, write: whether an upstream response may be stored and how ([`admit`], the one place
+//! a response becomes a record, for misses, refreshes and `304` merges alike), and the store
+//! write once its body has streamed through ([`StoreOnFinish`], [`write`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Extensions, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use super::body::Finish;
+use super::invalidate;
+use super::key::{self, PrimaryKey, store_key, vary_names};
+use super::layer::Ctx;
+use super::policy::{self, CacheOverride, Directives, Exchange, Freshness, MAX_DELTA};
+use super::record::{self, Record};
+use super::serve::cache_status_name;
+use super::state::{FlightGuard, Outcome, Provenance, Shared};
+use crate::store::{PurgeMode, SetOptions, Store};
+
+/// The request side of an upstream exchange: what the storage decision needs of it.
+pub(crate) struct Fetched<'a> {
+    pub key: &'a PrimaryKey,
+    /// The headers the upstream request carried: they select the variant and say whether it
+    /// carried credentials.
+    pub request_headers: &'a HeaderMap,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
+/// A response the cache may store: how, and under which variant.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub freshness: Freshness,
+    /// Store TTL (freshness left, jittered) and grace (how long it stays usable stale).
+    pub ttl: Duration,
+    pub grace: Duration,
+    /// The `Vary` names, and the variant identity this request selects under them.
+    pub names: Vec<HeaderName>,
+    pub variant: String,
+    /// The headers worth storing.
+    pub headers: HeaderMap,
+}
+
+impl Admission {
+    /// The record to store, once the body is known.
+    pub fn record(&self, status: StatusCode, body: Bytes, trailers: Option<HeaderMap>) -> Record {
+        Record {
+            identity: self.variant.clone(),
+            status,
+            headers: self.headers.clone(),
+            trailers,
+            body,
+            freshness: self.freshness,
+        }
+    }
+}
+
+/// Decides whether a response to a GET may be stored: the only place a response (a miss, a
+/// refresh, a stored response merged with a `304`) is judged. `Err` says why not.
+pub(crate) fn admit<St>(
+    ctx: &Ctx<St>,
+    fetched: &Fetched<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<Admission, policy::NotStored> {
+    let streaming = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.starts_with("text/event-stream") || ct.starts_with("application/grpc")
+        });
+    if streaming {
+        return Err("streaming content type");
+    }
+    let request_cc = Directives::parse(fetched.request_headers, &header::CACHE_CONTROL);
+    let freshness = policy::decide(
+        &ctx.config.policy,
+        &Exchange {
+            request_has_authorization: fetched.request_headers.contains_key(header::AUTHORIZATION),
+            request_no_store: request_cc.no_store || request_cc.malformed,
+            status,
+            headers,
+            override_: extensions.get::<CacheOverride>(),
+            request_time: fetched.request_time,
+            response_time: fetched.response_time,
+        },
+    )?;
+    let has_validators =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    let (ttl, grace) = entry_times(ctx, &freshness, has_validators);
+    if ttl.is_zero() && grace.is_zero() {
+        return Err("stale on arrival, with no validator to revalidate it");
+    }
+    let names = vary_names(headers);
+    let variant = key::select_variant(fetched.key.identity(), &names, fetched.request_headers);
+    Ok(Admission {
+        freshness,
+        ttl,
+        grace,
+        names,
+        variant,
+        headers: stored_headers(ctx, headers),
+    })
+}
+
+/// The store TTL (freshness left, jittered) and grace (how long a stale entry stays usable),
+/// each at most [`MAX_DELTA`] so no setting can overflow the store's time arithmetic.
+pub(crate) fn entry_times<St>(
+    ctx: &Ctx<St>,
+    f: &Freshness,
+    has_validators: bool,
+) -> (Duration, Duration) {
+    let mut ttl = f.lifetime.saturating_sub(f.initial_age).min(MAX_DELTA);
+    let jitter = ctx.config.ttl_jitter.min(ttl / 2);
+    if !jitter.is_zero() {
+        ttl -= jitter.mul_f64(rand::random::<f64>());
+    }
+    let mut grace = Duration::ZERO;
+    if !f.must_revalidate {
+        // A response that arrived already stale has used part of its stale windows.
+        let over = f.initial_age.saturating_sub(f.lifetime);
+        grace = f
+            .swr
+            .or(ctx.config.swr)
+            .unwrap_or_default()
+            .max(f.sie.or(ctx.config.sie).unwrap_or_default())
+            .saturating_sub(over);
+    }
+    if has_validators {
+        grace = grace.max(ctx.config.stale_retention);
+    }
+    (ttl, grace.min(MAX_DELTA))
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// The headers worth storing: no hop-by-hop fields, no `Age` (recomputed), no
+/// `Cache-Status` or `Surrogate-Control` (for this cache only).
+pub(crate) fn stored_headers<St>(ctx: &Ctx<St>, headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    strip_hop_by_hop(&mut out);
+    out.remove(header::AGE);
+    out.remove(cache_status_name());
+    out.remove(&policy::SURROGATE_CONTROL);
+    if ctx.config.strip_tag_headers {
+        out.remove(&super::tags::SURROGATE_KEY);
+        out.remove(&super::tags::CACHE_TAG);
+    }
+    out
+}
+
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The largest body recorded for storing.
+pub(crate) fn body_limit<St: Store>(ctx: &Ctx<St>) -> usize {
+    // Leave room in the store's value limit for the record's headers.
+    let store_max = ctx.store.limits().max_value_size.saturating_sub(64 * 1024);
+    ctx.config.max_body_size.min(store_max)
+}
+
+/// Reads a body up to `limit` bytes; `None` past it or on an error.
+pub(crate) async fn collect_limited<RB: Body<Data = Bytes>>(
+    body: RB,
+    limit: usize,
+) -> Option<(Bytes, Option<HeaderMap>)> {
+    let mut body = std::pin::pin!(body);
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.ok()?;
+        if let Some(d) = frame.data_ref() {
+            if data.len() + d.len() > limit {
+                return None;
+            }
+            data.extend_from_slice(d);
+        } else if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    Some((data.freeze(), trailers))
+}
+
+/// Where and for how long a record is written.
+pub(crate) struct Placement {
+    pub key: PrimaryKey,
+    pub names: Vec<HeaderName>,
+    pub ttl: Duration,
+    pub grace: Duration,
+    pub tags: Vec<String>,
+    /// When the upstream request began: the entry counts as stored then (see [`write`]).
+    pub fetched_at: SystemTime,
+}
+
+/// Writes a record (and the vary spec pointing to it). Returns whether it was stored.
+///
+/// The entry is stamped as stored when its upstream request began (`fetched_at`), not when the
+/// body finished: a tag purge made while the request was in flight (a writer committing and
+/// purging while this reader still held the old row) is then newer than the entry and hides
+/// it, instead of the late write bringing the old value back. Its age therefore includes the
+/// fetch time, which errs on the side of staleness.
+pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Record) -> bool {
+    let primary = at.key.store_key();
+    let options = SetOptions::new()
+        .ttl(at.ttl)
+        .grace(at.grace)
+        .tags(at.tags.iter().cloned())
+        .as_of(at.fetched_at);
+    let result = if at.names.is_empty() {
+        ctx.store.set(primary, record.encode(), &options).await
+    } else {
+        // The index keeps the variants' grace, so a soft purge leaves it readable for as long
+        // as the (stale) variants it points to.
+        let spec_options = SetOptions::new()
+            .ttl(at.ttl.saturating_add(at.grace))
+            .grace(at.grace)
+            .tags(at.tags.iter().cloned())
+            .as_of(at.fetched_at);
+        // Variants carry an internal tag derived from the primary key, so an invalidation
+        // reaches every variant (see `invalidate::invalidate_url`).
+        let variant_options = options.tags(at.tags.iter().cloned().chain([key::url_tag(primary)]));
+        match ctx
+            .store
+            .set(
+                &store_key(&record.identity),
+                record.encode(),
+                &variant_options,
+            )
+            .await
+        {
+            Ok(()) => {
+                ctx.store
+                    .set(
+                        primary,
+                        record::encode_vary(at.key.identity(), &at.names),
+                        &spec_options,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match result {
+        Ok(()) => {
+            Shared::count(&ctx.shared.stores);
+            ctx.shared.unpass(primary);
+            true
+        }
+        Err(error) => {
+            Shared::count(&ctx.shared.store_errors);
+            tracing::warn!(%error, key = primary, "cache store write failed");
+            false
+        }
+    }
+}
+
+/// Stores a recorded body once it has streamed through, and hands it to coalesced waiters.
+pub(crate) struct StoreOnFinish<St: Store> {
+    pub ctx: Arc<Ctx<St>>,
+    pub guard: Option<FlightGuard>,
+    pub placement: Placement,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub variant: String,
+    pub freshness: Freshness,
+    /// Store only when the trailers carry `grpc-status: 0`.
+    pub grpc: bool,
+    /// The invalidation generation when the response was requested.
+    pub generation: u64,
+    /// The cross-instance lease this miss holds, released once the response is stored.
+    pub lease: Option<String>,
+}
+
+impl<St: Store> Finish for StoreOnFinish<St> {
+    fn finish(self: Box<Self>, body: Bytes, trailers: Option<HeaderMap>) {
+        let this = *self;
+        if this.grpc
+            && trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .is_none_or(|s| s != "0")
+        {
+            Shared::count(&this.ctx.shared.not_stored);
+            return;
+        }
+        let record = Record {
+            identity: this.variant,
+            status: this.status,
+            headers: this.headers,
+            trailers,
+            body,
+            freshness: this.freshness,
+        };
+        if !record.encodable() {
+            Shared::count(&this.ctx.shared.not_stored);
+            return;
+        }
+        let record = Arc::new(record);
+        if let Some(guard) = &this.guard {
+            guard.publish(Outcome::Stored(
+                record.clone(),
+                Provenance {
+                    fetched_at: this.placement.fetched_at,
+                    tags: this.placement.tags.iter().cloned().collect(),
+                },
+            ));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ctx = this.ctx;
+        let guard = this.guard;
+        let generation = this.generation;
+        let placement = this.placement;
+        let lease = this.lease;
+        runtime.spawn(async move {
+            let primary = placement.key.store_key();
+            let cancelled = || {
+                guard.as_ref().is_some_and(FlightGuard::is_cancelled)
+                    || ctx.shared.invalidated_since(primary, generation)
+            };
+            if cancelled() {
+                return;
+            }
+            write(&ctx, &placement, &record).await;
+            // An unsafe request invalidated the URL while the write was in flight: undo it,
+            // every variant (the index this write restored may point to others).
+            if cancelled() {
+                let _ = invalidate::remove_url(&*ctx.store, primary, PurgeMode::Hard).await;
+            }
+            if let Some(lease) = &lease {
+                let _ = ctx.store.delete(lease).await;
+            }
+            // Requests arriving until now were answered from the published record.
+            drop(guard);
+        });
+    }
+
+    fn too_large(self: Box<Self>) {
+        Shared::count(&self.ctx.shared.not_stored);
+        self.ctx
+            .shared
+            .pass(self.placement.key.store_key(), self.ctx.config.hit_for_pass);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_fields_go() {
+        let mut m = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-private, keep-alive"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+        ] {
+            m.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut m);
+        assert_eq!(m.len(), 1);
+        assert!(m.contains_key("content-type"));
+    }
+}
