@@ -58,9 +58,9 @@ impl History {
     /// Whether a sample taken at `now` would be kept: the newest is at least an interval old
     /// (a little less, so a sampler ticking every interval never skips one).
     pub(crate) fn due(&self, now: Instant) -> bool {
-        self.samples.back().is_none_or(|(at, _)| {
-            now.saturating_duration_since(*at) >= self.interval.mul_f32(0.9)
-        })
+        self.samples
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= self.interval.mul_f32(0.9))
     }
 
     /// Keeps `sample` if one is due, dropping the oldest beyond the capacity.
@@ -163,7 +163,10 @@ mod tests {
         assert!(h.push(start, sample(0, 0, 0, 0, &[])));
         assert!(!h.push(start + Duration::from_millis(500), sample(1, 0, 0, 0, &[])));
         for i in 1..10u64 {
-            assert!(h.push(start + Duration::from_secs(i), sample(i * 1000, 0, 0, 0, &[])));
+            assert!(h.push(
+                start + Duration::from_secs(i),
+                sample(i * 1000, 0, 0, 0, &[])
+            ));
         }
         assert_eq!(h.samples.len(), 4);
         let (data, _) = h.columns();

@@ -137,13 +137,11 @@ mod latency;
 mod service;
 
 pub use data::{
-    CacheData, CheckData, DashboardData, DurationData, HealthData, HistoryData,
-    InvalidationData, LatencyData, PurgeData, RouteData, RouteHistory, SlowRequestData,
-    SlowStatementData, StatementData, StoreData, TxData, VERSION, WindowData,
+    CacheData, CheckData, DashboardData, DurationData, HealthData, HistoryData, InvalidationData,
+    LatencyData, PurgeData, RouteData, RouteHistory, SlowRequestData, SlowStatementData,
+    StatementData, StoreData, TxData, VERSION, WindowData,
 };
-pub use service::{
-    DEFAULT_HISTORY_LEN, DEFAULT_SAMPLE_INTERVAL, Dashboard, DashboardConfigError,
-};
+pub use service::{DEFAULT_HISTORY_LEN, DEFAULT_SAMPLE_INTERVAL, Dashboard, DashboardConfigError};
 
 #[cfg(test)]
 mod tests {
@@ -154,11 +152,7 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get(dashboard: &Dashboard, method: Method, uri: &str) -> http::Response<Bytes> {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(())
-            .unwrap();
+        let request = Request::builder().method(method).uri(uri).body(()).unwrap();
         let response = dashboard.clone().oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
         http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
@@ -217,10 +211,7 @@ mod tests {
         let dashboard = Dashboard::new().title("empty");
         let response = get(&dashboard, Method::GET, "/data").await;
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "application/json"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
         let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(json["version"], 1);
@@ -274,7 +265,11 @@ mod tests {
         use std::time::Duration;
         assert!(Dashboard::new().history(Duration::ZERO, 10).is_err());
         assert!(Dashboard::new().history(Duration::from_secs(1), 0).is_err());
-        assert!(Dashboard::new().history(Duration::from_secs(1), 3_601).is_err());
+        assert!(
+            Dashboard::new()
+                .history(Duration::from_secs(1), 3_601)
+                .is_err()
+        );
         let d = Dashboard::new()
             .history(Duration::from_millis(500), 120)
             .unwrap();

@@ -196,8 +196,9 @@ impl Dashboard {
     ///
     /// [`DashboardConfigError`] if the token is empty or not visible ASCII.
     pub fn bearer_token(self, token: &str) -> Result<Self, DashboardConfigError> {
-        let token = crate::purge::BearerToken::new(token)
-            .ok_or(DashboardConfigError("the bearer token must be non-empty visible ASCII"))?;
+        let token = crate::purge::BearerToken::new(token).ok_or(DashboardConfigError(
+            "the bearer token must be non-empty visible ASCII",
+        ))?;
         Ok(self.authorize(token))
     }
 
