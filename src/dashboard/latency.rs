@@ -51,7 +51,7 @@ fn window(s: Option<&RouteSnapshot>, secs: f64) -> WindowData {
 /// Chart points from the one-minute snapshots: the busiest [`MAX_ROUTES`] routes.
 fn points_of(last_minute: &[RouteSnapshot]) -> Vec<RoutePoint> {
     let mut busiest: Vec<&RouteSnapshot> = last_minute.iter().collect();
-    busiest.sort_by(|a, b| b.count.cmp(&a.count));
+    busiest.sort_by_key(|s| std::cmp::Reverse(s.count));
     busiest.truncate(MAX_ROUTES);
     busiest
         .into_iter()
