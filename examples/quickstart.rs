@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --example quickstart                 # serve on 127.0.0.1:3000 and print what to try
+//! cargo run --example quickstart -- --listen 127.0.0.1:3000   # the same, then open
+//!                                                 # http://127.0.0.1:3000/dashboard
 //! cargo run --example quickstart -- --demo       # run the requests itself and print tables
 //! cargo run --example quickstart -- --listen 127.0.0.1:8000 --purge-token s3cret
 //! ```
@@ -21,7 +23,8 @@
 //!    after the transaction committed; an order names what it invalidates in its response.
 //!
 //! `/health` and `/health/ready` report the database and the cache; `/stats` shows the cache,
-//! purge, transaction and latency figures.
+//! purge, transaction and latency figures; `/dashboard` shows them all live in a browser (the
+//! `Dashboard` service, its JSON at `/dashboard/data`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -36,6 +39,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqlitePool};
 use tower::ServiceBuilder;
 use tower_strata::cache::{CacheLayer, CacheStats};
+use tower_strata::dashboard::Dashboard;
 use tower_strata::health::{Check, Health, PoolCheck, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry, Window};
 use tower_strata::purge::{InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
@@ -251,6 +255,8 @@ pub(crate) struct Shop {
     pub(crate) router: Router,
     pub(crate) figures: Figures,
     pub(crate) health: Health,
+    /// Served at `/dashboard`; `spawn` it to sample the charts in the background.
+    pub(crate) dashboard: Dashboard,
 }
 
 pub(crate) async fn open_database(
@@ -323,7 +329,7 @@ pub(crate) fn shop(
         .slow_threshold(Some(Duration::from_millis(250)))
         .build()?;
     let figures = Figures {
-        store,
+        store: store.clone(),
         cache: cache.stats(),
         purger: purger.clone(),
         invalidate: invalidate.clone(),
@@ -339,6 +345,15 @@ pub(crate) fn shop(
         .interval(Duration::from_secs(10))
         .timeout(Duration::from_secs(1))
         .build()?;
+    let dashboard = Dashboard::new()
+        .title("tower-strata quickstart")
+        .metrics(metrics.clone())
+        .cache(cache.stats())
+        .store(store)
+        .purger(purger.clone())
+        .invalidate(invalidate.clone())
+        .tx(tx.stats())
+        .health(health.clone());
     let router = Router::new()
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product).put(update_product))
@@ -359,11 +374,14 @@ pub(crate) fn shop(
             get(|State(figures): State<Figures>| async move { Json(figures.json()) }),
         )
         .with_state(figures.clone())
-        .merge(health.router());
+        .merge(health.router())
+        // The page at `/dashboard`, its JSON at `/dashboard/data`.
+        .nest_service("/dashboard", dashboard.clone());
     Ok(Shop {
         router,
         figures,
         health,
+        dashboard,
     })
 }
 
@@ -417,10 +435,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = open_database(args.db.as_deref()).await?;
     let shop = shop(pool, &token)?;
     if args.demo {
-        return run_demo(shop, &token).await;
+        run_demo(shop, &token).await?;
+        println!();
+        println!(
+            "dashboard: run `cargo run --example quickstart -- --listen {}` and open http://{}/dashboard",
+            args.listen, args.listen
+        );
+        return Ok(());
     }
     let scrape = prometheus::install()?;
     let _checks = shop.health.spawn();
+    let _samples = shop.dashboard.spawn();
     let app = shop
         .router
         .route("/metrics", get(move || std::future::ready(scrape.render())));
@@ -428,6 +453,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let json = "-H 'content-type: application/json'";
     println!("tower-strata quickstart listening on http://{addr}");
+    println!("dashboard: http://{addr}/dashboard (JSON at http://{addr}/dashboard/data)");
     println!("try:");
     println!("  curl -si http://{addr}/products/1     # miss: read from SQLite (see Cache-Status)");
     println!("  curl -si http://{addr}/products/1     # hit: served from the cache");
@@ -445,6 +471,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -s http://{addr}/stats          # cache, purges, transactions, latency");
     println!("  curl -s http://{addr}/metrics        # Prometheus, per route template");
     println!("  curl -s http://{addr}/health/ready   # readiness");
+    println!(
+        "  open http://{addr}/dashboard          # latency, hit ratio, purges, transactions, health"
+    );
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -21,6 +21,9 @@
 //!   all, hard or soft, across instances; [`PurgeLayer`](purge::PurgeLayer) for `PURGE` and a
 //!   protected JSON endpoint; [`InvalidateLayer`](purge::InvalidateLayer) rules that purge
 //!   after the transaction committed; events over Redis; cache warming.
+//! - `dashboard` (feature `dashboard`): `Dashboard`, a live operator page (HTML and its JSON
+//!   snapshot) over the handles above: latency per route, hit ratio, purges, transactions and
+//!   health.
 //!
 //! # Example
 //!
@@ -56,6 +59,7 @@
 //! | `postgres`, `mysql`, `sqlite` | `sqlite` | the transaction layer for each database |
 //! | `metrics` | yes | the latency metrics layer and export to the `metrics` facade |
 //! | `health` | yes | the health service and its checks |
+//! | `dashboard` | yes | the live dashboard page and its JSON snapshot |
 //! | `full` | no | everything |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -91,3 +95,7 @@ pub mod health;
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
 pub mod db;
+
+#[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
+pub mod dashboard;

@@ -5,7 +5,8 @@
     feature = "axum",
     feature = "sqlite",
     feature = "metrics",
-    feature = "health"
+    feature = "health",
+    feature = "dashboard"
 ))]
 #![allow(dead_code)]
 

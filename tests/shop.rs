@@ -8,7 +8,8 @@
     feature = "memory",
     feature = "axum",
     feature = "metrics",
-    feature = "health"
+    feature = "health",
+    feature = "dashboard"
 ))]
 
 mod support;
@@ -377,6 +378,7 @@ async fn metrics_show_route_templates_and_health_is_ready() {
     let scrape = prometheus();
     let f = fixture(Stack::Full, &redis_url(), |c| {
         c.metrics_text = Some(Arc::new(|| prometheus().render()));
+        c.purge_token = Some("0p3rator".into());
     })
     .await;
     for id in [7, 7, 9] {
@@ -417,17 +419,56 @@ async fn metrics_show_route_templates_and_health_is_ready() {
     }
     assert_eq!(f.get("/health").await.status, StatusCode::OK);
 
-    let dashboard = f.get("/admin/dashboard").await;
-    assert_eq!(dashboard.status, StatusCode::OK);
-    assert_eq!(dashboard.body["cache"]["hits"], 1);
-    assert_eq!(dashboard.body["purge"]["tag_purges"], 2);
-    assert!(
-        dashboard.body["transactions"]["committed"]
-            .as_u64()
-            .unwrap()
-            >= 3
+    // The dashboard: behind the purge token, the page at `/admin/dashboard`, the JSON the
+    // shop used to serve there at `/admin/dashboard/data`.
+    assert_eq!(
+        f.get("/admin/dashboard").await.status,
+        StatusCode::UNAUTHORIZED
     );
-    assert_eq!(dashboard.body["health"]["status"], "healthy");
+    assert_eq!(
+        f.get("/admin/dashboard/data").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let operator = |uri: &'static str| {
+        let request = Request::get(uri)
+            .header("authorization", "Bearer 0p3rator")
+            .body(Body::empty())
+            .unwrap();
+        let router = f.shop.router.clone();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            (parts, body.collect().await.unwrap().to_bytes())
+        }
+    };
+    let (page, html) = operator("/admin/dashboard").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert!(html.starts_with(b"<!doctype html>"));
+    let (data, json) = operator("/admin/dashboard/data").await;
+    assert_eq!(data.status, StatusCode::OK);
+    assert_eq!(data.headers["cache-control"], "no-store");
+    let dashboard: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(dashboard["version"], 1);
+    assert_eq!(dashboard["cache"]["hits"], 1);
+    assert_eq!(dashboard["purge"]["tag_purges"], 2);
+    assert!(dashboard["transactions"]["committed"].as_u64().unwrap() >= 3);
+    assert_eq!(dashboard["health"]["status"], "healthy");
+    assert!(
+        dashboard["store"]["tiers"]["l1"].is_object(),
+        "{dashboard:#}"
+    );
+    let routes = dashboard["latency"]["routes"].as_array().unwrap();
+    assert!(
+        routes.iter().any(|r| r["route"] == "/products/{id}"),
+        "{routes:?}"
+    );
+    // The dashboard's own requests are neither measured nor cached.
+    assert!(!f.shop.registry.routes().iter().any(|r| r.contains("admin")));
+    let (_, again) = operator("/admin/dashboard/data").await;
+    let again: Value = serde_json::from_slice(&again).unwrap();
+    assert_eq!(again["cache"]["hits"], 1);
     f.drop_schema().await;
 }
 
@@ -697,6 +738,9 @@ async fn without_a_token_there_is_no_purge_endpoint() {
         .call(Method::POST, "/admin/purge", Some(json!({ "all": true })))
         .await;
     assert_eq!(response.status, StatusCode::NOT_FOUND);
+    // The dashboard stays where it always was, open as it always was without a token.
+    assert_eq!(f.get("/admin/dashboard").await.status, StatusCode::OK);
+    assert_eq!(f.get("/admin/dashboard/data").await.status, StatusCode::OK);
     // Nor a `PURGE` method: it goes to the router, which has no such method.
     f.get("/products/1").await;
     let purge = Method::from_bytes(b"PURGE").unwrap();

@@ -19,13 +19,14 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
 use tower::ServiceBuilder;
 use tower::util::{Either, MapResponseLayer};
 use tower_strata::cache::{CacheLayer, CacheStats};
+use tower_strata::dashboard::Dashboard;
 use tower_strata::db::{
     CursorKey, CursorRequest, DbError, Ident, KeyKind, KeysetPage, Pager, Sorts,
 };
 use tower_strata::health::{Check, CheckOutput, Health, PoolCheck, fn_check, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
 use tower_strata::purge::{InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
-use tower_strata::store::{Store, TieredStore};
+use tower_strata::store::TieredStore;
 use tower_strata::tx::{TxBody, TxConfig, TxHandle, TxLayer, TxStats};
 
 /// Errors of [`build`].
@@ -85,7 +86,9 @@ pub struct ShopConfig {
     /// layer-order tests show).
     pub purge_after_commit: bool,
     /// Bearer token of the purge endpoint (`PurgeLayer`: `POST /admin/purge` and
-    /// `PURGE <url>`); there is no purge endpoint without one.
+    /// `PURGE <url>`) and of the dashboard (`/admin/dashboard`, its JSON at
+    /// `/admin/dashboard/data`). Without one there is no purge endpoint and the dashboard is
+    /// open.
     pub purge_token: Option<String>,
 }
 
@@ -131,12 +134,16 @@ pub struct Shop {
     pub products_table: String,
     /// The quoted orders table.
     pub orders_table: String,
+    /// The operator's dashboard, served at `/admin/dashboard` (behind the purge token if set).
+    pub dashboard: Dashboard,
     checks: tokio::task::JoinHandle<()>,
+    samples: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Shop {
     fn drop(&mut self) {
         self.checks.abort();
+        self.samples.abort();
     }
 }
 
@@ -205,12 +212,6 @@ struct AppState {
     pager: Pager,
     sql: Sql,
     max_age: Duration,
-    purger: Option<Purger>,
-    store: TieredStore,
-    cache: Option<CacheStats>,
-    tx: Option<TxStats>,
-    health: Health,
-    registry: MetricsRegistry,
 }
 
 fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -546,23 +547,6 @@ pub fn cache_summary(stats: &CacheStats) -> serde_json::Value {
     })
 }
 
-async fn dashboard(State(state): State<Arc<AppState>>) -> Response {
-    let report = state.health.readiness().await;
-    let mut response = Json(serde_json::json!({
-        "health": report,
-        "cache": state.cache.as_ref().map(cache_summary),
-        "store": state.store.stats(),
-        "purge": state.purger.as_ref().map(Purger::stats),
-        "transactions": state.tx.as_ref().map(TxStats::snapshot),
-        "latency": state.registry.report(),
-    }))
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 /// `POST /admin/purge` is answered by the `PurgeLayer` in front of the cache; this handler only
 /// gives the path a route. The layers of `Router::layer` wrap routes, and the fallback of
 /// `api.merge(health.router())` is the health router's, outside the layers: without a route a
@@ -738,6 +722,18 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         .timeout(Duration::from_secs(1))
         .build()?;
     let checks = health.spawn();
+    let mut dashboard = Dashboard::new()
+        .title("shop")
+        .metrics(config.registry.clone())
+        .store(config.store.clone())
+        .health(health.clone());
+    if let Some(stats) = &cache_stats {
+        dashboard = dashboard.cache(stats.clone()).purger(purger.clone());
+    }
+    if let Some(stats) = &tx_stats {
+        dashboard = dashboard.tx(stats.clone());
+    }
+    let samples = dashboard.spawn();
 
     let state = Arc::new(AppState {
         pool: config.pool.clone(),
@@ -745,12 +741,6 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         pager,
         sql,
         max_age: config.max_age,
-        purger: cached.then(|| purger.clone()),
-        store: config.store.clone(),
-        cache: cache_stats.clone(),
-        tx: tx_stats.clone(),
-        health: health.clone(),
-        registry: config.registry.clone(),
     });
     let mut api = Router::new()
         .route("/products", get(list_products).post(create_product))
@@ -761,8 +751,7 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
                 .patch(patch_product)
                 .delete(delete_product),
         )
-        .route("/orders", axum::routing::post(place_order))
-        .route("/admin/dashboard", get(dashboard));
+        .route("/orders", axum::routing::post(place_order));
     // The purge endpoint: only with a token, and only in front of a cache.
     let purge_layer = match config.purge_token.as_deref() {
         Some(token) if cached => {
@@ -806,6 +795,9 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
     } else {
         None
     };
+    if let Some(layer) = &invalidate_layer {
+        dashboard = dashboard.invalidate(layer.clone());
+    }
     let api = api.with_state(state);
     let metrics = MetricsLayer::new(config.registry.clone())
         .exclude_path("/metrics")
@@ -840,6 +832,18 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
     if let Some(text) = config.metrics_text.clone() {
         router = router.route("/metrics", get(move || std::future::ready(text())));
     }
+    // The operator's dashboard, outside the stack (never cached, never measured): the page at
+    // `/admin/dashboard`, its JSON at `/admin/dashboard/data`, both behind the purge token when
+    // there is one. Without one they stay open, as the shop's JSON dashboard always was (the
+    // route is a contract); it holds figures, no secrets.
+    let operator_page = match config.purge_token.as_deref() {
+        Some(token) => dashboard.clone().bearer_token(token)?,
+        None => {
+            tracing::warn!("no purge token: /admin/dashboard is open to anyone");
+            dashboard.clone()
+        }
+    };
+    router = router.nest_service("/admin/dashboard", operator_page);
     Ok(Shop {
         router,
         cache: cache_stats,
@@ -849,6 +853,8 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         registry: config.registry,
         products_table: products,
         orders_table: orders,
+        dashboard,
         checks,
+        samples,
     })
 }

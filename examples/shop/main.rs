@@ -1,7 +1,7 @@
 //! The shop: every tower-strata layer stacked on one axum service over PostgreSQL and Redis.
 //!
 //! ```text
-//! cargo run --example shop --features postgres,redis,memory,axum,metrics,health -- --listen 127.0.0.1:3000
+//! cargo run --example shop --features postgres,redis,memory,axum,metrics,health,dashboard -- --listen 127.0.0.1:3000
 //! ```
 //!
 //! Reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), `REDIS_URL`
@@ -10,14 +10,16 @@
 //! least 32 bytes; signs pagination cursors, random per process when unset) and `PURGE_TOKEN`
 //! (puts a `PurgeLayer` in front of the cache: `POST /admin/purge` with a `PurgeRequest` JSON
 //! body and `PURGE <url>`, both with `Authorization: Bearer <token>`; `401` without it, `403`
-//! with a wrong one).
+//! with a wrong one; the same token guards the dashboard, which is open without it).
 //!
 //! - `GET /products?limit=&sort=id|price|name|-price..&cursor=` keyset pages; `GET
 //!   /products/{id}`; `POST /products`, `PUT`/`PATCH`/`DELETE /products/{id}`.
 //! - `POST /orders {"product_id":1,"quantity":2}` takes the stock in one transaction (`409`
 //!   and rollback when it is short).
-//! - `GET /admin/dashboard`: the health report, cache, store, purge, transaction and latency
-//!   figures.
+//! - `GET /admin/dashboard` (with `PURGE_TOKEN` set, it is the bearer token): the live dashboard page
+//!   (`tower_strata::dashboard`); `GET /admin/dashboard/data`: its JSON, the health report,
+//!   cache, store, purge, transaction and latency figures. Open it in a browser through a proxy
+//!   that adds the header, or read the JSON with curl.
 //! - `GET /metrics` (Prometheus), `GET /health`, `GET /health/ready`.
 //!
 //! The layers, outermost first, in one `ServiceBuilder`: metrics, the purge endpoint (with
@@ -62,10 +64,15 @@ fn print_tour(addr: SocketAddr, purge: bool) {
         format!(
             "\n  curl -s -X POST {base}/admin/purge -H \"authorization: Bearer $PURGE_TOKEN\" -H 'content-type: application/json' -d '{{\"tags\":[\"products\"]}}'  # purge by tag\
              \n  curl -s -X PURGE {base}/products/1 -H \"authorization: Bearer $PURGE_TOKEN\"  # purge a URL: the next GET is a miss\
-             \n  curl -i -X PURGE {base}/products/1  # 401 without the token, 403 with a wrong one"
+             \n  curl -i -X PURGE {base}/products/1  # 401 without the token, 403 with a wrong one\
+             \n  curl -s {base}/admin/dashboard/data -H \"authorization: Bearer $PURGE_TOKEN\"  # the dashboard's JSON\
+             \n  # the dashboard page: {base}/admin/dashboard (bearer token required)"
         )
     } else {
-        String::new()
+        format!(
+            "\n  curl -s {base}/admin/dashboard/data  # the dashboard's JSON (open: set PURGE_TOKEN to guard it)\
+             \n  # the dashboard page: {base}/admin/dashboard"
+        )
     };
     println!(
         r#"shop listening on {base}; try:
@@ -75,8 +82,7 @@ fn print_tour(addr: SocketAddr, purge: bool) {
   curl -i -X PATCH {base}/products/1 -H 'content-type: application/json' -d '{{"price_cents":999}}'
   curl -i {base}/products/1                      # purged after commit: a miss with the new price
   curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":2}}'
-  curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":1000000}}'  # 409, rolled back
-  curl -s {base}/admin/dashboard{purge}
+  curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{"product_id":1,"quantity":1000000}}'  # 409, rolled back{purge}
   curl -s {base}/metrics | grep http_server_request_duration_count
   curl -s {base}/health/ready
 "#

@@ -130,6 +130,9 @@ mod service;
 mod warm;
 
 pub use auth::{Authorization, Authorize};
+// The dashboard checks its bearer token as the purge endpoint does.
+#[cfg(feature = "dashboard")]
+pub(crate) use auth::BearerToken;
 pub use body::PurgeBody;
 pub use bus::{BusError, InvalidationBus, InvalidationBusBuilder};
 pub use cache::CachePurger;

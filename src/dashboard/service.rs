@@ -1,0 +1,523 @@
+//! [`Dashboard`]: the service answering `GET /` (the page) and `GET /data` (the snapshot).
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use tower_service::Service;
+
+use super::data::{
+    CacheData, DashboardData, InvalidationData, PurgeData, StoreData, TxData, VERSION,
+};
+use super::history::{History, Sample};
+use crate::cache::CacheStats;
+use crate::purge::{Authorization, Authorize, InvalidateLayer, Purger};
+use crate::store::{Store, StoreStats};
+
+/// The page, served at `/`.
+const PAGE: &str = include_str!("page.html");
+
+/// Default sample interval of the charts.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default number of intervals the charts show (five minutes at one per second).
+pub const DEFAULT_HISTORY_LEN: usize = 300;
+
+type Source<T> = Option<Arc<dyn Fn() -> T + Send + Sync>>;
+
+/// A [`Dashboard`] setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid dashboard configuration: {0}")]
+pub struct DashboardConfigError(&'static str);
+
+/// A live dashboard over the app's handles: one HTML page at `GET /` and its JSON snapshot,
+/// [`DashboardData`], at `GET /data`. Mount it at a path of your choice with
+/// `Router::nest_service`; anything else under it answers `404`, other methods `405`.
+///
+/// Every source is optional: set those the app has with the setters. Cloning is cheap; clones
+/// share the chart history. See [the module docs](crate::dashboard) for examples and access
+/// control.
+#[derive(Clone)]
+pub struct Dashboard {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    title: String,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::MetricsRegistry>,
+    cache: Option<CacheStats>,
+    store: Source<StoreStats>,
+    purger: Option<Purger>,
+    invalidate: Option<InvalidateLayer>,
+    #[cfg(feature = "sqlx")]
+    tx: Option<crate::tx::TxStats>,
+    #[cfg(feature = "health")]
+    health: Option<crate::health::Health>,
+    auth: Option<Arc<dyn Authorize>>,
+    history: Arc<Mutex<History>>,
+    interval: Duration,
+    history_len: usize,
+}
+
+impl std::fmt::Debug for Dashboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("Dashboard");
+        d.field("title", &i.title);
+        #[cfg(feature = "metrics")]
+        d.field("metrics", &i.metrics.is_some());
+        d.field("cache", &i.cache.is_some())
+            .field("store", &i.store.is_some())
+            .field("purger", &i.purger.is_some())
+            .field("invalidate", &i.invalidate.is_some());
+        #[cfg(feature = "sqlx")]
+        d.field("tx", &i.tx.is_some());
+        #[cfg(feature = "health")]
+        d.field("health", &i.health.is_some());
+        d.field("auth", &i.auth.is_some())
+            .field("interval", &i.interval)
+            .field("history_len", &i.history_len)
+            .finish()
+    }
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dashboard {
+    /// A dashboard with no source (every part shows as not configured), the title
+    /// `tower-strata`, one sample a second and five minutes of history, open to every request.
+    pub fn new() -> Self {
+        Dashboard {
+            inner: Arc::new(Inner {
+                title: "tower-strata".to_owned(),
+                #[cfg(feature = "metrics")]
+                metrics: None,
+                cache: None,
+                store: None,
+                purger: None,
+                invalidate: None,
+                #[cfg(feature = "sqlx")]
+                tx: None,
+                #[cfg(feature = "health")]
+                health: None,
+                auth: None,
+                history: Arc::new(Mutex::new(History::new(
+                    DEFAULT_HISTORY_LEN,
+                    DEFAULT_SAMPLE_INTERVAL,
+                ))),
+                interval: DEFAULT_SAMPLE_INTERVAL,
+                history_len: DEFAULT_HISTORY_LEN,
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        f(Arc::make_mut(&mut self.inner));
+        self
+    }
+
+    /// The page's title (the service's name).
+    pub fn title(self, title: impl Into<String>) -> Self {
+        let title = title.into();
+        self.with(|i| i.title = title)
+    }
+
+    /// Per-route latency, rates, errors and slow requests from a metrics registry.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(self, registry: crate::metrics::MetricsRegistry) -> Self {
+        self.with(|i| i.metrics = Some(registry))
+    }
+
+    /// The response cache's counters and hit ratio, from
+    /// [`CacheLayer::stats`](crate::cache::CacheLayer::stats).
+    pub fn cache(self, stats: CacheStats) -> Self {
+        self.with(|i| i.cache = Some(stats))
+    }
+
+    /// A store's counters, entries and bytes ([`Store::stats`], read on each poll).
+    pub fn store<St: Store>(self, store: St) -> Self {
+        let source: Arc<dyn Fn() -> StoreStats + Send + Sync> = Arc::new(move || store.stats());
+        self.with(|i| i.store = Some(source))
+    }
+
+    /// Purges made through a purger (and its clones: the purge endpoint's and the
+    /// invalidation layer's, when they share it).
+    pub fn purger(self, purger: Purger) -> Self {
+        self.with(|i| i.purger = Some(purger))
+    }
+
+    /// The invalidation layer's rules, headers and extensions that fired.
+    pub fn invalidate(self, layer: InvalidateLayer) -> Self {
+        self.with(|i| i.invalidate = Some(layer))
+    }
+
+    /// Transactions committed, rolled back and retried (with the reasons), from
+    /// `TxLayer::stats`.
+    #[cfg(feature = "sqlx")]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
+    )]
+    pub fn tx(self, stats: crate::tx::TxStats) -> Self {
+        self.with(|i| i.tx = Some(stats))
+    }
+
+    /// The health checks' latest results ([`Health::report`](crate::health::Health::report):
+    /// the dashboard never runs the checks itself; spawn them with `Health::spawn`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn health(self, health: crate::health::Health) -> Self {
+        self.with(|i| i.health = Some(health))
+    }
+
+    /// Answers only requests `policy` allows (the purge layer's [`Authorize`] policies):
+    /// `401` (with `WWW-Authenticate: Bearer`) or `403` otherwise, for the page and the data.
+    pub fn authorize(self, policy: impl Authorize) -> Self {
+        let policy: Arc<dyn Authorize> = Arc::new(policy);
+        self.with(|i| i.auth = Some(policy))
+    }
+
+    /// Answers only requests bearing `Authorization: Bearer <token>`, compared in constant time
+    /// as the purge layer compares its token (give both the same token to have one operator
+    /// secret).
+    ///
+    /// # Errors
+    ///
+    /// [`DashboardConfigError`] if the token is empty or not visible ASCII.
+    pub fn bearer_token(self, token: &str) -> Result<Self, DashboardConfigError> {
+        let token = crate::purge::BearerToken::new(token).ok_or(DashboardConfigError(
+            "the bearer token must be non-empty visible ASCII",
+        ))?;
+        Ok(self.authorize(token))
+    }
+
+    /// How often the charts get a sample (one second by default) and how many intervals they
+    /// show (300 by default). Replaces the history kept so far.
+    ///
+    /// # Errors
+    ///
+    /// [`DashboardConfigError`] if the interval is zero or the length is zero or above 3,600.
+    pub fn history(self, interval: Duration, len: usize) -> Result<Self, DashboardConfigError> {
+        if interval.is_zero() {
+            return Err(DashboardConfigError(
+                "the sample interval must be greater than zero",
+            ));
+        }
+        if !(1..=3_600).contains(&len) {
+            return Err(DashboardConfigError(
+                "the history must keep between 1 and 3,600 samples",
+            ));
+        }
+        Ok(self.with(|i| {
+            i.interval = interval;
+            i.history_len = len;
+            i.history = Arc::new(Mutex::new(History::new(len, interval)));
+        }))
+    }
+
+    /// The current snapshot, as `GET /data` serves it. Takes a chart sample when one is due.
+    pub fn data(&self) -> DashboardData {
+        let i = &*self.inner;
+        let at_unix_ms = unix_ms(SystemTime::now());
+        let cache = i.cache.as_ref().map(cache_data);
+        let store = i.store.as_ref().map(|f| StoreData::from(f()));
+        let purge = i.purger.as_ref().map(|p| PurgeData::from(p.stats()));
+        let invalidation = i
+            .invalidate
+            .as_ref()
+            .map(|l| InvalidationData::from(l.stats()));
+        #[cfg(feature = "metrics")]
+        let (latency, routes) = match &i.metrics {
+            Some(registry) => {
+                let (latency, points) = super::latency::collect(registry);
+                (Some(latency), points)
+            }
+            None => (None, Vec::new()),
+        };
+        #[cfg(not(feature = "metrics"))]
+        let (latency, routes) = (None, Vec::new());
+        #[cfg(feature = "sqlx")]
+        let transactions = i.tx.as_ref().map(|t| TxData::from(t.snapshot()));
+        #[cfg(not(feature = "sqlx"))]
+        let transactions: Option<TxData> = None;
+        #[cfg(feature = "health")]
+        let health = i.health.as_ref().map(|h| h.report().into());
+        #[cfg(not(feature = "health"))]
+        let health = None;
+
+        let sample = sample(
+            at_unix_ms,
+            cache.as_ref(),
+            store.as_ref(),
+            purge.as_ref(),
+            invalidation.as_ref(),
+            routes,
+        );
+        let (history, mut series) = {
+            let mut ring = lock(&i.history);
+            ring.push(Instant::now(), sample);
+            ring.columns()
+        };
+        let latency = latency.map(|mut l: super::data::LatencyData| {
+            for route in &mut l.routes {
+                let key = (route.route.clone(), route.method.clone());
+                if let Some(s) = series.remove(&key) {
+                    route.history = s;
+                } else {
+                    route.history = super::data::RouteHistory {
+                        p50_ms: vec![None; history.at_unix_ms.len()],
+                        p95_ms: vec![None; history.at_unix_ms.len()],
+                        p99_ms: vec![None; history.at_unix_ms.len()],
+                        requests_per_second: vec![None; history.at_unix_ms.len()],
+                    };
+                }
+            }
+            l
+        });
+        DashboardData {
+            version: VERSION,
+            title: i.title.clone(),
+            at_unix_ms,
+            latency,
+            cache,
+            store,
+            purge,
+            invalidation,
+            transactions,
+            health,
+            history,
+        }
+    }
+
+    /// Takes a chart sample now if one is due, without building a snapshot.
+    fn tick(&self) {
+        let i = &*self.inner;
+        if !lock(&i.history).due(Instant::now()) {
+            return;
+        }
+        let cache = i.cache.as_ref().map(cache_data);
+        let store = match (&i.cache, &i.store) {
+            (None, Some(f)) => Some(StoreData::from(f())),
+            _ => None,
+        };
+        let purge = i.purger.as_ref().map(|p| PurgeData::from(p.stats()));
+        let invalidation = i
+            .invalidate
+            .as_ref()
+            .map(|l| InvalidationData::from(l.stats()));
+        #[cfg(feature = "metrics")]
+        let routes = i
+            .metrics
+            .as_ref()
+            .map(super::latency::points)
+            .unwrap_or_default();
+        #[cfg(not(feature = "metrics"))]
+        let routes = Vec::new();
+        let sample = sample(
+            unix_ms(SystemTime::now()),
+            cache.as_ref(),
+            store.as_ref(),
+            purge.as_ref(),
+            invalidation.as_ref(),
+            routes,
+        );
+        lock(&i.history).push(Instant::now(), sample);
+    }
+
+    /// Spawns a task taking a chart sample every interval, so the charts cover the time
+    /// before the page was opened. Without it, samples are taken only while the page polls
+    /// `/data`. The task stops when every clone of this dashboard is dropped, or when the
+    /// handle is aborted.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let period = self.inner.interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                Dashboard { inner }.tick();
+            }
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves at most one sample missing.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn cache_data(stats: &CacheStats) -> CacheData {
+    let (hits, stale_hits, coalesced, misses) = (
+        stats.hits(),
+        stats.stale_hits(),
+        stats.coalesced(),
+        stats.misses(),
+    );
+    let served = hits + stale_hits + coalesced;
+    let looked_up = served + misses;
+    CacheData {
+        hits,
+        stale_hits,
+        coalesced,
+        misses,
+        bypasses: stats.bypasses(),
+        stores: stats.stores(),
+        not_stored: stats.not_stored(),
+        revalidated: stats.revalidated(),
+        invalidations: stats.invalidations(),
+        store_errors: stats.store_errors(),
+        hit_rate: if looked_up == 0 {
+            0.0
+        } else {
+            served as f64 / looked_up as f64
+        },
+    }
+}
+
+/// A chart sample from the figures read for a snapshot. The hit ratio is the cache layer's,
+/// or the store's without one.
+fn sample(
+    at_unix_ms: u64,
+    cache: Option<&CacheData>,
+    store: Option<&StoreData>,
+    purge: Option<&PurgeData>,
+    invalidation: Option<&InvalidationData>,
+    routes: Vec<super::history::RoutePoint>,
+) -> Sample {
+    let (served, misses) = match (cache, store) {
+        (Some(c), _) => (c.hits + c.stale_hits + c.coalesced, c.misses),
+        (None, Some(s)) => (s.hits, s.misses),
+        (None, None) => (0, 0),
+    };
+    Sample {
+        at_unix_ms,
+        served,
+        misses,
+        purges: purge.map_or(0, PurgeData::total),
+        invalidations: cache.map_or(0, |c| c.invalidations)
+            + invalidation.map_or(0, InvalidationData::total),
+        routes,
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn text(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(message.as_bytes()),
+    )
+}
+
+impl<B> Service<Request<B>> for Dashboard {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ready(Ok(self.answer(req)))
+    }
+}
+
+impl Dashboard {
+    fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        let (parts, _body) = req.into_parts();
+        let page = match parts.uri.path() {
+            "" | "/" => true,
+            "/data" => false,
+            _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        if let Some(policy) = &self.inner.auth {
+            match policy.authorize(&parts) {
+                Authorization::Allow { .. } => {}
+                Authorization::Forbidden => return text(StatusCode::FORBIDDEN, "forbidden\n"),
+                _ => {
+                    let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"dashboard\""),
+                    );
+                    return response;
+                }
+            }
+        }
+        let mut response = if page {
+            let mut response = respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                Bytes::from_static(PAGE.as_bytes()),
+            );
+            let headers = response.headers_mut();
+            // Everything is inline; the page talks only to its own origin.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src data:; base-uri 'none'; frame-ancestors 'none'",
+                ),
+            );
+            headers.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            response
+        } else {
+            match serde_json::to_vec(&self.data()) {
+                Ok(json) => respond(StatusCode::OK, "application/json", Bytes::from(json)),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the snapshot could not be serialised\n",
+                ),
+            }
+        };
+        if parts.method == Method::HEAD {
+            *response.body_mut() = Full::new(Bytes::new());
+        }
+        response
+    }
+}
