@@ -120,11 +120,12 @@ async fn the_sampler_fills_the_charts_with_one_sample_per_interval() {
     let sampler = shop.dashboard.spawn();
     // Traffic over a few samples: misses, then hits, then a purge.
     assert_eq!(call(app, "GET", "/products/3", "").await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Wide gaps, so a late tick on a loaded machine still separates the miss from the hits.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     for _ in 0..3 {
         call(app, "GET", "/products/3", "").await;
     }
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     let purge = Request::post("/_cache/purge")
         .header("authorization", "Bearer t0ken")
         .header("content-type", "application/json")

@@ -108,7 +108,11 @@ async fn chromium(binary: &Path, url: &str, extra: &[&str]) -> String {
 fn chromium_or_skip(test: &str) -> Option<PathBuf> {
     let found = find_chromium();
     if found.is_none() {
-        eprintln!(
+        // Straight to the process's stderr: `eprintln!` is captured by the test harness and
+        // would hide the skip.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "SKIPPED {test}: no chromium binary on PATH or in /usr/bin (install the Debian \
              package `chromium`, or set CHROMIUM=/path)"
         );

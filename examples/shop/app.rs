@@ -733,7 +733,6 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
     if let Some(stats) = &tx_stats {
         dashboard = dashboard.tx(stats.clone());
     }
-    let samples = dashboard.spawn();
 
     let state = Arc::new(AppState {
         pool: config.pool.clone(),
@@ -798,6 +797,9 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
     if let Some(layer) = &invalidate_layer {
         dashboard = dashboard.invalidate(layer.clone());
     }
+    // After the last setter: a setter on a dashboard whose only other reference is the
+    // sampler's moves it, and the sampler would stop.
+    let samples = dashboard.spawn();
     let api = api.with_state(state);
     let metrics = MetricsLayer::new(config.registry.clone())
         .exclude_path("/metrics")

@@ -246,7 +246,10 @@ pub struct PurgeData {
 impl PurgeData {
     /// Purges of every kind.
     pub fn total(&self) -> u64 {
-        self.key_purges + self.tag_purges + self.pattern_purges + self.all_purges
+        self.key_purges
+            .saturating_add(self.tag_purges)
+            .saturating_add(self.pattern_purges)
+            .saturating_add(self.all_purges)
     }
 }
 
@@ -286,7 +289,9 @@ pub struct InvalidationData {
 impl InvalidationData {
     /// Rules, headers and extensions honoured.
     pub fn total(&self) -> u64 {
-        self.rule_firings + self.header_invalidations + self.extension_invalidations
+        self.rule_firings
+            .saturating_add(self.header_invalidations)
+            .saturating_add(self.extension_invalidations)
     }
 }
 

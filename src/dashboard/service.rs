@@ -338,7 +338,9 @@ impl Dashboard {
     /// Spawns a task taking a chart sample every interval, so the charts cover the time
     /// before the page was opened. Without it, samples are taken only while the page polls
     /// `/data`. The task stops when every clone of this dashboard is dropped, or when the
-    /// handle is aborted.
+    /// handle is aborted. Call it once the dashboard is configured: a setter called on the
+    /// last clone afterwards makes a new dashboard, and the task, which follows the old one,
+    /// stops.
     ///
     /// # Panics
     ///
