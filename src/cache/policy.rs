@@ -526,9 +526,8 @@ mod tests {
 
     #[test]
     fn malformed_fields_are_flagged_and_well_formed_ones_are_not() {
-        let parse = |v: &str| {
-            Directives::parse(&headers(&[("cache-control", v)]), &header::CACHE_CONTROL)
-        };
+        let parse =
+            |v: &str| Directives::parse(&headers(&[("cache-control", v)]), &header::CACHE_CONTROL);
         for bad in [
             "max-age=60, x=\"a, private",
             "max-age=60, \"private\"",
@@ -553,8 +552,14 @@ mod tests {
 
     #[test]
     fn delta_seconds_saturate_and_reject_what_is_not_digits() {
-        assert_eq!(delta_seconds("18446744073709551615"), Some(MAX_DELTA_SECONDS));
-        assert_eq!(delta_seconds("99999999999999999999999"), Some(MAX_DELTA_SECONDS));
+        assert_eq!(
+            delta_seconds("18446744073709551615"),
+            Some(MAX_DELTA_SECONDS)
+        );
+        assert_eq!(
+            delta_seconds("99999999999999999999999"),
+            Some(MAX_DELTA_SECONDS)
+        );
         assert_eq!(delta_seconds("2147483647"), Some(2_147_483_647));
         for bad in ["", "-1", "1.5", "abc", "+5"] {
             assert_eq!(delta_seconds(bad), None, "{bad}");
