@@ -5,23 +5,46 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::Response;
+use pin_project_lite::pin_project;
 
 use super::body::CacheBody;
 
-type Inner<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
-/// The response future of [`Cache`](super::Cache).
-///
-/// A lookup awaits the store, whose futures are the store's own (`impl Future`) and cannot be
-/// named, so the request's state machine is one boxed future behind this named type: one
-/// allocation per request.
-pub struct ResponseFuture<B, E> {
-    inner: Inner<B, E>,
+pin_project! {
+    /// The response future of [`Cache`](super::Cache).
+    ///
+    /// A fresh hit the store answered at once (the memory store) is ready when the service
+    /// returns it: no allocation. Anything else awaits the store, whose futures are the
+    /// store's own (`impl Future`) and cannot be named, so its state machine is one boxed
+    /// future behind this named type.
+    pub struct ResponseFuture<B, E> {
+        #[pin]
+        kind: Kind<B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B, E> {
+        Ready { response: Option<Response<CacheBody<B>>> },
+        Boxed { inner: Boxed<B, E> },
+    }
 }
 
 impl<B, E> ResponseFuture<B, E> {
-    pub(crate) fn new(inner: Inner<B, E>) -> Self {
-        ResponseFuture { inner }
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn boxed(inner: Boxed<B, E>) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed { inner },
+        }
     }
 }
 
@@ -34,7 +57,13 @@ impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
 impl<B, E> Future for ResponseFuture<B, E> {
     type Output = Result<Response<CacheBody<B>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            KindProj::Boxed { inner } => inner.as_mut().poll(cx),
+        }
     }
 }

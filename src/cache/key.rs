@@ -112,6 +112,26 @@ impl KeyConfig {
         PrimaryKey::from_buffer(buf)
     }
 
+    /// The request's primary store key built in `buffer` (cleared first), when it is a plain
+    /// one (`"c:"` and the identity); `None` when it would be hashed.
+    pub fn plain_primary<'b, B>(
+        &self,
+        buffer: &'b mut String,
+        request: &Request<B>,
+    ) -> Option<&'b str> {
+        buffer.clear();
+        buffer.push_str(PLAIN_PREFIX);
+        self.write_identity(
+            buffer,
+            request.uri(),
+            request.headers(),
+            request.extensions().get::<KeyPart>(),
+        );
+        let identity = &buffer[PLAIN_PREFIX.len()..];
+        (identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control))
+            .then_some(buffer.as_str())
+    }
+
     /// Appends the identity of a GET for `uri` to `out`.
     fn write_identity(
         &self,
@@ -346,7 +366,7 @@ impl PrimaryKey {
 }
 
 /// Store keys of plain (unhashed) identities start with this.
-const PLAIN_PREFIX: &str = "c:";
+pub(crate) const PLAIN_PREFIX: &str = "c:";
 
 /// Whether `key` is one the response cache writes: a plain or a hashed identity.
 pub(crate) fn is_cache_key(key: &str) -> bool {

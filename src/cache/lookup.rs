@@ -1,13 +1,14 @@
 //! Step 1, lookup: the primary key, then the variant a `Vary` index points to.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::key::{self, PrimaryKey, store_key, variant_identity};
 use super::layer::Ctx;
 use super::record::{self, Record, Stored};
+use super::serve::cache_status_name;
 use super::state::{Provenance, Shared};
 use crate::store::{Entry, Store};
 
@@ -111,41 +112,34 @@ pub(crate) async fn lookup<St: Store>(
     let Some(entry) = get(ctx, key.store_key()).await? else {
         return Ok(Lookup::default());
     };
-    let (record, entry, vary) = match record::decode(entry.value()) {
-        Ok(Stored::Response(record)) => (record, entry, None),
-        Ok(Stored::Vary {
+    let Some(decoded) = decoded(&entry, key.store_key()) else {
+        return Ok(Lookup::default());
+    };
+    let (record, entry, vary) = match &decoded.stored {
+        Stored::Response(record) => (record.clone(), entry, None),
+        Stored::Vary {
             identity: stored,
             names,
-        }) => {
+        } => {
             if stored != identity {
                 return Ok(Lookup::default());
             }
-            let variant = variant_identity(identity, &names, headers);
-            let Some(entry) = get(ctx, &store_key(&variant)).await? else {
-                return Ok(Lookup {
-                    found: None,
-                    vary: Some(names),
-                });
-            };
-            match record::decode(entry.value()) {
-                Ok(Stored::Response(record)) if record.identity == variant => {
-                    (record, entry, Some(names))
+            let variant = variant_identity(identity, names, headers);
+            let variant_key = store_key(&variant);
+            let found = get(ctx, &variant_key)
+                .await?
+                .and_then(|entry| Some((decoded_response(&entry, &variant_key)?, entry)));
+            match found {
+                Some((record, entry)) if record.identity == variant => {
+                    (record, entry, Some(names.clone()))
                 }
                 _ => {
                     return Ok(Lookup {
                         found: None,
-                        vary: Some(names),
+                        vary: Some(names.clone()),
                     });
                 }
             }
-        }
-        Err(corrupt) => {
-            tracing::warn!(
-                key = key.store_key(),
-                reason = corrupt.0,
-                "unreadable cache record"
-            );
-            return Ok(Lookup::default());
         }
     };
     // A hashed key that collided, or a variant stored under the primary key: a miss.
@@ -155,13 +149,75 @@ pub(crate) async fn lookup<St: Store>(
     }
     Ok(Lookup {
         found: Some(Found {
-            record: Arc::from(record),
+            record,
             entry_age: entry.age(),
             entry_ttl: entry.ttl(),
             entry: Some(entry),
         }),
         vary,
     })
+}
+
+/// A stored value as the cache reads it: decoded once per stored entry (the memory store
+/// keeps the decoded form beside the bytes), with the hit headers of the last second.
+pub(crate) struct Decoded {
+    pub stored: Stored,
+    /// The headers of a plain hit on a stored response: its own, `Content-Length`, and `Age`
+    /// and `Cache-Status` to overwrite in place, so serving one clones a map that never grows.
+    pub hit_template: Option<HeaderMap>,
+    /// `Age` and `Cache-Status` of a plain hit, for the second they were made in: a hot entry
+    /// formats them once a second, not once a hit.
+    pub hit_headers: Mutex<Option<HitHeaders>>,
+}
+
+/// The per-hit header values of one second of a stored response's life.
+pub(crate) struct HitHeaders {
+    /// Age and seconds of freshness left they were made for.
+    pub at: (u64, Option<u64>),
+    pub age: HeaderValue,
+    pub status: Option<HeaderValue>,
+}
+
+/// The decoded form of a stored value, `None` (logged) when it is not a record.
+pub(crate) fn decoded(entry: &Entry, key: &str) -> Option<Arc<Decoded>> {
+    let decoded = entry.decoded(|bytes| {
+        record::decode(bytes).ok().map(|stored| Decoded {
+            hit_template: match &stored {
+                Stored::Response(record) => Some(hit_template(record)),
+                Stored::Vary { .. } => None,
+            },
+            stored,
+            hit_headers: Mutex::new(None),
+        })
+    });
+    if decoded.is_none() {
+        tracing::warn!(key, "unreadable cache record");
+    }
+    decoded
+}
+
+fn hit_template(record: &Record) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(record.headers.len() + 3);
+    for (name, value) in &record.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if !headers.contains_key(header::CONTENT_LENGTH) && record.trailers.is_none() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(record.body.len()));
+    }
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    headers.insert(
+        cache_status_name().clone(),
+        HeaderValue::from_static("tower-strata; hit"),
+    );
+    headers
+}
+
+/// The stored response under a variant key, `None` when there is none.
+fn decoded_response(entry: &Entry, key: &str) -> Option<Arc<Record>> {
+    match &decoded(entry, key)?.stored {
+        Stored::Response(record) => Some(record.clone()),
+        Stored::Vary { .. } => None,
+    }
 }
 
 async fn get<St: Store>(ctx: &Ctx<St>, key: &str) -> Result<Option<Entry>, ()> {

@@ -177,6 +177,7 @@ mod future;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod grpc_call;
+mod hit;
 pub(crate) mod invalidate;
 pub(crate) mod key;
 pub(crate) mod layer;

@@ -13,6 +13,7 @@
 //! `u32::MAX` in `swr_s`/`sie_s` means absent. The identity is the full key the record was
 //! stored under; readers compare it, so a hashed key that collides is a miss.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -40,7 +41,7 @@ pub(crate) struct Record {
 /// What a primary key holds.
 #[derive(Debug)]
 pub(crate) enum Stored {
-    Response(Box<Record>),
+    Response(Arc<Record>),
     Vary {
         identity: String,
         names: Vec<HeaderName>,
@@ -206,7 +207,7 @@ pub(crate) fn decode(bytes: &Bytes) -> Result<Stored, Corrupt> {
                 n => Some(r.headers(n)?),
             };
             let offset = bytes.len() - r.buf.len();
-            Ok(Stored::Response(Box::new(Record {
+            Ok(Stored::Response(Arc::new(Record {
                 identity,
                 status,
                 headers,

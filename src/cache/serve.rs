@@ -8,6 +8,7 @@ use super::body::CacheBody;
 use super::layer::Ctx;
 use super::lookup::Found;
 use super::policy;
+use super::record::Record;
 use super::state::Shared;
 
 pub(crate) type Resp<RB> = Response<CacheBody<RB>>;
@@ -66,8 +67,32 @@ pub(crate) fn serve<St, RB>(
     request_headers: &HeaderMap,
     status: &str,
 ) -> Resp<RB> {
-    let record = &found.record;
     let age = HeaderValue::from(found.current_age().as_secs());
+    serve_record(
+        &found.record,
+        method,
+        request_headers,
+        age,
+        status_value(ctx, status),
+    )
+}
+
+/// The `Cache-Status` value for `status`, `None` when the layer sends none.
+pub(crate) fn status_value<St>(ctx: &Ctx<St>, status: &str) -> Option<HeaderValue> {
+    if !ctx.config.cache_status {
+        return None;
+    }
+    HeaderValue::from_str(&format!("tower-strata; {status}")).ok()
+}
+
+/// [`serve`] with the `Age` and `Cache-Status` values already made.
+pub(crate) fn serve_record<RB>(
+    record: &Record,
+    method: &Method,
+    request_headers: &HeaderMap,
+    age: HeaderValue,
+    status: Option<HeaderValue>,
+) -> Resp<RB> {
     if record.status == StatusCode::OK && not_modified(request_headers, &record.headers) {
         let mut response = Response::new(CacheBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -86,7 +111,9 @@ pub(crate) fn serve<St, RB>(
             }
         }
         h.insert(header::AGE, age);
-        add_status(ctx, h, status);
+        if let Some(status) = status {
+            h.append(CACHE_STATUS.clone(), status);
+        }
         return response;
     }
     let len = record.body.len() as u64;
@@ -130,7 +157,9 @@ pub(crate) fn serve<St, RB>(
     }
     let h = response.headers_mut();
     h.insert(header::AGE, age);
-    add_status(ctx, h, status);
+    if let Some(status) = status {
+        h.append(CACHE_STATUS.clone(), status);
+    }
     response
 }
 

@@ -15,6 +15,7 @@ use super::body::CacheBody;
 use super::forward::{Miss, forward};
 use super::future::ResponseFuture;
 use super::grpc_call::{self, grpc_request};
+use super::hit::try_hit;
 use super::invalidate::{is_safe, unsafe_request};
 use super::key::is_get_or_head;
 use super::layer::Ctx;
@@ -88,10 +89,14 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some(response) = try_hit(&self.ctx, &request) {
+            // The inner service was not called: it stays ready for the next request.
+            return ResponseFuture::ready(response);
+        }
         // The clone is not ready; the ready one handles this request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(handle(self.ctx.clone(), inner, request)))
+        ResponseFuture::boxed(Box::pin(handle(self.ctx.clone(), inner, request)))
     }
 }
 

@@ -18,6 +18,8 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send +
 pub trait DynStore: Send + Sync + 'static {
     /// See [`Store::get`].
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Entry>>;
+    /// See [`Store::get_now`].
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>>;
     /// See [`Store::set`].
     fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()>;
     /// See [`Store::delete`].
@@ -61,6 +63,9 @@ pub trait DynStore: Send + Sync + 'static {
 impl<S: Store> DynStore for S {
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Entry>> {
         Box::pin(Store::get(self, key))
+    }
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        Store::get_now(self, key)
     }
     fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()> {
         Box::pin(Store::set(self, key, value, options))
@@ -158,6 +163,9 @@ impl fmt::Debug for BoxStore {
 impl Store for BoxStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.0.get(key).await
+    }
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        self.0.get_now(key)
     }
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
         self.0.set(key, value, options).await

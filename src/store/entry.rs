@@ -1,6 +1,7 @@
 //! Entries, write options, limits and the binary entry format.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -20,6 +21,30 @@ pub struct Entry {
     grace: Duration,
     /// `None` for untagged entries, so cloning them touches one reference count, not two.
     tags: Option<Arc<[String]>>,
+    /// What a reader decoded from the value, kept beside it (see [`Entry::decoded`]).
+    memo: Memo,
+    /// Made stale by a soft purge (its TTL cut to end then).
+    soft_purged: bool,
+}
+
+/// A slot for the decoded form of an entry's value, shared by the copies of one stored entry
+/// (an in-process store hands out clones of the entry it holds), so a reader decodes a value
+/// once, not on every read. Not part of the entry's identity: ignored by `==` and `Debug`.
+#[derive(Clone, Default)]
+struct Memo(Option<Arc<OnceLock<Arc<dyn Any + Send + Sync>>>>);
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl Entry {
@@ -32,7 +57,38 @@ impl Entry {
             ttl: options.ttl,
             grace: options.grace,
             tags: (!options.tags.is_empty()).then(|| options.tags.clone()),
+            memo: Memo::default(),
+            soft_purged: false,
         }
+    }
+
+    /// This entry with a slot for its decoded value, which the copies an in-process store
+    /// hands out share (see [`Entry::decoded`]).
+    pub(crate) fn with_memo(mut self) -> Self {
+        if self.memo.0.is_none() {
+            self.memo = Memo(Some(Arc::new(OnceLock::new())));
+        }
+        self
+    }
+
+    /// The value decoded by `decode`, decoded once per stored entry when the store keeps a
+    /// slot for it (the memory store does), else on every call. `None` when `decode` fails
+    /// (never remembered) or when another reader remembered a value of another type.
+    pub(crate) fn decoded<T, F>(&self, decode: F) -> Option<Arc<T>>
+    where
+        T: Any + Send + Sync,
+        F: FnOnce(&Bytes) -> Option<T>,
+    {
+        let Some(slot) = &self.memo.0 else {
+            return decode(&self.value).map(Arc::new);
+        };
+        if let Some(done) = slot.get() {
+            return done.clone().downcast::<T>().ok();
+        }
+        let value = Arc::new(decode(&self.value)?);
+        // A reader that raced this one may have won: either value is the same decoding.
+        let _ = slot.set(value.clone());
+        Some(value)
     }
 
     /// The stored bytes.
@@ -98,6 +154,17 @@ impl Entry {
         self.time_to_live() == Some(Duration::ZERO)
     }
 
+    /// Whether a soft purge made the entry stale: a reader on a coarse clock must not judge its
+    /// freshness, which ends at the purge, to the microsecond.
+    pub(crate) fn is_soft_purged(&self) -> bool {
+        self.soft_purged
+    }
+
+    /// Time since the entry was stored, as of `now` (microseconds since the epoch).
+    pub(crate) fn age_at(&self, now: u64) -> Duration {
+        Duration::from_micros(now.saturating_sub(self.stored_at_micros()))
+    }
+
     pub(crate) fn stored_at_micros(&self) -> u64 {
         micros(self.stored_at)
     }
@@ -112,6 +179,7 @@ impl Entry {
         }
         let cut = Duration::from_micros(at - stored);
         self.ttl = Some(self.ttl.map_or(cut, |ttl| ttl.min(cut)));
+        self.soft_purged = true;
         self
     }
 
@@ -161,6 +229,8 @@ impl Entry {
                 ttl: has_ttl.then(|| Duration::from_millis(ttl_ms)),
                 grace,
                 tags: None,
+                memo: Memo::default(),
+                soft_purged: false,
             });
         }
         let mut tags = Vec::with_capacity(tag_count);
@@ -184,6 +254,8 @@ impl Entry {
             ttl: has_ttl.then(|| Duration::from_millis(ttl_ms)),
             grace,
             tags: Some(tags.into()),
+            memo: Memo::default(),
+            soft_purged: false,
         })
     }
 }
@@ -225,6 +297,19 @@ pub(crate) fn coarse_now_micros() -> u64 {
     match NOW.load(Relaxed) {
         0 => now_micros(),
         now => now,
+    }
+}
+
+/// The coarse clock where there is one (feature `memory`), else the precise one: for ages
+/// on the read path.
+pub(crate) fn clock_micros() -> u64 {
+    #[cfg(feature = "memory")]
+    {
+        coarse_now_micros()
+    }
+    #[cfg(not(feature = "memory"))]
+    {
+        micros(SystemTime::now())
     }
 }
 

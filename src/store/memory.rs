@@ -639,7 +639,7 @@ impl MemoryStore {
         let slot = Slot::Entry(EntrySlot {
             stale_at: after(entry.ttl()),
             expires_at,
-            entry,
+            entry: entry.with_memo(),
         });
         self.insert_slot(key, slot);
         // Index after the insert: the hook has just removed the replaced value's memberships.
@@ -852,6 +852,15 @@ impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.limits.check_key_len(key)?;
         self.read(key)
+    }
+
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        Some(
+            self.inner
+                .limits
+                .check_key_len(key)
+                .and_then(|()| self.read(key)),
+        )
     }
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {

@@ -97,7 +97,7 @@
 #[cfg(feature = "redis")]
 mod config;
 mod dynamic;
-mod entry;
+pub(crate) mod entry;
 mod error;
 mod glob;
 mod marks;
@@ -164,6 +164,16 @@ pub trait Store: Send + Sync + 'static {
     /// Reads an entry: fresh, or stale inside its grace period (see [`Entry::is_stale`]).
     /// Entries invalidated by a tag purge or past grace are `None`.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+
+    /// [`Store::get`] answered at once, when the store can without I/O (an in-process store):
+    /// `Some` with what `get` would return, or `None` to make the caller await `get`. The
+    /// response cache asks it first, so a hit needs no future and no allocation for one.
+    ///
+    /// The provided implementation answers `None`; [`MemoryStore`] answers every read.
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        let _ = key;
+        None
+    }
 
     /// Writes an entry with the given TTL, grace period and tags, replacing any previous one.
     fn set(
@@ -327,6 +337,9 @@ pub trait Store: Send + Sync + 'static {
 impl<S: Store> Store for std::sync::Arc<S> {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
         (**self).get(key)
+    }
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        (**self).get_now(key)
     }
     fn set(
         &self,
