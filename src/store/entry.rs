@@ -12,136 +12,150 @@ use super::error::cut;
 /// A stored value with the metadata a cache needs: when it was stored, how long it is fresh,
 /// how long it may be served stale afterwards (grace), and its tags.
 ///
-/// Cloning is cheap: the value is reference-counted [`Bytes`] and the tags, if any, are shared.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+/// Cloning is cheap: one reference count (the value, its metadata and what a reader decoded
+/// from it are shared by the clones).
+#[derive(Clone)]
+pub struct Entry(Arc<Parts>);
+
+#[derive(Clone)]
+struct Parts {
     value: Bytes,
     stored_at: SystemTime,
     ttl: Option<Duration>,
     grace: Duration,
-    /// `None` for untagged entries, so cloning them touches one reference count, not two.
+    /// `None` for untagged entries.
     tags: Option<Arc<[String]>>,
     /// What a reader decoded from the value, kept beside it (see [`Entry::decoded`]).
-    memo: Memo,
+    memo: OnceLock<Arc<dyn Any + Send + Sync>>,
     /// Made stale by a soft purge (its TTL cut to end then).
     soft_purged: bool,
 }
 
-/// A slot for the decoded form of an entry's value, shared by the copies of one stored entry
-/// (an in-process store hands out clones of the entry it holds), so a reader decodes a value
-/// once, not on every read. Not part of the entry's identity: ignored by `==` and `Debug`.
-#[derive(Clone, Default)]
-struct Memo(Option<Arc<OnceLock<Arc<dyn Any + Send + Sync>>>>);
-
-impl PartialEq for Memo {
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        a.value == b.value
+            && a.stored_at == b.stored_at
+            && a.ttl == b.ttl
+            && a.grace == b.grace
+            && a.tags == b.tags
+            && a.soft_purged == b.soft_purged
     }
 }
 
-impl Eq for Memo {}
+impl Eq for Entry {}
 
-impl std::fmt::Debug for Memo {
+impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memo")
+        f.debug_struct("Entry")
+            .field("value", &self.0.value)
+            .field("stored_at", &self.0.stored_at)
+            .field("ttl", &self.0.ttl)
+            .field("grace", &self.0.grace)
+            .field("tags", &self.tags())
+            .finish()
     }
 }
 
 impl Entry {
+    fn from_parts(
+        value: Bytes,
+        stored_at: SystemTime,
+        ttl: Option<Duration>,
+        grace: Duration,
+        tags: Option<Arc<[String]>>,
+    ) -> Self {
+        Entry(Arc::new(Parts {
+            value,
+            stored_at,
+            ttl,
+            grace,
+            tags,
+            memo: OnceLock::new(),
+            soft_purged: false,
+        }))
+    }
+
     /// A new entry stored now, or as of [`SetOptions::as_of`] if that is earlier.
     pub fn new(value: Bytes, options: &SetOptions) -> Self {
         let now = SystemTime::now();
-        Entry {
+        Entry::from_parts(
             value,
-            stored_at: options.as_of.map_or(now, |t| t.min(now)),
-            ttl: options.ttl,
-            grace: options.grace,
-            tags: (!options.tags.is_empty()).then(|| options.tags.clone()),
-            memo: Memo::default(),
-            soft_purged: false,
-        }
+            options.as_of.map_or(now, |t| t.min(now)),
+            options.ttl,
+            options.grace,
+            (!options.tags.is_empty()).then(|| options.tags.clone()),
+        )
     }
 
-    /// This entry with a slot for its decoded value, which the copies an in-process store
-    /// hands out share (see [`Entry::decoded`]).
-    pub(crate) fn with_memo(mut self) -> Self {
-        if self.memo.0.is_none() {
-            self.memo = Memo(Some(Arc::new(OnceLock::new())));
-        }
-        self
-    }
-
-    /// The value decoded by `decode`, decoded once per stored entry when the store keeps a
-    /// slot for it (the memory store does), else on every call. `None` when `decode` fails
-    /// (never remembered) or when another reader remembered a value of another type.
+    /// The value decoded by `decode`, once per stored entry: the clones an in-process store
+    /// hands out share the decoded form. `None` when `decode` fails (never remembered) or when
+    /// another reader remembered a value of another type.
     pub(crate) fn decoded<T, F>(&self, decode: F) -> Option<Arc<T>>
     where
         T: Any + Send + Sync,
         F: FnOnce(&Bytes) -> Option<T>,
     {
-        let Some(slot) = &self.memo.0 else {
-            return decode(&self.value).map(Arc::new);
-        };
-        if let Some(done) = slot.get() {
+        if let Some(done) = self.0.memo.get() {
             return done.clone().downcast::<T>().ok();
         }
-        let value = Arc::new(decode(&self.value)?);
+        let value = Arc::new(decode(&self.0.value)?);
         // A reader that raced this one may have won: either value is the same decoding.
-        let _ = slot.set(value.clone());
+        let _ = self.0.memo.set(value.clone());
         Some(value)
     }
 
     /// The stored bytes.
     pub fn value(&self) -> &Bytes {
-        &self.value
+        &self.0.value
     }
 
     /// The stored bytes, by value.
     pub fn into_value(self) -> Bytes {
-        self.value
+        self.0.value.clone()
     }
 
     /// When the entry was stored (by the writer's clock).
     pub fn stored_at(&self) -> SystemTime {
-        self.stored_at
+        self.0.stored_at
     }
 
     /// How long the entry is fresh after it was stored; `None` means it never goes stale.
     pub fn ttl(&self) -> Option<Duration> {
-        self.ttl
+        self.0.ttl
     }
 
     /// How long the entry may be served stale after its TTL ran out.
     pub fn grace(&self) -> Duration {
-        self.grace
+        self.0.grace
     }
 
     /// The entry's tags.
     pub fn tags(&self) -> &[String] {
-        self.tags.as_deref().unwrap_or_default()
+        self.0.tags.as_deref().unwrap_or_default()
     }
 
     /// Time since the entry was stored (zero if the writer's clock was ahead).
     pub fn age(&self) -> Duration {
         SystemTime::now()
-            .duration_since(self.stored_at)
+            .duration_since(self.0.stored_at)
             .unwrap_or_default()
     }
 
     /// True when the entry's TTL has run out: it is inside its grace period. A store never
     /// returns an entry past its grace period.
     pub fn is_stale(&self) -> bool {
-        self.ttl.is_some_and(|ttl| self.age() >= ttl)
+        self.0.ttl.is_some_and(|ttl| self.age() >= ttl)
     }
 
     /// Freshness left: `None` for an entry without TTL, zero once stale.
     pub fn time_to_stale(&self) -> Option<Duration> {
-        self.ttl.map(|ttl| ttl.saturating_sub(self.age()))
+        self.0.ttl.map(|ttl| ttl.saturating_sub(self.age()))
     }
 
     /// Total lifetime in the store: TTL plus grace, `None` when unbounded.
     pub fn lifetime(&self) -> Option<Duration> {
-        self.ttl.map(|ttl| ttl.saturating_add(self.grace))
+        self.0.ttl.map(|ttl| ttl.saturating_add(self.0.grace))
     }
 
     /// Time left before the store drops the entry: `None` when unbounded.
@@ -157,7 +171,7 @@ impl Entry {
     /// Whether a soft purge made the entry stale: a reader on a coarse clock must not judge its
     /// freshness, which ends at the purge, to the microsecond.
     pub(crate) fn is_soft_purged(&self) -> bool {
-        self.soft_purged
+        self.0.soft_purged
     }
 
     /// Time since the entry was stored, as of `now` (microseconds since the epoch).
@@ -166,7 +180,7 @@ impl Entry {
     }
 
     pub(crate) fn stored_at_micros(&self) -> u64 {
-        micros(self.stored_at)
+        micros(self.0.stored_at)
     }
 
     /// This entry soft-purged at `at` (microseconds since the epoch): stale from then on, and
@@ -178,27 +192,28 @@ impl Entry {
             return self;
         }
         let cut = Duration::from_micros(at - stored);
-        self.ttl = Some(self.ttl.map_or(cut, |ttl| ttl.min(cut)));
-        self.soft_purged = true;
+        let parts = Arc::make_mut(&mut self.0);
+        parts.ttl = Some(parts.ttl.map_or(cut, |ttl| ttl.min(cut)));
+        parts.soft_purged = true;
         self
     }
 
     /// Encodes the entry in the versioned binary entry format (see the module docs).
     pub fn encode(&self) -> Bytes {
         let tag_bytes: usize = self.tags().iter().map(|t| 2 + t.len()).sum();
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + tag_bytes + self.value.len());
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + tag_bytes + self.0.value.len());
         buf.put_slice(MAGIC);
         buf.put_u8(FORMAT_VERSION);
-        buf.put_u8(u8::from(self.ttl.is_some()));
+        buf.put_u8(u8::from(self.0.ttl.is_some()));
         buf.put_u64(self.stored_at_micros());
-        buf.put_u64(self.ttl.map_or(0, duration_millis));
-        buf.put_u64(duration_millis(self.grace));
+        buf.put_u64(self.0.ttl.map_or(0, duration_millis));
+        buf.put_u64(duration_millis(self.0.grace));
         buf.put_u16(self.tags().len() as u16);
         for tag in self.tags() {
             buf.put_u16(tag.len() as u16);
             buf.put_slice(tag.as_bytes());
         }
-        buf.put_slice(&self.value);
+        buf.put_slice(&self.0.value);
         buf.freeze()
     }
 
@@ -223,15 +238,13 @@ impl Entry {
         let tag_count = cursor.get_u16() as usize;
         if tag_count == 0 {
             let offset = bytes.len() - cursor.remaining();
-            return Ok(Entry {
-                value: bytes.slice(offset..),
+            return Ok(Entry::from_parts(
+                bytes.slice(offset..),
                 stored_at,
-                ttl: has_ttl.then(|| Duration::from_millis(ttl_ms)),
+                has_ttl.then(|| Duration::from_millis(ttl_ms)),
                 grace,
-                tags: None,
-                memo: Memo::default(),
-                soft_purged: false,
-            });
+                None,
+            ));
         }
         let mut tags = Vec::with_capacity(tag_count);
         for _ in 0..tag_count {
@@ -248,15 +261,13 @@ impl Entry {
             cursor.advance(len);
         }
         let offset = bytes.len() - cursor.remaining();
-        Ok(Entry {
-            value: bytes.slice(offset..),
+        Ok(Entry::from_parts(
+            bytes.slice(offset..),
             stored_at,
-            ttl: has_ttl.then(|| Duration::from_millis(ttl_ms)),
+            has_ttl.then(|| Duration::from_millis(ttl_ms)),
             grace,
-            tags: Some(tags.into()),
-            memo: Memo::default(),
-            soft_purged: false,
-        })
+            Some(tags.into()),
+        ))
     }
 }
 
@@ -584,10 +595,10 @@ mod tests {
         );
         assert!(!fresh.is_stale());
         let mut old = fresh.clone();
-        old.stored_at = SystemTime::now() - Duration::from_secs(61);
+        Arc::make_mut(&mut old.0).stored_at = SystemTime::now() - Duration::from_secs(61);
         assert!(old.is_stale());
         assert!(old.is_expired());
-        old.grace = Duration::from_secs(60);
+        Arc::make_mut(&mut old.0).grace = Duration::from_secs(60);
         assert!(!old.is_expired());
         let forever = Entry::new(Bytes::new(), &SetOptions::new());
         assert!(!forever.is_stale() && !forever.is_expired());

@@ -639,7 +639,7 @@ impl MemoryStore {
         let slot = Slot::Entry(EntrySlot {
             stale_at: after(entry.ttl()),
             expires_at,
-            entry: entry.with_memo(),
+            entry,
         });
         self.insert_slot(key, slot);
         // Index after the insert: the hook has just removed the replaced value's memberships.
