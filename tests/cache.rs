@@ -778,6 +778,10 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let stats = layer.stats();
     let svc = layered(layer, up);
     send(&svc, get("http://h/a")).await;
+    // The store write runs on a worker of its own: let it land before the stale reads.
+    let stored =
+        support::eventually(Duration::from_secs(5), || async { stats.stores() == 1 }).await;
+    assert!(stored.is_some());
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let svc = svc.clone();
@@ -794,6 +798,11 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         );
         assert_eq!(s, "tower-strata; hit; detail=stale-while-revalidate");
     }
+    // The refresh runs on a worker of its own: wait for it to reach upstream.
+    support::eventually(Duration::from_secs(5), || async {
+        calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one background refresh");
     assert_eq!(stats.stale_hits(), 50);
     release.add_permits(100);

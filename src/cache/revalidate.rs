@@ -16,7 +16,7 @@ use super::forward::{Upstream, call_upstream};
 use super::invalidate::invalidate_url;
 use super::key::{PrimaryKey, vary_names};
 use super::layer::Ctx;
-use super::lookup::Found;
+use super::lookup::{Found, lookup};
 use super::record::Record;
 use super::serve::{Resp, add_status};
 use super::state::Shared;
@@ -237,6 +237,13 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
         let primary = key.store_key();
         let _end = EndRefresh(ctx.shared.clone(), primary.to_owned());
         let request_headers = refresh.headers().clone();
+        // Another refresh may have stored a fresh response between the triggering request's
+        // lookup and this claim (on another thread): then there is nothing to refresh.
+        if let Ok(look) = lookup(&ctx, &key, &request_headers).await
+            && look.found.is_some_and(|found| !found.is_stale())
+        {
+            return;
+        }
         let request_time = SystemTime::now();
         let generation = ctx.shared.generation();
         let response = match call_upstream(&mut svc, refresh, ctx.config.upstream_timeout).await {
