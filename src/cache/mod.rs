@@ -168,10 +168,11 @@
 //! `Age`, `Cache-Status`, `304`, ranges), `invalidate` (removing every stored response of a
 //! URL, and the unsafe methods that call it) and `grpc_call`. Beside them: `layer`
 //! (configuration), `state` (what a layer's services share, and [`CacheStats`]), `key`,
-//! `policy` (the RFC 9111 rules), `record` (the stored format), `body`, `future`, `tags`.
+//! `directives` (the field grammar), `policy` (the RFC 9111 rules), `record` (the stored format), `body`, `future`, `tags`.
 
 mod body;
 mod coalesce;
+mod directives;
 mod forward;
 mod future;
 #[cfg(feature = "tonic")]

@@ -1,0 +1,247 @@
+//! `Cache-Control`-style directive fields (also `CDN-Cache-Control`, `Surrogate-Control`), parsed
+//! with the RFC 9111 §5.2 grammar: a field that does not parse completely is flagged, never
+//! half-read.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName};
+
+/// Delta-seconds above this count as this (RFC 9111 §1.2.2: 2^31), so no header value can
+/// overflow time arithmetic.
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// The longest duration a header can express, [`MAX_DELTA_SECONDS`].
+pub(crate) const MAX_DELTA: Duration = Duration::from_secs(MAX_DELTA_SECONDS);
+
+/// Parsed `Cache-Control`-style directives (also used for `CDN-Cache-Control` and
+/// `Surrogate-Control`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Directives {
+    pub present: bool,
+    /// A field value did not parse completely (an unbalanced quote, a stray character, bytes
+    /// that are not text): a response must not be stored, a request bypasses.
+    pub malformed: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub swr: Option<u64>,
+    pub sie: Option<u64>,
+}
+
+impl Directives {
+    /// Parses every value of `name` in `headers` with the RFC 9111 §5.2 grammar
+    /// (`#( token [ "=" ( token / quoted-string ) ] )`). Unknown directives are ignored; a
+    /// malformed delta-seconds value makes the response stale at once (`max-age`) or is
+    /// ignored; a field that does not parse at all sets [`Directives::malformed`], and nothing
+    /// after the fault is trusted.
+    pub fn parse(headers: &HeaderMap, name: &HeaderName) -> Self {
+        let mut d = Directives::default();
+        for value in headers.get_all(name) {
+            d.present = true;
+            let Ok(value) = value.to_str() else {
+                d.malformed = true;
+                continue;
+            };
+            for item in directives(value) {
+                let Some((key, arg)) = item else {
+                    d.malformed = true;
+                    break;
+                };
+                let secs = || arg.as_deref().and_then(delta_seconds);
+                match key.to_ascii_lowercase().as_str() {
+                    // A malformed max-age means stale (RFC 9111 §4.2.1).
+                    "max-age" => d.max_age = Some(secs().unwrap_or(0)),
+                    "s-maxage" => d.s_maxage = Some(secs().unwrap_or(0)),
+                    "no-store" => d.no_store = true,
+                    "no-cache" => d.no_cache = true,
+                    "private" => d.private = true,
+                    "public" => d.public = true,
+                    "must-revalidate" => d.must_revalidate = true,
+                    "proxy-revalidate" => d.proxy_revalidate = true,
+                    "stale-while-revalidate" => d.swr = secs(),
+                    "stale-if-error" => d.sie = secs(),
+                    _ => {}
+                }
+            }
+        }
+        d
+    }
+
+    /// Whether the directives give this cache a positive freshness lifetime.
+    pub fn is_fresh(&self) -> bool {
+        !self.no_store && !self.no_cache && self.s_maxage.or(self.max_age).is_some_and(|s| s > 0)
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The directives of one field value: `Some((name, argument))` each, or one `None` at the
+/// first fault. Empty list elements are skipped (RFC 9110 §5.6.1).
+fn directives(value: &str) -> impl Iterator<Item = Option<(&str, Option<String>)>> {
+    let bytes = value.as_bytes();
+    let mut at = 0;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let skip_ows = |at: &mut usize| {
+            while *at < bytes.len() && matches!(bytes[*at], b' ' | b'\t') {
+                *at += 1;
+            }
+        };
+        loop {
+            skip_ows(&mut at);
+            if at < bytes.len() && bytes[at] == b',' {
+                at += 1;
+                continue;
+            }
+            break;
+        }
+        if at >= bytes.len() {
+            return None;
+        }
+        let mut fail = || {
+            failed = true;
+            Some(None)
+        };
+        let start = at;
+        while at < bytes.len() && is_tchar(bytes[at]) {
+            at += 1;
+        }
+        if at == start {
+            return fail();
+        }
+        let name = &value[start..at];
+        let mut arg = None;
+        skip_ows(&mut at);
+        if at < bytes.len() && bytes[at] == b'=' {
+            at += 1;
+            skip_ows(&mut at);
+            if at < bytes.len() && bytes[at] == b'"' {
+                at += 1;
+                let mut out = String::new();
+                let mut closed = false;
+                while at < bytes.len() {
+                    match bytes[at] {
+                        b'"' => {
+                            closed = true;
+                            at += 1;
+                            break;
+                        }
+                        b'\\' if at + 1 < bytes.len() => {
+                            out.push(char::from(bytes[at + 1]));
+                            at += 2;
+                        }
+                        b'\\' => break,
+                        b => {
+                            out.push(char::from(b));
+                            at += 1;
+                        }
+                    }
+                }
+                if !closed {
+                    return fail();
+                }
+                arg = Some(out);
+            } else {
+                let start = at;
+                while at < bytes.len() && is_tchar(bytes[at]) {
+                    at += 1;
+                }
+                if at == start {
+                    return fail();
+                }
+                arg = Some(value[start..at].to_owned());
+            }
+        }
+        skip_ows(&mut at);
+        if at < bytes.len() && bytes[at] != b',' {
+            return fail();
+        }
+        Some(Some((name, arg)))
+    })
+}
+
+/// RFC 9111 §1.2.2 delta-seconds: one or more digits, saturating at [`MAX_DELTA_SECONDS`].
+pub(crate) fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        text.bytes()
+            .try_fold(0u64, |n, b| {
+                let n = n * 10 + u64::from(b - b'0');
+                (n < MAX_DELTA_SECONDS).then_some(n)
+            })
+            .unwrap_or(MAX_DELTA_SECONDS),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http::header;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn malformed_fields_are_flagged_and_well_formed_ones_are_not() {
+        let parse =
+            |v: &str| Directives::parse(&headers(&[("cache-control", v)]), &header::CACHE_CONTROL);
+        for bad in [
+            "max-age=60, x=\"a, private",
+            "max-age=60, \"private\"",
+            "max-age=60, pri vate",
+            "max-age=60 private",
+            "=60",
+            "max-age=",
+            "max-age=60;",
+        ] {
+            assert!(parse(bad).malformed, "{bad}");
+        }
+        for good in [
+            "max-age=60, x=\"a, \\\"b\\\"\"",
+            " , max-age = 60 ,, public ",
+            "no-cache=\"set-cookie, x\"",
+            "",
+        ] {
+            assert!(!parse(good).malformed, "{good}");
+        }
+        assert_eq!(parse(" , max-age = 60 ,, public ").max_age, Some(60));
+    }
+
+    #[test]
+    fn delta_seconds_saturate_and_reject_what_is_not_digits() {
+        assert_eq!(
+            delta_seconds("18446744073709551615"),
+            Some(MAX_DELTA_SECONDS)
+        );
+        assert_eq!(
+            delta_seconds("99999999999999999999999"),
+            Some(MAX_DELTA_SECONDS)
+        );
+        assert_eq!(delta_seconds("2147483647"), Some(2_147_483_647));
+        for bad in ["", "-1", "1.5", "abc", "+5"] {
+            assert_eq!(delta_seconds(bad), None, "{bad}");
+        }
+    }
+}
