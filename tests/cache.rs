@@ -18,17 +18,6 @@ use tower_strata::store::{MemoryStore, Store};
 
 use support::cache_http::*;
 
-fn store() -> MemoryStore {
-    MemoryStore::new(64 << 20)
-}
-
-fn layered<S>(
-    layer: CacheLayer<MemoryStore>,
-    svc: S,
-) -> tower_strata::cache::Cache<S, MemoryStore> {
-    ServiceBuilder::new().layer(layer).service(svc)
-}
-
 #[tokio::test]
 async fn miss_then_hit_with_age_and_cache_status() {
     let (up, calls) =

@@ -16,20 +16,8 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::{CacheLayer, CacheOverride, GrpcMessage};
-use tower_strata::store::MemoryStore;
 
 use support::cache_http::*;
-
-fn store() -> MemoryStore {
-    MemoryStore::new(64 << 20)
-}
-
-fn layered<S>(
-    layer: CacheLayer<MemoryStore>,
-    svc: S,
-) -> tower_strata::cache::Cache<S, MemoryStore> {
-    ServiceBuilder::new().layer(layer).service(svc)
-}
 
 fn encoding(req: &Req) -> String {
     req.headers()

@@ -16,7 +16,7 @@ use super::key::{self, GrpcMessage, PrimaryKey};
 use super::layer::{Ctx, GrpcMethod};
 use super::lookup::lookup;
 use super::policy::Freshness;
-use super::serve::{Resp, add_status, finish_passthrough, serve};
+use super::serve::{Resp, add_status, fail_open, serve};
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
 use super::write::{Placement, StoreOnFinish, body_limit, stored_headers};
@@ -82,14 +82,7 @@ where
                 return Ok(serve(&ctx, &found, &Method::POST, request.headers(), "hit"));
             }
         }
-        Err(()) => {
-            let response = svc.call(request).await?;
-            return Ok(finish_passthrough(
-                &ctx,
-                response,
-                "fwd=miss; detail=store-error",
-            ));
-        }
+        Err(()) => return fail_open(&ctx, &mut svc, request).await,
     }
     Shared::count(&ctx.shared.misses);
     let generation = ctx.shared.generation();

@@ -298,19 +298,8 @@ pub(crate) fn parse_http_date(text: &str) -> Option<SystemTime> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::directives::headers;
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     fn run(status: u16, pairs: &[(&str, &str)], auth: bool) -> Result<Freshness, NotStored> {
         let now = SystemTime::now();

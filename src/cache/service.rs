@@ -22,7 +22,7 @@ use super::layer::Ctx;
 use super::lookup::lookup;
 use super::policy::Directives;
 use super::revalidate::spawn_refresh;
-use super::serve::{Resp, finish_passthrough, serve};
+use super::serve::{Resp, fail_open, finish_passthrough, serve};
 use super::state::Shared;
 use crate::store::Store;
 
@@ -158,15 +158,7 @@ where
     } else {
         match lookup(&ctx, &key, request.headers()).await {
             Ok(look) => look,
-            Err(()) => {
-                // Fail open: the store is down or slow; go upstream without caching.
-                let response = svc.call(request).await?;
-                return Ok(finish_passthrough(
-                    &ctx,
-                    response,
-                    "fwd=miss; detail=store-error",
-                ));
-            }
+            Err(()) => return fail_open(&ctx, &mut svc, request).await,
         }
     };
     let Some(found) = look.found else {

@@ -89,3 +89,18 @@ where
     }
     (Response::from_parts(parts, ()), bytes)
 }
+
+/// A memory store for a test of its own.
+#[cfg(feature = "memory")]
+pub fn store() -> tower_strata::store::MemoryStore {
+    tower_strata::store::MemoryStore::new(64 << 20)
+}
+
+/// `svc` behind `layer`, as `ServiceBuilder` stacks it.
+#[cfg(feature = "memory")]
+pub fn layered<S>(
+    layer: tower_strata::cache::CacheLayer<tower_strata::store::MemoryStore>,
+    svc: S,
+) -> tower_strata::cache::Cache<S, tower_strata::store::MemoryStore> {
+    tower::ServiceBuilder::new().layer(layer).service(svc)
+}
