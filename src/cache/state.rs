@@ -221,7 +221,8 @@ impl Drop for FlightGuard {
     }
 }
 
-/// Counters of a [`CacheLayer`], shared by every service it makes. Cheap to clone.
+/// Counters of a [`CacheLayer`](super::CacheLayer), shared by every service it makes. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct CacheStats(pub(crate) Arc<Shared>);
 

@@ -90,6 +90,13 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The call was not sent: the circuit breaker to the backend is open after a run of
+    /// timeouts or connection failures (see [`BreakerSettings`](super::BreakerSettings)).
+    #[error("{op} not sent: the circuit to the backend is open")]
+    CircuitOpen {
+        /// The operation refused.
+        op: &'static str,
+    },
     /// The store cannot do this (a regular-expression purge on a store that cannot list its
     /// keys, say).
     #[error("{op} is not supported by this store")]
@@ -108,7 +115,9 @@ impl StoreError {
     pub fn is_backend(&self) -> bool {
         matches!(
             self,
-            StoreError::Timeout { .. } | StoreError::Backend { .. }
+            StoreError::Timeout { .. }
+                | StoreError::Backend { .. }
+                | StoreError::CircuitOpen { .. }
         )
     }
 

@@ -106,6 +106,8 @@ mod typed;
 
 #[cfg(feature = "redis")]
 mod backplane;
+#[cfg(feature = "redis")]
+mod breaker;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "redis")]
@@ -120,12 +122,18 @@ pub use dynamic::{BoxStore, DynStore};
 pub use entry::{Entry, Limits, SetOptions};
 pub use error::StoreError;
 pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern};
-pub use stats::StoreStats;
+pub use stats::{BreakerState, StoreStats};
 pub use typed::{Cache, CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder};
 
+#[cfg(all(feature = "redis", feature = "health"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "health"))))]
+pub use self::redis::BreakerCheck;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use breaker::{BreakerSettings, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};

@@ -12,8 +12,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::oneshot;
 
 use super::backplane::{self, BusOp, BusShared, ListenerConfig};
+use super::breaker::{Breaker, BreakerSettings};
 use super::entry::now_micros;
 use super::marks::{TagMarks, Verdict};
+use super::stats::BreakerState;
 use super::stats::Counters;
 use super::{
     Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreStats,
@@ -83,6 +85,7 @@ struct Inner {
     mark_ttl: Duration,
     publish_writes: bool,
     counters: Counters,
+    breaker: Option<Breaker>,
     /// Invalidation marks known locally: tag -> last hard and soft purges (0: never).
     marks: Arc<quick_cache::sync::Cache<String, TagMarks>>,
     bus: Option<Arc<BusShared>>,
@@ -113,6 +116,7 @@ pub struct RedisStoreBuilder {
     mark_ttl: Duration,
     index_sweep_interval: Option<Duration>,
     publish_writes: bool,
+    breaker: Option<BreakerSettings>,
 }
 
 impl RedisStoreBuilder {
@@ -186,6 +190,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The circuit breaker on the store's commands (default: open after
+    /// [`DEFAULT_BREAKER_FAILURES`](super::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
+    /// connection failures, probe after
+    /// [`DEFAULT_BREAKER_COOL_DOWN`](super::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
+    /// and every call then waits out its own timeout. While it is open, calls fail at once
+    /// with [`StoreError::CircuitOpen`]: a cache in front passes through to its origin instead
+    /// of waiting on a Redis that hangs.
+    pub fn breaker(mut self, settings: Option<BreakerSettings>) -> Self {
+        self.breaker = settings;
+        self
+    }
+
     /// Builds the store without contacting Redis.
     ///
     /// # Errors
@@ -201,6 +217,11 @@ impl RedisStoreBuilder {
         }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(StoreError::Config("timeouts must be above zero".into()));
+        }
+        if self.breaker.is_some_and(|b| b.failures == 0) {
+            return Err(StoreError::Config(
+                "the breaker needs at least one failure to open".into(),
+            ));
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Config("RedisStore must be built inside a Tokio runtime".into())
@@ -257,6 +278,9 @@ impl RedisStoreBuilder {
                 mark_ttl: self.mark_ttl,
                 publish_writes: self.publish_writes,
                 counters: Counters::default(),
+                breaker: self
+                    .breaker
+                    .map(|settings| Breaker::new("redis store", settings)),
                 marks,
                 bus,
                 _shutdown: shutdown,
@@ -304,6 +328,7 @@ impl RedisStore {
             mark_ttl: Duration::from_secs(7 * 24 * 3600),
             index_sweep_interval: Some(Duration::from_secs(300)),
             publish_writes: true,
+            breaker: Some(BreakerSettings::default()),
         }
     }
 
@@ -370,26 +395,64 @@ impl RedisStore {
         format!("{}:i:{tag}", self.inner.prefix)
     }
 
-    /// Runs a Redis call under the command timeout, counting failures.
+    /// Runs a Redis call under the command timeout and the circuit breaker, counting
+    /// failures. The call is a future not yet polled: refused by an open breaker, it is
+    /// dropped without sending anything.
     async fn run<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if e.is_timeout() => StoreError::Timeout {
-                op,
-                after: self.inner.timeout,
-            },
-            Ok(Err(e)) => StoreError::backend(op, e),
-            Err(_) => StoreError::Timeout {
-                op,
-                after: self.inner.timeout,
-            },
+        let breaker = self.inner.breaker.as_ref();
+        if let Some(breaker) = breaker
+            && breaker.admit().is_err()
+        {
+            return Err(StoreError::CircuitOpen { op });
+        }
+        let (result, backend_down) = match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(value)) => {
+                if let Some(breaker) = breaker {
+                    breaker.success();
+                }
+                return Ok(value);
+            }
+            Ok(Err(e)) if e.is_timeout() => (
+                StoreError::Timeout {
+                    op,
+                    after: self.inner.timeout,
+                },
+                true,
+            ),
+            Ok(Err(e)) => {
+                // An answer (a script or type error) says the server is there.
+                let down = e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error();
+                (StoreError::backend(op, e), down)
+            }
+            Err(_) => (
+                StoreError::Timeout {
+                    op,
+                    after: self.inner.timeout,
+                },
+                true,
+            ),
         };
+        if let Some(breaker) = breaker {
+            if backend_down {
+                breaker.failure();
+            } else {
+                breaker.success();
+            }
+        }
         self.inner.counters.error(&result);
         Err(result)
+    }
+
+    /// The state of the circuit breaker on the store's commands (`None` when turned off).
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.inner.breaker.as_ref().map(Breaker::state)
     }
 
     fn publish(&self, pipe: &mut redis::Pipeline, op: BusOp) {
@@ -1059,10 +1122,78 @@ impl Store for RedisStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        if let Some(breaker) = &self.inner.breaker {
+            stats.breaker = Some(breaker.state());
+            stats.rejected = breaker.rejected();
+        }
+        stats
     }
 
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+}
+
+/// A health check of a [`RedisStore`]'s circuit breaker, from [`RedisStore::breaker_check`]:
+/// healthy while closed, degraded (not down: a cache in front passes through to its origin)
+/// while open or probing, with how many calls it refused and how often it opened. It sends
+/// nothing to Redis.
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+#[derive(Clone, Debug)]
+pub struct BreakerCheck {
+    store: RedisStore,
+}
+
+#[cfg(feature = "health")]
+impl RedisStore {
+    /// A health check of this store's circuit breaker; see [`BreakerCheck`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_strata::health::{Check, Health};
+    /// use tower_strata::store::RedisStore;
+    ///
+    /// let store = RedisStore::new("redis://127.0.0.1:6379")?;
+    /// let health = Health::builder()
+    ///     .check(Check::optional("redis-breaker", store.breaker_check()))
+    ///     .build()?;
+    /// # let _ = health;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn breaker_check(&self) -> BreakerCheck {
+        BreakerCheck {
+            store: self.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "health")]
+impl crate::health::HealthCheck for BreakerCheck {
+    fn check(&self) -> crate::health::CheckFuture<'_> {
+        use crate::health::CheckOutput;
+        let output = match &self.store.inner.breaker {
+            None => CheckOutput::healthy(serde_json::json!({ "breaker": "off" })),
+            Some(breaker) => {
+                let state = breaker.state();
+                let details = serde_json::json!({
+                    "breaker": state,
+                    "rejected": breaker.rejected(),
+                    "opened": breaker.opened(),
+                });
+                if state == BreakerState::Closed {
+                    CheckOutput::healthy(details)
+                } else {
+                    CheckOutput::degraded(
+                        details,
+                        "circuit to Redis open: store calls fail at once, the cache passes through",
+                    )
+                }
+            }
+        };
+        Box::pin(std::future::ready(output))
     }
 }

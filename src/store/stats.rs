@@ -33,6 +33,11 @@ pub struct StoreStats {
     pub errors: u64,
     /// Of the errors, timeouts.
     pub timeouts: u64,
+    /// The state of the backend connection's circuit breaker, for stores that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerState>,
+    /// Calls refused at once by an open circuit breaker (not counted in `errors`).
+    pub rejected: u64,
     /// Entries held, where the backend can tell cheaply.
     pub entries: Option<u64>,
     /// Bytes held (keys, values and metadata), where the backend can tell cheaply.
@@ -53,6 +58,20 @@ impl StoreStats {
         };
         self
     }
+}
+
+/// The state of a store's circuit breaker (see `BreakerSettings`, feature `redis`), as the
+/// store stats and health checks report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go through.
+    #[default]
+    Closed,
+    /// Calls fail at once until the cool-down has passed.
+    Open,
+    /// The cool-down has passed: one probe call is (or may be) on its way.
+    HalfOpen,
 }
 
 /// Lock-free counters behind [`StoreStats`].

@@ -1,0 +1,157 @@
+//! The Redis store's circuit breaker against a real `redis-server` of the test's own, hung
+//! with SIGSTOP and killed with SIGKILL: after a few timeouts calls fail at once, a cache in
+//! front passes through, the health check says degraded, and a probe closes it again.
+#![cfg(all(feature = "redis", feature = "memory", feature = "health"))]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_strata::cache::CacheLayer;
+use tower_strata::health::{HealthCheck, Status};
+use tower_strata::store::{
+    BreakerSettings, BreakerState, RedisStore, SetOptions, Store, StoreError,
+};
+
+use support::cache_http::{get, response, status, upstream};
+use support::{PrivateRedis, eventually, unique};
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+fn store(redis: &PrivateRedis) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .namespace(unique("breaker"))
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .backplane(false)
+        .breaker(Some(BreakerSettings {
+            failures: 3,
+            cool_down: Duration::from_millis(300),
+        }))
+        .build()
+        .unwrap()
+}
+
+async fn health(store: &RedisStore) -> Status {
+    store.breaker_check().check().await.status
+}
+
+/// Fails reads until the breaker refuses one; returns how many timed out first.
+async fn open_it(store: &RedisStore) -> usize {
+    let mut timeouts = 0;
+    for _ in 0..10 {
+        match store.get("k").await {
+            Err(StoreError::CircuitOpen { .. }) => return timeouts,
+            Err(e) if e.is_backend() => timeouts += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("the breaker never opened after {timeouts} failures");
+}
+
+#[tokio::test]
+async fn a_hung_redis_opens_the_breaker_and_a_probe_closes_it() {
+    let redis = PrivateRedis::start();
+    let store = store(&redis);
+    let options = SetOptions::new().ttl(Duration::from_secs(60));
+    store
+        .set("k", Bytes::from_static(b"v"), &options)
+        .await
+        .unwrap();
+    assert_eq!(store.breaker_state(), Some(BreakerState::Closed));
+    assert_eq!(health(&store).await, Status::Healthy);
+
+    redis.pause();
+    assert_eq!(open_it(&store).await, 3, "three timeouts open it");
+    assert_eq!(store.breaker_state(), Some(BreakerState::Open));
+    // Open: every call fails at once, reads, writes and purges alike.
+    for _ in 0..100 {
+        assert!(matches!(
+            store.get("k").await,
+            Err(StoreError::CircuitOpen { .. })
+        ));
+    }
+    assert!(matches!(
+        store.set("k", Bytes::new(), &options).await,
+        Err(StoreError::CircuitOpen { .. })
+    ));
+    let stats = store.stats();
+    assert_eq!(stats.breaker, Some(BreakerState::Open));
+    assert!(stats.rejected >= 101, "{stats:?}");
+    assert_eq!(
+        stats.timeouts, 3,
+        "refused calls are not timeouts: {stats:?}"
+    );
+    assert_eq!(health(&store).await, Status::Degraded);
+
+    // Still hung after the cool-down: the probe times out and re-opens it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(matches!(
+        store.get("k").await,
+        Err(StoreError::Timeout { .. })
+    ));
+    assert!(matches!(
+        store.get("k").await,
+        Err(StoreError::CircuitOpen { .. })
+    ));
+
+    redis.resume();
+    let closed = eventually(Duration::from_secs(10), || async {
+        matches!(store.get("k").await, Ok(Some(_)))
+    })
+    .await;
+    assert!(closed.is_some(), "{:?}", store.stats());
+    assert_eq!(store.breaker_state(), Some(BreakerState::Closed));
+    assert_eq!(health(&store).await, Status::Healthy);
+}
+
+#[tokio::test]
+async fn a_killed_redis_opens_it_and_a_restarted_one_closes_it() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let store = store(&redis);
+    store
+        .set("k", Bytes::from_static(b"v"), &SetOptions::new())
+        .await
+        .unwrap();
+    redis.kill();
+    open_it(&store).await;
+    assert_eq!(store.breaker_state(), Some(BreakerState::Open));
+    let _restarted = PrivateRedis::start_on(port);
+    let closed = eventually(Duration::from_secs(10), || async {
+        store.get("k").await.is_ok()
+    })
+    .await;
+    assert!(closed.is_some(), "{:?}", store.stats());
+    assert_eq!(store.breaker_state(), Some(BreakerState::Closed));
+}
+
+#[tokio::test]
+async fn a_cache_over_an_open_breaker_passes_through_without_waiting() {
+    let redis = PrivateRedis::start();
+    let store = store(&redis);
+    let (up, calls) =
+        upstream(|n, _| response(200, &[("cache-control", "max-age=60")], format!("{n}")));
+    let svc = tower::ServiceBuilder::new()
+        .layer(CacheLayer::new(store.clone()))
+        .service(up);
+    redis.pause();
+    open_it(&store).await;
+    // 200 requests while Redis hangs: each goes upstream, none waits out a timeout (at
+    // 200 ms each they would take 40 s; the test's own bound is far below that).
+    let all = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..200 {
+            let r = svc.clone().oneshot(get("http://h/a")).await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(status(&r).contains("store-error"), "{}", status(&r));
+            let _ = r.into_body().collect().await.unwrap();
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "requests waited on the hung Redis");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 200);
+    redis.resume();
+}
