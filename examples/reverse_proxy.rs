@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- --listen 127.0.0.1:8080 \
 //!     --origin http://127.0.0.1:9000 [--store memory|redis://127.0.0.1:6379] \
-//!     [--max-body BYTES] [--default-ttl SECS] [--purge-token TOKEN]
+//!     [--l1-bytes BYTES] [--max-body BYTES] [--default-ttl SECS] [--purge-token TOKEN]
 //! ```
 //!
 //! Every request is forwarded (all methods, headers and bodies; `Host` rewritten to the
@@ -43,7 +43,7 @@ use tower_strata::purge::PurgeLayer;
 use tower_strata::store::{BoxStore, MemoryStore};
 
 const USAGE: &str = "usage: reverse_proxy --listen ADDR --origin http://HOST:PORT \
-[--store memory|redis://HOST:PORT] [--max-body BYTES] [--default-ttl SECS] \
+[--store memory|redis://HOST:PORT] [--l1-bytes BYTES] [--max-body BYTES] [--default-ttl SECS] \
 [--purge-token TOKEN]";
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -54,6 +54,8 @@ struct Args {
     listen: SocketAddr,
     origin: Uri,
     store: String,
+    /// With a Redis store: the size of a memory L1 in front of it (a `TieredStore`).
+    l1_bytes: Option<usize>,
     max_body: Option<usize>,
     default_ttl: Option<Duration>,
     /// Bearer token that turns on purging over HTTP.
@@ -65,6 +67,7 @@ impl Args {
         let mut listen = None;
         let mut origin = None;
         let mut store = "memory".to_owned();
+        let mut l1_bytes = None;
         let mut max_body = None;
         let mut default_ttl = None;
         let mut purge_token = None;
@@ -90,6 +93,14 @@ impl Args {
                     }
                     store = v;
                 }
+                "--l1-bytes" => {
+                    let v = value()?;
+                    let bytes: usize = v.parse().map_err(|e| format!("--l1-bytes {v:?}: {e}"))?;
+                    if bytes == 0 {
+                        return Err("--l1-bytes: expected a size above zero".to_owned());
+                    }
+                    l1_bytes = Some(bytes);
+                }
                 "--max-body" => {
                     let v = value()?;
                     max_body = Some(v.parse().map_err(|e| format!("--max-body {v:?}: {e}"))?);
@@ -114,6 +125,7 @@ impl Args {
             listen: listen.ok_or("--listen is required")?,
             origin: origin.ok_or("--origin is required")?,
             store,
+            l1_bytes,
             max_body,
             default_ttl,
             purge_token,
@@ -164,22 +176,39 @@ fn to_origin(origin: &Uri, mut request: Request<ProxyBody>) -> Result<Request<Pr
     Ok(request)
 }
 
+/// A Redis store at `url`, behind a memory L1 of `l1_bytes` when given; refused at start-up
+/// when Redis is older than 7.0 (checked when it answers; an unreachable Redis is not fatal,
+/// the cache passes through until it is back).
 #[cfg(feature = "redis")]
-fn redis_store(url: &str) -> BoxStore {
-    match tower_strata::store::RedisStore::builder(url)
+async fn redis_store(url: &str, l1_bytes: Option<usize>) -> BoxStore {
+    use tower_strata::store::{RedisStore, StoreError, TieredStore};
+    let exit = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("--store {url}: {e}");
+        std::process::exit(2);
+    };
+    let redis = RedisStore::builder(url)
         .namespace("reverse_proxy")
         .build()
-    {
-        Ok(store) => BoxStore::new(store),
+        .unwrap_or_else(|e| exit(&e));
+    match redis.check_server().await {
+        Ok(_) => {}
+        Err(e @ StoreError::Config(_)) => exit(&e),
         Err(e) => {
-            eprintln!("--store {url}: {e}");
-            std::process::exit(2);
+            eprintln!("--store {url}: {e}; going on, the cache passes through until it answers")
         }
+    }
+    match l1_bytes {
+        None => BoxStore::new(redis),
+        Some(bytes) => BoxStore::new(
+            TieredStore::builder(MemoryStore::new(bytes as u64), redis)
+                .build()
+                .unwrap_or_else(|e| exit(&e)),
+        ),
     }
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_store(url: &str) -> BoxStore {
+async fn redis_store(url: &str, _l1_bytes: Option<usize>) -> BoxStore {
     eprintln!("--store {url}: built without the `redis` feature; add `--features redis`");
     std::process::exit(2);
 }
@@ -194,9 +223,13 @@ async fn main() {
         }
     };
     let store = if args.store == "memory" {
+        if args.l1_bytes.is_some() {
+            eprintln!("--l1-bytes needs --store redis://...: the memory store is the L1");
+            std::process::exit(2);
+        }
         BoxStore::new(MemoryStore::new(256 << 20))
     } else {
-        redis_store(&args.store)
+        redis_store(&args.store, args.l1_bytes).await
     };
     let mut layer = CacheLayer::new(store).upstream_timeout(Duration::from_secs(60));
     if let Some(max) = args.max_body {
@@ -326,6 +359,8 @@ mod tests {
             "http://127.0.0.1:9000",
             "--store",
             "redis://127.0.0.1:6379",
+            "--l1-bytes",
+            "67108864",
             "--max-body",
             "1024",
             "--default-ttl",
@@ -336,6 +371,9 @@ mod tests {
         .unwrap();
         assert_eq!(a.listen.port(), 8080);
         assert_eq!(a.store, "redis://127.0.0.1:6379");
+        assert_eq!(a.l1_bytes, Some(67_108_864));
+        assert!(parse(&["--l1-bytes", "0"]).is_err());
+        assert!(parse(&["--l1-bytes", "-1"]).is_err());
         assert_eq!(a.max_body, Some(1024));
         assert_eq!(a.default_ttl, Some(Duration::from_secs(30)));
         assert_eq!(a.purge_token.as_deref(), Some("t0ken"));

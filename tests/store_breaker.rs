@@ -155,3 +155,13 @@ async fn a_cache_over_an_open_breaker_passes_through_without_waiting() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 200);
     redis.resume();
 }
+
+#[tokio::test]
+async fn the_server_check_accepts_redis_7_and_names_its_version() {
+    let redis = PrivateRedis::start();
+    let version = store(&redis).check_server().await.unwrap();
+    assert!(
+        version.split('.').next().unwrap().parse::<u32>().unwrap() >= 7,
+        "{version}"
+    );
+}

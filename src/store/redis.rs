@@ -304,6 +304,14 @@ impl RedisStoreBuilder {
     }
 }
 
+/// `redis_version` from an `INFO server` reply.
+fn server_version(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 fn raise_mark(marks: &quick_cache::sync::Cache<String, TagMarks>, tag: &str, mark: TagMarks) {
     let current = marks.get(tag);
     let mut raised = current.unwrap_or_default();
@@ -448,6 +456,41 @@ impl RedisStore {
         }
         self.inner.counters.error(&result);
         Err(result)
+    }
+
+    /// Asks the server its version and refuses one older than Redis 7.0, whose `PEXPIRE`
+    /// lacks the `NX`/`GT` options the tag index needs. Building the store never contacts
+    /// Redis; call this at start-up to fail there, with a clear message, rather than on the
+    /// first tagged write. Returns the version (`7.2.4`; Valkey reports its Redis-compatible
+    /// one).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] for a server older than 7.0 or one that does not say its
+    /// version; the command's error when Redis cannot be reached.
+    pub async fn check_server(&self) -> Result<String, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let info: String = self
+            .run(
+                "info server",
+                redis::cmd("INFO").arg("server").query_async(&mut conn),
+            )
+            .await?;
+        let version = server_version(&info).ok_or_else(|| {
+            StoreError::Config("the server did not report a redis_version in INFO".into())
+        })?;
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(StoreError::Config(format!(
+                "Redis {version} is too old: tower-strata needs Redis 7.0 or later \
+                 (PEXPIRE ... NX/GT keeps the tag index's expiry)"
+            )));
+        }
+        Ok(version.to_owned())
     }
 
     /// The state of the circuit breaker on the store's commands (`None` when turned off).
@@ -1195,5 +1238,21 @@ impl crate::health::HealthCheck for BreakerCheck {
             }
         };
         Box::pin(std::future::ready(output))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_version;
+
+    #[test]
+    fn the_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:6.2.14\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(server_version(info), Some("6.2.14"));
+        assert_eq!(
+            server_version("# Server\r\nredis_mode:standalone\r\n"),
+            None
+        );
+        assert_eq!(server_version("redis_version:\r\n"), None);
     }
 }
