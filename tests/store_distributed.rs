@@ -160,6 +160,12 @@ async fn redis_dies_tiered_serves_from_l1_and_recovers() {
     // copies that could have missed invalidations are dropped.
     let _redis = PrivateRedis::start_on(redis.port);
     wait_subscribed(&[&a, &b]).await;
+    // The failures above opened A's circuit breaker: its probe, a cool-down after, closes it.
+    let answering = eventually(Duration::from_secs(5), || async {
+        a.l2().get("probe").await.is_ok() && b.l2().get("probe").await.is_ok()
+    })
+    .await;
+    assert!(answering.is_some(), "{:?}", a.l2().stats());
     assert!(
         a.l1().get("k").await.unwrap().is_none(),
         "L1 dropped after the reconnect"
@@ -184,10 +190,13 @@ async fn redis_dies_tiered_serves_from_l1_and_recovers() {
 async fn a_hung_redis_times_out_every_call() {
     let silent = SilentServer::start();
     let bound = Duration::from_millis(200);
+    // Without the circuit breaker, which would refuse calls after three timeouts: this test
+    // is about the bound on each call (`tests/store_breaker.rs` tests the breaker).
     let store = RedisStore::builder(silent.url())
         .namespace(support::unique("hang"))
         .timeout(bound)
         .connect_timeout(bound)
+        .breaker(None)
         .build()
         .expect("building never touches Redis");
     let options = SetOptions::new().tags(["t"]);

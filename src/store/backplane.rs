@@ -51,6 +51,8 @@ pub(crate) enum BusEvent {
     Op(BusOp),
     /// The subscription was (re)established: anything may have been missed.
     Resync,
+    /// The subscription was lost: until it is back, invalidations may be missed.
+    Lost,
 }
 
 /// State shared by the store and its listener task.
@@ -173,6 +175,9 @@ pub(crate) async fn listen(
         };
         shared.connected.store(false, Relaxed);
         if was_connected {
+            // Before the back-off: local copies must stop being trusted now, not when the
+            // subscription is back.
+            let _ = shared.events.send(BusEvent::Lost);
             backoff = Duration::from_millis(50);
         }
         tokio::select! {

@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::backplane::{BusEvent, BusOp};
 use super::entry::now_micros;
-use super::stats::Counters;
+use super::stats::{BreakerState, Counters};
 use super::{
     Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store, StoreError,
     StoreStats,
@@ -26,10 +26,12 @@ use super::{
 /// - **Coherence**: every write, delete, tag purge, pattern delete and clear is published on the
 ///   backplane (keys, tags and actions, never values); other instances drop their L1 copies.
 ///   An L1 fill that raced with an invalidation is discarded.
-/// - **Redis down**: reads and writes keep working on L1 and the failures are counted in
-///   [`StoreStats::errors`] instead of failing the call (counters and sets, which have no local
-///   meaning, do return the error). When the backplane reconnects, L1 is dropped entirely,
-///   since it may have missed invalidations meanwhile.
+/// - **Backplane lost**: from the moment the subscription drops until it is back, L1 is not
+///   trusted: reads go to L2 and nothing new is put in L1, so an invalidation published
+///   meanwhile cannot be missed. When it is back, L1 is dropped entirely.
+/// - **Redis down** (its circuit breaker open): reads and writes keep working on L1 and the
+///   failures are counted in [`StoreStats::errors`] instead of failing the call (counters and
+///   sets, which have no local meaning, do return the error).
 ///
 /// Cloning is cheap; clones share both tiers.
 #[derive(Clone)]
@@ -166,6 +168,11 @@ async fn apply_invalidations(
             Ok(BusEvent::Op(BusOp::Clear)) | Ok(BusEvent::Resync) => {
                 l1.remove_all();
             }
+            // The epoch bump above cancels fills in flight; reads stop trusting L1 through the
+            // store's connection flag (see `TieredStore::l1_trusted`), and the `Resync` that
+            // follows the new subscription drops it. Kept meanwhile: if Redis is down
+            // altogether, L1 is what serves.
+            Ok(BusEvent::Lost) => {}
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "tiered store: backplane lagged, dropping L1");
                 l1.remove_all();
@@ -226,9 +233,24 @@ impl TieredStore {
         result.inspect_err(|e| self.inner.counters.error(e))
     }
 
-    /// Fills L1 with entries read from L2, unless an invalidation arrived meanwhile.
+    /// Whether L1 may be used: while the backplane is subscribed, or while Redis is down
+    /// altogether (its breaker open: no instance can write to it or publish either, and every
+    /// instance drops its L1 when its subscription is back). When only the subscription drops
+    /// (redis-rs ends the stream) this instance would miss other instances' invalidations, so
+    /// from that moment until it has resubscribed and dropped L1, reads go to L2 and nothing
+    /// new is put in L1.
+    fn l1_trusted(&self) -> bool {
+        self.inner.l2.backplane_connected()
+            || matches!(
+                self.inner.l2.breaker_state(),
+                Some(BreakerState::Open | BreakerState::HalfOpen)
+            )
+    }
+
+    /// Fills L1 with entries read from L2, unless an invalidation arrived meanwhile or the
+    /// backplane is down.
     fn fill(&self, epoch_before: u64, items: &[(&str, &Entry)]) {
-        if self.inner.epoch.load(Relaxed) != epoch_before {
+        if self.inner.epoch.load(Relaxed) != epoch_before || !self.l1_trusted() {
             return;
         }
         for (key, entry) in items {
@@ -245,15 +267,35 @@ impl TieredStore {
         }
     }
 
-    async fn read_l2(&self, keys: &[&str]) -> Vec<Option<Entry>> {
+    /// Reads L2 under the soft timeout; `None` when it failed or timed out (counted).
+    async fn read_l2(&self, keys: &[&str]) -> Option<Vec<Option<Entry>>> {
         match tokio::time::timeout(self.inner.soft_timeout, self.inner.l2.get_many(keys)).await {
-            Ok(result) => self.absorb(result, vec![None; keys.len()]),
+            Ok(Ok(found)) => Some(found),
+            Ok(Err(e)) => {
+                self.absorb(Err::<(), _>(e), ());
+                None
+            }
             Err(_) => {
                 self.inner.soft_timeouts.fetch_add(1, Relaxed);
                 Counters::add(&self.inner.counters.timeouts, 1);
                 Counters::add(&self.inner.counters.errors, 1);
-                vec![None; keys.len()]
+                None
             }
+        }
+    }
+
+    /// What L2 says of `keys`, or when it cannot say (Redis down or slow), what L1 holds:
+    /// an L1 that was not trusted because the backplane dropped is still better than nothing
+    /// when Redis itself is gone, as it is for every instance.
+    async fn read_l2_or_l1(
+        &self,
+        keys: &[&str],
+        l1_read: bool,
+    ) -> Result<Vec<Option<Entry>>, StoreError> {
+        match self.read_l2(keys).await {
+            Some(found) => Ok(found),
+            None if l1_read => Ok(vec![None; keys.len()]),
+            None => self.inner.l1.get_many(keys).await,
         }
     }
 
@@ -267,12 +309,15 @@ impl TieredStore {
 
 impl Store for TieredStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        if let Some(entry) = self.inner.l1.get(key).await? {
+        self.inner.l2.limits().check_key_len(key)?;
+        let trusted = self.l1_trusted();
+        if trusted && let Some(entry) = self.inner.l1.get(key).await? {
             self.inner.counters.hit(entry.is_stale());
             return Ok(Some(entry));
         }
         let epoch = self.inner.epoch.load(Relaxed);
-        let [found] = <[_; 1]>::try_from(self.read_l2(&[key]).await).expect("one key, one answer");
+        let [found] = <[_; 1]>::try_from(self.read_l2_or_l1(&[key], trusted).await?)
+            .expect("one key, one answer");
         if let Some(entry) = &found {
             self.fill(epoch, &[(key, entry)]);
         }
@@ -286,9 +331,15 @@ impl Store for TieredStore {
         limits.check_entry(&value, options)?;
         let entry = Entry::new(value, options);
         let written = self.inner.l2.set_entries(&[(key, entry.clone())]).await;
+        // Redis unreachable: the write lives in L1 alone, as reads fall back to it.
+        let local_only = written.is_err();
         self.absorb(written, ());
-        let life = self.l1_life(&entry);
-        self.inner.l1.insert_entry(key, entry, life);
+        if local_only || self.l1_trusted() {
+            let life = self.l1_life(&entry);
+            self.inner.l1.insert_entry(key, entry, life);
+        } else {
+            self.inner.l1.remove_local(key);
+        }
         Counters::add(&self.inner.counters.sets, 1);
         Ok(())
     }
@@ -303,12 +354,20 @@ impl Store for TieredStore {
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        let mut found = self.inner.l1.get_many(keys).await?;
+        for key in keys {
+            self.inner.l2.limits().check_key_len(key)?;
+        }
+        let trusted = self.l1_trusted();
+        let mut found = if trusted {
+            self.inner.l1.get_many(keys).await?
+        } else {
+            vec![None; keys.len()]
+        };
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             let epoch = self.inner.epoch.load(Relaxed);
             let missing_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
-            let fetched = self.read_l2(&missing_keys).await;
+            let fetched = self.read_l2_or_l1(&missing_keys, trusted).await?;
             let fills: Vec<(&str, &Entry)> = missing_keys
                 .iter()
                 .zip(&fetched)
@@ -337,13 +396,20 @@ impl Store for TieredStore {
             .iter()
             .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
             .collect();
+        let mut local_only = false;
         if !entries.is_empty() {
             let written = self.inner.l2.set_entries(&entries).await;
+            local_only = written.is_err();
             self.absorb(written, ());
         }
+        let trusted = local_only || self.l1_trusted();
         for (key, entry) in entries {
-            let life = self.l1_life(&entry);
-            self.inner.l1.insert_entry(key, entry, life);
+            if trusted {
+                let life = self.l1_life(&entry);
+                self.inner.l1.insert_entry(key, entry, life);
+            } else {
+                self.inner.l1.remove_local(key);
+            }
         }
         Counters::add(&self.inner.counters.sets, items.len() as u64);
         Ok(())
