@@ -165,3 +165,45 @@ async fn the_server_check_accepts_redis_7_and_names_its_version() {
         "{version}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_store_over_a_hung_redis_opens_the_breaker_and_serves_l1() {
+    use tower_strata::store::{MemoryStore, TieredStore};
+    let redis = PrivateRedis::start();
+    let l2 = RedisStore::builder(redis.url())
+        .namespace(unique("tier_hang"))
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .ping_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let tiered = TieredStore::new(MemoryStore::new(1 << 20), l2).unwrap();
+    let up = eventually(Duration::from_secs(5), || async {
+        tiered.l2().backplane_connected()
+    })
+    .await;
+    assert!(up.is_some());
+    let options = SetOptions::new().ttl(Duration::from_secs(60));
+    tiered
+        .set("k", Bytes::from_static(b"v"), &options)
+        .await
+        .unwrap();
+    redis.pause();
+    // The backplane's ping notices the hang: L1 is no longer trusted, reads try L2, overrun
+    // the soft timeout, and their calls, left to finish, teach the breaker that Redis hangs.
+    let lost = eventually(Duration::from_secs(5), || async {
+        !tiered.l2().backplane_connected()
+    })
+    .await;
+    assert!(lost.is_some(), "the backplane never noticed the hang");
+    let opened = eventually(Duration::from_secs(5), || async {
+        let _ = tiered.get("k").await;
+        tiered.l2().breaker_state() == Some(BreakerState::Open)
+    })
+    .await;
+    assert!(opened.is_some(), "{:?}", tiered.l2().stats());
+    // With Redis down for everyone, L1 serves again.
+    let value = tiered.get("k").await.unwrap().map(|e| e.value().clone());
+    assert_eq!(value.as_deref(), Some(&b"v"[..]));
+    redis.resume();
+}

@@ -268,17 +268,32 @@ impl TieredStore {
     }
 
     /// Reads L2 under the soft timeout; `None` when it failed or timed out (counted).
+    ///
+    /// A read that overruns the soft timeout is not dropped: it finishes in the background,
+    /// so the Redis store's circuit breaker still learns that Redis hangs (a dropped call
+    /// would teach it nothing, and every read would go on paying the soft timeout).
     async fn read_l2(&self, keys: &[&str]) -> Option<Vec<Option<Entry>>> {
-        match tokio::time::timeout(self.inner.soft_timeout, self.inner.l2.get_many(keys)).await {
-            Ok(Ok(found)) => Some(found),
-            Ok(Err(e)) => {
-                self.absorb(Err::<(), _>(e), ());
-                None
-            }
-            Err(_) => {
+        let l2 = self.inner.l2.clone();
+        let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        let mut call = Box::pin(async move {
+            let keys: Vec<&str> = owned.iter().map(String::as_str).collect();
+            l2.get_many(&keys).await
+        });
+        let result = tokio::select! {
+            biased;
+            result = &mut call => result,
+            () = tokio::time::sleep(self.inner.soft_timeout) => {
                 self.inner.soft_timeouts.fetch_add(1, Relaxed);
                 Counters::add(&self.inner.counters.timeouts, 1);
                 Counters::add(&self.inner.counters.errors, 1);
+                tokio::spawn(call);
+                return None;
+            }
+        };
+        match result {
+            Ok(found) => Some(found),
+            Err(e) => {
+                self.absorb(Err::<(), _>(e), ());
                 None
             }
         }
