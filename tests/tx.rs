@@ -4,6 +4,7 @@
 #[path = "support/tx.rs"]
 mod support;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -974,4 +975,64 @@ async fn per_route_settings_with_shared_stats() {
         assert_eq!(body, expected.as_bytes(), "{path}");
     }
     assert_eq!(stats.snapshot().committed, 2);
+}
+
+#[tokio::test]
+async fn a_connection_left_mid_begin_is_closed_never_pooled_in_a_transaction() {
+    // Two connections, no ping on acquire: the first `conn()` finds an idle connection at once
+    // and sends `BEGIN` within its first poll.
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .test_before_acquire(false)
+        .connect(&support::pg_url())
+        .await
+        .unwrap();
+    {
+        // Warm both connections so acquiring needs no connect.
+        let a = pool.acquire().await.unwrap();
+        let b = pool.acquire().await.unwrap();
+        drop((a, b));
+    }
+    // Released connections go back to the idle queue in the background.
+    for _ in 0..200 {
+        if pool.num_idle() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(pool.num_idle(), 2);
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let svc = app(layer, |tx: TxHandle<Postgres>, _body| async move {
+        // A `conn()` cut short after its first poll (a handler's own timeout, a `select!`):
+        // `BEGIN` is on the wire, its answer not read.
+        {
+            let mut first = std::pin::pin!(tx.conn());
+            let waker = std::task::Waker::noop();
+            let polled = first
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
+            assert!(polled.is_pending(), "BEGIN answered within one poll");
+        }
+        let mut conn = tx.conn().await.unwrap();
+        sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
+        status(200)
+    });
+    assert_eq!(send(&svc, "go").await.status(), StatusCode::OK);
+    // Neither pooled connection is inside a transaction block.
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut conn = pool.acquire().await.unwrap();
+        // Inside a transaction block, the transaction began before this statement (the simple
+        // protocol: one message, one timestamp).
+        let row = sqlx::raw_sql("SELECT now() <> statement_timestamp()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let in_block: bool = sqlx::Row::get(&row, 0);
+        assert!(
+            !in_block,
+            "a pooled connection was left inside a transaction"
+        );
+        conns.push(conn);
+    }
 }

@@ -212,6 +212,10 @@ impl fmt::Debug for AfterCommit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Idle,
+    /// `BEGIN` was sent and its answer not seen: a `conn()` cut short here leaves the
+    /// connection in an unknown state (maybe inside a transaction), so it is closed, never
+    /// pooled.
+    Beginning,
     Open,
     Done,
 }
@@ -334,7 +338,11 @@ impl<DB: TxDatabase> TxHandle<DB> {
                     "the request's transaction has already ended".into(),
                 ));
             }
-            State::Idle => {
+            State::Idle | State::Beginning => {
+                if let Some(mut unknown) = slot.conn.take() {
+                    unknown.close_on_drop();
+                }
+                slot.state = State::Idle;
                 let conn = match self.inner.pool.acquire().await {
                     Ok(conn) => conn,
                     Err(err) => {
@@ -344,12 +352,14 @@ impl<DB: TxDatabase> TxHandle<DB> {
                         return Err(err);
                     }
                 };
+                slot.state = State::Beginning;
                 let conn = slot.conn.insert(conn);
                 if let Err(err) = DB::begin(conn, &shared.config).await {
                     shared.note_error::<DB>(&err);
                     if let Some(mut conn) = slot.conn.take() {
                         conn.close_on_drop();
                     }
+                    slot.state = State::Idle;
                     return Err(err);
                 }
                 slot.state = State::Open;
@@ -403,6 +413,10 @@ impl<DB: TxDatabase> TxHandle<DB> {
         let shared = &self.inner.shared;
         let mut slot = self.inner.slot.lock().await;
         if slot.state != State::Open {
+            // Cut short mid-`BEGIN`: close, never pool, a connection in an unknown state.
+            if let Some(mut unknown) = slot.conn.take() {
+                unknown.close_on_drop();
+            }
             slot.state = State::Done;
             return Finished::NotBegun;
         }
