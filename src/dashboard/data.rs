@@ -402,6 +402,7 @@ impl From<crate::tx::TxStatsSnapshot> for TxData {
             ("deadlock", r.deadlock),
             ("lock_wait_timeout", r.lock_wait_timeout),
             ("busy", r.busy),
+            ("connection_lost", r.connection_lost),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

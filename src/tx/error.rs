@@ -41,6 +41,11 @@ pub enum RetryReason {
     LockWaitTimeout,
     /// SQLite `SQLITE_BUSY`, `SQLITE_BUSY_SNAPSHOT` or `SQLITE_LOCKED`.
     Busy,
+    /// The connection was lost before `COMMIT` was sent (the backend terminated, SQLSTATE
+    /// class `08` or `57P01`-`57P03`, a broken pipe or another I/O error): nothing was
+    /// committed, so the attempt is replayed on a fresh connection. A connection lost during
+    /// `COMMIT` is never retried: its outcome is unknown (`502`).
+    ConnectionLost,
 }
 
 impl RetryReason {
@@ -51,6 +56,7 @@ impl RetryReason {
             Self::Deadlock => "deadlock",
             Self::LockWaitTimeout => "lock_wait_timeout",
             Self::Busy => "busy",
+            Self::ConnectionLost => "connection_lost",
         }
     }
 }

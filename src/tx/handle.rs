@@ -56,8 +56,12 @@ impl Shared {
         }
     }
 
+    /// Watches an error of `BEGIN` or of a statement: a retryable one (or a lost connection:
+    /// before `COMMIT` nothing was committed) makes the layer replay the attempt.
     fn note_error<DB: TxDatabase>(&self, err: &sqlx::Error) {
-        if let Some(reason) = classify::<DB>(err, &self.config) {
+        let reason = classify::<DB>(err, &self.config)
+            .or_else(|| is_connection_loss(err).then_some(RetryReason::ConnectionLost));
+        if let Some(reason) = reason {
             lock(&self.retry).get_or_insert(reason);
         }
         if DB::ERROR_ABORTS_TRANSACTION && matches!(err, sqlx::Error::Database(_)) {
@@ -449,7 +453,11 @@ impl<DB: TxDatabase> TxHandle<DB> {
             (false, _) if aborted => Finished::Aborted,
             (false, _) => Finished::RolledBack,
             (true, Err(err)) => {
-                shared.note_error::<DB>(&err);
+                // A lost connection here is the ambiguous case, never a retry: the layer
+                // classifies a failed `COMMIT` itself.
+                if !is_connection_loss(&err) {
+                    shared.note_error::<DB>(&err);
+                }
                 Finished::CommitFailed(err)
             }
         }

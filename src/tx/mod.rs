@@ -1,12 +1,14 @@
 //! A database transaction per request, committed or rolled back from the response, with
-//! retry on serialization failures, deadlocks and busy errors.
+//! retry on serialization failures, deadlocks, busy errors and connections lost before `COMMIT`.
 //!
 //! [`TxLayer`] holds a `sqlx` pool. Each request gets a [`TxHandle`] in its extensions (an
 //! axum extractor too) whose transaction begins on first use, so a request that never touches
 //! the database costs no round trip. When the inner service answers:
 //!
 //! - a retryable error seen by the handle (PostgreSQL `40001`/`40P01`, MySQL/MariaDB 1213 and
-//!   optionally 1205, SQLite busy/locked, decided by code, never by message) rolls back and
+//!   optionally 1205, SQLite busy/locked, decided by code, never by message), or a connection
+//!   lost before `COMMIT` was sent (the backend terminated: SQLSTATE class `08`, `57P01`, a
+//!   broken pipe or another I/O error; nothing was committed) rolls back and
 //!   **replays the request** with a new transaction, after an exponential backoff with
 //!   jitter, up to [`TxConfig::max_attempts`] (3) within [`TxConfig::retry_deadline`]. The
 //!   handler may simply `?` the `sqlx::Error` into a `500`: the layer ignores that answer.

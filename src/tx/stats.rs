@@ -70,7 +70,7 @@ pub(crate) struct StatsInner {
     begun: AtomicU64,
     committed: AtomicU64,
     rolled_back: AtomicU64,
-    retried: [AtomicU64; 4],
+    retried: [AtomicU64; 5],
     retries_exhausted: AtomicU64,
     pool_exhausted: AtomicU64,
     commit_failures: AtomicU64,
@@ -92,6 +92,7 @@ fn reason_index(r: RetryReason) -> usize {
         RetryReason::Deadlock => 1,
         RetryReason::LockWaitTimeout => 2,
         RetryReason::Busy => 3,
+        RetryReason::ConnectionLost => 4,
     }
 }
 
@@ -209,6 +210,7 @@ impl TxStats {
                 deadlock: r(1),
                 lock_wait_timeout: r(2),
                 busy: r(3),
+                connection_lost: r(4),
             },
             retries_exhausted: i.retries_exhausted.load(Relaxed),
             pool_exhausted: i.pool_exhausted.load(Relaxed),
@@ -234,12 +236,18 @@ pub struct RetriedByReason {
     pub lock_wait_timeout: u64,
     /// SQLite busy / locked.
     pub busy: u64,
+    /// A connection lost before `COMMIT` was sent.
+    pub connection_lost: u64,
 }
 
 impl RetriedByReason {
     /// All retries.
     pub fn total(&self) -> u64 {
-        self.serialization_failure + self.deadlock + self.lock_wait_timeout + self.busy
+        self.serialization_failure
+            + self.deadlock
+            + self.lock_wait_timeout
+            + self.busy
+            + self.connection_lost
     }
 }
 
