@@ -1096,3 +1096,47 @@ async fn a_backend_terminated_before_commit_is_retried_on_a_fresh_connection() {
     assert_eq!(s.retried.connection_lost, 1, "{s:?}");
     t.drop().await;
 }
+
+#[tokio::test]
+async fn after_commit_work_runs_even_when_the_request_is_dropped_after_commit() {
+    let pool = pool(2).await;
+    let t = Table::new(&pool, "hooks_drop", "v BIGINT").await;
+    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (name, counter) = (t.name.clone(), ran.clone());
+    let svc = app(layer, move |tx: TxHandle<Postgres>, _body| {
+        let (name, counter) = (name.clone(), counter.clone());
+        async move {
+            insert(&tx, &name, 1).await.unwrap();
+            tx.after_commit(move || async move {
+                // A purge that takes a while (a Redis round trip, a remote bus).
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
+            status(200)
+        }
+    });
+    // The client gives up while the after-commit work runs: its future is dropped.
+    let dropped = tokio::time::timeout(Duration::from_millis(150), send(&svc, "go")).await;
+    assert!(
+        dropped.is_err(),
+        "the request finished before the client gave up"
+    );
+    let ran_eventually = support_eventually(|| ran.load(Ordering::SeqCst) == 1).await;
+    assert!(
+        ran_eventually,
+        "the after-commit work was lost with the request"
+    );
+    assert_eq!(t.count().await, 1, "the write was committed");
+    t.drop().await;
+}
+
+async fn support_eventually(check: impl Fn() -> bool) -> bool {
+    for _ in 0..200 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -40,9 +40,11 @@
 //! # Cancellation and concurrency
 //!
 //! A request cancelled before `COMMIT` is sent writes nothing: its connection is closed, so
-//! the server rolls back, and the pool opens a fresh one. A request cancelled while its
-//! `COMMIT` is on the wire may or may not have committed; nobody is left to tell, which is
-//! the same ambiguity as a lost connection. The stats count such attempts as rolled back.
+//! the server rolls back, and the pool opens a fresh one. Once the layer decides to commit,
+//! `COMMIT` and the after-commit hooks run in a task of their own that the response awaits:
+//! a request dropped from then on (a client reset, an outer timeout) is committed all the same
+//! and its hooks run, as they also do when the commit's outcome is unknown (a purge is harmless
+//! if nothing was committed); they never run after a rollback or before a retry.
 //!
 //! Each attempt has its own [`TxHandle`]; clones of it share one transaction and take turns
 //! on its connection. Retried attempts run one after another, never concurrently, and only

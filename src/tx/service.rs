@@ -297,18 +297,15 @@ where
                     shared.take_hooks(false);
                     Step::Done(response.map(TxResponseBody::inner))
                 }
-                Some(Verdict::Commit) => match handle.finish(true).await {
+                Some(Verdict::Commit) => match commit_then_hooks(handle, shared.clone()).await {
                     Finished::Committed | Finished::NotBegun => {
-                        run_hooks(shared.take_hooks(true)).await;
                         Step::Done(response.map(TxResponseBody::inner))
                     }
                     Finished::Aborted | Finished::RolledBack => {
-                        shared.take_hooks(false);
                         stats.commit_failed(false);
                         Step::Done(fail(Failure::CommitFailed))
                     }
                     Finished::CommitFailed(err) => {
-                        shared.take_hooks(false);
                         if let Some(reason) = classify::<DB>(&err, &config) {
                             Step::Retry(reason)
                         } else if commit_error_is_ambiguous(&err) {
@@ -358,6 +355,34 @@ where
     }
 }
 
+/// Commits, then runs the after-commit hooks, in a task of its own: a request whose future is
+/// dropped once `COMMIT` is on its way (a client reset, an outer timeout) still has its hooks
+/// run when the commit succeeded, or when its outcome is unknown (a purge of what the write
+/// changed is harmless if nothing was committed). Never for a rollback or a failure that will
+/// be retried. The response still waits for the hooks: a client that reads after its write
+/// returned must not find the purge still to come.
+async fn commit_then_hooks<DB: TxDatabase>(handle: TxHandle<DB>, shared: Arc<Shared>) -> Finished {
+    let task = tokio::spawn(async move {
+        let finished = handle.finish(true).await;
+        let run = match &finished {
+            Finished::Committed | Finished::NotBegun => true,
+            Finished::CommitFailed(err) => {
+                classify::<DB>(err, &shared.config).is_none() && commit_error_is_ambiguous(err)
+            }
+            Finished::Aborted | Finished::RolledBack => false,
+        };
+        let hooks = shared.take_hooks(run);
+        run_hooks(hooks).await;
+        finished
+    });
+    match task.await {
+        Ok(finished) => finished,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        // The runtime is shutting down: nothing can be said of the commit.
+        Err(_) => Finished::CommitFailed(sqlx::Error::WorkerCrashed),
+    }
+}
+
 async fn finish_deferred<DB: TxDatabase>(
     handle: TxHandle<DB>,
     shared: Arc<Shared>,
@@ -369,18 +394,13 @@ async fn finish_deferred<DB: TxDatabase>(
         shared.take_hooks(false);
         return Ok(());
     }
-    match handle.finish(true).await {
-        Finished::Committed | Finished::NotBegun => {
-            run_hooks(shared.take_hooks(true)).await;
-            Ok(())
-        }
+    match commit_then_hooks(handle, shared.clone()).await {
+        Finished::Committed | Finished::NotBegun => Ok(()),
         Finished::Aborted | Finished::RolledBack => {
-            shared.take_hooks(false);
             stats.commit_failed(false);
             Err(Failure::CommitFailed.grpc())
         }
         Finished::CommitFailed(err) => {
-            shared.take_hooks(false);
             if classify::<DB>(&err, &shared.config).is_some() {
                 // Too late to replay (the response has started): the client may retry.
                 stats.retries_exhausted();
