@@ -1140,3 +1140,51 @@ async fn support_eventually(check: impl Fn() -> bool) -> bool {
     }
     false
 }
+
+#[tokio::test]
+async fn a_commit_that_hangs_is_cut_at_the_end_timeout_and_ambiguous() {
+    let pool = pool(2).await;
+    let t = Table::new(&pool, "slow_commit", "v BIGINT").await;
+    // A deferred constraint trigger that sleeps: `COMMIT` runs it, and hangs for 3 s.
+    let function = format!("{}_sleep", t.name);
+    sqlx::raw_sql(sql(format!(
+        "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER {function}_t AFTER INSERT ON {table} \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {function}();",
+        table = t.name
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let layer = TxLayer::new(
+        pool.clone(),
+        TxConfig::default().end_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let name = t.name.clone();
+    let svc = app(layer, move |tx: TxHandle<Postgres>, _body| {
+        let name = name.clone();
+        async move {
+            insert(&tx, &name, 1).await.unwrap();
+            status(200)
+        }
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(2), send(&svc, "go"))
+        .await
+        .expect("the commit was not cut at the end timeout");
+    assert_eq!(
+        answer.status(),
+        StatusCode::BAD_GATEWAY,
+        "{:?}",
+        answer.headers()
+    );
+    assert!(answer.headers().contains_key(TX_ERROR_HEADER));
+    // Let the server finish what it started before dropping the table.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sqlx::raw_sql(sql(format!("DROP FUNCTION {function}() CASCADE")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    t.drop().await;
+}

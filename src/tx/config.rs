@@ -71,7 +71,11 @@ pub struct TxConfig {
     pub(crate) sqlite_begin: SqliteBegin,
     pub(crate) mysql_retry_lock_wait_timeout: bool,
     pub(crate) slow_statement: Duration,
+    pub(crate) end_timeout: Duration,
 }
+
+/// Default of [`TxConfig::end_timeout`]: the time limit of `COMMIT` and `ROLLBACK`.
+pub const DEFAULT_END_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for TxConfig {
     fn default() -> Self {
@@ -90,6 +94,7 @@ impl Default for TxConfig {
             sqlite_begin: SqliteBegin::Deferred,
             mysql_retry_lock_wait_timeout: false,
             slow_statement: Duration::from_millis(100),
+            end_timeout: DEFAULT_END_TIMEOUT,
         }
     }
 }
@@ -128,6 +133,14 @@ impl TxConfig {
     /// [`statement_timeout`](Self::statement_timeout) on PostgreSQL.
     pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
         self.transaction_timeout = Some(timeout);
+        self
+    }
+
+    /// Time limit of `COMMIT` and of `ROLLBACK` (default 5 s). Past it the connection is
+    /// closed, never pooled: a `COMMIT` that timed out is ambiguous (`502`), a `ROLLBACK` that
+    /// timed out leaves the server to roll back when it sees the connection gone.
+    pub fn end_timeout(mut self, timeout: Duration) -> Self {
+        self.end_timeout = timeout;
         self
     }
 
@@ -197,6 +210,7 @@ impl TxConfig {
             ("statement_timeout", self.statement_timeout),
             ("lock_timeout", self.lock_timeout),
             ("transaction_timeout", self.transaction_timeout),
+            ("end_timeout", Some(self.end_timeout)),
         ] {
             if d == Some(Duration::ZERO) {
                 return Err(ConfigError::new(format!("{name} must be positive")));

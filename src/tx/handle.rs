@@ -431,10 +431,26 @@ impl<DB: TxDatabase> TxHandle<DB> {
             slot.state = State::Done;
             return Finished::NotBegun;
         };
-        let result = if commit {
-            DB::TransactionManager::commit(conn).await
-        } else {
-            DB::TransactionManager::rollback(conn).await
+        // Bounded: a server that stops answering must not hold the connection (and the
+        // request) past the end timeout. A timed-out end is an I/O failure: the connection is
+        // closed below, and a timed-out `COMMIT` is ambiguous.
+        let end = async {
+            if commit {
+                DB::TransactionManager::commit(conn).await
+            } else {
+                DB::TransactionManager::rollback(conn).await
+            }
+        };
+        let result = match tokio::time::timeout(shared.config.end_timeout, end).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                if commit {
+                    "COMMIT timed out"
+                } else {
+                    "ROLLBACK timed out"
+                },
+            ))),
         };
         slot.state = State::Done;
         let took = slot.began.elapsed();

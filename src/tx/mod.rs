@@ -133,7 +133,7 @@ mod axum;
 pub use self::axum::MissingTxLayer;
 pub use backend::TxDatabase;
 pub use body::{TxBody, TxResponseBody};
-pub use config::{IsolationLevel, SqliteBegin, TxConfig};
+pub use config::{DEFAULT_END_TIMEOUT, IsolationLevel, SqliteBegin, TxConfig};
 pub use error::{ConfigError, RetryReason};
 pub use future::ResponseFuture;
 pub use handle::{AfterCommit, Savepoint, TxConn, TxHandle};
