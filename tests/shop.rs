@@ -82,7 +82,13 @@ impl Fixture {
             }
             None => Body::empty(),
         };
-        let stores = self.shop.cache.as_ref().map(|c| c.stores());
+        // Writes that landed, or that failed (with Redis gone a tiered store keeps the write in
+        // L1 and says it did not reach Redis).
+        let stores = self
+            .shop
+            .cache
+            .as_ref()
+            .map(|c| c.stores() + c.store_errors());
         let response = self
             .shop
             .router
@@ -99,13 +105,13 @@ impl Fixture {
             body: serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
         };
-        // A miss is written to the store once its body has streamed; wait for the write so
-        // the next request sees it.
+        // A miss is written to the store once its body has streamed; wait for the write (or
+        // its failure) so the next request sees it.
         if let (Some(before), Some(cache)) = (stores, &self.shop.cache)
             && reply.cache_status().contains("stored")
         {
             let stored = eventually(Duration::from_secs(5), || {
-                let now = cache.stores();
+                let now = cache.stores() + cache.store_errors();
                 async move { now > before }
             })
             .await;

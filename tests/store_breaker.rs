@@ -207,3 +207,58 @@ async fn a_tiered_store_over_a_hung_redis_opens_the_breaker_and_serves_l1() {
     assert_eq!(value.as_deref(), Some(&b"v"[..]));
     redis.resume();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_that_missed_a_hung_redis_is_replayed_when_it_answers() {
+    use tower_strata::store::{MemoryStore, TieredStore};
+    let redis = PrivateRedis::start();
+    let namespace = unique("replay");
+    let tiered = || {
+        let l2 = RedisStore::builder(redis.url())
+            .namespace(namespace.clone())
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .ping_interval(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        TieredStore::new(MemoryStore::new(1 << 20), l2).unwrap()
+    };
+    let (a, b) = (tiered(), tiered());
+    let up = eventually(Duration::from_secs(5), || async {
+        a.l2().backplane_connected() && b.l2().backplane_connected()
+    })
+    .await;
+    assert!(up.is_some());
+    let options = SetOptions::new().ttl(Duration::from_secs(60));
+    a.set("k", Bytes::from_static(b"v1"), &options)
+        .await
+        .unwrap();
+    assert!(b.get("k").await.unwrap().is_some(), "B holds the value");
+
+    redis.pause();
+    assert!(
+        a.delete("k").await.is_err(),
+        "a delete that missed Redis is not reported as done"
+    );
+    assert_eq!(a.pending_invalidations(), (1, 0));
+    assert!(
+        a.get("k").await.unwrap().is_none(),
+        "until Redis has it, the key reads as a miss: neither the L1 nor the Redis copy"
+    );
+
+    redis.resume();
+    let replayed = eventually(Duration::from_secs(10), || async {
+        a.pending_invalidations().0 == 0
+    })
+    .await;
+    assert!(replayed.is_some(), "the delete was never replayed");
+    let gone = eventually(Duration::from_secs(5), || async {
+        b.get("k").await.is_ok_and(|found| found.is_none())
+    })
+    .await;
+    assert!(gone.is_some(), "B still serves the deleted value");
+    assert!(
+        a.l2().get("k").await.unwrap().is_none(),
+        "Redis no longer has it"
+    );
+}

@@ -129,18 +129,27 @@ async fn redis_dies_tiered_serves_from_l1_and_recovers() {
     .unwrap();
 
     redis.kill();
-    // Reads are served from L1, writes and deletes still succeed locally, errors are counted.
+    // Reads are served from L1; writes and deletes apply locally but say they did not reach
+    // Redis; errors are counted.
     let started = Instant::now();
     assert_eq!(a.get("k").await.unwrap().unwrap().value(), &b"v"[..]);
-    a.set("k2", Bytes::from_static(b"v2"), &SetOptions::new())
-        .await
-        .unwrap();
-    assert!(a.get("k2").await.unwrap().is_some());
+    assert!(
+        a.set("k2", Bytes::from_static(b"v2"), &SetOptions::new())
+            .await
+            .is_err(),
+        "a write that missed Redis is not reported as done"
+    );
+    assert!(a.get("k2").await.unwrap().is_some(), "it is served from L1");
     assert!(
         a.get("absent").await.unwrap().is_none(),
         "an L2 failure is a miss"
     );
-    a.delete_tag("other").await.unwrap();
+    assert!(a.delete_tag("other").await.is_err());
+    assert_eq!(
+        a.pending_invalidations().0,
+        1,
+        "the tag purge waits for Redis"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "no call hangs on a dead Redis"

@@ -110,6 +110,8 @@ mod backplane;
 mod breaker;
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(all(feature = "memory", feature = "redis"))]
+mod pending;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(all(feature = "memory", feature = "redis"))]

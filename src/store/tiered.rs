@@ -10,6 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::backplane::{BusEvent, BusOp};
 use super::entry::now_micros;
+use super::pending::Pending;
 use super::stats::{BreakerState, Counters};
 use super::{
     Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store, StoreError,
@@ -29,9 +30,11 @@ use super::{
 /// - **Backplane lost**: from the moment the subscription drops until it is back, L1 is not
 ///   trusted: reads go to L2 and nothing new is put in L1, so an invalidation published
 ///   meanwhile cannot be missed. When it is back, L1 is dropped entirely.
-/// - **Redis down** (its circuit breaker open): reads and writes keep working on L1 and the
-///   failures are counted in [`StoreStats::errors`] instead of failing the call (counters and
-///   sets, which have no local meaning, do return the error).
+/// - **Redis down** (its circuit breaker open): reads keep working on L1. Writes go to L1 and
+///   return the error: they did not reach Redis. Invalidations (deletes, key and tag purges)
+///   apply to L1, return the error, and are kept (per key and tag, the last one winning,
+///   bounded) and replayed when the backplane is back; until then this instance reads those
+///   keys as misses ([`TieredStore::pending_invalidations`]).
 ///
 /// Cloning is cheap; clones share both tiers.
 #[derive(Clone)]
@@ -48,6 +51,8 @@ struct Inner {
     /// Bumped by every remote invalidation: an L1 fill that saw it change is discarded.
     epoch: Arc<AtomicU64>,
     soft_timeouts: AtomicU64,
+    /// Invalidations that did not reach Redis, replayed when the backplane is back.
+    pending: Arc<Pending>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -107,7 +112,16 @@ impl TieredStoreBuilder {
             StoreError::Config("TieredStore must be built inside a Tokio runtime".into())
         })?;
         let epoch = Arc::new(AtomicU64::new(0));
-        let listener = handle.spawn(apply_invalidations(events, self.l1.clone(), epoch.clone()));
+        let pending = Arc::new(Pending::default());
+        let listener = handle.spawn(apply_invalidations(
+            events,
+            self.l1.clone(),
+            epoch.clone(),
+            Replay {
+                pending: pending.clone(),
+                l2: self.l2.clone(),
+            },
+        ));
         Ok(TieredStore {
             inner: Arc::new(Inner {
                 l1: self.l1,
@@ -117,16 +131,24 @@ impl TieredStoreBuilder {
                 counters: Counters::default(),
                 epoch,
                 soft_timeouts: AtomicU64::new(0),
+                pending,
                 listener: Some(listener),
             }),
         })
     }
 }
 
+/// What the listener needs to replay invalidations once Redis is back.
+struct Replay {
+    pending: Arc<Pending>,
+    l2: RedisStore,
+}
+
 async fn apply_invalidations(
     mut events: tokio::sync::broadcast::Receiver<BusEvent>,
     l1: MemoryStore,
     epoch: Arc<AtomicU64>,
+    replay: Replay,
 ) {
     loop {
         let event = events.recv().await;
@@ -165,8 +187,17 @@ async fn apply_invalidations(
                     l1.remove_all();
                 }
             },
-            Ok(BusEvent::Op(BusOp::Clear)) | Ok(BusEvent::Resync) => {
+            Ok(BusEvent::Op(BusOp::Clear)) => {
                 l1.remove_all();
+            }
+            // Subscribed again: Redis answers. Drop what L1 may have missed, and send Redis
+            // the invalidations it missed from this instance.
+            Ok(BusEvent::Resync) => {
+                l1.remove_all();
+                let (pending, l2) = (replay.pending.clone(), replay.l2.clone());
+                tokio::spawn(async move {
+                    pending.replay(&l2).await;
+                });
             }
             // The epoch bump above cancels fills in flight; reads stop trusting L1 through the
             // store's connection flag (see `TieredStore::l1_trusted`), and the `Resync` that
@@ -210,6 +241,14 @@ impl TieredStore {
     /// The L2 store.
     pub fn l2(&self) -> &RedisStore {
         &self.inner.l2
+    }
+
+    /// Invalidations that did not reach Redis and wait to be replayed when the backplane is
+    /// back (keys and tags, the last per key winning), and how many were dropped because
+    /// 10,000 wait already. Until its invalidation has
+    /// reached Redis, a key reads as a miss on this instance.
+    pub fn pending_invalidations(&self) -> (u64, u64) {
+        self.inner.pending.counts()
     }
 
     fn l1_life(&self, entry: &Entry) -> Option<Duration> {
@@ -325,14 +364,23 @@ impl TieredStore {
 impl Store for TieredStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.l2.limits().check_key_len(key)?;
+        if self.inner.pending.holds_key(key) {
+            // Its invalidation has not reached Redis yet: no copy of it may be served.
+            Counters::add(&self.inner.counters.misses, 1);
+            return Ok(None);
+        }
         let trusted = self.l1_trusted();
-        if trusted && let Some(entry) = self.inner.l1.get(key).await? {
+        if trusted
+            && let Some(entry) = self.inner.l1.get(key).await?
+            && !self.inner.pending.hides(&entry)
+        {
             self.inner.counters.hit(entry.is_stale());
             return Ok(Some(entry));
         }
         let epoch = self.inner.epoch.load(Relaxed);
         let [found] = <[_; 1]>::try_from(self.read_l2_or_l1(&[key], trusted).await?)
             .expect("one key, one answer");
+        let found = found.filter(|entry| !self.inner.pending.hides(entry));
         if let Some(entry) = &found {
             self.fill(epoch, &[(key, entry)]);
         }
@@ -346,9 +394,12 @@ impl Store for TieredStore {
         limits.check_entry(&value, options)?;
         let entry = Entry::new(value, options);
         let written = self.inner.l2.set_entries(&[(key, entry.clone())]).await;
-        // Redis unreachable: the write lives in L1 alone, as reads fall back to it.
+        // Redis unreachable: the write lives in L1 alone, as reads fall back to it, and the
+        // caller hears that it did not reach Redis.
         let local_only = written.is_err();
-        self.absorb(written, ());
+        if written.is_ok() {
+            self.inner.pending.written(key);
+        }
         if local_only || self.l1_trusted() {
             let life = self.l1_life(&entry);
             self.inner.l1.insert_entry(key, entry, life);
@@ -356,14 +407,19 @@ impl Store for TieredStore {
             self.inner.l1.remove_local(key);
         }
         Counters::add(&self.inner.counters.sets, 1);
-        Ok(())
+        self.report(written)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.l2.limits().check_key(key)?;
         let local = self.inner.l1.remove_local(key);
+        // A delete that did not reach Redis is not done: kept for replay, and reported.
         let remote = self.inner.l2.delete(key).await;
-        let remote = self.absorb(remote, false);
+        if remote.is_err() {
+            self.inner.pending.key(key, PurgeMode::Hard);
+            self.inner.pending.retry_in_background(&self.inner.l2);
+        }
+        let remote = self.report(remote)?;
         Counters::add(&self.inner.counters.deletes, u64::from(local || remote));
         Ok(local || remote)
     }
@@ -393,6 +449,13 @@ impl Store for TieredStore {
                 found[i] = entry;
             }
         }
+        for (slot, key) in found.iter_mut().zip(keys) {
+            if self.inner.pending.holds_key(key)
+                || slot.as_ref().is_some_and(|e| self.inner.pending.hides(e))
+            {
+                *slot = None;
+            }
+        }
         found.iter().for_each(|f| self.count(f));
         Ok(found)
     }
@@ -411,12 +474,16 @@ impl Store for TieredStore {
             .iter()
             .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
             .collect();
-        let mut local_only = false;
+        let mut written = Ok(());
         if !entries.is_empty() {
-            let written = self.inner.l2.set_entries(&entries).await;
-            local_only = written.is_err();
-            self.absorb(written, ());
+            written = self.inner.l2.set_entries(&entries).await;
+            if written.is_ok() {
+                for (key, _) in &entries {
+                    self.inner.pending.written(key);
+                }
+            }
         }
+        let local_only = written.is_err();
         let trusted = local_only || self.l1_trusted();
         for (key, entry) in entries {
             if trusted {
@@ -427,7 +494,7 @@ impl Store for TieredStore {
             }
         }
         Counters::add(&self.inner.counters.sets, items.len() as u64);
-        Ok(())
+        self.report(written)
     }
 
     async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
@@ -451,8 +518,11 @@ impl Store for TieredStore {
         let at = now_micros();
         let local = self.inner.l1.purge_tag_at(tag, at);
         let remote = self.inner.l2.purge_tag_at(tag, at, false).await;
-        let remote = self.absorb(remote, 0);
-        Ok(local.max(remote))
+        if remote.is_err() {
+            self.inner.pending.tag(tag, at, false);
+            self.inner.pending.retry_in_background(&self.inner.l2);
+        }
+        self.report(remote).map(|remote| local.max(remote))
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
@@ -484,6 +554,10 @@ impl Store for TieredStore {
         // soft-purged entry.
         let local = self.inner.l1.remove_local(key);
         let remote = self.inner.l2.purge_key(key, mode).await;
+        if remote.is_err() {
+            self.inner.pending.key(key, mode);
+            self.inner.pending.retry_in_background(&self.inner.l2);
+        }
         self.report(remote).map(|remote| local || remote)
     }
 
@@ -497,6 +571,10 @@ impl Store for TieredStore {
             self.inner.l1.purge_tag_at(tag, at)
         };
         let remote = self.inner.l2.purge_tag_at(tag, at, soft).await;
+        if remote.is_err() {
+            self.inner.pending.tag(tag, at, soft);
+            self.inner.pending.retry_in_background(&self.inner.l2);
+        }
         self.report(remote).map(|remote| local.max(remote))
     }
 

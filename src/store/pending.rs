@@ -1,0 +1,215 @@
+//! Invalidations a tiered store could not send to Redis: kept per key and per tag (the last
+//! one wins), bounded, replayed when the backplane is back, and meanwhile trusted over
+//! anything read (FusionCache's auto-recovery is the model). Until a key's invalidation has
+//! reached Redis, this instance reads it as a miss: neither its L1 copy nor Redis's copy,
+//! which the failed invalidation should have removed, may be served.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{Entry, PurgeMode, RedisStore, Store};
+
+/// Most invalidations kept at once; past it new ones are dropped and counted.
+pub(crate) const MAX_PENDING: usize = 10_000;
+
+#[derive(Default)]
+struct Queue {
+    /// Key -> how it was invalidated.
+    keys: HashMap<String, PurgeMode>,
+    /// Tag -> the latest purge (microseconds since the epoch) and whether it was soft.
+    tags: HashMap<String, (u64, bool)>,
+}
+
+/// The invalidations waiting for Redis.
+#[derive(Default)]
+pub(crate) struct Pending {
+    queue: Mutex<Queue>,
+    /// Something is queued: the read path's check costs one load when nothing is.
+    any: AtomicBool,
+    dropped: AtomicU64,
+    /// A task retries the queue.
+    retrying: AtomicBool,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn full(&self, queue: &Queue) -> bool {
+        if queue.keys.len() + queue.tags.len() < MAX_PENDING {
+            return false;
+        }
+        self.dropped.fetch_add(1, Relaxed);
+        tracing::error!(
+            max = MAX_PENDING,
+            "tiered store: too many invalidations waiting for Redis; dropping one"
+        );
+        true
+    }
+
+    /// A key invalidation that did not reach Redis.
+    pub(crate) fn key(&self, key: &str, mode: PurgeMode) {
+        let mut queue = self.lock();
+        if !queue.keys.contains_key(key) && self.full(&queue) {
+            return;
+        }
+        queue.keys.insert(key.to_owned(), mode);
+        self.any.store(true, Relaxed);
+    }
+
+    /// A tag purge that did not reach Redis.
+    pub(crate) fn tag(&self, tag: &str, at: u64, soft: bool) {
+        let mut queue = self.lock();
+        if !queue.tags.contains_key(tag) && self.full(&queue) {
+            return;
+        }
+        let slot = queue.tags.entry(tag.to_owned()).or_insert((at, soft));
+        if at >= slot.0 {
+            *slot = (at, soft);
+        }
+        self.any.store(true, Relaxed);
+    }
+
+    /// A later write of `key` reached Redis: it supersedes the invalidation.
+    pub(crate) fn written(&self, key: &str) {
+        if self.any.load(Relaxed) {
+            self.lock().keys.remove(key);
+        }
+    }
+
+    /// Whether `key` has an invalidation waiting for Redis.
+    pub(crate) fn holds_key(&self, key: &str) -> bool {
+        self.any.load(Relaxed) && self.lock().keys.contains_key(key)
+    }
+
+    /// Whether a waiting tag purge covers `entry` (it was stored before the purge).
+    pub(crate) fn hides(&self, entry: &Entry) -> bool {
+        if !self.any.load(Relaxed) || entry.tags().is_empty() {
+            return false;
+        }
+        let queue = self.lock();
+        let stored = entry.stored_at_micros();
+        entry
+            .tags()
+            .iter()
+            .any(|tag| queue.tags.get(tag).is_some_and(|(at, _)| *at >= stored))
+    }
+
+    /// How many invalidations wait, and how many were dropped for lack of room.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let queue = self.lock();
+        (
+            (queue.keys.len() + queue.tags.len()) as u64,
+            self.dropped.load(Relaxed),
+        )
+    }
+
+    /// Makes sure a task retries the queue until it is empty: every 250 ms at first, backing
+    /// off to 2 s, so Redis gets the invalidations as soon as it answers again, whether or
+    /// not the backplane noticed it was gone. (The backplane's resubscription replays too.)
+    pub(crate) fn retry_in_background(self: &std::sync::Arc<Self>, l2: &RedisStore) {
+        if self.retrying.swap(true, Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.retrying.store(false, Relaxed);
+            return;
+        };
+        let (pending, l2) = (self.clone(), l2.clone());
+        runtime.spawn(async move {
+            let mut wait = std::time::Duration::from_millis(250);
+            loop {
+                tokio::time::sleep(wait).await;
+                pending.replay(&l2).await;
+                if !pending.any.load(Relaxed) {
+                    break;
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            pending.retrying.store(false, Relaxed);
+            // An invalidation queued between the last replay and the flag going down.
+            if pending.any.load(Relaxed) {
+                pending.retry_in_background(&l2);
+            }
+        });
+    }
+
+    /// Sends what waits to Redis; what fails stays for the next time. Returns how many went.
+    pub(crate) async fn replay(&self, l2: &RedisStore) -> usize {
+        if !self.any.load(Relaxed) {
+            return 0;
+        }
+        let (keys, tags) = {
+            let queue = self.lock();
+            (
+                queue.keys.clone().into_iter().collect::<Vec<_>>(),
+                queue.tags.clone().into_iter().collect::<Vec<_>>(),
+            )
+        };
+        let mut sent = 0;
+        for (key, mode) in keys {
+            if l2.purge_key(&key, mode).await.is_ok() {
+                let mut queue = self.lock();
+                if queue.keys.get(&key) == Some(&mode) {
+                    queue.keys.remove(&key);
+                }
+                sent += 1;
+            }
+        }
+        for (tag, (at, soft)) in tags {
+            if l2.purge_tag_at(&tag, at, soft).await.is_ok() {
+                let mut queue = self.lock();
+                if queue.tags.get(&tag) == Some(&(at, soft)) {
+                    queue.tags.remove(&tag);
+                }
+                sent += 1;
+            }
+        }
+        let queue = self.lock();
+        if queue.keys.is_empty() && queue.tags.is_empty() {
+            self.any.store(false, Relaxed);
+        }
+        if sent > 0 {
+            tracing::info!(
+                sent,
+                "tiered store: replayed invalidations that missed Redis"
+            );
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SetOptions;
+    use bytes::Bytes;
+
+    #[test]
+    fn keys_and_tags_hide_what_they_invalidate_and_a_write_supersedes() {
+        let pending = Pending::default();
+        let entry = Entry::new(Bytes::new(), &SetOptions::new().tags(["t"]));
+        assert!(!pending.hides(&entry) && !pending.holds_key("k"));
+        pending.key("k", PurgeMode::Hard);
+        assert!(pending.holds_key("k"));
+        pending.written("k");
+        assert!(!pending.holds_key("k"));
+        pending.tag("t", entry.stored_at_micros() + 1, false);
+        assert!(pending.hides(&entry));
+        let other = Entry::new(Bytes::new(), &SetOptions::new().tags(["u"]));
+        pending.tag("u", other.stored_at_micros() - 1, false);
+        assert!(!pending.hides(&other), "stored after the purge");
+        assert_eq!(pending.counts(), (2, 0));
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let pending = Pending::default();
+        for i in 0..MAX_PENDING + 10 {
+            pending.key(&format!("k{i}"), PurgeMode::Hard);
+        }
+        assert_eq!(pending.counts(), (MAX_PENDING as u64, 10));
+    }
+}
