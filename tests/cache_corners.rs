@@ -825,3 +825,56 @@ async fn grpc_calls_with_credentials_bypass_unless_the_method_is_public() {
     .await;
     assert_eq!((a, b), (Bytes::from("alice:1"), Bytes::from("alice:1")));
 }
+
+#[tokio::test]
+async fn a_refresh_never_moves_a_credentialed_variant_to_anonymous_requests() {
+    // `Vary: Authorization` on a `public` response: each caller has a variant of their own.
+    // The background refresh sends no credentials; the origin's `304` to it must not file
+    // alice's stored body under the variant of requests without credentials.
+    let (up, _) = upstream(|_, req| {
+        let who = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if req.headers().contains_key("if-none-match") {
+            return response(
+                304,
+                &[
+                    ("etag", "\"e\""),
+                    ("cache-control", "public, max-age=600"),
+                    ("vary", "authorization"),
+                ],
+                "",
+            );
+        }
+        response(
+            200,
+            &[
+                (
+                    "cache-control",
+                    "public, max-age=1, stale-while-revalidate=600",
+                ),
+                ("age", "2"),
+                ("vary", "authorization"),
+                ("etag", "\"e\""),
+            ],
+            format!("for {}", who.as_deref().unwrap_or("anyone")),
+        )
+    });
+    let svc = layered(CacheLayer::new(store()), up);
+    let alice = || with(get("http://h/me"), "authorization", "alice");
+    let (_, b) = send(&svc, alice()).await;
+    assert_eq!(b, "for alice");
+    // Stale: served at once, refreshed in the background without credentials.
+    let (r, b) = send(&svc, alice()).await;
+    assert!(status(&r).contains("stale-while-revalidate"), "{r:?}");
+    assert_eq!(b, "for alice");
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    let (r, b) = send(&svc, get("http://h/me")).await;
+    assert_eq!(
+        b, "for anyone",
+        "alice's body reached an anonymous request: {r:?}"
+    );
+}

@@ -43,20 +43,29 @@ impl Directives {
         let mut d = Directives::default();
         for value in headers.get_all(name) {
             d.present = true;
-            let Ok(value) = value.to_str() else {
-                d.malformed = true;
-                continue;
-            };
-            for item in directives(value) {
+            // Bytes, not text: a quoted-string may hold obs-text (RFC 9110 §5.6.4).
+            for item in directives(value.as_bytes()) {
                 let Some((key, arg)) = item else {
                     d.malformed = true;
                     break;
                 };
                 let secs = || arg.as_deref().and_then(delta_seconds);
                 match key.to_ascii_lowercase().as_str() {
-                    // A malformed max-age means stale (RFC 9111 §4.2.1).
-                    "max-age" => d.max_age = Some(secs().unwrap_or(0)),
-                    "s-maxage" => d.s_maxage = Some(secs().unwrap_or(0)),
+                    // A malformed or repeated max-age means stale (RFC 9111 §4.2.1).
+                    "max-age" => {
+                        d.max_age = Some(if d.max_age.is_some() {
+                            0
+                        } else {
+                            secs().unwrap_or(0)
+                        })
+                    }
+                    "s-maxage" => {
+                        d.s_maxage = Some(if d.s_maxage.is_some() {
+                            0
+                        } else {
+                            secs().unwrap_or(0)
+                        })
+                    }
                     "no-store" => d.no_store = true,
                     "no-cache" => d.no_cache = true,
                     "private" => d.private = true,
@@ -85,8 +94,10 @@ fn is_tchar(b: u8) -> bool {
 
 /// The directives of one field value: `Some((name, argument))` each, or one `None` at the
 /// first fault. Empty list elements are skipped (RFC 9110 §5.6.1).
-fn directives(value: &str) -> impl Iterator<Item = Option<(&str, Option<String>)>> {
-    let bytes = value.as_bytes();
+fn directives(bytes: &[u8]) -> impl Iterator<Item = Option<(&str, Option<String>)>> {
+    // Tokens are ASCII `tchar`s, so the slices below are text.
+    let text =
+        |range: std::ops::Range<usize>| std::str::from_utf8(&bytes[range]).unwrap_or_default();
     let mut at = 0;
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -120,7 +131,7 @@ fn directives(value: &str) -> impl Iterator<Item = Option<(&str, Option<String>)
         if at == start {
             return fail();
         }
-        let name = &value[start..at];
+        let name = text(start..at);
         let mut arg = None;
         skip_ows(&mut at);
         if at < bytes.len() && bytes[at] == b'=' {
@@ -142,6 +153,8 @@ fn directives(value: &str) -> impl Iterator<Item = Option<(&str, Option<String>)
                             at += 2;
                         }
                         b'\\' => break,
+                        // Control characters other than HTAB are not `qdtext`.
+                        b if (b < 0x20 && b != b'\t') || b == 0x7f => break,
                         b => {
                             out.push(char::from(b));
                             at += 1;
@@ -160,7 +173,7 @@ fn directives(value: &str) -> impl Iterator<Item = Option<(&str, Option<String>)
                 if at == start {
                     return fail();
                 }
-                arg = Some(value[start..at].to_owned());
+                arg = Some(text(start..at).to_owned());
             }
         }
         skip_ows(&mut at);
@@ -227,6 +240,19 @@ mod tests {
         ] {
             assert!(!parse(good).malformed, "{good}");
         }
+        // obs-text inside a quoted-string is valid; outside one it is not.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_bytes(b"max-age=60, x=\"caf\xe9\"").unwrap(),
+        );
+        let d = Directives::parse(&h, &header::CACHE_CONTROL);
+        assert!(!d.malformed && d.max_age == Some(60));
+        h.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_bytes(b"max-age=60, caf\xe9").unwrap(),
+        );
+        assert!(Directives::parse(&h, &header::CACHE_CONTROL).malformed);
         assert_eq!(parse(" , max-age = 60 ,, public ").max_age, Some(60));
     }
 

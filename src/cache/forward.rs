@@ -138,6 +138,7 @@ where
         request_headers: &request_headers,
         request_time,
         response_time,
+        generation,
     };
 
     if let Some(found) = &stale {

@@ -50,6 +50,10 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
     }
     KEY.with(|buffer| {
         let mut buffer = buffer.try_borrow_mut().ok()?;
+        // One huge URI must not keep this thread's buffer huge.
+        if buffer.capacity() > 4096 {
+            *buffer = String::with_capacity(256);
+        }
         let key = config.key.plain_primary(&mut buffer, request)?;
         let identity = &key[key::PLAIN_PREFIX.len()..];
         let entry = ctx.store.get_now(key)?.ok()??;

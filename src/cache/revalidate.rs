@@ -22,7 +22,7 @@ use super::serve::{Resp, add_status};
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
 use super::write::{
-    Fetched, Placement, admit, body_limit, collect_limited, strip_hop_by_hop, write,
+    Fetched, Placement, admit, body_limit, collect_limited, strip_hop_by_hop, write_fresh,
 };
 use crate::store::{PurgeMode, Store};
 
@@ -106,7 +106,10 @@ pub(crate) async fn merge_304<St: Store>(
         &headers,
         &not_modified.extensions,
     ) {
-        Ok(admission) => {
+        // Filed under the variant the stored response already has, or not at all: a refresh
+        // sends no credentials, and a response that varies on them must not move to the
+        // variant of a request without them.
+        Ok(admission) if admission.variant == stored.identity => {
             let record =
                 admission.record(stored.status, stored.body.clone(), stored.trailers.clone());
             let placement = Placement {
@@ -117,7 +120,7 @@ pub(crate) async fn merge_304<St: Store>(
                 tags: found.tags().to_vec(),
                 fetched_at: fetched.request_time,
             };
-            write(ctx, &placement, &record).await;
+            write_fresh(ctx, &placement, &record, fetched.generation, || false).await;
             Shared::count(&ctx.shared.revalidated);
             Revalidation::Validated(Found {
                 record: Arc::new(record),
@@ -126,7 +129,8 @@ pub(crate) async fn merge_304<St: Store>(
                 entry: found.entry.clone(),
             })
         }
-        Err(reason) => {
+        not_stored => {
+            let reason = not_stored.err().unwrap_or("another variant's request");
             tracing::debug!(reason, "revalidated response served, not stored");
             headers.remove(header::AGE);
             let record = Record {
@@ -258,6 +262,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
             request_headers: &request_headers,
             request_time,
             response_time: SystemTime::now(),
+            generation,
         };
         if response.status() == StatusCode::NOT_MODIFIED {
             let (parts, _) = response.into_parts();
@@ -306,7 +311,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
                 tags,
                 fetched_at: request_time,
             };
-            write(&ctx, &placement, &record).await;
+            write_fresh(&ctx, &placement, &record, generation, || false).await;
         }
     });
 }

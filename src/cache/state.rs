@@ -54,9 +54,16 @@ pub(crate) struct Shared {
     /// Bumped by every invalidation; `invalidated` records the value per key, so a store write
     /// can tell whether its key was invalidated after its response was fetched.
     generation: AtomicU64,
-    invalidated: Mutex<HashMap<String, u64>>,
+    invalidated: Mutex<Invalidated>,
     passes: Mutex<HashMap<String, Instant>>,
     refreshing: Mutex<HashSet<String>>,
+}
+
+/// The recent invalidations, per key, and the generation below which they were forgotten.
+#[derive(Default)]
+pub(crate) struct Invalidated {
+    keys: HashMap<String, u64>,
+    floor: u64,
 }
 
 /// Most keys remembered for hit-for-pass at once.
@@ -124,17 +131,22 @@ impl Shared {
     fn invalidate(&self, key: &str) {
         let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let mut invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
-        if invalidated.len() >= MAX_PASSES {
-            // Writes in flight are short-lived: forget all but the most recent invalidations.
-            invalidated.retain(|_, g| *g + (MAX_PASSES as u64) / 2 > now);
+        if invalidated.keys.len() >= MAX_PASSES {
+            // Forget all but the most recent invalidations, and remember how far back the
+            // memory now goes: a fetch older than that may have missed one, and is treated as
+            // invalidated.
+            let keep_from = now.saturating_sub((MAX_PASSES as u64) / 2);
+            invalidated.keys.retain(|_, g| *g > keep_from);
+            invalidated.floor = invalidated.floor.max(keep_from);
         }
-        invalidated.insert(key.to_owned(), now);
+        invalidated.keys.insert(key.to_owned(), now);
     }
 
-    /// Whether `key` was invalidated after generation `since`.
+    /// Whether `key` was invalidated after generation `since` (or may have been: `since` is
+    /// older than what is remembered).
     pub fn invalidated_since(&self, key: &str, since: u64) -> bool {
         let invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
-        invalidated.get(key).is_some_and(|g| *g > since)
+        since < invalidated.floor || invalidated.keys.get(key).is_some_and(|g| *g > since)
     }
 
     pub fn is_pass(&self, key: &str) -> bool {

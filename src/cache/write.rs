@@ -29,6 +29,8 @@ pub(crate) struct Fetched<'a> {
     pub request_headers: &'a HeaderMap,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
+    /// The invalidation generation when the request went upstream (see [`write_fresh`]).
+    pub generation: u64,
 }
 
 /// A response the cache may store: how, and under which variant.
@@ -281,6 +283,31 @@ pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Rec
     }
 }
 
+/// [`write`], unless the URL was invalidated since `generation` (or `cancelled` says the
+/// fetch was detached), and undone, every variant, if an invalidation lands while the write
+/// is in flight: what was fetched before an invalidation must never be stored after it.
+/// Every store write of a fetched response goes through here (misses, `304` merges,
+/// background refreshes).
+pub(crate) async fn write_fresh<St: Store>(
+    ctx: &Ctx<St>,
+    at: &Placement,
+    record: &Record,
+    generation: u64,
+    cancelled: impl Fn() -> bool,
+) -> bool {
+    let primary = at.key.store_key();
+    let stale = || cancelled() || ctx.shared.invalidated_since(primary, generation);
+    if stale() {
+        return false;
+    }
+    let stored = write(ctx, at, record).await;
+    if stale() {
+        let _ = invalidate::remove_url(&*ctx.store, primary, PurgeMode::Hard).await;
+        return false;
+    }
+    stored
+}
+
 /// Stores a recorded body once it has streamed through, and hands it to coalesced waiters.
 pub(crate) struct StoreOnFinish<St: Store> {
     pub ctx: Arc<Ctx<St>>,
@@ -323,6 +350,14 @@ impl<St: Store> Finish for StoreOnFinish<St> {
             return;
         }
         let record = Arc::new(record);
+        let primary = this.placement.key.store_key();
+        let detached = this.guard.as_ref().is_some_and(FlightGuard::is_cancelled)
+            || this.ctx.shared.invalidated_since(primary, this.generation);
+        if detached {
+            // Invalidated while in flight: neither stored nor handed to the waiters, who go
+            // upstream themselves when the guard drops.
+            return;
+        }
         if let Some(guard) = &this.guard {
             guard.publish(Outcome::Stored(
                 record.clone(),
@@ -341,20 +376,8 @@ impl<St: Store> Finish for StoreOnFinish<St> {
         let placement = this.placement;
         let lease = this.lease;
         runtime.spawn(async move {
-            let primary = placement.key.store_key();
-            let cancelled = || {
-                guard.as_ref().is_some_and(FlightGuard::is_cancelled)
-                    || ctx.shared.invalidated_since(primary, generation)
-            };
-            if cancelled() {
-                return;
-            }
-            write(&ctx, &placement, &record).await;
-            // An unsafe request invalidated the URL while the write was in flight: undo it,
-            // every variant (the index this write restored may point to others).
-            if cancelled() {
-                let _ = invalidate::remove_url(&*ctx.store, primary, PurgeMode::Hard).await;
-            }
+            let detached = || guard.as_ref().is_some_and(FlightGuard::is_cancelled);
+            write_fresh(&ctx, &placement, &record, generation, detached).await;
             if let Some(lease) = &lease {
                 let _ = ctx.store.delete(lease).await;
             }

@@ -58,6 +58,37 @@ pub(crate) struct Breaker {
 #[derive(Debug)]
 pub(crate) struct Refused;
 
+/// A call the breaker let through; see [`Breaker::admit`].
+#[derive(Debug)]
+pub(crate) struct Ticket<'b> {
+    breaker: &'b Breaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    /// The backend answered (an error in the answer counts: the backend is there).
+    pub(crate) fn success(mut self) {
+        self.done = true;
+        self.breaker.success(self.probe);
+    }
+
+    /// The backend did not answer: a timeout or a lost connection.
+    pub(crate) fn failure(mut self) {
+        self.done = true;
+        self.breaker.failure(self.probe);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.done {
+            // The probe's caller went away: try again after another cool-down.
+            self.breaker.reopen();
+        }
+    }
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -82,11 +113,17 @@ impl Breaker {
     }
 
     /// Whether a call may go out now: always while closed; while open, only the one probe
-    /// once the cool-down has passed.
-    pub(crate) fn admit(&self) -> Result<(), Refused> {
+    /// once the cool-down has passed. The ticket reports the call's outcome; dropped without
+    /// one (its future was cancelled), a probe's ticket gives the probe back, so the breaker
+    /// can never wait forever for an answer nobody will bring.
+    pub(crate) fn admit(&self) -> Result<Ticket<'_>, Refused> {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
-            return Ok(());
+            return Ok(Ticket {
+                breaker: self,
+                probe: false,
+                done: false,
+            });
         }
         if now_micros() >= until
             && self
@@ -95,16 +132,24 @@ impl Breaker {
                 .is_ok()
         {
             tracing::info!(breaker = self.name, "circuit half-open: one probe call");
-            return Ok(());
+            return Ok(Ticket {
+                breaker: self,
+                probe: true,
+                done: false,
+            });
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         Err(Refused)
     }
 
-    /// A call went through: a probe's success closes the breaker.
-    pub(crate) fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open_until.load(Ordering::Acquire) != 0 {
+    /// A call went through. While closed, it ends a run of failures; while open, only the
+    /// probe's success closes the breaker (a slow call admitted before it opened proves
+    /// nothing about now).
+    fn success(&self, probe: bool) {
+        if self.open_until.load(Ordering::Acquire) == 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        } else if probe {
+            self.failures.store(0, Ordering::Relaxed);
             self.open_until.store(0, Ordering::Release);
             self.probing.store(false, Ordering::Release);
             tracing::info!(
@@ -115,13 +160,12 @@ impl Breaker {
     }
 
     /// A call failed for the backend's sake (a timeout, a lost connection): the run that
-    /// reaches the threshold opens the breaker, a failed probe re-opens it.
-    pub(crate) fn failure(&self) {
-        let cool_down = u64::try_from(self.settings.cool_down.as_micros()).unwrap_or(u64::MAX);
+    /// reaches the threshold opens the breaker, a failed probe re-opens it for another
+    /// cool-down. Other calls failing while it is open change nothing.
+    fn failure(&self, probe: bool) {
         if self.open_until.load(Ordering::Acquire) != 0 {
-            if self.probing.swap(false, Ordering::AcqRel) {
-                self.open_until
-                    .store(now_micros().saturating_add(cool_down), Ordering::Release);
+            if probe {
+                self.reopen();
                 tracing::warn!(
                     breaker = self.name,
                     cool_down_ms = self.settings.cool_down.as_millis() as u64,
@@ -136,7 +180,7 @@ impl Breaker {
                 .open_until
                 .compare_exchange(
                     0,
-                    now_micros().saturating_add(cool_down),
+                    now_micros().saturating_add(self.cool_down_micros()),
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )
@@ -150,6 +194,19 @@ impl Breaker {
                 "circuit opened: calls fail at once until a probe succeeds"
             );
         }
+    }
+
+    /// Another cool-down, then another probe.
+    fn reopen(&self) {
+        self.open_until.store(
+            now_micros().saturating_add(self.cool_down_micros()),
+            Ordering::Release,
+        );
+        self.probing.store(false, Ordering::Release);
+    }
+
+    fn cool_down_micros(&self) -> u64 {
+        u64::try_from(self.settings.cool_down.as_micros()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -186,17 +243,21 @@ mod tests {
         )
     }
 
+    fn fail(b: &Breaker) {
+        b.admit().unwrap().failure();
+    }
+
     #[test]
     fn opens_after_the_threshold_and_refuses_at_once() {
         let b = breaker(Duration::from_secs(60));
-        b.failure();
-        b.failure();
+        fail(&b);
+        fail(&b);
         assert!(b.admit().is_ok(), "two failures leave it closed");
-        b.success();
-        b.failure();
-        b.failure();
+        b.admit().unwrap().success();
+        fail(&b);
+        fail(&b);
         assert!(b.admit().is_ok(), "a success resets the run");
-        b.failure();
+        fail(&b);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.admit().is_err());
         assert_eq!((b.rejected(), b.opened()), (1, 1));
@@ -206,16 +267,31 @@ mod tests {
     fn one_probe_after_the_cool_down_closes_or_reopens_it() {
         let b = breaker(Duration::ZERO);
         for _ in 0..3 {
-            b.failure();
+            fail(&b);
         }
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.admit().is_ok(), "the probe");
+        let probe = b.admit().expect("the probe");
         assert!(b.admit().is_err(), "only one probe at a time");
-        b.failure();
-        assert!(b.admit().is_ok(), "a new probe after the (zero) cool-down");
-        b.success();
+        probe.failure();
+        let probe = b.admit().expect("a new probe after the (zero) cool-down");
+        probe.success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.admit().is_ok() && b.admit().is_ok());
+    }
+
+    #[test]
+    fn a_dropped_probe_gives_the_probe_back_and_stragglers_change_nothing() {
+        let b = breaker(Duration::ZERO);
+        let straggler = b.admit().unwrap();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        drop(b.admit().expect("the probe")); // its caller went away
+        let probe = b.admit().expect("the probe is not lost with its caller");
+        straggler.success(); // admitted before it opened: proves nothing about now
+        assert_ne!(b.state(), BreakerState::Closed);
+        probe.success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
@@ -226,7 +302,9 @@ mod tests {
                 let b = b.clone();
                 std::thread::spawn(move || {
                     for _ in 0..100 {
-                        b.failure();
+                        if let Ok(ticket) = b.admit() {
+                            ticket.failure();
+                        }
                     }
                 })
             })

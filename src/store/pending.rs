@@ -13,12 +13,15 @@ use super::{Entry, PurgeMode, RedisStore, Store};
 /// Most invalidations kept at once; past it new ones are dropped and counted.
 pub(crate) const MAX_PENDING: usize = 10_000;
 
+/// Every queued invalidation carries the sequence number it was queued with, so a write or a
+/// replay that started before it never removes it.
 #[derive(Default)]
 struct Queue {
-    /// Key -> how it was invalidated.
-    keys: HashMap<String, PurgeMode>,
-    /// Tag -> the latest purge (microseconds since the epoch) and whether it was soft.
-    tags: HashMap<String, (u64, bool)>,
+    /// Key -> how it was invalidated, and when (sequence).
+    keys: HashMap<String, (PurgeMode, u64)>,
+    /// Tag -> the latest purge (microseconds since the epoch), whether it was soft, and when
+    /// it was queued (sequence).
+    tags: HashMap<String, (u64, bool, u64)>,
 }
 
 /// The invalidations waiting for Redis.
@@ -30,6 +33,8 @@ pub(crate) struct Pending {
     dropped: AtomicU64,
     /// A task retries the queue.
     retrying: AtomicBool,
+    /// The last sequence number handed out.
+    seq: AtomicU64,
 }
 
 impl Pending {
@@ -49,13 +54,23 @@ impl Pending {
         true
     }
 
+    /// The sequence as of now: a write records it before it goes to Redis (see
+    /// [`Pending::written`]).
+    pub(crate) fn now(&self) -> u64 {
+        self.seq.load(Relaxed)
+    }
+
+    fn next(&self) -> u64 {
+        self.seq.fetch_add(1, Relaxed) + 1
+    }
+
     /// A key invalidation that did not reach Redis.
     pub(crate) fn key(&self, key: &str, mode: PurgeMode) {
         let mut queue = self.lock();
         if !queue.keys.contains_key(key) && self.full(&queue) {
             return;
         }
-        queue.keys.insert(key.to_owned(), mode);
+        queue.keys.insert(key.to_owned(), (mode, self.next()));
         self.any.store(true, Relaxed);
     }
 
@@ -65,17 +80,22 @@ impl Pending {
         if !queue.tags.contains_key(tag) && self.full(&queue) {
             return;
         }
-        let slot = queue.tags.entry(tag.to_owned()).or_insert((at, soft));
+        let seq = self.next();
+        let slot = queue.tags.entry(tag.to_owned()).or_insert((at, soft, seq));
         if at >= slot.0 {
-            *slot = (at, soft);
+            *slot = (at, soft, seq);
         }
         self.any.store(true, Relaxed);
     }
 
-    /// A later write of `key` reached Redis: it supersedes the invalidation.
-    pub(crate) fn written(&self, key: &str) {
+    /// A write of `key` that began at sequence `began` reached Redis: it supersedes an
+    /// invalidation queued before it began, never one queued while it was on its way.
+    pub(crate) fn written(&self, key: &str, began: u64) {
         if self.any.load(Relaxed) {
-            self.lock().keys.remove(key);
+            let mut queue = self.lock();
+            if queue.keys.get(key).is_some_and(|(_, seq)| *seq <= began) {
+                queue.keys.remove(key);
+            }
         }
     }
 
@@ -94,7 +114,7 @@ impl Pending {
         entry
             .tags()
             .iter()
-            .any(|tag| queue.tags.get(tag).is_some_and(|(at, _)| *at >= stored))
+            .any(|tag| queue.tags.get(tag).is_some_and(|(at, _, _)| *at >= stored))
     }
 
     /// How many invalidations wait, and how many were dropped for lack of room.
@@ -148,20 +168,21 @@ impl Pending {
                 queue.tags.clone().into_iter().collect::<Vec<_>>(),
             )
         };
+        // Removed only when unchanged since the snapshot: one queued meanwhile stays.
         let mut sent = 0;
-        for (key, mode) in keys {
+        for (key, (mode, seq)) in keys {
             if l2.purge_key(&key, mode).await.is_ok() {
                 let mut queue = self.lock();
-                if queue.keys.get(&key) == Some(&mode) {
+                if queue.keys.get(&key).is_some_and(|(_, now)| *now == seq) {
                     queue.keys.remove(&key);
                 }
                 sent += 1;
             }
         }
-        for (tag, (at, soft)) in tags {
+        for (tag, (at, soft, seq)) in tags {
             if l2.purge_tag_at(&tag, at, soft).await.is_ok() {
                 let mut queue = self.lock();
-                if queue.tags.get(&tag) == Some(&(at, soft)) {
+                if queue.tags.get(&tag).is_some_and(|(_, _, now)| *now == seq) {
                     queue.tags.remove(&tag);
                 }
                 sent += 1;
@@ -192,10 +213,19 @@ mod tests {
         let pending = Pending::default();
         let entry = Entry::new(Bytes::new(), &SetOptions::new().tags(["t"]));
         assert!(!pending.hides(&entry) && !pending.holds_key("k"));
+        let began = pending.now();
         pending.key("k", PurgeMode::Hard);
         assert!(pending.holds_key("k"));
-        pending.written("k");
-        assert!(!pending.holds_key("k"));
+        pending.written("k", began);
+        assert!(
+            pending.holds_key("k"),
+            "a write that began before the delete loses"
+        );
+        pending.written("k", pending.now());
+        assert!(
+            !pending.holds_key("k"),
+            "a write that began after it supersedes it"
+        );
         pending.tag("t", entry.stored_at_micros() + 1, false);
         assert!(pending.hides(&entry));
         let other = Entry::new(Bytes::new(), &SetOptions::new().tags(["u"]));

@@ -411,16 +411,17 @@ impl RedisStore {
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let breaker = self.inner.breaker.as_ref();
-        if let Some(breaker) = breaker
-            && breaker.admit().is_err()
-        {
-            return Err(StoreError::CircuitOpen { op });
-        }
+        // The ticket goes with this future: dropped unanswered (a cancelled request), a
+        // probe's ticket gives the probe back.
+        let ticket = match self.inner.breaker.as_ref().map(Breaker::admit) {
+            Some(Err(_)) => return Err(StoreError::CircuitOpen { op }),
+            Some(Ok(ticket)) => Some(ticket),
+            None => None,
+        };
         let (result, backend_down) = match tokio::time::timeout(self.inner.timeout, call).await {
             Ok(Ok(value)) => {
-                if let Some(breaker) = breaker {
-                    breaker.success();
+                if let Some(ticket) = ticket {
+                    ticket.success();
                 }
                 return Ok(value);
             }
@@ -447,11 +448,11 @@ impl RedisStore {
                 true,
             ),
         };
-        if let Some(breaker) = breaker {
+        if let Some(ticket) = ticket {
             if backend_down {
-                breaker.failure();
+                ticket.failure();
             } else {
-                breaker.success();
+                ticket.success();
             }
         }
         self.inner.counters.error(&result);

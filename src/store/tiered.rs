@@ -393,12 +393,13 @@ impl Store for TieredStore {
         limits.check_key(key)?;
         limits.check_entry(&value, options)?;
         let entry = Entry::new(value, options);
+        let began = self.inner.pending.now();
         let written = self.inner.l2.set_entries(&[(key, entry.clone())]).await;
         // Redis unreachable: the write lives in L1 alone, as reads fall back to it, and the
         // caller hears that it did not reach Redis.
         let local_only = written.is_err();
         if written.is_ok() {
-            self.inner.pending.written(key);
+            self.inner.pending.written(key, began);
         }
         if local_only || self.l1_trusted() {
             let life = self.l1_life(&entry);
@@ -476,10 +477,11 @@ impl Store for TieredStore {
             .collect();
         let mut written = Ok(());
         if !entries.is_empty() {
+            let began = self.inner.pending.now();
             written = self.inner.l2.set_entries(&entries).await;
             if written.is_ok() {
                 for (key, _) in &entries {
-                    self.inner.pending.written(key);
+                    self.inner.pending.written(key, began);
                 }
             }
         }
