@@ -1188,3 +1188,78 @@ async fn a_commit_that_hangs_is_cut_at_the_end_timeout_and_ambiguous() {
         .unwrap();
     t.drop().await;
 }
+
+#[tokio::test]
+async fn a_grpc_commit_waiting_on_a_slow_body_ends_at_the_transaction_timeout() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    // One connection: the transaction holds it until its deferred commit or its expiry.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&support::pg_url())
+        .await
+        .unwrap();
+    let t = Table::new(&pool, "grpc_slow", "v BIGINT").await;
+    let layer = TxLayer::new(
+        pool.clone(),
+        TxConfig::default().transaction_timeout(Duration::from_millis(300)),
+    )
+    .unwrap();
+    let stats = layer.stats();
+    let name = t.name.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(
+            move |req: Request<tower_strata::tx::TxBody<String>>| {
+                let name = name.clone();
+                async move {
+                    let tx = req
+                        .extensions()
+                        .get::<TxHandle<Postgres>>()
+                        .unwrap()
+                        .clone();
+                    insert(&tx, &name, 1).await.unwrap();
+                    // A gRPC answer whose status comes in the trailers, a second later.
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                        http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\0")),
+                    )])
+                    .chain(futures_util::stream::once(async move {
+                        tokio::time::sleep(Duration::from_millis(1200)).await;
+                        Ok(http_body::Frame::trailers(trailers))
+                    }));
+                    let mut response = http::Response::new(StreamBody::new(frames));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            },
+        ));
+    use futures_util::StreamExt as _;
+    let response = svc.oneshot(Request::new(String::new())).await.unwrap();
+    let reading = tokio::spawn(async move { response.into_body().collect().await });
+    // Before the body ends, the expired transaction has given the pool its slot back.
+    let conn = tokio::time::timeout(Duration::from_millis(900), pool.acquire()).await;
+    assert!(
+        conn.is_ok(),
+        "the slow body held the connection past the timeout"
+    );
+    drop(conn);
+    assert!(
+        !reading.is_finished(),
+        "the body ended early; the test proves nothing"
+    );
+    let collected = reading.await.unwrap().unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_ne!(trailers["grpc-status"], "0", "{trailers:?}");
+    assert_eq!(
+        t.count().await,
+        0,
+        "the expired transaction was rolled back"
+    );
+    assert!(stats.snapshot().timeouts >= 1);
+    t.drop().await;
+}

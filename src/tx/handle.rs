@@ -222,6 +222,9 @@ enum State {
     Beginning,
     Open,
     Done,
+    /// Ended by the transaction timeout while its commit waited for the end of a response
+    /// body: rolled back (its connection closed), and never to be reported as committed.
+    Expired,
 }
 
 struct Slot<DB: TxDatabase> {
@@ -306,6 +309,8 @@ pub(crate) enum Finished {
     /// committed.
     Aborted,
     CommitFailed(sqlx::Error),
+    /// The transaction timeout ended it before the commit (see [`TxHandle::expire`]).
+    Expired,
 }
 
 impl<DB: TxDatabase> TxHandle<DB> {
@@ -337,7 +342,7 @@ impl<DB: TxDatabase> TxHandle<DB> {
         let mut slot = self.inner.slot.lock().await;
         match slot.state {
             State::Open => {}
-            State::Done => {
+            State::Done | State::Expired => {
                 return Err(sqlx::Error::InvalidArgument(
                     "the request's transaction has already ended".into(),
                 ));
@@ -411,11 +416,33 @@ impl<DB: TxDatabase> TxHandle<DB> {
         slot.state = State::Done;
     }
 
+    /// Ends a transaction still open at its deadline (a deferred gRPC commit waiting for a
+    /// slow client to read the body): the connection is closed, so the server rolls back and
+    /// the pool gets its slot back. The later `finish` answers [`Finished::Expired`].
+    /// Returns whether it ended one.
+    pub(crate) async fn expire(&self) -> bool {
+        let mut slot = self.inner.slot.lock().await;
+        if !matches!(slot.state, State::Open | State::Beginning) {
+            return false;
+        }
+        if let Some(mut conn) = slot.conn.take() {
+            conn.close_on_drop();
+        }
+        if slot.state == State::Open {
+            self.inner.shared.stats.ended(false, slot.began.elapsed());
+        }
+        slot.state = State::Expired;
+        true
+    }
+
     /// Commits (or rolls back) the transaction, if begun. The connection goes back to the pool
     /// only after a clean end; otherwise it is closed.
     pub(crate) async fn finish(&self, commit: bool) -> Finished {
         let shared = &self.inner.shared;
         let mut slot = self.inner.slot.lock().await;
+        if slot.state == State::Expired {
+            return Finished::Expired;
+        }
         if slot.state != State::Open {
             // Cut short mid-`BEGIN`: close, never pool, a connection in an unknown state.
             if let Some(mut unknown) = slot.conn.take() {

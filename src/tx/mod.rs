@@ -23,7 +23,8 @@
 //!   **ambiguous** and never retried: `502` (gRPC `UNKNOWN`). A PostgreSQL transaction
 //!   aborted by an earlier failed statement is not reported as committed either.
 //! - a panic, an error from the inner service, a cancelled request (the future dropped) or
-//!   the [`TxConfig::transaction_timeout`] rolls back. A connection whose session state is
+//!   the [`TxConfig::transaction_timeout`] rolls back; the timeout also ends a gRPC
+//!   transaction whose commit is still waiting for the end of its response body. A connection whose session state is
 //!   unknown (cancelled during `BEGIN`, a statement or `COMMIT`) is closed, never returned
 //!   to the pool.
 //! - no connection within the pool's acquire timeout: `503` with `Retry-After`.

@@ -251,6 +251,7 @@ where
         if attempt > 1 {
             svc.ready().await?;
         }
+        let attempt_began = Instant::now();
         let call = AssertUnwindSafe(svc.call(req)).catch_unwind();
         let outcome = match config.transaction_timeout {
             Some(limit) => tokio::time::timeout(limit, call).await.ok(),
@@ -305,6 +306,7 @@ where
                         stats.commit_failed(false);
                         Step::Done(fail(Failure::CommitFailed))
                     }
+                    Finished::Expired => Step::Done(fail(Failure::Timeout)),
                     Finished::CommitFailed(err) => {
                         if let Some(reason) = classify::<DB>(&err, &config) {
                             Step::Retry(reason)
@@ -320,6 +322,18 @@ where
                     }
                 },
                 None => {
+                    // The commit waits for the end of the body; a client that reads slowly
+                    // must not hold the connection past the transaction timeout.
+                    if let Some(limit) = config.transaction_timeout {
+                        let left = limit.saturating_sub(attempt_began.elapsed());
+                        let (handle, stats) = (handle.clone(), stats.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(left).await;
+                            if handle.expire().await {
+                                stats.timed_out();
+                            }
+                        });
+                    }
                     let policy = layer.policy.clone();
                     let stats = stats.clone();
                     let deferred = Box::new(move |trailers: Option<&HeaderMap>| {
@@ -369,7 +383,7 @@ async fn commit_then_hooks<DB: TxDatabase>(handle: TxHandle<DB>, shared: Arc<Sha
             Finished::CommitFailed(err) => {
                 classify::<DB>(err, &shared.config).is_none() && commit_error_is_ambiguous(err)
             }
-            Finished::Aborted | Finished::RolledBack => false,
+            Finished::Aborted | Finished::RolledBack | Finished::Expired => false,
         };
         let hooks = shared.take_hooks(run);
         run_hooks(hooks).await;
@@ -400,6 +414,7 @@ async fn finish_deferred<DB: TxDatabase>(
             stats.commit_failed(false);
             Err(Failure::CommitFailed.grpc())
         }
+        Finished::Expired => Err(Failure::Timeout.grpc()),
         Finished::CommitFailed(err) => {
             if classify::<DB>(&err, &shared.config).is_some() {
                 // Too late to replay (the response has started): the client may retry.
