@@ -878,3 +878,24 @@ async fn a_refresh_never_moves_a_credentialed_variant_to_anonymous_requests() {
         "alice's body reached an anonymous request: {r:?}"
     );
 }
+
+#[tokio::test]
+async fn a_lease_is_released_when_the_response_cannot_be_stored() {
+    use tower_strata::store::Store;
+    let (up, _) = upstream(|_, _| response(200, &[("cache-control", "no-store")], "x"));
+    let shared = std::sync::Arc::new(store());
+    let svc = ServiceBuilder::new()
+        .layer(CacheLayer::new(shared.clone()).distributed_lease(Duration::from_secs(30)))
+        .service(up);
+    send(&svc, get("http://h/a")).await;
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    // The lease is a counter under `l:` + the primary key; gone, a read finds nothing (held,
+    // it would be a counter where an entry is expected).
+    let lease = shared.get("l:c:GET http://h/a").await;
+    assert!(
+        matches!(lease, Ok(None)),
+        "the lease outlived an unstorable response: {lease:?}"
+    );
+}

@@ -88,13 +88,29 @@ async fn chromium(binary: &Path, url: &str, extra: &[&str]) -> String {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own: on a timeout the renderer, zygote and utility
+        // processes go with the browser, not only the process we started.
+        .process_group(0)
         .kill_on_drop(true);
+    // The profile goes whatever happens (a timeout, a failed assertion).
+    struct Cleanup(PathBuf, Option<u32>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(group) = self.1 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{group}")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let child = command.spawn().expect("chromium starts");
+    let _cleanup = Cleanup(profile.clone(), child.id());
     let output = tokio::time::timeout(BROWSER_TIMEOUT, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("chromium took more than {BROWSER_TIMEOUT:?}: killed"))
         .expect("chromium runs");
-    let _ = std::fs::remove_dir_all(&profile);
     assert!(
         output.status.success(),
         "chromium failed: {}\n{}",

@@ -19,13 +19,33 @@ use crate::store::Store;
 /// How often an instance waiting on another instance's lease polls the store.
 const LEASE_POLL: Duration = Duration::from_millis(25);
 
+/// The cross-instance lease a leading miss holds (a store counter other instances see):
+/// released when dropped, whichever way the miss ends (stored, not storable, cancelled,
+/// failed), so other instances never wait out its TTL for nothing.
+pub(crate) struct Lease<St: Store> {
+    ctx: Arc<Ctx<St>>,
+    key: String,
+}
+
+impl<St: Store> Drop for Lease<St> {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // it expires with its TTL
+        };
+        let (ctx, key) = (self.ctx.clone(), std::mem::take(&mut self.key));
+        runtime.spawn(async move {
+            let _ = ctx.store.delete(&key).await;
+        });
+    }
+}
+
 /// What joining the misses in flight came to.
-pub(crate) enum Coalesced<RB> {
+pub(crate) enum Coalesced<RB, St: Store> {
     /// Answered from another request's response.
     Served(Resp<RB>),
     /// This request goes upstream for the others; the guard hands its response to them, the
-    /// lease (a store key) tells other instances.
-    Lead(FlightGuard, Option<String>),
+    /// lease tells other instances.
+    Lead(FlightGuard, Option<Lease<St>>),
     /// This request goes upstream on its own.
     Alone,
 }
@@ -36,7 +56,7 @@ pub(crate) async fn coalesce<St: Store, RB>(
     headers: &HeaderMap,
     method: &Method,
     miss: &Miss,
-) -> Coalesced<RB> {
+) -> Coalesced<RB, St> {
     let primary = miss.key.store_key();
     let identity = miss.key.identity();
     let plain = !super::revalidate::has_conditionals(headers);
@@ -119,7 +139,7 @@ async fn lead<St: Store, RB>(
     miss: &Miss,
     guard: FlightGuard,
     flight: &str,
-) -> Coalesced<RB> {
+) -> Coalesced<RB, St> {
     let config = &ctx.config;
     if miss.looked_up
         && let Ok(look) = lookup(ctx, &miss.key, headers).await
@@ -136,7 +156,13 @@ async fn lead<St: Store, RB>(
     };
     let key = lease_key(flight);
     match ctx.store.incr(&key, 1, Some(lease_ttl)).await {
-        Ok(1) => return Coalesced::Lead(guard, Some(key)),
+        Ok(1) => {
+            let lease = Lease {
+                ctx: ctx.clone(),
+                key,
+            };
+            return Coalesced::Lead(guard, Some(lease));
+        }
         Ok(_) => {}
         Err(error) => {
             Shared::count(&ctx.shared.store_errors);

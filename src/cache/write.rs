@@ -12,6 +12,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::body::Finish;
+use super::coalesce::Lease;
 use super::invalidate;
 use super::key::{self, PrimaryKey, store_key, vary_names};
 use super::layer::Ctx;
@@ -321,8 +322,9 @@ pub(crate) struct StoreOnFinish<St: Store> {
     pub grpc: bool,
     /// The invalidation generation when the response was requested.
     pub generation: u64,
-    /// The cross-instance lease this miss holds, released once the response is stored.
-    pub lease: Option<String>,
+    /// The cross-instance lease this miss holds, released once the response is stored (or
+    /// when this is dropped unstored).
+    pub lease: Option<Lease<St>>,
 }
 
 impl<St: Store> Finish for StoreOnFinish<St> {
@@ -378,9 +380,7 @@ impl<St: Store> Finish for StoreOnFinish<St> {
         runtime.spawn(async move {
             let detached = || guard.as_ref().is_some_and(FlightGuard::is_cancelled);
             write_fresh(&ctx, &placement, &record, generation, detached).await;
-            if let Some(lease) = &lease {
-                let _ = ctx.store.delete(lease).await;
-            }
+            drop(lease);
             // Requests arriving until now were answered from the published record.
             drop(guard);
         });
