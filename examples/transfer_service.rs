@@ -210,8 +210,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     create_tables(&pool).await?;
 
-    // Transfers run SERIALIZABLE; the other routes at the default level. Both layers share
-    // one stats handle.
+    // Transfers run SERIALIZABLE, under an adaptive concurrency limit: on hot accounts fewer
+    // transfers at once commit more (and far fewer run out of retries). The other routes run
+    // at the default level. Both layers share one stats handle.
     let default_layer = TxLayer::new(
         pool.clone(),
         TxConfig::default().statement_timeout(Duration::from_secs(5)),
@@ -221,7 +222,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         TxConfig::default()
             .isolation(IsolationLevel::Serializable)
             .statement_timeout(Duration::from_secs(5))
-            .max_attempts(5),
+            .max_attempts(5)
+            .adaptive_concurrency(Some(16)),
     )?
     .stats_from(&default_layer);
     let stats_handle = default_layer.stats();

@@ -141,3 +141,67 @@ async fn bank_without_retry_shows_serialization_failures_to_clients() {
     assert_eq!(bank.total().await, ACCOUNTS * START);
     Arc::try_unwrap(bank).ok().unwrap().drop().await;
 }
+
+/// The hot-rows workload with and without the adaptive concurrency limit: transfers/s, the
+/// share of `503` (retries exhausted) and retries, printed; the limit must cut the `503`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_cuts_retries_exhausted_on_hot_rows() {
+    let mut results = Vec::new();
+    for adaptive in [None, Some(16)] {
+        let pool = pool().await;
+        let bank = Arc::new(Bank::create(&pool, ACCOUNTS, START).await);
+        let layer = TxLayer::new(
+            pool.clone(),
+            TxConfig::default()
+                .isolation(IsolationLevel::Serializable)
+                .max_attempts(5)
+                .adaptive_concurrency(adaptive),
+        )
+        .unwrap();
+        let stats = layer.stats();
+        let b = bank.clone();
+        let svc = support::app(layer, move |tx, body| {
+            let b = b.clone();
+            async move {
+                let v: Vec<i64> = body.split(',').map(|x| x.parse().unwrap()).collect();
+                support::status(b.transfer(&tx, v[0], v[1], v[2]).await)
+            }
+        });
+        let left = Arc::new(AtomicUsize::new(TRANSFERS));
+        let exhausted = Arc::new(AtomicUsize::new(0));
+        let began = std::time::Instant::now();
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let (svc, left, exhausted) = (svc.clone(), left.clone(), exhausted.clone());
+            clients.push(tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let (from, to, amount) = random_transfer(ACCOUNTS);
+                    let r = support::send(&svc, &format!("{from},{to},{amount}")).await;
+                    if r.status() == 503 {
+                        exhausted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+        let took = began.elapsed().as_secs_f64();
+        let s = stats.snapshot();
+        let share = exhausted.load(Ordering::SeqCst) as f64 / TRANSFERS as f64;
+        println!(
+            "adaptive {adaptive:?}: {:.0} transfers/s, 503 {:.1} %, retried {}",
+            TRANSFERS as f64 / took,
+            share * 100.0,
+            s.retried.total()
+        );
+        assert_eq!(bank.total().await, ACCOUNTS * START, "money is kept");
+        results.push(share);
+        drop(svc);
+        Arc::try_unwrap(bank).ok().unwrap().drop().await;
+    }
+    assert!(results[1] <= results[0], "{results:?}");
+}

@@ -72,6 +72,7 @@ pub struct TxConfig {
     pub(crate) mysql_retry_lock_wait_timeout: bool,
     pub(crate) slow_statement: Duration,
     pub(crate) end_timeout: Duration,
+    pub(crate) adaptive_concurrency: Option<usize>,
 }
 
 /// Default of [`TxConfig::end_timeout`]: the time limit of `COMMIT` and `ROLLBACK`.
@@ -95,6 +96,7 @@ impl Default for TxConfig {
             mysql_retry_lock_wait_timeout: false,
             slow_statement: Duration::from_millis(100),
             end_timeout: DEFAULT_END_TIMEOUT,
+            adaptive_concurrency: None,
         }
     }
 }
@@ -141,6 +143,17 @@ impl TxConfig {
     /// timed out leaves the server to roll back when it sees the connection gone.
     pub fn end_timeout(mut self, timeout: Duration) -> Self {
         self.end_timeout = timeout;
+        self
+    }
+
+    /// Limits the transactions this layer runs at once, adapting the limit to their
+    /// conflicts (default off): each conflict that forces a retry cuts it by a quarter, each
+    /// clean commit raises it by one over the limit, between 1 and `max`. Meant for hot rows
+    /// under `SERIALIZABLE` (many requests writing the same few rows), where fewer at once
+    /// commit more and fewer run out of retries. Waiting for room counts against
+    /// [`retry_deadline`](Self::retry_deadline); past it the request gets `503`.
+    pub fn adaptive_concurrency(mut self, max: Option<usize>) -> Self {
+        self.adaptive_concurrency = max;
         self
     }
 
@@ -231,9 +244,9 @@ impl TxConfig {
             .backoff_base
             .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
             .min(self.backoff_max);
-        let half = exp / 2;
-        let jitter = rand::random_range(0..=half.as_micros() as u64);
-        half + Duration::from_micros(jitter)
+        // Full jitter: anywhere up to the exponential bound, so retries that conflicted
+        // together do not come back together.
+        Duration::from_micros(rand::random_range(0..=exp.as_micros() as u64))
     }
 }
 
@@ -242,16 +255,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
+    fn backoff_is_fully_jittered_under_a_growing_capped_bound() {
         let c = TxConfig::default().backoff(Duration::from_millis(10), Duration::from_millis(40));
-        for _ in 0..100 {
+        let (mut low, mut high) = (Duration::MAX, Duration::ZERO);
+        for _ in 0..1000 {
             let b1 = c.backoff_for(1);
-            assert!(b1 >= Duration::from_millis(5) && b1 <= Duration::from_millis(10));
+            assert!(b1 <= Duration::from_millis(10));
             let b3 = c.backoff_for(3);
-            assert!(b3 >= Duration::from_millis(20) && b3 <= Duration::from_millis(40));
+            assert!(b3 <= Duration::from_millis(40));
+            low = low.min(b3);
+            high = high.max(b3);
             let b9 = c.backoff_for(9);
             assert!(b9 <= Duration::from_millis(40));
         }
+        // Full jitter: the whole range is used, not only its upper half.
+        assert!(low < Duration::from_millis(10) && high > Duration::from_millis(30));
     }
 
     #[test]

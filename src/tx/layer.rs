@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use super::backend::TxDatabase;
 use super::config::TxConfig;
 use super::error::ConfigError;
+use super::limit::AdaptiveLimit;
 use super::policy::{CommitPolicy, DefaultPolicy};
 use super::service::Tx;
 use super::stats::TxStats;
@@ -20,6 +21,9 @@ pub struct TxLayer<DB: TxDatabase, P = DefaultPolicy> {
     pub(crate) config: Arc<TxConfig>,
     pub(crate) policy: Arc<P>,
     pub(crate) stats: TxStats,
+    /// The adaptive limit on transactions at once, when configured; shared by the layer's
+    /// services.
+    pub(crate) limit: Option<Arc<AdaptiveLimit>>,
 }
 
 impl<DB: TxDatabase> TxLayer<DB> {
@@ -34,6 +38,9 @@ impl<DB: TxDatabase> TxLayer<DB> {
         DB::validate(&config)?;
         Ok(Self {
             pool,
+            limit: config
+                .adaptive_concurrency
+                .map(|max| Arc::new(AdaptiveLimit::new(max))),
             config: Arc::new(config),
             policy: Arc::new(DefaultPolicy),
             stats: TxStats::default(),
@@ -49,6 +56,7 @@ impl<DB: TxDatabase, P> TxLayer<DB, P> {
             config: self.config,
             policy: Arc::new(policy),
             stats: self.stats,
+            limit: self.limit,
         }
     }
 
@@ -81,6 +89,7 @@ impl<DB: TxDatabase, P> Clone for TxLayer<DB, P> {
             config: self.config.clone(),
             policy: self.policy.clone(),
             stats: self.stats.clone(),
+            limit: self.limit.clone(),
         }
     }
 }

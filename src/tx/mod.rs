@@ -28,6 +28,9 @@
 //!   unknown (cancelled during `BEGIN`, a statement or `COMMIT`) is closed, never returned
 //!   to the pool.
 //! - no connection within the pool's acquire timeout: `503` with `Retry-After`.
+//! - with [`TxConfig::adaptive_concurrency`], at most a limit of transactions run at once,
+//!   the limit cut by each conflict and raised by clean commits: on hot rows fewer at once
+//!   commit more.
 //!
 //! The layer's own answers carry a [`TX_ERROR_HEADER`] naming the cause; for gRPC requests
 //! they are gRPC statuses (`UNAVAILABLE`, `INTERNAL`, `UNKNOWN`).
@@ -122,6 +125,7 @@ mod error;
 mod future;
 mod handle;
 mod layer;
+mod limit;
 mod policy;
 mod service;
 mod stats;

@@ -251,6 +251,21 @@ where
         if attempt > 1 {
             svc.ready().await?;
         }
+        // Room under the adaptive limit, within what is left of the request's budget.
+        let permit = match layer.limit.as_deref() {
+            Some(limit) => {
+                let budget = config.retry_deadline.saturating_sub(started.elapsed());
+                match tokio::time::timeout(budget, limit.acquire()).await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        stats.retries_exhausted();
+                        return Ok(fail(Failure::RetriesExhausted));
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut committed = false;
         let attempt_began = Instant::now();
         let call = AssertUnwindSafe(svc.call(req)).catch_unwind();
         let outcome = match config.transaction_timeout {
@@ -300,6 +315,7 @@ where
                 }
                 Some(Verdict::Commit) => match commit_then_hooks(handle, shared.clone()).await {
                     Finished::Committed | Finished::NotBegun => {
+                        committed = true;
                         Step::Done(response.map(TxResponseBody::inner))
                     }
                     Finished::Aborted | Finished::RolledBack => {
@@ -349,6 +365,16 @@ where
             }
         };
 
+        if let Some(limit) = layer.limit.as_deref() {
+            match &step {
+                // A lost connection is no conflict: only conflicts say "fewer at once".
+                Step::Retry(RetryReason::ConnectionLost) => {}
+                Step::Retry(_) => limit.conflict(),
+                Step::Done(_) if committed => limit.success(),
+                Step::Done(_) => {}
+            }
+        }
+        drop(permit);
         match step {
             Step::Done(response) => return Ok(response),
             Step::Retry(reason) => {
