@@ -516,6 +516,36 @@ mod redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishing_to_a_hung_redis_fails_at_once_after_a_few_timeouts() {
+        let silent = SilentServer::start();
+        let bus = InvalidationBus::builder(Purger::new(MemoryStore::new(1 << 20)))
+            .redis(silent.url())
+            .namespace(unique("inv_breaker"))
+            .timeout(Duration::from_millis(100))
+            .connect_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let mut errors = Vec::new();
+        for _ in 0..6 {
+            errors.push(
+                bus.publish("product.updated", json!({"id": 1}))
+                    .await
+                    .unwrap_err()
+                    .to_string(),
+            );
+        }
+        // Three timeouts open the breaker; then publishing fails at once, without waiting.
+        assert!(
+            errors[..3].iter().all(|e| !e.contains("circuit")),
+            "{errors:?}"
+        );
+        assert!(
+            errors[3..].iter().all(|e| e.contains("circuit to Redis is open")),
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_event_on_one_instance_purges_another_instances_memory_store_within_100ms() {
         let ns = unique("inv_bus");
         let (store_a, store_b) = (MemoryStore::new(1 << 20), MemoryStore::new(1 << 20));

@@ -77,6 +77,9 @@ struct Remote {
     conn: redis::aio::ConnectionManager,
     timeout: Duration,
     connected: Arc<AtomicBool>,
+    /// Publishing to a Redis that hangs fails at once after a few timeouts, as the store's
+    /// commands do.
+    breaker: crate::store::breaker::Breaker,
     // Dropping the last bus clone stops the listener.
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -104,7 +107,9 @@ struct Inner {
 ///
 /// # Delivery
 ///
-/// Redis pub/sub is at-most-once: an instance whose subscriber connection is down (it
+/// Publishing has a circuit breaker, as the Redis store's commands do: after three timeouts or
+/// connection failures in a row, `publish` fails at once until a probe a second later gets
+/// through. Redis pub/sub is at-most-once: an instance whose subscriber connection is down (it
 /// reconnects with backoff, pinging to notice a half-open socket) misses the events published
 /// meanwhile. Give cached entries a TTL that bounds how long such a miss can last. When the
 /// instances share one store (one [`RedisStore`](crate::store::RedisStore) namespace, or
@@ -409,22 +414,44 @@ mod remote {
             conn,
             timeout: settings.timeout,
             connected,
+            breaker: crate::store::breaker::Breaker::new(
+                "invalidation bus",
+                crate::store::BreakerSettings::default(),
+            ),
             _shutdown: shutdown,
         })
     }
 
     pub(super) async fn publish(remote: &Remote, message: Vec<u8>) -> Result<(), BusError> {
+        let Ok(ticket) = remote.breaker.admit() else {
+            return Err(BusError::Publish(
+                "not sent: the circuit to Redis is open".into(),
+            ));
+        };
         let mut conn = remote.conn.clone();
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&remote.channel).arg(message);
         let publish = cmd.query_async::<i64>(&mut conn);
         match tokio::time::timeout(remote.timeout, publish).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BusError::Publish(e.to_string())),
-            Err(_) => Err(BusError::Publish(format!(
-                "timed out after {:?}",
-                remote.timeout
-            ))),
+            Ok(Ok(_)) => {
+                ticket.success();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    ticket.failure();
+                } else {
+                    ticket.success();
+                }
+                Err(BusError::Publish(e.to_string()))
+            }
+            Err(_) => {
+                ticket.failure();
+                Err(BusError::Publish(format!(
+                    "timed out after {:?}",
+                    remote.timeout
+                )))
+            }
         }
     }
 

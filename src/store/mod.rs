@@ -107,7 +107,7 @@ mod typed;
 #[cfg(feature = "redis")]
 mod backplane;
 #[cfg(feature = "redis")]
-mod breaker;
+pub(crate) mod breaker;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(all(feature = "memory", feature = "redis"))]
