@@ -540,7 +540,9 @@ mod redis {
             "{errors:?}"
         );
         assert!(
-            errors[3..].iter().all(|e| e.contains("circuit to Redis is open")),
+            errors[3..]
+                .iter()
+                .all(|e| e.contains("circuit to Redis is open")),
             "{errors:?}"
         );
     }

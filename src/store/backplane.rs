@@ -63,6 +63,9 @@ pub(crate) struct BusShared {
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
     pub received: AtomicU64,
+    /// Subscribers the channel has when every instance is there: a publisher waits for them
+    /// (see `RedisStore::fence`).
+    pub expected: AtomicU64,
     pub events: broadcast::Sender<BusEvent>,
 }
 
@@ -74,6 +77,7 @@ impl BusShared {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
             events: broadcast::channel(4096).0,
         })
     }
@@ -134,8 +138,10 @@ pub(crate) async fn listen(
                     return false;
                 }
             }
-            shared.connected.store(true, Relaxed);
+            // The count first: whoever sees `connected` sees the new subscription's number,
+            // and a tiered store trusts its L1 only once it has dropped it for that number.
             shared.reconnects.fetch_add(1, Relaxed);
+            shared.connected.store(true, Relaxed);
             on_resync();
             let _ = shared.events.send(BusEvent::Resync);
             tracing::debug!(channel = %shared.channel, "backplane: subscribed");

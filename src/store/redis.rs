@@ -69,7 +69,11 @@ return v
 /// - Tag purges are constant-cost invalidation marks; see the [module docs](super) for the
 ///   design and the key layout.
 /// - A backplane (pub/sub on `ns:bus`) tells other instances what was invalidated; it can be
-///   turned off with [`RedisStoreBuilder::backplane`].
+///   turned off with [`RedisStoreBuilder::backplane`]. A write or invalidation that publishes
+///   returns once the channel has as many subscribers as it had with every instance there
+///   (one `PUBSUB NUMSUB` round trip, and a wait of at most 1 s while an instance whose
+///   subscription dropped resubscribes): its local copies are dropped before the write
+///   returns.
 ///
 /// Cloning is cheap; clones share the connection. Must be built inside a Tokio runtime.
 #[derive(Clone)]
@@ -312,6 +316,11 @@ fn server_version(info: &str) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The longest a write waits for the backplane's subscribers to be back (see
+/// `RedisStore::fence`).
+const FENCE_BOUND: Duration = Duration::from_secs(1);
+const FENCE_POLL: Duration = Duration::from_millis(5);
+
 fn raise_mark(marks: &quick_cache::sync::Cache<String, TagMarks>, tag: &str, mark: TagMarks) {
     let current = marks.get(tag);
     let mut raised = current.unwrap_or_default();
@@ -360,6 +369,52 @@ impl RedisStore {
             .bus
             .as_ref()
             .is_some_and(|b| b.connected.load(Relaxed))
+    }
+
+    /// How many times the backplane has subscribed (0 before the first time).
+    pub(crate) fn backplane_subscriptions(&self) -> u64 {
+        self.inner
+            .bus
+            .as_ref()
+            .map_or(0, |b| b.reconnects.load(Relaxed))
+    }
+
+    /// Waits, after publishing an invalidation, until the backplane channel has as many
+    /// subscribers as it had when every instance was there (at most [`FENCE_BOUND`]): an
+    /// instance whose subscription dropped around the publish has then resubscribed, and so
+    /// dropped its local copies, before this write returns. Without it, a read on that
+    /// instance right after the write could still find the old value in its L1. Past the
+    /// bound, the lower count is taken as the new normal (an instance left).
+    async fn fence(&self) {
+        let Some(bus) = &self.inner.bus else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + FENCE_BOUND;
+        loop {
+            let mut conn = self.inner.conn.clone();
+            let mut cmd = redis::cmd("PUBSUB");
+            cmd.arg("NUMSUB").arg(bus.channel.as_str());
+            let Ok((_, now)) = self
+                .run("pubsub numsub", cmd.query_async::<(String, u64)>(&mut conn))
+                .await
+            else {
+                return;
+            };
+            let expected = bus.expected.fetch_max(now, Relaxed);
+            if now >= expected {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bus.expected.store(now, Relaxed);
+                tracing::warn!(
+                    expected,
+                    now,
+                    "backplane: fewer subscribers than before; taking it as the new normal"
+                );
+                return;
+            }
+            tokio::time::sleep(FENCE_POLL).await;
+        }
     }
 
     /// Sends `PING` and returns the round-trip time: a health check.
@@ -634,6 +689,9 @@ impl RedisStore {
         let mut conn = self.inner.conn.clone();
         self.run("set", pipe.query_async::<()>(&mut conn)).await?;
         Counters::add(&self.inner.counters.sets, items.len() as u64);
+        if self.inner.publish_writes {
+            self.fence().await;
+        }
         Ok(())
     }
 
@@ -805,7 +863,10 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         self.publish(&mut pipe, op);
         let mut conn = self.inner.conn.clone();
-        self.run("publish", pipe.query_async::<()>(&mut conn)).await
+        self.run("publish", pipe.query_async::<()>(&mut conn))
+            .await?;
+        self.fence().await;
+        Ok(())
     }
 
     /// Purges a tag as of `at`, hard or soft; returns the index size at that moment. A hard
@@ -844,6 +905,7 @@ impl RedisStore {
         let mut conn = self.inner.conn.clone();
         let (count,): (u64,) = self.run("purge tag", pipe.query_async(&mut conn)).await?;
         raise_mark(&self.inner.marks, tag, TagMarks::at(at, soft));
+        self.fence().await;
         if soft {
             return Ok(count);
         }
@@ -991,6 +1053,7 @@ impl Store for RedisStore {
         let mut conn = self.inner.conn.clone();
         let (n,): (u64,) = self.run("delete", pipe.query_async(&mut conn)).await?;
         Counters::add(&self.inner.counters.deletes, n);
+        self.fence().await;
         Ok(n > 0)
     }
 

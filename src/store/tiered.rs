@@ -27,9 +27,11 @@ use super::{
 /// - **Coherence**: every write, delete, tag purge, pattern delete and clear is published on the
 ///   backplane (keys, tags and actions, never values); other instances drop their L1 copies.
 ///   An L1 fill that raced with an invalidation is discarded.
-/// - **Backplane lost**: from the moment the subscription drops until it is back, L1 is not
-///   trusted: reads go to L2 and nothing new is put in L1, so an invalidation published
-///   meanwhile cannot be missed. When it is back, L1 is dropped entirely.
+/// - **Backplane lost**: from the moment the subscription drops until it is back and L1 has
+///   been dropped for it, L1 is not trusted: reads go to L2 and nothing new is put in L1. And
+///   a write or invalidation returns only once the channel has all its subscribers again
+///   (see [`RedisStore`]'s backplane), so an instance whose subscription dropped just before
+///   it cannot serve the old value from L1 after it returned.
 /// - **Redis down** (its circuit breaker open): reads keep working on L1. Writes go to L1 and
 ///   return the error: they did not reach Redis. Invalidations (deletes, key and tag purges)
 ///   apply to L1, return the error, and are kept (per key and tag, the last one winning,
@@ -53,6 +55,8 @@ struct Inner {
     soft_timeouts: AtomicU64,
     /// Invalidations that did not reach Redis, replayed when the backplane is back.
     pending: Arc<Pending>,
+    /// The backplane subscription whose `Resync` L1 was last dropped for.
+    synced: Arc<AtomicU64>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -113,6 +117,7 @@ impl TieredStoreBuilder {
         })?;
         let epoch = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(Pending::default());
+        let synced = Arc::new(AtomicU64::new(0));
         let listener = handle.spawn(apply_invalidations(
             events,
             self.l1.clone(),
@@ -120,6 +125,7 @@ impl TieredStoreBuilder {
             Replay {
                 pending: pending.clone(),
                 l2: self.l2.clone(),
+                synced: synced.clone(),
             },
         ));
         Ok(TieredStore {
@@ -132,6 +138,7 @@ impl TieredStoreBuilder {
                 epoch,
                 soft_timeouts: AtomicU64::new(0),
                 pending,
+                synced,
                 listener: Some(listener),
             }),
         })
@@ -142,6 +149,8 @@ impl TieredStoreBuilder {
 struct Replay {
     pending: Arc<Pending>,
     l2: RedisStore,
+    /// Set to the subscription number once L1 is dropped for it.
+    synced: Arc<AtomicU64>,
 }
 
 async fn apply_invalidations(
@@ -193,7 +202,11 @@ async fn apply_invalidations(
             // Subscribed again: Redis answers. Drop what L1 may have missed, and send Redis
             // the invalidations it missed from this instance.
             Ok(BusEvent::Resync) => {
+                // The number first, then the drop: a subscription that began meanwhile has a
+                // higher number, and L1 stays distrusted until its own `Resync`.
+                let subscription = replay.l2.backplane_subscriptions();
                 l1.remove_all();
+                replay.synced.store(subscription, Relaxed);
                 let (pending, l2) = (replay.pending.clone(), replay.l2.clone());
                 tokio::spawn(async move {
                     pending.replay(&l2).await;
@@ -279,7 +292,9 @@ impl TieredStore {
     /// from that moment until it has resubscribed and dropped L1, reads go to L2 and nothing
     /// new is put in L1.
     fn l1_trusted(&self) -> bool {
-        self.inner.l2.backplane_connected()
+        // Connected, and L1 dropped since this subscription began (the `Resync` applied).
+        (self.inner.l2.backplane_connected()
+            && self.inner.synced.load(Relaxed) == self.inner.l2.backplane_subscriptions())
             || matches!(
                 self.inner.l2.breaker_state(),
                 Some(BreakerState::Open | BreakerState::HalfOpen)
