@@ -71,7 +71,8 @@ pub struct RouteData {
     /// Over the last five minutes.
     pub last_five_minutes: WindowData,
     /// The route's recent samples, aligned with [`HistoryData::at_unix_ms`] (`null` where the
-    /// route had no requests in the minute before the sample).
+    /// route had no requests in the minute before the sample); empty for routes beyond the 32
+    /// busiest, which are not charted.
     pub history: RouteHistory,
 }
 
