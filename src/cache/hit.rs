@@ -17,7 +17,7 @@ use super::layer::Ctx;
 use super::lookup::{Decoded, HitHeaders, decoded};
 use super::record::{Record, Stored};
 use super::revalidate::has_conditionals;
-use super::serve::{Resp, cache_status_name, serve_record, status_value};
+use super::serve::{Resp, cache_status_name, hit_status, serve_record, status_value};
 use super::state::Shared;
 use crate::store::entry::clock_micros;
 use crate::store::{Entry, Store};
@@ -117,13 +117,7 @@ fn respond<St, RB>(
     let made = || HitHeaders {
         at,
         age: HeaderValue::from(age),
-        status: status_value(
-            ctx,
-            &match ttl_left {
-                Some(ttl) => format!("hit; ttl={ttl}"),
-                None => "hit".to_owned(),
-            },
-        ),
+        status: status_value(ctx, &hit_status(ttl_left)),
     };
     // Another thread serving this entry holds the slot: make this hit's values instead of
     // waiting for it.

@@ -94,6 +94,15 @@ pub(crate) fn serve<St, RB>(
     )
 }
 
+/// The `Cache-Status` detail of a fresh hit, with the seconds of freshness it has left: one
+/// spelling for the general path and the future-free one.
+pub(crate) fn hit_status(ttl_left: Option<u64>) -> String {
+    match ttl_left {
+        Some(ttl) => format!("hit; ttl={ttl}"),
+        None => "hit".to_owned(),
+    }
+}
+
 /// The `Cache-Status` value for `status`, `None` when the layer sends none.
 pub(crate) fn status_value<St>(ctx: &Ctx<St>, status: &str) -> Option<HeaderValue> {
     if !ctx.config.cache_status {

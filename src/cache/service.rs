@@ -22,7 +22,7 @@ use super::layer::Ctx;
 use super::lookup::lookup;
 use super::policy::Directives;
 use super::revalidate::spawn_refresh;
-use super::serve::{Resp, fail_open, finish_passthrough, serve};
+use super::serve::{Resp, fail_open, finish_passthrough, hit_status, serve};
 use super::state::Shared;
 use crate::store::Store;
 
@@ -173,10 +173,7 @@ where
     };
     if !found.is_stale() {
         Shared::count(&ctx.shared.hits);
-        let status = match found.ttl_left() {
-            Some(ttl) => format!("hit; ttl={ttl}"),
-            None => "hit".to_owned(),
-        };
+        let status = hit_status(found.ttl_left());
         return Ok(serve(&ctx, &found, &method, request.headers(), &status));
     }
     if found.within_swr(&ctx) {
