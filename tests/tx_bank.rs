@@ -30,24 +30,20 @@ async fn pool() -> sqlx::PgPool {
         .expect("PostgreSQL at DATABASE_URL")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
-    let pool = pool().await;
-    let bank = Arc::new(Bank::create(&pool, ACCOUNTS, START).await);
-    let layer = TxLayer::new(
-        pool.clone(),
-        TxConfig::default().isolation(IsolationLevel::Serializable),
-    )
-    .unwrap();
-    let stats = layer.stats();
-    let b = bank.clone();
-    let svc = support::app(layer, move |tx, body| {
-        let b = b.clone();
-        async move {
-            let v: Vec<i64> = body.split(',').map(|x| x.parse().unwrap()).collect();
-            support::status(b.transfer(&tx, v[0], v[1], v[2]).await)
-        }
-    });
+/// `CLIENTS` concurrent clients share `TRANSFERS` random transfers: how many answers had each
+/// status (`503` with its cause). Any other status fails the test.
+async fn drive<S>(svc: &S) -> BTreeMap<String, usize>
+where
+    S: tower::Service<
+            http::Request<String>,
+            Response = http::Response<tower_strata::tx::TxResponseBody<String>>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
     let left = Arc::new(AtomicUsize::new(TRANSFERS));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -76,6 +72,28 @@ async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
             *seen.entry(k).or_default() += n;
         }
     }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
+    let pool = pool().await;
+    let bank = Arc::new(Bank::create(&pool, ACCOUNTS, START).await);
+    let layer = TxLayer::new(
+        pool.clone(),
+        TxConfig::default().isolation(IsolationLevel::Serializable),
+    )
+    .unwrap();
+    let stats = layer.stats();
+    let b = bank.clone();
+    let svc = support::app(layer, move |tx, body| {
+        let b = b.clone();
+        async move {
+            let v: Vec<i64> = body.split(',').map(|x| x.parse().unwrap()).collect();
+            support::status(b.transfer(&tx, v[0], v[1], v[2]).await)
+        }
+    });
+    let seen = drive(&svc).await;
     let s = stats.snapshot();
     eprintln!(
         "with retry: {seen:?}; retried {:?}, exhausted {}",
@@ -167,31 +185,16 @@ async fn the_adaptive_limit_cuts_retries_exhausted_on_hot_rows() {
                 support::status(b.transfer(&tx, v[0], v[1], v[2]).await)
             }
         });
-        let left = Arc::new(AtomicUsize::new(TRANSFERS));
-        let exhausted = Arc::new(AtomicUsize::new(0));
         let began = std::time::Instant::now();
-        let mut clients = Vec::new();
-        for _ in 0..CLIENTS {
-            let (svc, left, exhausted) = (svc.clone(), left.clone(), exhausted.clone());
-            clients.push(tokio::spawn(async move {
-                while left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    let (from, to, amount) = random_transfer(ACCOUNTS);
-                    let r = support::send(&svc, &format!("{from},{to},{amount}")).await;
-                    if r.status() == 503 {
-                        exhausted.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }));
-        }
-        for c in clients {
-            c.await.unwrap();
-        }
+        let seen = drive(&svc).await;
         let took = began.elapsed().as_secs_f64();
         let s = stats.snapshot();
-        let share = exhausted.load(Ordering::SeqCst) as f64 / TRANSFERS as f64;
+        let exhausted: usize = seen
+            .iter()
+            .filter(|(status, _)| status.starts_with("503"))
+            .map(|(_, n)| n)
+            .sum();
+        let share = exhausted as f64 / TRANSFERS as f64;
         println!(
             "adaptive {adaptive:?}: {:.0} transfers/s, 503 {:.1} %, retried {}",
             TRANSFERS as f64 / took,
