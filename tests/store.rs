@@ -33,6 +33,20 @@ async fn tiered() -> TieredStore {
     TieredStore::new(MemoryStore::new(64 << 20), redis().await).unwrap()
 }
 
+/// A Redis Cluster of three masters, shared by this binary's tests.
+#[cfg(feature = "redis-cluster")]
+async fn cluster() -> RedisStore {
+    RedisStore::builder(support::cluster::shared().url())
+        .namespace(support::unique("conf"))
+        .build()
+        .unwrap()
+}
+
+#[cfg(feature = "redis-cluster")]
+async fn tiered_cluster() -> TieredStore {
+    TieredStore::new(MemoryStore::new(64 << 20), cluster().await).unwrap()
+}
+
 async fn boxed() -> BoxStore {
     BoxStore::new(tiered().await)
 }
@@ -588,3 +602,7 @@ conformance!(memory);
 conformance!(redis);
 conformance!(tiered);
 conformance!(boxed);
+#[cfg(feature = "redis-cluster")]
+conformance!(cluster);
+#[cfg(feature = "redis-cluster")]
+conformance!(tiered_cluster);

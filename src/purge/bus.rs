@@ -74,7 +74,7 @@ impl Core {
 struct Remote {
     instance: u64,
     channel: String,
-    conn: redis::aio::ConnectionManager,
+    conn: crate::store::redis::RedisConn,
     timeout: Duration,
     connected: Arc<AtomicBool>,
     /// Publishing to a Redis that hangs fails at once after a few timeouts, as the store's
@@ -341,12 +341,12 @@ impl InvalidationBus {
 mod remote {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-    use std::time::Duration;
 
-    use futures_util::StreamExt;
-    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use serde::{Deserialize, Serialize};
     use tokio::sync::oneshot;
+
+    use crate::store::redis::{Target, Timeouts};
+    use crate::store::subscriber::{self, SubscribeConfig, Subscriber};
 
     use super::{BusError, Core, RedisSettings, Remote};
 
@@ -385,28 +385,30 @@ mod remote {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             BusError::Config("the Redis bus must be built inside a Tokio runtime".into())
         })?;
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| BusError::Config(format!("Redis URL {:?}: {e}", settings.url)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| BusError::Config(format!("redis connection: {e}")))?;
+        let target = Target::parse(&settings.url).map_err(BusError::Config)?;
+        let conn = target
+            .connect_lazily(Timeouts {
+                connect: settings.connect_timeout,
+                response: settings.timeout,
+            })
+            .map_err(BusError::Config)?;
         let instance = rand::random();
         let channel = format!("{}:events", settings.namespace);
         let connected = Arc::new(AtomicBool::new(false));
         let (shutdown, stop) = oneshot::channel();
-        handle.spawn(listen(
-            client,
+        handle.spawn(subscriber::listen(
+            target,
             channel.clone(),
-            instance,
-            settings.connect_timeout,
-            settings.ping_interval,
-            connected.clone(),
-            core,
+            SubscribeConfig {
+                connect_timeout: settings.connect_timeout,
+                ping_interval: settings.ping_interval,
+            },
             stop,
+            Listener {
+                instance,
+                connected: connected.clone(),
+                core,
+            },
         ));
         Ok(Remote {
             instance,
@@ -429,7 +431,7 @@ mod remote {
             ));
         };
         let mut conn = remote.conn.clone();
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(conn.publish_command());
         cmd.arg(&remote.channel).arg(message);
         let publish = cmd.query_async::<i64>(&mut conn);
         match tokio::time::timeout(remote.timeout, publish).await {
@@ -455,83 +457,32 @@ mod remote {
         }
     }
 
-    /// The subscriber: one dedicated pub/sub connection, pinged to notice a half-open socket,
-    /// reconnected with backoff, until the bus is dropped.
-    #[allow(clippy::too_many_arguments)]
-    async fn listen(
-        client: redis::Client,
-        channel: String,
+    /// Applies the events of other instances as they arrive.
+    struct Listener {
         instance: u64,
-        connect_timeout: Duration,
-        ping_interval: Duration,
         connected: Arc<AtomicBool>,
         core: Arc<Core>,
-        mut stop: oneshot::Receiver<()>,
-    ) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let session = async {
-                let pubsub =
-                    match tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await {
-                        Ok(Ok(pubsub)) => pubsub,
-                        _ => {
-                            tracing::debug!("invalidation bus: connect failed");
-                            return false;
-                        }
-                    };
-                let (mut sink, mut stream) = pubsub.split();
-                if !matches!(
-                    tokio::time::timeout(connect_timeout, sink.subscribe(channel.as_str())).await,
-                    Ok(Ok(()))
-                ) {
-                    tracing::debug!("invalidation bus: subscribe failed");
-                    return false;
-                }
-                connected.store(true, Relaxed);
-                tracing::debug!(channel, "invalidation bus: subscribed");
-                let mut ping = tokio::time::interval(ping_interval);
-                ping.tick().await;
-                loop {
-                    tokio::select! {
-                        message = stream.next() => {
-                            let Some(message) = message else {
-                                tracing::warn!("invalidation bus: connection lost");
-                                return true;
-                            };
-                            let Ok(message) = serde_json::from_slice::<Message>(message.get_payload_bytes()) else {
-                                tracing::warn!("invalidation bus: ignoring a malformed message");
-                                continue;
-                            };
-                            if message.src == instance {
-                                continue; // applied when it was published
-                            }
-                            // Apply off the listener so a slow purge does not hold up the
-                            // next events.
-                            tokio::spawn(core.clone().apply(message.event, message.payload));
-                        }
-                        _ = ping.tick() => {
-                            let pong = tokio::time::timeout(connect_timeout, sink.ping::<redis::Value>()).await;
-                            if !matches!(pong, Ok(Ok(_))) {
-                                tracing::warn!("invalidation bus: ping failed, reconnecting");
-                                return true;
-                            }
-                        }
-                    }
-                }
+    }
+
+    impl Subscriber for Listener {
+        fn subscribed(&mut self) {
+            self.connected.store(true, Relaxed);
+        }
+
+        fn message(&mut self, payload: &[u8]) {
+            let Ok(message) = serde_json::from_slice::<Message>(payload) else {
+                tracing::warn!("invalidation bus: ignoring a malformed message");
+                return;
             };
-            let was_connected = tokio::select! {
-                connected = session => connected,
-                _ = &mut stop => return,
-            };
-            connected.store(false, Relaxed);
-            if was_connected {
-                backoff = Duration::from_millis(50);
+            if message.src == self.instance {
+                return; // applied when it was published
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = &mut stop => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            // Apply off the listener so a slow purge does not hold up the next events.
+            tokio::spawn(self.core.clone().apply(message.event, message.payload));
+        }
+
+        fn lost(&mut self) {
+            self.connected.store(false, Relaxed);
         }
     }
 }

@@ -1,18 +1,18 @@
 //! The Redis pub/sub backplane: invalidations from one instance reach every other.
 //!
 //! Messages carry keys, tags, patterns and actions, never values. Each [`RedisStore`]
-//! (super::RedisStore) runs one listener task that owns a dedicated pub/sub connection, pings it
-//! to notice a half-open socket, and reconnects with backoff. Every (re)subscription is announced
+//! (super::RedisStore) runs one listener task, a [`subscriber`](super::subscriber) on `ns:bus`
+//! (sharded on a Cluster). Every (re)subscription is announced
 //! as [`BusEvent::Resync`]: whatever was published while the listener was away is lost, so local
 //! copies (L1 entries, known tag marks) must be dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
+
+use super::subscriber::Subscriber;
 
 /// One invalidation, as published.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,105 +91,45 @@ impl BusShared {
     }
 }
 
-/// Settings of the listener task.
-#[derive(Clone, Debug)]
-pub(crate) struct ListenerConfig {
-    pub connect_timeout: Duration,
-    pub ping_interval: Duration,
+/// Applies what the subscription reports to the store's shared state and tells listeners.
+pub(crate) struct Listener<F, G> {
+    pub shared: Arc<BusShared>,
+    /// Applies an operation from another instance to the store's own state (its known tag
+    /// marks) before listeners hear of it.
+    pub on_op: F,
+    /// Drops that state.
+    pub on_resync: G,
 }
 
-/// Runs until `shutdown` fires or its sender drops. `on_op` applies an operation from another
-/// instance to the store's own state (its known tag marks) before listeners hear of it;
-/// `on_resync` drops that state.
-pub(crate) async fn listen(
-    client: redis::Client,
-    shared: Arc<BusShared>,
-    config: ListenerConfig,
-    mut shutdown: oneshot::Receiver<()>,
-    on_op: impl Fn(&BusOp) + Send + 'static,
-    on_resync: impl Fn() + Send + 'static,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let session = async {
-            let pubsub =
-                match tokio::time::timeout(config.connect_timeout, client.get_async_pubsub()).await
-                {
-                    Ok(Ok(pubsub)) => pubsub,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "backplane: connect failed");
-                        return false;
-                    }
-                    Err(_) => {
-                        tracing::debug!("backplane: connect timed out");
-                        return false;
-                    }
-                };
-            let (mut sink, mut stream) = pubsub.split();
-            match tokio::time::timeout(
-                config.connect_timeout,
-                sink.subscribe(shared.channel.as_str()),
-            )
-            .await
-            {
-                Ok(Ok(())) => {}
-                _ => {
-                    tracing::debug!("backplane: subscribe failed");
-                    return false;
-                }
-            }
-            // The count first: whoever sees `connected` sees the new subscription's number,
-            // and a tiered store trusts its L1 only once it has dropped it for that number.
-            shared.reconnects.fetch_add(1, Relaxed);
-            shared.connected.store(true, Relaxed);
-            on_resync();
-            let _ = shared.events.send(BusEvent::Resync);
-            tracing::debug!(channel = %shared.channel, "backplane: subscribed");
-            let mut ping = tokio::time::interval(config.ping_interval);
-            ping.tick().await;
-            loop {
-                tokio::select! {
-                    message = stream.next() => {
-                        let Some(message) = message else {
-                            tracing::warn!("backplane: connection lost");
-                            return true;
-                        };
-                        let Ok(message) = serde_json::from_slice::<BusMessage>(message.get_payload_bytes()) else {
-                            tracing::warn!("backplane: ignoring a malformed message");
-                            continue;
-                        };
-                        if message.src == shared.instance {
-                            continue;
-                        }
-                        shared.received.fetch_add(1, Relaxed);
-                        on_op(&message.op);
-                        let _ = shared.events.send(BusEvent::Op(message.op));
-                    }
-                    _ = ping.tick() => {
-                        let pong = tokio::time::timeout(config.connect_timeout, sink.ping::<redis::Value>()).await;
-                        if !matches!(pong, Ok(Ok(_))) {
-                            tracing::warn!("backplane: ping failed, reconnecting");
-                            return true;
-                        }
-                    }
-                }
-            }
+impl<F, G> Subscriber for Listener<F, G>
+where
+    F: Fn(&BusOp) + Send + 'static,
+    G: Fn() + Send + 'static,
+{
+    fn subscribed(&mut self) {
+        // The count first: whoever sees `connected` sees the new subscription's number, and a
+        // tiered store trusts its L1 only once it has dropped it for that number.
+        self.shared.reconnects.fetch_add(1, Relaxed);
+        self.shared.connected.store(true, Relaxed);
+        (self.on_resync)();
+        let _ = self.shared.events.send(BusEvent::Resync);
+    }
+
+    fn message(&mut self, payload: &[u8]) {
+        let Ok(message) = serde_json::from_slice::<BusMessage>(payload) else {
+            tracing::warn!("backplane: ignoring a malformed message");
+            return;
         };
-        let was_connected = tokio::select! {
-            connected = session => connected,
-            _ = &mut shutdown => return,
-        };
-        shared.connected.store(false, Relaxed);
-        if was_connected {
-            // Before the back-off: local copies must stop being trusted now, not when the
-            // subscription is back.
-            let _ = shared.events.send(BusEvent::Lost);
-            backoff = Duration::from_millis(50);
+        if message.src == self.shared.instance {
+            return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = &mut shutdown => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        self.shared.received.fetch_add(1, Relaxed);
+        (self.on_op)(&message.op);
+        let _ = self.shared.events.send(BusEvent::Op(message.op));
+    }
+
+    fn lost(&mut self) {
+        self.shared.connected.store(false, Relaxed);
+        let _ = self.shared.events.send(BusEvent::Lost);
     }
 }

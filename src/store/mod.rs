@@ -113,7 +113,9 @@ mod memory;
 #[cfg(all(feature = "memory", feature = "redis"))]
 mod pending;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
+#[cfg(feature = "redis")]
+pub(crate) mod subscriber;
 #[cfg(all(feature = "memory", feature = "redis"))]
 mod tiered;
 

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod cache_http;
+#[cfg(feature = "redis-cluster")]
+pub mod cluster;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

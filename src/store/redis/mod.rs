@@ -8,55 +8,30 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::oneshot;
 
-use super::backplane::{self, BusOp, BusShared, ListenerConfig};
+mod connection;
+mod scripts;
+
+pub(crate) use self::connection::{Batch, RedisConn, ScanNode, Target, Timeouts};
+#[cfg(feature = "redis-cluster")]
+pub(crate) use self::connection::{channel_route, cluster_client};
+use self::scripts::{DELETE_IF_OLDER, INCR_WITH_TTL, REPLACE_IF_SAME};
+use super::backplane::{BusOp, BusShared, Listener};
 use super::breaker::{Breaker, BreakerSettings};
 use super::entry::now_micros;
 use super::marks::{TagMarks, Verdict};
 use super::stats::BreakerState;
 use super::stats::Counters;
+use super::subscriber::{self, SubscribeConfig};
 use super::{
     Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreStats,
 };
 
 /// Keys unlinked per pipeline by background clean-up and pattern deletes.
 const BATCH: usize = 500;
-
-/// Deletes an entry only if it was stored at or before a purge (ARGV[1], microseconds): the
-/// stored-at time is bytes 5..12 of the entry format, read with GETRANGE so large values are not
-/// copied. Single key, so it is Cluster-safe.
-const DELETE_IF_OLDER: &str = r"
-local h = redis.call('GETRANGE', KEYS[1], 0, 11)
-if string.len(h) < 12 or string.sub(h, 1, 2) ~= 'TS' then return 0 end
-local t = 0
-for i = 5, 12 do t = t * 256 + string.byte(h, i) end
-if t <= tonumber(ARGV[1]) then return redis.call('UNLINK', KEYS[1]) end
-return 0
-";
-
-/// Replaces an entry with its soft-purged copy (ARGV[2], expiring in ARGV[3] ms) only if it
-/// is still the entry that was read: same stored-at time (ARGV[1], microseconds, bytes 5..12).
-/// A write that landed since the read is newer than the purge and is left alone.
-const REPLACE_IF_SAME: &str = r"
-local h = redis.call('GETRANGE', KEYS[1], 0, 11)
-if string.len(h) < 12 or string.sub(h, 1, 2) ~= 'TS' then return 0 end
-local t = 0
-for i = 5, 12 do t = t * 256 + string.byte(h, i) end
-if t ~= tonumber(ARGV[1]) then return 0 end
-if tonumber(ARGV[3]) <= 0 then return redis.call('UNLINK', KEYS[1]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
-
-/// INCRBY that sets the TTL (ARGV[2], milliseconds, 0 for none) only when it creates the counter.
-const INCR_WITH_TTL: &str = r"
-local existed = redis.call('EXISTS', KEYS[1])
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return v
-";
+/// Keys asked of each `SCAN` page.
+const SCAN_COUNT: usize = 1000;
 
 /// A [`Store`] on Redis (feature `redis`).
 ///
@@ -82,7 +57,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     limits: Limits,
     timeout: Duration,
@@ -230,44 +205,45 @@ impl RedisStoreBuilder {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Config("RedisStore must be built inside a Tokio runtime".into())
         })?;
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| StoreError::Config(format!("REDIS_URL {:?}: {e}", self.url)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Config(format!("redis connection: {e}")))?;
+        let target = Target::parse(&self.url).map_err(StoreError::Config)?;
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            response: self.timeout,
+        };
+        let conn = target
+            .connect_lazily(timeouts)
+            .map_err(StoreError::Config)?;
         let marks = Arc::new(quick_cache::sync::Cache::new(self.known_marks.max(16)));
         let prefix = self.namespace.clone();
         let (bus, shutdown) = if self.backplane {
             let shared = BusShared::new(format!("{prefix}:bus"));
             let (tx, rx) = oneshot::channel();
-            let on_op = {
-                let marks = marks.clone();
-                move |op: &BusOp| {
-                    if let BusOp::Tags { tags, at, soft } = op {
-                        for tag in tags {
-                            raise_mark(&marks, tag, TagMarks::at(*at, *soft));
+            let listener = Listener {
+                shared: shared.clone(),
+                on_op: {
+                    let marks = marks.clone();
+                    move |op: &BusOp| {
+                        if let BusOp::Tags { tags, at, soft } = op {
+                            for tag in tags {
+                                raise_mark(&marks, tag, TagMarks::at(*at, *soft));
+                            }
                         }
                     }
-                }
+                },
+                on_resync: {
+                    let marks = marks.clone();
+                    move || marks.clear()
+                },
             };
-            let on_resync = {
-                let marks = marks.clone();
-                move || marks.clear()
-            };
-            handle.spawn(backplane::listen(
-                client,
-                shared.clone(),
-                ListenerConfig {
+            handle.spawn(subscriber::listen(
+                target,
+                shared.channel.clone(),
+                SubscribeConfig {
                     connect_timeout: self.connect_timeout,
                     ping_interval: self.ping_interval,
                 },
                 rx,
-                on_op,
-                on_resync,
+                listener,
             ));
             (Some(shared), Some(tx))
         } else {
@@ -331,7 +307,14 @@ fn raise_mark(marks: &quick_cache::sync::Cache<String, TagMarks>, tag: &str, mar
 }
 
 impl RedisStore {
-    /// A builder for a store at `url` (`redis://host:port/db`, `rediss://` is not enabled).
+    /// A builder for a store at `url`:
+    ///
+    /// - `redis://[user:password@]host:port[/db]`, or `redis+unix:///path.sock`: one server;
+    /// - `rediss://...`: one server over TLS (feature `redis-tls`; `#insecure` at the end
+    ///   skips certificate checks, for tests only);
+    /// - `redis-cluster://[user:password@]host:port,host:port,...` (`rediss-cluster://` over
+    ///   TLS): a Redis Cluster, from any of its nodes (feature `redis-cluster`). See the
+    ///   [module docs](super#redis-key-layout-and-cluster-slots) for what runs where.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
@@ -392,10 +375,8 @@ impl RedisStore {
         let deadline = tokio::time::Instant::now() + FENCE_BOUND;
         loop {
             let mut conn = self.inner.conn.clone();
-            let mut cmd = redis::cmd("PUBSUB");
-            cmd.arg("NUMSUB").arg(bus.channel.as_str());
-            let Ok((_, now)) = self
-                .run("pubsub numsub", cmd.query_async::<(String, u64)>(&mut conn))
+            let Ok(now) = self
+                .run("pubsub numsub", conn.subscribers(&bus.channel))
                 .await
             else {
                 return;
@@ -526,12 +507,7 @@ impl RedisStore {
     /// version; the command's error when Redis cannot be reached.
     pub async fn check_server(&self) -> Result<String, StoreError> {
         let mut conn = self.inner.conn.clone();
-        let info: String = self
-            .run(
-                "info server",
-                redis::cmd("INFO").arg("server").query_async(&mut conn),
-            )
-            .await?;
+        let info = self.run("info server", conn.info_server()).await?;
         let version = server_version(&info).ok_or_else(|| {
             StoreError::Config("the server did not report a redis_version in INFO".into())
         })?;
@@ -554,9 +530,9 @@ impl RedisStore {
         self.inner.breaker.as_ref().map(Breaker::state)
     }
 
-    fn publish(&self, pipe: &mut redis::Pipeline, op: BusOp) {
+    fn publish(&self, pipe: &mut Batch, op: BusOp) {
         if let Some(bus) = &self.inner.bus {
-            pipe.cmd("PUBLISH")
+            pipe.cmd(self.inner.conn.publish_command())
                 .arg(bus.channel.as_str())
                 .arg(bus.encode(op))
                 .ignore();
@@ -579,14 +555,13 @@ impl RedisStore {
         }
         let mut fetched = std::collections::HashMap::new();
         if !unknown.is_empty() {
-            let mut pipe = redis::pipe();
+            let mut pipe = Batch::new();
             for tag in &unknown {
                 pipe.cmd("GET").arg(self.mark_key(tag));
                 pipe.cmd("GET").arg(self.soft_mark_key(tag));
             }
             let mut conn = self.inner.conn.clone();
-            let marks: Vec<Option<u64>> =
-                self.run("get marks", pipe.query_async(&mut conn)).await?;
+            let marks: Vec<Option<u64>> = self.run("get marks", conn.run_batch(&pipe)).await?;
             for (tag, pair) in unknown.into_iter().zip(marks.chunks(2)) {
                 let mark = TagMarks {
                     hard: pair[0].unwrap_or(0),
@@ -641,7 +616,7 @@ impl RedisStore {
         }
     }
 
-    fn queue_set(&self, pipe: &mut redis::Pipeline, key: &str, entry: &Entry) {
+    fn queue_set(&self, pipe: &mut Batch, key: &str, entry: &Entry) {
         let redis_key = self.key(key);
         let lifetime_ms = entry
             .lifetime()
@@ -670,7 +645,7 @@ impl RedisStore {
 
     /// Writes a prepared entry (the tiered store hands over entries it already built).
     pub(crate) async fn set_entries(&self, items: &[(&str, Entry)]) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         // MULTI only where an entry and its index memberships must land together.
         if items.iter().any(|(_, e)| !e.tags().is_empty()) {
             pipe.atomic();
@@ -687,7 +662,7 @@ impl RedisStore {
             );
         }
         let mut conn = self.inner.conn.clone();
-        self.run("set", pipe.query_async::<()>(&mut conn)).await?;
+        self.run("set", conn.run_batch::<()>(&pipe)).await?;
         Counters::add(&self.inner.counters.sets, items.len() as u64);
         if self.inner.publish_writes {
             self.fence().await;
@@ -697,16 +672,12 @@ impl RedisStore {
 
     /// Scans keys matching a Redis pattern and unlinks them in batches. Never `KEYS`.
     async fn unlink_scanning(&self, pattern: &str) -> Result<u64, StoreError> {
-        let mut cursor: u64 = 0;
+        let mut scan = self.scan(pattern).await?;
         let mut removed = 0u64;
-        loop {
-            let (next, keys) = self.scan_page(cursor, pattern).await?;
+        while let Some(keys) = self.next_page(&mut scan).await? {
             removed += self.unlink(&keys).await?;
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 
     /// `UNLINK`s full Redis keys in one pipeline; returns how many existed.
@@ -714,12 +685,12 @@ impl RedisStore {
         if full_keys.is_empty() {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for key in full_keys {
             pipe.cmd("UNLINK").arg(key);
         }
         let mut conn = self.inner.conn.clone();
-        let counts: Vec<u64> = self.run("unlink", pipe.query_async(&mut conn)).await?;
+        let counts: Vec<u64> = self.run("unlink", conn.run_batch(&pipe)).await?;
         Ok(counts.iter().sum())
     }
 
@@ -743,7 +714,7 @@ impl RedisStore {
                 )
                 .await?;
             if !members.is_empty() {
-                let mut pipe = redis::pipe();
+                let mut pipe = Batch::new();
                 for member in &members {
                     pipe.cmd("EVAL")
                         .arg(DELETE_IF_OLDER)
@@ -752,7 +723,7 @@ impl RedisStore {
                         .arg(at);
                 }
                 pipe.cmd("SREM").arg(&index).arg(&members).ignore();
-                let counts: Vec<u64> = self.run("clean tag", pipe.query_async(&mut conn)).await?;
+                let counts: Vec<u64> = self.run("clean tag", conn.run_batch(&pipe)).await?;
                 removed += counts.iter().sum::<u64>();
             }
             if next == 0 {
@@ -772,10 +743,9 @@ impl RedisStore {
         let mut conn = self.inner.conn.clone();
         let pattern = format!("{}:i:*", Pattern::escape(&self.inner.prefix));
         let index_prefix = format!("{}:i:", self.inner.prefix);
-        let mut cursor: u64 = 0;
+        let mut scan = self.scan(&pattern).await?;
         let mut dropped = 0;
-        loop {
-            let (next, sets) = self.scan_page(cursor, &pattern).await?;
+        while let Some(sets) = self.next_page(&mut scan).await? {
             for set in sets {
                 let Some(tag) = set.strip_prefix(&index_prefix) else {
                     continue;
@@ -795,12 +765,11 @@ impl RedisStore {
                         )
                         .await?;
                     if !members.is_empty() {
-                        let mut pipe = redis::pipe();
+                        let mut pipe = Batch::new();
                         for member in &members {
                             pipe.cmd("EXISTS").arg(self.key(member));
                         }
-                        let exists: Vec<bool> =
-                            self.run("exists", pipe.query_async(&mut conn)).await?;
+                        let exists: Vec<bool> = self.run("exists", conn.run_batch(&pipe)).await?;
                         let dead: Vec<&String> = members
                             .iter()
                             .zip(exists)
@@ -826,11 +795,8 @@ impl RedisStore {
                     set_cursor = next_member;
                 }
             }
-            if next == 0 {
-                return Ok(dropped);
-            }
-            cursor = next;
         }
+        Ok(dropped)
     }
 
     /// `SADD` or `SREM` of `members`; an empty list is a no-op (Redis refuses it).
@@ -860,11 +826,10 @@ impl RedisStore {
         if self.inner.bus.is_none() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         self.publish(&mut pipe, op);
         let mut conn = self.inner.conn.clone();
-        self.run("publish", pipe.query_async::<()>(&mut conn))
-            .await?;
+        self.run("publish", conn.run_batch::<()>(&pipe)).await?;
         self.fence().await;
         Ok(())
     }
@@ -879,7 +844,7 @@ impl RedisStore {
         soft: bool,
     ) -> Result<u64, StoreError> {
         self.inner.limits.check_tag(tag)?;
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         let mark_key = if soft {
             self.soft_mark_key(tag)
         } else {
@@ -903,7 +868,7 @@ impl RedisStore {
             },
         );
         let mut conn = self.inner.conn.clone();
-        let (count,): (u64,) = self.run("purge tag", pipe.query_async(&mut conn)).await?;
+        let (count,): (u64,) = self.run("purge tag", conn.run_batch(&pipe)).await?;
         raise_mark(&self.inner.marks, tag, TagMarks::at(at, soft));
         self.fence().await;
         if soft {
@@ -927,14 +892,12 @@ impl RedisStore {
             return Ok(0);
         }
         let mut conn = self.inner.conn.clone();
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for key in full_keys {
             pipe.cmd("GET").arg(key);
         }
-        let raws: Vec<Option<Vec<u8>>> = self
-            .run("soft purge read", pipe.query_async(&mut conn))
-            .await?;
-        let mut pipe = redis::pipe();
+        let raws: Vec<Option<Vec<u8>>> = self.run("soft purge read", conn.run_batch(&pipe)).await?;
+        let mut pipe = Batch::new();
         let mut queued = 0;
         for (key, raw) in full_keys.iter().zip(raws) {
             // Counters and sets are not entries: left alone by a soft purge.
@@ -958,30 +921,39 @@ impl RedisStore {
         if queued == 0 {
             return Ok(0);
         }
-        let done: Vec<u64> = self
-            .run("soft purge write", pipe.query_async(&mut conn))
-            .await?;
+        let done: Vec<u64> = self.run("soft purge write", conn.run_batch(&pipe)).await?;
         Ok(done.into_iter().filter(|&n| n > 0).count() as u64)
     }
 
-    /// One `SCAN` page.
-    async fn scan_page(
-        &self,
-        cursor: u64,
-        pattern: &str,
-    ) -> Result<(u64, Vec<String>), StoreError> {
+    /// Starts a walk of the keys matching a Redis pattern: on a Cluster, of every master.
+    async fn scan(&self, pattern: &str) -> Result<KeyScan, StoreError> {
         let mut conn = self.inner.conn.clone();
-        self.run(
-            "scan",
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn),
-        )
-        .await
+        let nodes = self.run("cluster slots", conn.scan_nodes()).await?;
+        Ok(KeyScan {
+            nodes,
+            node: 0,
+            cursor: 0,
+            pattern: pattern.to_owned(),
+        })
+    }
+
+    /// The next page of a walk (`SCAN` never blocks Redis); `None` once every node is done.
+    async fn next_page(&self, scan: &mut KeyScan) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(node) = scan.nodes.get(scan.node) else {
+            return Ok(None);
+        };
+        let mut conn = self.inner.conn.clone();
+        let (next, keys) = self
+            .run(
+                "scan",
+                conn.scan_page(node, scan.cursor, &scan.pattern, SCAN_COUNT),
+            )
+            .await?;
+        if next == 0 {
+            scan.node += 1;
+        }
+        scan.cursor = next;
+        Ok(Some(keys))
     }
 
     /// Purges the entries whose keys match, page by page: `SCAN` never blocks Redis, a glob is
@@ -998,10 +970,9 @@ impl RedisStore {
         };
         let strip = format!("{}:k:", self.inner.prefix);
         let at = now_micros();
-        let mut cursor = 0;
+        let mut scan = self.scan(&redis_pattern).await?;
         let mut purged = 0;
-        loop {
-            let (next, mut keys) = self.scan_page(cursor, &redis_pattern).await?;
+        while let Some(mut keys) = self.next_page(&mut scan).await? {
             if let Some(regex) = regex {
                 keys.retain(|k| k.strip_prefix(&strip).is_some_and(|k| regex.is_match(k)));
             }
@@ -1009,12 +980,17 @@ impl RedisStore {
                 PurgeMode::Hard => self.unlink(&keys).await?,
                 PurgeMode::Soft => self.soft_purge_raw(&keys, at).await?,
             };
-            if next == 0 {
-                return Ok(purged);
-            }
-            cursor = next;
         }
+        Ok(purged)
     }
+}
+
+/// A walk of the keys matching a pattern, node by node, page by page.
+struct KeyScan {
+    nodes: Vec<ScanNode>,
+    node: usize,
+    cursor: u64,
+    pattern: String,
 }
 
 impl Store for RedisStore {
@@ -1042,7 +1018,7 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.limits.check_key(key)?;
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         pipe.cmd("UNLINK").arg(self.key(key));
         self.publish(
             &mut pipe,
@@ -1051,7 +1027,7 @@ impl Store for RedisStore {
             },
         );
         let mut conn = self.inner.conn.clone();
-        let (n,): (u64,) = self.run("delete", pipe.query_async(&mut conn)).await?;
+        let (n,): (u64,) = self.run("delete", conn.run_batch(&pipe)).await?;
         Counters::add(&self.inner.counters.deletes, n);
         self.fence().await;
         Ok(n > 0)
@@ -1066,12 +1042,12 @@ impl Store for RedisStore {
         }
         // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
         // Cluster would refuse across slots.
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for key in keys {
             pipe.cmd("GET").arg(self.key(key));
         }
         let mut conn = self.inner.conn.clone();
-        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", pipe.query_async(&mut conn)).await?;
+        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
         let mut found = raws
             .into_iter()
             .map(|raw| self.decode(raw))

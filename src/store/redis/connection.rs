@@ -1,0 +1,527 @@
+//! Where the store's commands go: one Redis server, or a Redis Cluster (feature
+//! `redis-cluster`), behind one connection type.
+//!
+//! Everything that differs between the two lives here, so the store's own code is written once:
+//!
+//! - a [`Batch`] of commands is one pipeline on a server; on a Cluster it is split into one
+//!   pipeline per hash slot, sent concurrently, and the replies are put back in order. Nothing
+//!   ever sends a command or pipeline whose keys span slots: a Cluster answers those with
+//!   `CROSSSLOT`, an error, not a non-atomic success;
+//! - `SCAN` walks one server, or every master of a Cluster in turn;
+//! - the backplane publishes with `PUBLISH` on a server and `SPUBLISH` (sharded pub/sub) on a
+//!   Cluster, and counts subscribers with `PUBSUB NUMSUB` or `PUBSUB SHARDNUMSUB`.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
+
+/// What a URL names: one server, or the seed nodes of a Cluster.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// `redis://`, `rediss://` (feature `redis-tls`), `redis+unix://` or `unix://`.
+    Server(Box<redis::Client>),
+    /// `redis-cluster://host:port,host:port,...` (`rediss-cluster://` with TLS): the node URLs.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<String>),
+}
+
+/// How long to wait for a connection and for each answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Target {
+    /// Parses a store URL. A Cluster URL lists its seed nodes after the scheme, comma-separated,
+    /// with optional `user:password@` in front of the list; it applies to every node.
+    pub(crate) fn parse(url: &str) -> Result<Target, String> {
+        if let Some((scheme, rest)) = url.split_once("://")
+            && let Some(node_scheme) = match scheme {
+                "redis-cluster" => Some("redis"),
+                "rediss-cluster" => Some("rediss"),
+                _ => None,
+            }
+        {
+            return Self::cluster(node_scheme, rest, url);
+        }
+        redis::Client::open(url)
+            .map(|client| Target::Server(Box::new(client)))
+            .map_err(|e| format!("Redis URL {url:?}: {e}"))
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    fn cluster(node_scheme: &str, rest: &str, url: &str) -> Result<Target, String> {
+        let (auth, list) = match rest.rsplit_once('@') {
+            Some((auth, list)) => (format!("{auth}@"), list),
+            None => (String::new(), rest),
+        };
+        let list = list.trim_end_matches('/');
+        let nodes: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|node| format!("{node_scheme}://{auth}{node}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(format!("Redis Cluster URL {url:?} names no node"));
+        }
+        for node in &nodes {
+            // Checks each node's address (and TLS support) now, not on the first command.
+            redis::Client::open(node.as_str())
+                .map_err(|e| format!("Redis Cluster URL {url:?}, node {node:?}: {e}"))?;
+        }
+        Ok(Target::Cluster(nodes))
+    }
+
+    #[cfg(not(feature = "redis-cluster"))]
+    fn cluster(_: &str, _: &str, url: &str) -> Result<Target, String> {
+        Err(format!(
+            "Redis URL {url:?}: a Redis Cluster needs tower-strata's `redis-cluster` feature"
+        ))
+    }
+
+    /// A connection that connects lazily (building a store never blocks on Redis) and
+    /// reconnects by itself.
+    pub(crate) fn connect_lazily(&self, timeouts: Timeouts) -> Result<RedisConn, String> {
+        match self {
+            Target::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeouts.connect))
+                    .set_response_timeout(Some(timeouts.response))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config((**client).clone(), config)
+                    .map(RedisConn::Server)
+                    .map_err(|e| format!("redis connection: {e}"))
+            }
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(nodes) => {
+                let client = cluster_client(nodes, timeouts, None)?;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(timeouts.connect)
+                    .set_response_timeout(timeouts.response);
+                Ok(RedisConn::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
+    }
+}
+
+/// A Cluster client on `nodes`. With a push sender it speaks RESP3, which redis-rs needs for
+/// subscriptions on a Cluster connection.
+#[cfg(feature = "redis-cluster")]
+pub(crate) fn cluster_client(
+    nodes: &[String],
+    timeouts: Timeouts,
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> Result<redis::cluster::ClusterClient, String> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(timeouts.connect)
+        .response_timeout(timeouts.response)
+        // A few quick retries follow MOVED/ASK redirections and a reconnect; the store's own
+        // timeout and breaker bound the rest.
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100);
+    if let Some(push) = push {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("Redis Cluster client: {e}"))
+}
+
+/// A connection to a server or a Cluster. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    Server(ConnectionManager),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Server(conn) => conn.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Server(conn) => conn.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Where one `SCAN` walk runs: the server, or one Cluster master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ScanNode {
+    Server,
+    #[cfg(feature = "redis-cluster")]
+    Master {
+        host: String,
+        port: u16,
+    },
+}
+
+impl RedisConn {
+    /// Whether this is a Cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        !matches!(self, RedisConn::Server(_))
+    }
+
+    /// The command that publishes on the backplane: sharded on a Cluster, so a message goes to
+    /// the one shard that owns the channel instead of being broadcast over the cluster bus, and
+    /// every subscriber sits on that shard, where `PUBSUB SHARDNUMSUB` can count them all.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Runs `batch` and converts the replies of the commands not marked ignored, in order.
+    pub(crate) async fn run_batch<T: FromRedisValue>(&mut self, batch: &Batch) -> RedisResult<T> {
+        match self {
+            RedisConn::Server(conn) => batch.pipeline(0..batch.cmds.len()).query_async(conn).await,
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => {
+                let groups = batch.slot_groups();
+                if groups.len() <= 1 {
+                    return batch.pipeline(0..batch.cmds.len()).query_async(conn).await;
+                }
+                // One pipeline per slot, all in flight at once; each keeps every reply so
+                // they can be put back in the batch's order.
+                let sends = groups.iter().map(|indices| {
+                    let mut conn = conn.clone();
+                    let pipe = batch.pipeline_keeping_all(indices);
+                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                });
+                let replies = futures_util::future::try_join_all(sends).await?;
+                let mut ordered: Vec<Option<Value>> = vec![None; batch.cmds.len()];
+                for (indices, values) in groups.iter().zip(replies) {
+                    for (&index, value) in indices.iter().zip(values) {
+                        ordered[index] = Some(value);
+                    }
+                }
+                let kept: Vec<Value> = ordered
+                    .into_iter()
+                    .zip(&batch.cmds)
+                    .filter(|(_, (_, ignored))| !ignored)
+                    .map(|(value, _)| value.unwrap_or(Value::Nil))
+                    .collect();
+                T::from_redis_value(Value::Array(kept)).map_err(Into::into)
+            }
+        }
+    }
+
+    /// Where a `SCAN` of the whole keyspace must run: the server, or every Cluster master (a
+    /// Cluster's `SCAN` sees only the node it is sent to).
+    pub(crate) async fn scan_nodes(&mut self) -> RedisResult<Vec<ScanNode>> {
+        match self {
+            RedisConn::Server(_) => Ok(vec![ScanNode::Server]),
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("SLOTS");
+                let slots = conn
+                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await?;
+                Ok(masters(slots))
+            }
+        }
+    }
+
+    /// One `SCAN` page on `node`.
+    pub(crate) async fn scan_page(
+        &mut self,
+        node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        match (self, node) {
+            #[cfg(feature = "redis-cluster")]
+            (RedisConn::Cluster(conn), ScanNode::Master { host, port }) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let reply = conn.route_command(cmd, routing).await?;
+                FromRedisValue::from_redis_value(reply).map_err(Into::into)
+            }
+            (conn, _) => cmd.query_async(conn).await,
+        }
+    }
+
+    /// How many instances are subscribed to the backplane `channel` (on a Cluster, asked of
+    /// the shard that owns it, where every sharded subscriber is).
+    pub(crate) async fn subscribers(&mut self, channel: &str) -> RedisResult<u64> {
+        match self {
+            RedisConn::Server(conn) => {
+                let (_, count): (String, u64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(channel)
+                    .query_async(conn)
+                    .await?;
+                Ok(count)
+            }
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => {
+                let mut cmd = redis::cmd("PUBSUB");
+                cmd.arg("SHARDNUMSUB").arg(channel);
+                let reply = conn.route_command(cmd, channel_route(channel)).await?;
+                let (_, count): (String, u64) = FromRedisValue::from_redis_value(reply)?;
+                Ok(count)
+            }
+        }
+    }
+
+    /// `INFO server` of the server, or of one Cluster node.
+    pub(crate) async fn info_server(&mut self) -> RedisResult<String> {
+        match self {
+            RedisConn::Server(conn) => redis::cmd("INFO").arg("server").query_async(conn).await,
+            #[cfg(feature = "redis-cluster")]
+            RedisConn::Cluster(conn) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let mut cmd = redis::cmd("INFO");
+                cmd.arg("server");
+                let reply = conn
+                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await?;
+                FromRedisValue::from_redis_value(reply).map_err(Into::into)
+            }
+        }
+    }
+}
+
+/// The route to the master that owns a sharded channel.
+#[cfg(feature = "redis-cluster")]
+pub(crate) fn channel_route(channel: &str) -> redis::cluster_routing::RoutingInfo {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+        channel,
+        SlotAddr::Master,
+    )))
+}
+
+/// The distinct masters of a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id], ...]]`).
+#[cfg(feature = "redis-cluster")]
+fn masters(slots: Value) -> Vec<ScanNode> {
+    let mut found = Vec::new();
+    let Value::Array(ranges) = slots else {
+        return found;
+    };
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        let Some(Value::Array(master)) = parts.get(2) else {
+            continue;
+        };
+        let host = master
+            .first()
+            .and_then(|v| String::from_redis_value(v.clone()).ok());
+        let port = master
+            .get(1)
+            .and_then(|v| u16::from_redis_value(v.clone()).ok());
+        if let (Some(host), Some(port)) = (host, port) {
+            let node = ScanNode::Master { host, port };
+            if !found.contains(&node) {
+                found.push(node);
+            }
+        }
+    }
+    found
+}
+
+/// Commands sent together: a pipeline on a server; on a Cluster, one pipeline per hash slot.
+/// Built like a [`redis::Pipeline`]: `batch.cmd("GET").arg(key)`, `.ignore()` to leave a
+/// reply out.
+#[derive(Default)]
+pub(crate) struct Batch {
+    cmds: Vec<(Cmd, bool)>,
+    atomic: bool,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Wraps the batch in `MULTI`/`EXEC`; on a Cluster each slot's commands are one
+    /// transaction, and the batch as a whole is not atomic.
+    pub(crate) fn atomic(&mut self) -> &mut Self {
+        self.atomic = true;
+        self
+    }
+
+    pub(crate) fn cmd(&mut self, name: &str) -> &mut Self {
+        self.cmds.push((redis::cmd(name), false));
+        self
+    }
+
+    /// Adds an argument to the last command.
+    pub(crate) fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        if let Some((cmd, _)) = self.cmds.last_mut() {
+            cmd.arg(arg);
+        }
+        self
+    }
+
+    /// Leaves the last command's reply out of the result.
+    pub(crate) fn ignore(&mut self) -> &mut Self {
+        if let Some((_, ignored)) = self.cmds.last_mut() {
+            *ignored = true;
+        }
+        self
+    }
+
+    fn pipeline(&self, indices: std::ops::Range<usize>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        if self.atomic {
+            pipe.atomic();
+        }
+        for (cmd, ignored) in &self.cmds[indices] {
+            pipe.add_command(cmd.clone());
+            if *ignored {
+                pipe.ignore();
+            }
+        }
+        pipe
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    fn pipeline_keeping_all(&self, indices: &[usize]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        if self.atomic {
+            pipe.atomic();
+        }
+        for &index in indices {
+            pipe.add_command(self.cmds[index].0.clone());
+        }
+        pipe
+    }
+
+    /// The commands' indices grouped by hash slot, in order of first appearance. A command
+    /// with no key joins the first group.
+    #[cfg(feature = "redis-cluster")]
+    fn slot_groups(&self) -> Vec<Vec<usize>> {
+        use redis::cluster_routing::Slot;
+        let mut slots: Vec<Option<Slot>> = Vec::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut keyless = Vec::new();
+        for (index, (cmd, _)) in self.cmds.iter().enumerate() {
+            let Some(key) = routing_key(cmd) else {
+                keyless.push(index);
+                continue;
+            };
+            let slot = Some(Slot::for_key(key));
+            match slots.iter().position(|s| *s == slot) {
+                Some(group) => groups[group].push(index),
+                None => {
+                    slots.push(slot);
+                    groups.push(vec![index]);
+                }
+            }
+        }
+        if !keyless.is_empty() {
+            match groups.first_mut() {
+                Some(first) => {
+                    first.extend(keyless);
+                    first.sort_unstable();
+                }
+                None => groups.push(keyless),
+            }
+        }
+        groups
+    }
+}
+
+/// The key a command is routed by: its first argument, or for `EVAL`/`EVALSHA` the first key
+/// after the key count (`None` when it has none).
+#[cfg(feature = "redis-cluster")]
+fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?;
+    if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
+        let count: u64 = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+        return (count > 0)
+            .then(|| args.get(3).map(|k| k.to_vec()))
+            .flatten();
+    }
+    args.get(1).map(|k| k.to_vec())
+}
+
+#[cfg(all(test, feature = "redis-cluster"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_url_names_every_node_with_its_credentials() {
+        let Target::Cluster(nodes) =
+            Target::parse("redis-cluster://user:pw@127.0.0.1:7000,127.0.0.1:7001/").unwrap()
+        else {
+            panic!("not a cluster")
+        };
+        assert_eq!(
+            nodes,
+            [
+                "redis://user:pw@127.0.0.1:7000",
+                "redis://user:pw@127.0.0.1:7001"
+            ]
+        );
+        assert!(Target::parse("redis-cluster://").is_err());
+        assert!(Target::parse("redis-cluster://127.0.0.1:notaport").is_err());
+        assert!(matches!(
+            Target::parse("redis://127.0.0.1:6379"),
+            Ok(Target::Server(_))
+        ));
+    }
+
+    #[test]
+    fn a_batch_is_split_by_slot_and_keeps_its_order() {
+        let mut batch = Batch::new();
+        batch.cmd("GET").arg("{a}1");
+        batch.cmd("GET").arg("{b}1");
+        batch.cmd("GET").arg("{a}2");
+        batch.cmd("EVAL").arg("return 1").arg(1).arg("{b}2");
+        batch.cmd("PING");
+        assert_eq!(batch.slot_groups(), vec![vec![0, 2, 4], vec![1, 3]]);
+    }
+}
