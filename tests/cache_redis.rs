@@ -77,7 +77,17 @@ async fn stored(stats: &tower_strata::cache::CacheStats, n: u64) {
 
 #[tokio::test]
 async fn hits_vary_and_privacy_on_redis() {
-    let store = redis_store(&redis_url());
+    hits_vary_and_privacy_on_redis_on(&redis_url()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test]
+async fn hits_vary_and_privacy_on_redis_on_a_cluster() {
+    hits_vary_and_privacy_on_redis_on(&support::cluster::shared().url()).await;
+}
+
+async fn hits_vary_and_privacy_on_redis_on(url: &str) {
+    let store = redis_store(url);
     let layer = CacheLayer::new(store.clone());
     let stats = layer.stats();
     let (up, calls) = upstream(&[("cache-control", "max-age=60"), ("vary", "accept-encoding")]);
@@ -142,7 +152,20 @@ async fn hits_vary_and_privacy_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_concurrent_misses_make_one_upstream_call_on_redis() {
-    let store = redis_store(&redis_url());
+    a_thousand_concurrent_misses_make_one_upstream_call_on_redis_on(&redis_url()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_misses_make_one_upstream_call_on_redis_on_a_cluster() {
+    a_thousand_concurrent_misses_make_one_upstream_call_on_redis_on(
+        &support::cluster::shared().url(),
+    )
+    .await;
+}
+
+async fn a_thousand_concurrent_misses_make_one_upstream_call_on_redis_on(url: &str) {
+    let store = redis_store(url);
     let layer = CacheLayer::new(store.clone());
     let (up, calls) = upstream(&[("cache-control", "max-age=60")]);
     let svc = ServiceBuilder::new().layer(layer).service(up);
@@ -208,7 +231,17 @@ async fn redis_killed_mid_run_requests_still_succeed_from_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_lease_coalesces_misses_across_instances() {
-    let store = redis_store(&redis_url());
+    a_redis_lease_coalesces_misses_across_instances_on(&redis_url()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_lease_coalesces_misses_across_instances_on_a_cluster() {
+    a_redis_lease_coalesces_misses_across_instances_on(&support::cluster::shared().url()).await;
+}
+
+async fn a_redis_lease_coalesces_misses_across_instances_on(url: &str) {
+    let store = redis_store(url);
     let (up, calls) = upstream(&[("cache-control", "max-age=60")]);
     // Two app instances: separate layers (no shared in-process state), one Redis.
     let instances: Vec<_> = (0..2)

@@ -29,6 +29,17 @@ fn redis() -> RedisStore {
         .unwrap()
 }
 
+/// The same store on the three-master cluster this binary shares.
+#[cfg(feature = "redis-cluster")]
+fn cluster() -> RedisStore {
+    RedisStore::builder(support::cluster::shared().url())
+        .namespace(unique("purge"))
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
 fn memory() -> MemoryStore {
     MemoryStore::new(16 << 20)
 }
@@ -88,6 +99,12 @@ async fn dependencies_purge_dependants_transitively_memory() {
 #[tokio::test]
 async fn dependencies_purge_dependants_transitively_redis() {
     dependencies(redis()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test]
+async fn dependencies_purge_dependants_transitively_on_a_cluster() {
+    dependencies(cluster()).await;
 }
 
 /// An upstream answering with `Vary: Accept-Language` and `{lang}:{call}`.
@@ -212,6 +229,12 @@ async fn purge_url_removes_every_vary_variant_memory() {
 #[tokio::test]
 async fn purge_url_removes_every_vary_variant_redis() {
     url_purge_reaches_every_variant(redis()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test]
+async fn purge_url_removes_every_vary_variant_on_a_cluster() {
+    url_purge_reaches_every_variant(cluster()).await;
 }
 
 /// Without the internal tag, a hard purge of the variant index alone would leave old variants

@@ -36,6 +36,12 @@ fn redis() -> RedisStore {
     redis_on(&redis_url(), &unique("purge_http"))
 }
 
+/// The same store on the three-master cluster this binary shares.
+#[cfg(feature = "redis-cluster")]
+fn cluster() -> RedisStore {
+    redis_on(&support::cluster::shared().url(), &unique("purge_http"))
+}
+
 fn memory() -> MemoryStore {
     MemoryStore::new(16 << 20)
 }
@@ -224,6 +230,11 @@ macro_rules! on_both_stores {
             #[tokio::test]
             async fn redis() {
                 super::$name(super::redis()).await;
+            }
+            #[cfg(feature = "redis-cluster")]
+            #[tokio::test]
+            async fn cluster() {
+                super::$name(super::cluster()).await;
             }
         }
     };

@@ -34,9 +34,19 @@ async fn wait_subscribed(stores: &[&TieredStore]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_reach_the_other_instance_within_100ms() {
+    invalidations_reach_the_other_instance(&support::redis_url()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_the_other_instance_within_100ms_on_a_cluster() {
+    invalidations_reach_the_other_instance(&support::cluster::shared().url()).await;
+}
+
+async fn invalidations_reach_the_other_instance(url: &str) {
     let ns = support::unique("two");
-    let a = tiered_on(&support::redis_url(), &ns);
-    let b = tiered_on(&support::redis_url(), &ns);
+    let a = tiered_on(url, &ns);
+    let b = tiered_on(url, &ns);
     wait_subscribed(&[&a, &b]).await;
     let tagged = SetOptions::new().tags(["product:1", "products"]);
 
@@ -428,10 +438,20 @@ async fn redis_index_sweep_drops_expired_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_purges_reach_the_other_instance_within_100ms() {
+    soft_purges_reach_the_other_instance(&support::redis_url()).await;
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purges_reach_the_other_instance_within_100ms_on_a_cluster() {
+    soft_purges_reach_the_other_instance(&support::cluster::shared().url()).await;
+}
+
+async fn soft_purges_reach_the_other_instance(url: &str) {
     use tower_strata::store::{KeyPattern, PurgeMode};
     let ns = support::unique("soft2");
-    let a = tiered_on(&support::redis_url(), &ns);
-    let b = tiered_on(&support::redis_url(), &ns);
+    let a = tiered_on(url, &ns);
+    let b = tiered_on(url, &ns);
     wait_subscribed(&[&a, &b]).await;
     let graced = SetOptions::new()
         .ttl(Duration::from_secs(60))
