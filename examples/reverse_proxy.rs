@@ -7,6 +7,16 @@
 //!     [--l1-bytes BYTES] [--max-body BYTES] [--default-ttl SECS] [--purge-token TOKEN]
 //! ```
 //!
+//! `--store` takes `memory` (the default), a Redis server (`redis://HOST:PORT`, or
+//! `rediss://` with `--features redis-tls`) or a Redis Cluster, from any of its nodes, with
+//! `--features redis-cluster`:
+//!
+//! ```text
+//! cargo run --release --example reverse_proxy --features redis-cluster -- \
+//!     --listen 127.0.0.1:8080 --origin http://127.0.0.1:9000 \
+//!     --store redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002 --l1-bytes 67108864
+//! ```
+//!
 //! Every request is forwarded (all methods, headers and bodies; `Host` rewritten to the
 //! origin's; hop-by-hop headers dropped), and what RFC 9111 allows a shared cache to store is
 //! served from the cache. Responses carry `Cache-Status` and, on hits, `Age`.
@@ -43,7 +53,7 @@ use tower_strata::purge::PurgeLayer;
 use tower_strata::store::{BoxStore, MemoryStore};
 
 const USAGE: &str = "usage: reverse_proxy --listen ADDR --origin http://HOST:PORT \
-[--store memory|redis://HOST:PORT] [--l1-bytes BYTES] [--max-body BYTES] [--default-ttl SECS] \
+[--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,...] [--l1-bytes BYTES] [--max-body BYTES] [--default-ttl SECS] \
 [--purge-token TOKEN]";
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -88,8 +98,16 @@ impl Args {
                 }
                 "--store" => {
                     let v = value()?;
-                    if v != "memory" && !v.starts_with("redis://") && !v.starts_with("rediss://") {
-                        return Err(format!("--store {v:?}: expected memory or redis://..."));
+                    let redis = [
+                        "redis://",
+                        "rediss://",
+                        "redis-cluster://",
+                        "rediss-cluster://",
+                    ];
+                    if v != "memory" && !redis.iter().any(|scheme| v.starts_with(scheme)) {
+                        return Err(format!(
+                            "--store {v:?}: expected memory, redis://... or redis-cluster://..."
+                        ));
                     }
                     store = v;
                 }
@@ -224,7 +242,7 @@ async fn main() {
     };
     let store = if args.store == "memory" {
         if args.l1_bytes.is_some() {
-            eprintln!("--l1-bytes needs --store redis://...: the memory store is the L1");
+            eprintln!("--l1-bytes needs a Redis --store: the memory store is the L1");
             std::process::exit(2);
         }
         BoxStore::new(MemoryStore::new(256 << 20))
@@ -371,6 +389,18 @@ mod tests {
         .unwrap();
         assert_eq!(a.listen.port(), 8080);
         assert_eq!(a.store, "redis://127.0.0.1:6379");
+        let cluster = "redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002";
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--origin",
+            "http://o:1",
+            "--store",
+            cluster,
+        ])
+        .unwrap();
+        assert_eq!(c.store, cluster);
+        assert!(parse(&["--store", "cluster://x:1"]).is_err());
         assert_eq!(a.l1_bytes, Some(67_108_864));
         assert!(parse(&["--l1-bytes", "0"]).is_err());
         assert!(parse(&["--l1-bytes", "-1"]).is_err());

@@ -112,8 +112,9 @@ impl StoreConfig {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads `REDIS_URL` (or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`), `CACHE_TTL`
-    /// (seconds), `ENABLE_LOCAL_CACHE` and `ENABLE_REDIS_CACHE` (`true`/`false`, `1`/`0`,
+    /// Reads `REDIS_CLUSTER_NODES` (a Redis Cluster's seed nodes, comma-separated
+    /// `host:port`, with `REDIS_PASSWORD`; it wins over the rest), `REDIS_URL` (or
+    /// `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`), `CACHE_TTL` (seconds), `ENABLE_LOCAL_CACHE` and `ENABLE_REDIS_CACHE` (`true`/`false`, `1`/`0`,
     /// `yes`/`no`) through `lookup`, over the `Moderate` preset.
     ///
     /// # Errors
@@ -154,9 +155,37 @@ impl StoreConfig {
             config.ttl = Duration::from_secs(secs);
             config.l1_ttl = config.l1_ttl.min(config.ttl);
         }
-        if let Some(url) = lookup("REDIS_URL") {
-            redis::parse_redis_url(&url)
-                .ok_or_else(|| bad("REDIS_URL", &url, "not a redis:// URL"))?;
+        let auth = || match lookup("REDIS_PASSWORD") {
+            Some(pw) if !pw.is_empty() => format!(":{}@", percent_encode(&pw)),
+            _ => String::new(),
+        };
+        if let Some(nodes) = lookup("REDIS_CLUSTER_NODES") {
+            let mut list = Vec::new();
+            for node in nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let valid = node.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty()
+                        && !host.contains(['/', '@', ' '])
+                        && port.parse::<u16>().is_ok_and(|p| p != 0)
+                });
+                if !valid {
+                    return Err(bad(
+                        "REDIS_CLUSTER_NODES",
+                        &nodes,
+                        "expected comma-separated host:port pairs",
+                    ));
+                }
+                list.push(node);
+            }
+            if list.is_empty() {
+                return Err(bad("REDIS_CLUSTER_NODES", &nodes, "names no node"));
+            }
+            config.redis_url = format!("redis-cluster://{}{}", auth(), list.join(","));
+        } else if let Some(url) = lookup("REDIS_URL") {
+            let cluster =
+                url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://");
+            if !cluster && redis::parse_redis_url(&url).is_none() {
+                return Err(bad("REDIS_URL", &url, "not a redis:// URL"));
+            }
             config.redis_url = url;
         } else if lookup("REDIS_HOST").is_some() || lookup("REDIS_PORT").is_some() {
             let host = lookup("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".into());
@@ -172,11 +201,7 @@ impl StoreConfig {
                     .ok_or_else(|| bad("REDIS_PORT", &p, "expected a port number 1-65535"))?,
                 None => 6379,
             };
-            let auth = match lookup("REDIS_PASSWORD") {
-                Some(pw) if !pw.is_empty() => format!(":{}@", percent_encode(&pw)),
-                _ => String::new(),
-            };
-            config.redis_url = format!("redis://{auth}{host}:{port}");
+            config.redis_url = format!("redis://{}{host}:{port}", auth());
         }
         if !config.local && !config.redis {
             return Err(bad(
@@ -264,6 +289,37 @@ mod tests {
             StoreConfig::from_lookup(env(&[])).unwrap(),
             StoreConfig::preset(Preset::Moderate)
         );
+    }
+
+    #[test]
+    fn cluster_nodes_win_and_are_checked() {
+        let c = StoreConfig::from_lookup(env(&[
+            (
+                "REDIS_CLUSTER_NODES",
+                "10.0.0.1:7000, 10.0.0.2:7001,10.0.0.3:7002",
+            ),
+            ("REDIS_PASSWORD", "pw"),
+            ("REDIS_URL", "redis://ignored:6379"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.redis_url,
+            "redis-cluster://:pw@10.0.0.1:7000,10.0.0.2:7001,10.0.0.3:7002"
+        );
+        for bad in [
+            "",
+            "10.0.0.1",
+            "10.0.0.1:0",
+            "10.0.0.1:7000,h:port",
+            "a/b:1",
+        ] {
+            let err = StoreConfig::from_lookup(env_owned("REDIS_CLUSTER_NODES", bad)).unwrap_err();
+            assert_eq!(err.var, "REDIS_CLUSTER_NODES", "{bad:?}");
+        }
+    }
+
+    fn env_owned(name: &'static str, value: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |n| (n == name).then(|| value.to_owned())
     }
 
     #[test]
