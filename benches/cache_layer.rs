@@ -1,4 +1,5 @@
-//! The response cache layer: a hit against a bare service, a Redis hit, a miss against no
+//! The response cache layer: a hit against a bare service, a Redis hit (and, with
+//! `redis-cluster`, a hit on a private three-master Redis Cluster), a miss against no
 //! layer, and a load run of a caching reverse proxy against its origin alone.
 //!
 //! ```text
@@ -20,6 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
 use tower_strata::store::{MemoryStore, RedisStore, Store};
+
+#[cfg(feature = "redis-cluster")]
+#[allow(dead_code)] // the tests use the rest
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
 
 type Req = Request<Full<Bytes>>;
 
@@ -79,9 +85,24 @@ fn layer_benches(c: &mut Criterion) {
     let redis = ServiceBuilder::new()
         .layer(CacheLayer::new(redis_store.clone()))
         .service(origin());
+    // The same hit on a private three-master Redis Cluster (what cluster mode costs per hit).
+    #[cfg(feature = "redis-cluster")]
+    let cluster = cluster::PrivateCluster::start();
+    #[cfg(feature = "redis-cluster")]
+    let on_cluster = rt.block_on(async {
+        let store = RedisStore::builder(cluster.url())
+            .namespace(format!("bench_cache_{}", std::process::id()))
+            .build()
+            .unwrap();
+        ServiceBuilder::new()
+            .layer(CacheLayer::new(store))
+            .service(origin())
+    });
     rt.block_on(async {
         once(&memory, "http://h/hit").await;
         once(&redis, "http://h/hit").await;
+        #[cfg(feature = "redis-cluster")]
+        once(&on_cluster, "http://h/hit").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     });
 
@@ -94,6 +115,10 @@ fn layer_benches(c: &mut Criterion) {
     });
     group.bench_function("redis hit", |b| {
         b.to_async(&rt).iter(|| once(&redis, "http://h/hit"))
+    });
+    #[cfg(feature = "redis-cluster")]
+    group.bench_function("redis cluster hit", |b| {
+        b.to_async(&rt).iter(|| once(&on_cluster, "http://h/hit"))
     });
     let n = Arc::new(AtomicU64::new(0));
     group.bench_function("memory miss (and store)", |b| {
