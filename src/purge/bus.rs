@@ -192,7 +192,9 @@ impl InvalidationBusBuilder {
     }
 
     /// Sends events to every instance over Redis pub/sub at `url`, on the channel
-    /// `strata:events` (see [`namespace`](InvalidationBusBuilder::namespace)).
+    /// `strata:events` (see [`namespace`](InvalidationBusBuilder::namespace)). `url` takes the
+    /// same forms as [`RedisStore::builder`](crate::store::RedisStore::builder): on a Redis
+    /// Cluster (`redis-cluster://...`) the channel is a sharded one (`SPUBLISH`/`SSUBSCRIBE`).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {

@@ -85,14 +85,34 @@
 //! # Redis key layout and Cluster slots
 //!
 //! With namespace `ns`, a [`RedisStore`] uses `ns:k:{key}` for entries, counters and sets,
-//! `ns:m:{tag}` and `ns:s:{tag}` for a tag's hard and soft invalidation marks, `ns:i:{tag}` for a tag's index set and the
-//! channel `ns:bus` for the backplane. Every command touches one key, and batches are pipelines,
-//! which Cluster clients split per slot, never multi-key commands: a tag's mark and index are
-//! single keys that hash wherever they hash, and correctness rests on the marks alone. The one
-//! multi-key step is the `MULTI` that writes an entry together with its index memberships; on a
-//! Cluster that spans slots it cannot be atomic, and the index becomes best-effort clean-up
-//! (purges still take effect through the marks). Give keys a hash tag (`{tenant}:...`) to keep
-//! an application's entries and tags in one slot if you need the index to be exact there.
+//! `ns:m:{tag}` and `ns:s:{tag}` for a tag's hard and soft invalidation marks, `ns:i:{tag}`
+//! for a tag's index set and the channel `ns:bus` for the backplane.
+//!
+//! On a Redis Cluster (feature `redis-cluster`, URL `redis-cluster://host:port,...`) a command
+//! or `MULTI` whose keys fall in different hash slots is refused with `CROSSSLOT`: an error,
+//! not a step that merely loses atomicity. So the store never sends one:
+//!
+//! - every command touches one key (no `MGET`, no multi-key `DEL`), and the Lua scripts one;
+//! - a batch (a `get_many`, the marks of several tags, an entry with its index memberships)
+//!   is one pipeline per hash slot, sent concurrently, its replies put back in order;
+//! - the `MULTI` that writes an entry together with its index memberships becomes one `MULTI`
+//!   per slot. The entry and its index sets usually live in different slots, so on a Cluster
+//!   they are not written atomically; the index is only clean-up (purges take effect through
+//!   the marks, which are single keys), so a membership that did not land leaves an entry to
+//!   expire instead of being cleaned up early. Put a hash tag in the namespace
+//!   (`{app}`) to keep all of it in one slot if you need that write atomic, at the price of
+//!   one shard holding the whole namespace;
+//! - pattern purges, [`Store::clear`] and the index sweep `SCAN` every master in turn;
+//! - the backplane uses sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7): `ns:bus` lives on
+//!   the shard that owns its slot, each message goes to that shard only (a classic `PUBLISH`
+//!   is broadcast to every node over the cluster bus), and since every subscriber sits there
+//!   the write fence counts them with one `PUBSUB SHARDNUMSUB`. The subscription follows the
+//!   shard: when its master is lost or the slot moves, the store hears of it, distrusts its
+//!   local copies and subscribes again.
+//!
+//! One circuit breaker covers the whole Cluster: a dead master opens it for every slot, and a
+//! cache in front passes through to its origin until the probe gets through. A hit costs one
+//! round trip either way; the bench `cache_layer` measures the difference.
 
 #[cfg(feature = "redis")]
 mod config;

@@ -33,20 +33,22 @@ const BATCH: usize = 500;
 /// Keys asked of each `SCAN` page.
 const SCAN_COUNT: usize = 1000;
 
-/// A [`Store`] on Redis (feature `redis`).
+/// A [`Store`] on Redis (feature `redis`), one server or a Redis Cluster (feature
+/// `redis-cluster`; see [`RedisStore::builder`] for the URLs and the [module
+/// docs](super#redis-key-layout-and-cluster-slots) for what runs where).
 ///
-/// - One multiplexed, auto-reconnecting connection ([`ConnectionManager`]), connected lazily:
-///   building the store never blocks on Redis.
+/// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`, or its
+///   Cluster connection), connected lazily: building the store never blocks on Redis.
 /// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
 ///   [`StoreError::Timeout`], never a hung request.
 /// - Batches are pipelines: [`Store::get_many`] and [`Store::set_many`] cost one round trip.
 /// - An entry is written together with its tag-index memberships in one `MULTI`.
 /// - Tag purges are constant-cost invalidation marks; see the [module docs](super) for the
 ///   design and the key layout.
-/// - A backplane (pub/sub on `ns:bus`) tells other instances what was invalidated; it can be
-///   turned off with [`RedisStoreBuilder::backplane`]. A write or invalidation that publishes
-///   returns once the channel has as many subscribers as it had with every instance there
-///   (one `PUBSUB NUMSUB` round trip, and a wait of at most 1 s while an instance whose
+/// - A backplane (pub/sub on `ns:bus`, sharded on a Cluster) tells other instances what was
+///   invalidated; it can be turned off with [`RedisStoreBuilder::backplane`]. A write or
+///   invalidation that publishes returns once the channel has as many subscribers as it had
+///   with every instance there (one `PUBSUB NUMSUB` or `SHARDNUMSUB` round trip, and a wait of at most 1 s while an instance whose
 ///   subscription dropped resubscribes): its local copies are dropped before the write
 ///   returns.
 ///
