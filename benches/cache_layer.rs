@@ -23,7 +23,6 @@ use tower_strata::cache::CacheLayer;
 use tower_strata::store::{MemoryStore, RedisStore, Store};
 
 #[cfg(feature = "redis-cluster")]
-#[allow(dead_code)] // the tests use the rest
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
 
