@@ -61,16 +61,20 @@ async fn a_master_killed_under_load_fails_open_and_the_store_recovers() {
     };
     let svc = ServiceBuilder::new().layer(layer).service(upstream);
     const PAGES: usize = 60;
+    // Every page once: the entry is written as the body is read.
+    let all_pages = || async {
+        for page in 0..PAGES {
+            let r = svc
+                .clone()
+                .oneshot(get(&format!("http://h/p{page}")))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.into_body().collect().await.unwrap();
+        }
+    };
     // Warm every page: keys spread over all three masters.
-    for page in 0..PAGES {
-        let r = svc
-            .clone()
-            .oneshot(get(&format!("http://h/p{page}")))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.into_body().collect().await.unwrap(); // the entry is written as the body is read
-    }
+    all_pages().await;
     let warm = eventually(Duration::from_secs(5), || async {
         stats.stores() >= PAGES as u64
     })
@@ -127,14 +131,7 @@ async fn a_master_killed_under_load_fails_open_and_the_store_recovers() {
     // Hits come back: a full round of pages is answered from the store again.
     let recovered = eventually(Duration::from_secs(15), || async {
         let before = stats.hits();
-        for page in 0..PAGES {
-            let r = svc
-                .clone()
-                .oneshot(get(&format!("http://h/p{page}")))
-                .await
-                .unwrap();
-            r.into_body().collect().await.unwrap();
-        }
+        all_pages().await;
         stats.hits() - before == PAGES as u64
     })
     .await;

@@ -696,6 +696,21 @@ impl RedisStore {
         Ok(counts.iter().sum())
     }
 
+    /// One `SSCAN` page of a tag index set: up to [`BATCH`] members.
+    async fn index_page(&self, set: &str, cursor: u64) -> Result<(u64, Vec<String>), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "sscan",
+            redis::cmd("SSCAN")
+                .arg(set)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// Removes a purged tag's entries (those stored at or before `at`) in batches, then the
     /// scanned members from its index set. Runs in the background after [`Store::delete_tag`].
     async fn clean_tag(&self, tag: String, at: u64) -> Result<u64, StoreError> {
@@ -704,17 +719,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, members): (u64, Vec<String>) = self
-                .run(
-                    "sscan",
-                    redis::cmd("SSCAN")
-                        .arg(&index)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let (next, members) = self.index_page(&index, cursor).await?;
             if !members.is_empty() {
                 let mut pipe = Batch::new();
                 for member in &members {
@@ -755,17 +760,7 @@ impl RedisStore {
                 let tag = tag.to_owned();
                 let mut set_cursor: u64 = 0;
                 loop {
-                    let (next_member, members): (u64, Vec<String>) = self
-                        .run(
-                            "sscan",
-                            redis::cmd("SSCAN")
-                                .arg(&set)
-                                .arg(set_cursor)
-                                .arg("COUNT")
-                                .arg(BATCH)
-                                .query_async(&mut conn),
-                        )
-                        .await?;
+                    let (next_member, members) = self.index_page(&set, set_cursor).await?;
                     if !members.is_empty() {
                         let mut pipe = Batch::new();
                         for member in &members {
