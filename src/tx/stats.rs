@@ -68,6 +68,8 @@ struct Statements {
 #[derive(Debug, Default)]
 pub(crate) struct StatsInner {
     begun: AtomicU64,
+    read_only: AtomicU64,
+    autocommit: AtomicU64,
     committed: AtomicU64,
     rolled_back: AtomicU64,
     retried: [AtomicU64; 5],
@@ -97,9 +99,15 @@ fn reason_index(r: RetryReason) -> usize {
 }
 
 impl StatsInner {
-    pub(crate) fn begun(&self) {
+    pub(crate) fn begun(&self, read_only: bool) {
         self.begun.fetch_add(1, Relaxed);
+        if read_only {
+            self.read_only.fetch_add(1, Relaxed);
+        }
         self.active.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn autocommit(&self) {
+        self.autocommit.fetch_add(1, Relaxed);
     }
     pub(crate) fn ended(&self, committed: bool, took: Duration) {
         self.active.fetch_sub(1, Relaxed);
@@ -203,6 +211,8 @@ impl TxStats {
         drop(statements);
         TxStatsSnapshot {
             begun: i.begun.load(Relaxed),
+            read_only: i.read_only.load(Relaxed),
+            autocommit: i.autocommit.load(Relaxed),
             committed: i.committed.load(Relaxed),
             rolled_back: i.rolled_back.load(Relaxed),
             retried: RetriedByReason {
@@ -304,6 +314,15 @@ pub struct SlowStatement {
 pub struct TxStatsSnapshot {
     /// Transactions begun (requests that never touched the database are not counted).
     pub begun: u64,
+    /// Of [`begun`](Self::begun), the read-only ones
+    /// ([`TxMode::ReadOnly`](super::TxMode::ReadOnly)).
+    pub read_only: u64,
+    /// Attempts that worked without a transaction
+    /// ([`TxMode::Autocommit`](super::TxMode::Autocommit)) and borrowed at least one
+    /// connection; counted apart from transactions, never in `begun`, `committed` or
+    /// `rolled_back`. Their statements are timed in [`statements`](Self::statements) like
+    /// any other.
+    pub autocommit: u64,
     /// Transactions committed.
     pub committed: u64,
     /// Transactions rolled back (including failed commits and retried attempts).
