@@ -420,7 +420,12 @@ async fn commit_then_hooks<DB: TxDatabase>(handle: TxHandle<DB>, shared: Arc<Sha
             Finished::Aborted | Finished::RolledBack | Finished::Expired => false,
         };
         let hooks = shared.take_hooks(run);
-        run_hooks(hooks).await;
+        if !hooks.is_empty() {
+            // Timed: the response waits for its hooks, so they are part of a write's latency.
+            let started = Instant::now();
+            run_hooks(hooks).await;
+            shared.stats.hooks_ran(started.elapsed());
+        }
         finished
     });
     match task.await {

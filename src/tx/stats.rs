@@ -80,6 +80,7 @@ pub(crate) struct StatsInner {
     timeouts: AtomicU64,
     active: AtomicI64,
     durations: Mutex<Timing>,
+    hooks: Mutex<Timing>,
     statements: Mutex<Statements>,
 }
 
@@ -117,6 +118,9 @@ impl StatsInner {
             self.rolled_back.fetch_add(1, Relaxed);
         }
         lock(&self.durations).record(took, !committed);
+    }
+    pub(crate) fn hooks_ran(&self, took: Duration) {
+        lock(&self.hooks).record(took, false);
     }
     pub(crate) fn retried(&self, reason: RetryReason) {
         self.retried[reason_index(reason)].fetch_add(1, Relaxed);
@@ -229,6 +233,7 @@ impl TxStats {
             timeouts: i.timeouts.load(Relaxed),
             active: i.active.load(Relaxed).max(0) as u64,
             duration: lock(&i.durations).summary(),
+            after_commit: lock(&i.hooks).summary(),
             statements: per,
             slow_statements: slow,
         }
@@ -344,6 +349,10 @@ pub struct TxStatsSnapshot {
     pub active: u64,
     /// Duration of finished transactions, from `BEGIN` to the end of `COMMIT`/`ROLLBACK`.
     pub duration: DurationSummary,
+    /// Time spent running each request's after-commit hooks (requests that registered
+    /// some), after the commit and before the response: part of a write's latency, not of
+    /// its transaction's.
+    pub after_commit: DurationSummary,
     /// Per-statement timings, most executed first.
     pub statements: Vec<StatementStats>,
     /// The most recent slow statements, oldest first.
