@@ -165,6 +165,35 @@ async fn prepared_statements_need_transaction_pooling_behind_pgbouncer() {
         "{}",
         second.body()
     );
+
+    // Nor is sqlx's `statement_cache_capacity(0)` enough (sqlx 0.9): with the cache off, a
+    // query is still prepared under a fresh name, which is then never closed. (A bouncer of
+    // its own: the one above already holds an `sqlx_s_1`.)
+    let bouncer = PgBouncer::start(1);
+    let uncached = || async {
+        let options: sqlx::postgres::PgConnectOptions = bouncer.url().parse().unwrap();
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.statement_cache_capacity(0))
+            .await
+            .unwrap()
+    };
+    let (c, d) = (uncached().await, uncached().await);
+    let mut outcomes = Vec::new();
+    for pool in [&c, &d] {
+        let mut tx = pool.begin().await.unwrap();
+        let result: Result<i64, _> = sqlx::query_scalar("SELECT $1::int8 + 1")
+            .bind(41_i64)
+            .fetch_one(&mut *tx)
+            .await;
+        outcomes.push(result.map_err(|e| e.to_string()));
+        let _ = tx.rollback().await;
+    }
+    assert_eq!(outcomes[0], Ok(42));
+    assert!(
+        outcomes[1].as_ref().is_err_and(|e| e.contains("already exists")),
+        "{outcomes:?}"
+    );
 }
 
 #[tokio::test]

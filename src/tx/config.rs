@@ -250,9 +250,11 @@ impl TxConfig {
     ///   sqlx's per-connection statement cache (as with `.persistent(false)` on each query): a
     ///   named statement outlives its transaction on one server connection, so the next
     ///   transaction, on another, fails with "prepared statement does not exist", or another
-    ///   client's identically numbered one fails with "already exists". (PgBouncer 1.21 and
-    ///   later can carry named statements with `max_prepared_statements`; 1.18, Debian 12's,
-    ///   cannot.)
+    ///   client's identically numbered one fails with "already exists". sqlx's
+    ///   `PgConnectOptions::statement_cache_capacity(0)` does not avoid it in sqlx 0.9: with
+    ///   the cache off, each query is still prepared under a new name, never closed.
+    ///   (PgBouncer 1.21 and later can carry named statements with `max_prepared_statements`;
+    ///   1.18, Debian 12's, cannot.)
     /// - `GET`, `HEAD` and `OPTIONS` default to [`TxMode::ReadOnly`], and
     ///   [`TxMode::Autocommit`] is refused ([`TxLayer::new`](super::TxLayer::new) fails): sqlx
     ///   sends a statement with parameters in two round trips (parse, then bind and execute),
@@ -303,7 +305,8 @@ impl TxConfig {
     /// conflicts (default off): each conflict that forces a retry cuts it by a quarter, each
     /// clean commit raises it by one over the limit, between 1 and `max`. Meant for hot rows
     /// under `SERIALIZABLE` (many requests writing the same few rows), where fewer at once
-    /// commit more and fewer run out of retries. Waiting for room counts against
+    /// commit more and fewer run out of retries. Only [`TxMode::ReadWrite`] requests count
+    /// and wait: reads do not take the rows' write locks. Waiting for room counts against
     /// [`retry_deadline`](Self::retry_deadline); past it the request gets `503`.
     pub fn adaptive_concurrency(mut self, max: Option<usize>) -> Self {
         self.adaptive_concurrency = max;

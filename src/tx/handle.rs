@@ -430,7 +430,6 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 if matches!(err, sqlx::Error::PoolTimedOut) {
                     shared.pool_exhausted.store(true, Ordering::Relaxed);
                 }
-                shared.note_error::<DB>(&err);
                 return Err(err);
             }
         };
@@ -579,8 +578,10 @@ pub(crate) fn commit_error_is_ambiguous(err: &sqlx::Error) -> bool {
     is_connection_loss(err)
 }
 
-/// Exclusive use of the request's transaction connection; run queries with `&mut conn` as
-/// the executor. Statements are timed and their errors watched for retryable codes.
+/// Exclusive use of the request's transaction connection (in
+/// [`TxMode::Autocommit`], of a pooled connection, given back when the guard drops); run
+/// queries with `&mut conn` as the executor. Statements are timed and their errors watched for
+/// retryable codes.
 pub struct TxConn<'h, DB: TxDatabase> {
     guard: tokio::sync::MutexGuard<'h, Slot<DB>>,
     shared: &'h Arc<Shared>,

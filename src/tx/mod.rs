@@ -38,8 +38,8 @@
 //!   need them; [`TxConfig::transaction_timeout`] still bounds the handler.
 //! - after-commit hooks run once the response is decided a success ([`AfterCommit`]).
 //! - the work is counted in [`TxStatsSnapshot::autocommit`], not as transactions.
-//! - the [`adaptive concurrency`](TxConfig::adaptive_concurrency) limit applies to read-write
-//!   transactions only: reads do not conflict on hot rows.
+//! - the [`TxConfig::adaptive_concurrency`] limit applies to read-write transactions only:
+//!   reads do not conflict on hot rows.
 //!
 //! # Replica
 //!
