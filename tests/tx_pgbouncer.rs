@@ -191,7 +191,9 @@ async fn prepared_statements_need_transaction_pooling_behind_pgbouncer() {
     }
     assert_eq!(outcomes[0], Ok(42));
     assert!(
-        outcomes[1].as_ref().is_err_and(|e| e.contains("already exists")),
+        outcomes[1]
+            .as_ref()
+            .is_err_and(|e| e.contains("already exists")),
         "{outcomes:?}"
     );
 }
