@@ -16,7 +16,12 @@
 //! concurrent clients (`SHOP_LOAD_STEPS`, default `8,32,128,512,1024`), after a 2 s warm-up;
 //! the steps of a stack stop once p99 has passed 100 ms. The cache is not cleared between
 //! steps. While a step runs, PostgreSQL connections are sampled every 100 ms from
-//! `pg_stat_activity` (this run's pool only, by `application_name`).
+//! `pg_stat_activity` (this run's pool only, by `application_name`). A second table breaks
+//! each step down: p99 by kind of request, and the busy connections by state (running a
+//! statement, of those waiting on a row lock, idle inside a transaction), how late a 1 ms
+//! timer fires in the server's runtime (the wait of a task woken by I/O for a core), and the
+//! transaction layer's `BEGIN`-to-`COMMIT` p99 and that of the after-commit hooks (the purges)
+//! a write's response waits for.
 //!
 //! Reads `DATABASE_URL` and `REDIS_URL` like the tests.
 
@@ -77,12 +82,29 @@ impl Zipf {
     }
 }
 
-fn request(addr: SocketAddr, zipf: &Zipf, rng: &mut SmallRng) -> Request<Full<Bytes>> {
+/// The workload's kinds of request, for the latency breakdown.
+#[derive(Clone, Copy)]
+enum Kind {
+    Product = 0,
+    List = 1,
+    Patch = 2,
+    Order = 3,
+}
+
+const KINDS: [&str; 4] = ["GET product", "GET list", "PATCH product", "POST order"];
+
+fn request(addr: SocketAddr, zipf: &Zipf, rng: &mut SmallRng) -> (Kind, Request<Full<Bytes>>) {
     let roll: f64 = rng.random();
-    let (method, path, body) = if roll < 0.90 {
-        (Method::GET, format!("/products/{}", zipf.sample(rng)), None)
+    let (kind, method, path, body) = if roll < 0.90 {
+        (
+            Kind::Product,
+            Method::GET,
+            format!("/products/{}", zipf.sample(rng)),
+            None,
+        )
     } else if roll < 0.95 {
         (
+            Kind::List,
             Method::GET,
             LISTS[rng.random_range(0..LISTS.len())].into(),
             None,
@@ -90,13 +112,14 @@ fn request(addr: SocketAddr, zipf: &Zipf, rng: &mut SmallRng) -> Request<Full<By
     } else if roll < 0.975 {
         let body = format!(r#"{{"price_cents":{}}}"#, rng.random_range(100..10_000));
         (
+            Kind::Patch,
             Method::PATCH,
             format!("/products/{}", zipf.sample(rng)),
             Some(body),
         )
     } else {
         let body = format!(r#"{{"product_id":{},"quantity":1}}"#, zipf.sample(rng));
-        (Method::POST, "/orders".into(), Some(body))
+        (Kind::Order, Method::POST, "/orders".into(), Some(body))
     };
     let mut builder = Request::builder()
         .method(method)
@@ -104,14 +127,17 @@ fn request(addr: SocketAddr, zipf: &Zipf, rng: &mut SmallRng) -> Request<Full<By
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
     }
-    builder
+    let request = builder
         .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
-        .expect("valid request")
+        .expect("valid request");
+    (kind, request)
 }
 
 #[derive(Default)]
 struct Step {
     latencies_us: Vec<u32>,
+    /// The same latencies by [`Kind`].
+    by_kind: [Vec<u32>; 4],
     errors: u64,
 }
 
@@ -125,7 +151,7 @@ async fn client_loop(
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut step = Step::default();
     while !stop.load(Ordering::Relaxed) {
-        let req = request(addr, &zipf, &mut rng);
+        let (kind, req) = request(addr, &zipf, &mut rng);
         let started = Instant::now();
         let ok = match tokio::time::timeout(Duration::from_secs(10), async {
             let response = client.request(req).await?;
@@ -139,9 +165,9 @@ async fn client_loop(
             Ok(Ok(status)) => status.is_success() || status == http::StatusCode::CONFLICT,
             _ => false,
         };
-        let took = started.elapsed();
-        step.latencies_us
-            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        let took = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        step.latencies_us.push(took);
+        step.by_kind[kind as usize].push(took);
         if !ok {
             step.errors += 1;
         }
@@ -160,6 +186,30 @@ struct Row {
     pg_busy_mean: f64,
     pg_busy_max: i64,
     errors: u64,
+    /// p99 of each [`Kind`].
+    p99_by_kind: [Duration; 4],
+    /// p99 of how late a 1 ms timer fires in the server's runtime: the wait of any task
+    /// woken by I/O for its turn on the 2 cores.
+    wakeup_p99: Duration,
+    /// p99 of the transaction layer's transactions, `BEGIN` to the end of `COMMIT` (its
+    /// last 1,024), and of the after-commit hooks (the purges) the response waited for, when
+    /// the stack has the layer.
+    tx_p99: Option<(Duration, Duration)>,
+    /// Mean busy connections by what they were doing.
+    busy: BusyBreakdown,
+}
+
+/// Mean busy connections over a step, split by `pg_stat_activity` state.
+#[derive(Clone, Copy, Default)]
+struct BusyBreakdown {
+    /// Running a statement (`active`), waiting on a lock or not.
+    active: f64,
+    /// Of `active`, waiting on a lock (`wait_event_type = 'Lock'`: a row another
+    /// transaction is writing).
+    lock_wait: f64,
+    /// Inside a transaction between statements (`idle in transaction`): the application
+    /// holds the transaction open.
+    idle_in_transaction: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> Duration {
@@ -170,26 +220,54 @@ fn percentile(sorted: &[u32], p: f64) -> Duration {
     Duration::from_micros(u64::from(sorted[i]))
 }
 
-/// Samples this run's PostgreSQL connections (open, and not idle) until `stop`.
-async fn sample_pg(monitor: PgPool, app_name: String, stop: Arc<AtomicBool>) -> (i64, f64, i64) {
-    let (mut open_max, mut busy_sum, mut busy_max, mut n) = (0_i64, 0_i64, 0_i64, 0_i64);
+/// Measures the runtime's wake-up delay until `stop`: how late a 1 ms sleep returns.
+async fn probe_wakeups(stop: Arc<AtomicBool>) -> Vec<u32> {
+    let mut late = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let row: Result<(i64, i64), _> = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE state <> 'idle')
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let over = started.elapsed().saturating_sub(Duration::from_millis(1));
+        late.push(u32::try_from(over.as_micros()).unwrap_or(u32::MAX));
+    }
+    late
+}
+
+/// What the sampler saw: open max, busy mean, busy max, and the busy ones by state.
+type PgSample = (i64, f64, i64, BusyBreakdown);
+
+/// Samples this run's PostgreSQL connections (open, and not idle) until `stop`.
+async fn sample_pg(monitor: PgPool, app_name: String, stop: Arc<AtomicBool>) -> PgSample {
+    let (mut open_max, mut busy_sum, mut busy_max, mut n) = (0_i64, 0_i64, 0_i64, 0_i64);
+    let (mut active, mut lock_wait, mut idle_in_tx) = (0_i64, 0_i64, 0_i64);
+    while !stop.load(Ordering::Relaxed) {
+        let row: Result<(i64, i64, i64, i64, i64), _> = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE state <> 'idle'),
+                    count(*) FILTER (WHERE state = 'active'),
+                    count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'),
+                    count(*) FILTER (WHERE state LIKE 'idle in transaction%')
              FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
         )
         .bind(&app_name)
         .fetch_one(&monitor)
         .await;
-        if let Ok((open, busy)) = row {
+        if let Ok((open, busy, a, l, i)) = row {
             open_max = open_max.max(open);
             busy_max = busy_max.max(busy);
             busy_sum += busy;
+            active += a;
+            lock_wait += l;
+            idle_in_tx += i;
             n += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (open_max, busy_sum as f64 / n.max(1) as f64, busy_max)
+    let mean = |sum: i64| sum as f64 / n.max(1) as f64;
+    let busy = BusyBreakdown {
+        active: mean(active),
+        lock_wait: mean(lock_wait),
+        idle_in_transaction: mean(idle_in_tx),
+    };
+    (open_max, mean(busy_sum), busy_max, busy)
 }
 
 async fn run_step(
@@ -200,9 +278,10 @@ async fn run_step(
     secs: Duration,
     seed: u64,
     monitor: Option<(PgPool, String)>,
-) -> (Step, Duration, Option<(i64, f64, i64)>) {
+) -> (Step, Duration, Option<PgSample>, Vec<u32>) {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = monitor.map(|(pool, name)| tokio::spawn(sample_pg(pool, name, stop.clone())));
+    let probe = tokio::spawn(probe_wakeups(stop.clone()));
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
@@ -221,6 +300,9 @@ async fn run_step(
     for task in tasks {
         let step = task.await.expect("client task");
         all.latencies_us.extend(step.latencies_us);
+        for (all, one) in all.by_kind.iter_mut().zip(step.by_kind) {
+            all.extend(one);
+        }
         all.errors += step.errors;
     }
     let elapsed = started.elapsed();
@@ -228,7 +310,8 @@ async fn run_step(
         Some(s) => Some(s.await.expect("sampler")),
         None => None,
     };
-    (all, elapsed, pg)
+    let late = probe.await.expect("probe");
+    (all, elapsed, pg, late)
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -286,7 +369,7 @@ async fn run_stack(
         .build_http();
     let zipf = Arc::new(Zipf::new(PRODUCTS));
 
-    let (warm, _, _) = run_step(&client, addr, &zipf, 32, Duration::from_secs(2), 1, None).await;
+    let (warm, _, _, _) = run_step(&client, addr, &zipf, 32, Duration::from_secs(2), 1, None).await;
     eprintln!(
         "{label}: warm-up {} requests, {} errors",
         warm.latencies_us.len(),
@@ -297,7 +380,7 @@ async fn run_stack(
             .cache
             .as_ref()
             .map(|c| (c.hits() + c.stale_hits() + c.coalesced(), c.misses()));
-        let (mut step, elapsed, pg) = run_step(
+        let (mut step, elapsed, pg, mut late) = run_step(
             &client,
             addr,
             &zipf,
@@ -313,7 +396,19 @@ async fn run_stack(
             hits as f64 / (hits + misses).max(1) as f64
         });
         step.latencies_us.sort_unstable();
-        let (pg_open_max, pg_busy_mean, pg_busy_max) = pg.unwrap_or_default();
+        let p99_by_kind = step.by_kind.each_mut().map(|l| {
+            l.sort_unstable();
+            percentile(l, 0.99)
+        });
+        let (pg_open_max, pg_busy_mean, pg_busy_max, busy) = pg.unwrap_or_default();
+        late.sort_unstable();
+        let tx_p99 = shop.tx.as_ref().map(|t| {
+            let s = t.snapshot();
+            (
+                Duration::from_micros(s.duration.p99_us),
+                Duration::from_micros(s.after_commit.p99_us),
+            )
+        });
         let row = Row {
             stack: label,
             clients,
@@ -325,8 +420,13 @@ async fn run_stack(
             pg_busy_mean,
             pg_busy_max,
             errors: step.errors,
+            p99_by_kind,
+            wakeup_p99: percentile(&late, 0.99),
+            tx_p99,
+            busy,
         };
         eprintln!("{}", format_row(&row));
+        eprintln!("{}", format_breakdown(&row));
         let over = row.p99 > P99_LIMIT;
         rows.push(row);
         if over {
@@ -362,6 +462,29 @@ fn format_row(r: &Row) -> String {
     )
 }
 
+/// The second table: p99 by kind of request and what the busy connections were doing.
+fn format_breakdown(r: &Row) -> String {
+    let p99 = r
+        .p99_by_kind
+        .iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+    format!(
+        "| {} | {} | {p99} | {:.1} | {:.1} | {:.1} | {} | {} |",
+        r.stack,
+        r.clients,
+        r.busy.active,
+        r.busy.lock_wait,
+        r.busy.idle_in_transaction,
+        ms(r.wakeup_p99),
+        r.tx_p99
+            .map(|(tx, hooks)| format!("{} | {}", ms(tx), ms(hooks)))
+            .unwrap_or_else(|| "- | -".into()),
+    )
+}
+
 fn main() -> Result<(), app::BoxError> {
     // `cargo bench` passes `--bench`; a filter argument would too. Nothing to filter here.
     let secs = Duration::from_secs(env_or("SHOP_LOAD_SECS", 8));
@@ -384,6 +507,15 @@ fn main() -> Result<(), app::BoxError> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!("{}", format_row(row));
+    }
+    println!();
+    println!(
+        "| stack | clients | p99 ms {} | busy: active | of which waiting on a lock | busy: idle in transaction | wake-up delay p99 ms | transaction p99 ms | after-commit hooks p99 ms |",
+        KINDS.join(" | p99 ms ")
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        println!("{}", format_breakdown(row));
     }
     for stack in ["metrics only", "full stack"] {
         let crossed = rows

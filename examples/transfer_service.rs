@@ -212,7 +212,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Transfers run SERIALIZABLE, under an adaptive concurrency limit: on hot accounts fewer
     // transfers at once commit more (and far fewer run out of retries). The other routes run
-    // at the default level. Both layers share one stats handle.
+    // at the default level; their GETs are single statements, so they run without a
+    // transaction (the default for GET: one round trip, no BEGIN/COMMIT). Both layers share
+    // one stats handle.
     let default_layer = TxLayer::new(
         pool.clone(),
         TxConfig::default().statement_timeout(Duration::from_secs(5)),

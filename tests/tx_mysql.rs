@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{MySql, MySqlPool};
 use support::{app, send, sql, status, table};
-use tower_strata::tx::{IsolationLevel, TxConfig, TxHandle, TxLayer};
+use tower_strata::tx::{IsolationLevel, TxConfig, TxHandle, TxLayer, TxMode};
 
 async fn setup(name: &str) -> (MySqlPool, String) {
     let pool = MySqlPoolOptions::new()
@@ -158,5 +158,64 @@ async fn unique_violation_and_lock_wait_timeout_are_not_retried_by_default() {
     other.rollback().await.unwrap();
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     assert_eq!(stats.snapshot().retried.total(), 0);
+    teardown(&pool, &t).await;
+}
+
+#[tokio::test]
+async fn modes_reads_without_a_transaction_writes_in_one_read_only_rejects_writes() {
+    let (pool, t) = setup("my_modes").await;
+    let handler = |t: String| {
+        move |tx: TxHandle<MySql>, _| {
+            let t = t.clone();
+            async move {
+                let mut conn = tx.conn().await.unwrap();
+                let in_tx: i64 = sqlx::query_scalar("SELECT CAST(@@in_transaction AS SIGNED)")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                let write = sqlx::query(sql(format!("UPDATE {t} SET v = v + 1 WHERE id = 1")))
+                    .execute(&mut conn)
+                    .await;
+                let code = match write {
+                    Ok(_) => "ok".to_owned(),
+                    Err(err) => err
+                        .as_database_error()
+                        .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+                        .map(|e| e.number().to_string())
+                        .unwrap_or_default(),
+                };
+                let mut r = status(200);
+                *r.body_mut() = format!("{in_tx} {code}");
+                r
+            }
+        }
+    };
+    let request = |method: http::Method| {
+        http::Request::builder()
+            .method(method)
+            .uri("/")
+            .body(String::new())
+            .unwrap()
+    };
+    let default = app(
+        TxLayer::new(pool.clone(), TxConfig::default()).unwrap(),
+        handler(t.clone()),
+    );
+    let get = support::send_request(&default, request(http::Method::GET)).await;
+    assert_eq!(get.body(), "0 ok", "a GET runs without a transaction");
+    let post = support::send_request(&default, request(http::Method::POST)).await;
+    assert_eq!(post.body(), "1 ok", "a POST runs in one");
+    let read_only = app(
+        TxLayer::new(pool.clone(), TxConfig::default().mode(TxMode::ReadOnly)).unwrap(),
+        handler(t.clone()),
+    );
+    // 1792: cannot execute statement in a READ ONLY transaction.
+    let r = support::send_request(&read_only, request(http::Method::POST)).await;
+    assert_eq!(r.body(), "1 1792");
+    assert_eq!(
+        sum(&pool, &t).await,
+        2,
+        "the GET's and the POST's updates, not the read-only one"
+    );
     teardown(&pool, &t).await;
 }

@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqlitePool};
 use support::{app, send, status};
 use tokio::sync::Notify;
-use tower_strata::tx::{IsolationLevel, SqliteBegin, TxConfig, TxHandle, TxLayer};
+use tower_strata::tx::{IsolationLevel, SqliteBegin, TxConfig, TxHandle, TxLayer, TxMode};
 
 struct Db {
     pool: SqlitePool,
@@ -205,6 +205,8 @@ async fn settings_sqlite_cannot_honour_are_rejected() {
         TxConfig::default().isolation(IsolationLevel::ReadCommitted),
         TxConfig::default().read_only(true),
         TxConfig::default().statement_timeout(Duration::from_secs(1)),
+        TxConfig::default().mode_for(http::Method::GET, TxMode::ReadOnly),
+        TxConfig::default().transaction_pooling(true),
     ] {
         assert!(TxLayer::new(db.pool.clone(), config).is_err());
     }
@@ -238,4 +240,29 @@ async fn transaction_timeout_cuts_a_hung_handler() {
     assert_eq!(r.headers()[tower_strata::tx::TX_ERROR_HEADER], "timeout");
     assert_eq!(start.elapsed(), Duration::from_secs(30));
     assert_eq!(stats.snapshot().timeouts, 1);
+}
+
+#[tokio::test]
+async fn a_get_writes_without_a_transaction_so_its_failure_rolls_nothing_back() {
+    let db = Db::new(2).await;
+    let layer = TxLayer::new(db.pool.clone(), TxConfig::default()).unwrap();
+    let stats = layer.stats();
+    let svc = app(layer, |tx: TxHandle<Sqlite>, body: String| async move {
+        let code: u16 = body.parse().unwrap();
+        insert(&tx, code.into()).await.unwrap();
+        status(code)
+    });
+    let get = |code: &str| http::Request::get("/").body(code.to_owned()).unwrap();
+    // Each statement committed as it ran: a failure answer has nothing to roll back. (A GET
+    // that writes is the handler's choice; the route could ask for a transaction.)
+    for code in ["200", "500"] {
+        let r = support::send_request(&svc, get(code)).await;
+        assert_eq!(r.status().as_str(), code);
+    }
+    // A POST, in a transaction, rolls back on its 500.
+    assert_eq!(send(&svc, "500").await.status(), 500);
+    assert_eq!(db.values().await, vec![200, 500]);
+    let s = stats.snapshot();
+    assert_eq!((s.autocommit, s.begun, s.rolled_back), (2, 1, 1));
+    db.close().await;
 }

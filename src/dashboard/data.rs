@@ -315,6 +315,10 @@ impl From<crate::purge::InvalidateStats> for InvalidationData {
 pub struct TxData {
     /// Transactions begun.
     pub begun: u64,
+    /// Of those, read-only ones.
+    pub read_only: u64,
+    /// Attempts that worked without a transaction (`tx::TxMode::Autocommit`).
+    pub autocommit: u64,
     /// Committed.
     pub committed: u64,
     /// Rolled back (including retried attempts).
@@ -410,6 +414,8 @@ impl From<crate::tx::TxStatsSnapshot> for TxData {
         .collect();
         TxData {
             begun: s.begun,
+            read_only: s.read_only,
+            autocommit: s.autocommit,
             committed: s.committed,
             rolled_back: s.rolled_back,
             retried,

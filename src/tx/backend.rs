@@ -26,10 +26,13 @@ pub trait TxDatabase: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     fn validate(config: &TxConfig) -> Result<(), ConfigError>;
 
+    /// Begins the request's transaction, read-only when `read_only`, with the isolation and
+    /// the transaction-scoped timeouts of `config`.
     #[doc(hidden)]
     fn begin<'c>(
         conn: &'c mut Self::Connection,
         config: &'c TxConfig,
+        read_only: bool,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 
     #[doc(hidden)]
@@ -103,15 +106,19 @@ impl TxDatabase for sqlx::Postgres {
     fn begin<'c>(
         conn: &'c mut sqlx::PgConnection,
         config: &'c TxConfig,
+        read_only: bool,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         use std::fmt::Write;
         let mut sql = String::from("BEGIN");
         if let Some(level) = config.isolation {
             let _ = write!(sql, " ISOLATION LEVEL {level}");
         }
-        if config.read_only {
+        if read_only {
             sql.push_str(" READ ONLY");
         }
+        // `SET LOCAL`, never `SET`: the settings end with the transaction, so they cannot
+        // outlive it on a pooled connection or on a server connection a pooler hands to
+        // another client.
         if let Some(t) = config.statement_timeout {
             let _ = write!(sql, "; SET LOCAL statement_timeout = {}", millis(t));
         }
@@ -155,12 +162,18 @@ impl TxDatabase for sqlx::MySql {
                 "statement_timeout is only supported on PostgreSQL",
             ));
         }
+        if config.transaction_pooling {
+            return Err(ConfigError::new(
+                "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
+            ));
+        }
         Ok(())
     }
 
     fn begin<'c>(
         conn: &'c mut sqlx::MySqlConnection,
         config: &'c TxConfig,
+        read_only: bool,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(async move {
             if let Some(t) = config.lock_timeout {
@@ -176,7 +189,7 @@ impl TxDatabase for sqlx::MySql {
                 // Applies to the next transaction only.
                 Self::run(conn, format!("SET TRANSACTION ISOLATION LEVEL {level}")).await?;
             }
-            let begin = if config.read_only {
+            let begin = if read_only {
                 "START TRANSACTION READ ONLY"
             } else {
                 "START TRANSACTION"
@@ -221,9 +234,17 @@ impl TxDatabase for sqlx::Sqlite {
                 "SQLite transactions are always SERIALIZABLE",
             ));
         }
-        if config.read_only {
+        if config
+            .explicit_modes()
+            .any(|m| m == super::config::TxMode::ReadOnly)
+        {
             return Err(ConfigError::new(
-                "read_only is not supported on SQLite (open the pool read-only instead)",
+                "TxMode::ReadOnly (read_only) is not supported on SQLite (open the pool read-only instead)",
+            ));
+        }
+        if config.transaction_pooling {
+            return Err(ConfigError::new(
+                "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
             ));
         }
         if config.statement_timeout.is_some() || config.lock_timeout.is_some() {
@@ -237,6 +258,7 @@ impl TxDatabase for sqlx::Sqlite {
     fn begin<'c>(
         conn: &'c mut sqlx::SqliteConnection,
         config: &'c TxConfig,
+        _read_only: bool,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         let sql = match config.sqlite_begin {
             super::config::SqliteBegin::Deferred => "BEGIN",

@@ -16,7 +16,7 @@ use sqlx::{Database, Execute, Pool, SqlStr};
 use sqlx_core::transaction::TransactionManager;
 
 use super::backend::{TxDatabase, classify, is_connection_loss};
-use super::config::TxConfig;
+use super::config::{TxConfig, TxMode};
 use super::error::RetryReason;
 use super::stats::StatsInner;
 
@@ -32,6 +32,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     pub(crate) config: Arc<TxConfig>,
     pub(crate) stats: Arc<StatsInner>,
+    /// The attempt's mode, from the request's method.
+    pub(crate) mode: TxMode,
+    /// Whether this attempt has borrowed a connection without a transaction yet: counted once.
+    autocommit_used: AtomicBool,
     retry: Mutex<Option<RetryReason>>,
     pool_exhausted: AtomicBool,
     /// Savepoint depth: 0 is the outer transaction.
@@ -44,10 +48,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Arc<TxConfig>, stats: Arc<StatsInner>) -> Self {
+    pub(crate) fn new(config: Arc<TxConfig>, stats: Arc<StatsInner>, mode: TxMode) -> Self {
         Self {
             config,
             stats,
+            mode,
+            autocommit_used: AtomicBool::new(false),
             retry: Mutex::new(None),
             pool_exhausted: AtomicBool::new(false),
             depth: AtomicUsize::new(0),
@@ -64,7 +70,11 @@ impl Shared {
         if let Some(reason) = reason {
             lock(&self.retry).get_or_insert(reason);
         }
-        if DB::ERROR_ABORTS_TRANSACTION && matches!(err, sqlx::Error::Database(_)) {
+        // Without a transaction a failed statement aborts nothing but itself.
+        if DB::ERROR_ABORTS_TRANSACTION
+            && self.mode.is_transaction()
+            && matches!(err, sqlx::Error::Database(_))
+        {
             self.aborted_at
                 .fetch_min(self.depth.load(Ordering::Relaxed), Ordering::Relaxed);
         }
@@ -175,6 +185,14 @@ where
 /// back is dropped with it. A request that never touched the database has nothing to
 /// commit, so its hooks run when the response is a success.
 ///
+/// Without a transaction ([`TxMode::Autocommit`](super::TxMode::Autocommit)) each statement
+/// committed as it ran, so "after commit" means after the response is decided: the hooks run
+/// when the [`CommitPolicy`](super::CommitPolicy) (or a [`Verdict`](super::Verdict)) would
+/// commit, that is when the response is a success, at the same point as a transaction's
+/// `COMMIT` (for gRPC, once the trailers are seen). On a failure response they are dropped,
+/// as with a transaction, although a statement that succeeded before the failure stays
+/// written: work whose side effects must follow every write belongs in a transaction.
+///
 /// ```
 /// # #[cfg(feature = "sqlite")] {
 /// use tower_strata::tx::AfterCommit;
@@ -250,17 +268,21 @@ impl<DB: TxDatabase> Drop for Slot<DB> {
 }
 
 struct HandleInner<DB: TxDatabase> {
+    /// The attempt's pool: the primary, or the replica for read-only and autocommit work.
     pool: Pool<DB>,
     shared: Arc<Shared>,
     slot: tokio::sync::Mutex<Slot<DB>>,
 }
 
-/// The request's transaction, begun lazily on the first [`conn`](TxHandle::conn).
+/// The request's database access: its transaction, begun lazily on the first
+/// [`conn`](TxHandle::conn), or, in [`TxMode::Autocommit`], a pooled connection borrowed for
+/// each `conn()`.
 ///
 /// The [`TxLayer`](super::TxLayer) puts one in the request extensions of each attempt (clone
 /// it out, or use it as an axum extractor). Queries must run through the [`TxConn`] guard so
 /// the handle sees their errors: a retryable one (serialization failure, deadlock, busy)
-/// makes the layer roll back and replay the request whatever the handler answered.
+/// makes the layer roll back and replay the request whatever the handler answered. The code
+/// is the same in every [`TxMode`]; [`mode`](TxHandle::mode) says which one the request got.
 ///
 /// ```no_run
 /// # #[cfg(feature = "postgres")]
@@ -330,7 +352,10 @@ impl<DB: TxDatabase> TxHandle<DB> {
         }
     }
 
-    /// The transaction's connection, beginning the transaction on first use.
+    /// The transaction's connection, beginning the transaction on first use. In
+    /// [`TxMode::Autocommit`], a connection borrowed from the pool for as long as the guard
+    /// lives, each statement committed on its own: drop the guard between statements that
+    /// need no connection in between, so the pool gets it back.
     ///
     /// # Errors
     ///
@@ -340,6 +365,9 @@ impl<DB: TxDatabase> TxHandle<DB> {
     pub async fn conn(&self) -> Result<TxConn<'_, DB>, sqlx::Error> {
         let shared = &self.inner.shared;
         let mut slot = self.inner.slot.lock().await;
+        if shared.mode == TxMode::Autocommit {
+            return self.borrow(slot).await;
+        }
         match slot.state {
             State::Open => {}
             State::Done | State::Expired => {
@@ -363,7 +391,8 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 };
                 slot.state = State::Beginning;
                 let conn = slot.conn.insert(conn);
-                if let Err(err) = DB::begin(conn, &shared.config).await {
+                let read_only = shared.mode == TxMode::ReadOnly;
+                if let Err(err) = DB::begin(conn, &shared.config, read_only).await {
                     shared.note_error::<DB>(&err);
                     if let Some(mut conn) = slot.conn.take() {
                         conn.close_on_drop();
@@ -373,13 +402,51 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 }
                 slot.state = State::Open;
                 slot.began = Instant::now();
-                shared.stats.begun();
+                shared.stats.begun(read_only);
             }
         }
         Ok(TxConn {
             guard: slot,
             shared,
         })
+    }
+
+    /// [`TxMode::Autocommit`]: a pooled connection for one guard's life, no `BEGIN`. The
+    /// guard gives it back to the pool when dropped (sqlx pings it first, which also drains
+    /// a statement cut short).
+    async fn borrow<'h>(
+        &'h self,
+        mut slot: tokio::sync::MutexGuard<'h, Slot<DB>>,
+    ) -> Result<TxConn<'h, DB>, sqlx::Error> {
+        let shared = &self.inner.shared;
+        if matches!(slot.state, State::Done | State::Expired) {
+            return Err(sqlx::Error::InvalidArgument(
+                "the request's database work has already ended".into(),
+            ));
+        }
+        let conn = match self.inner.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                if matches!(err, sqlx::Error::PoolTimedOut) {
+                    shared.pool_exhausted.store(true, Ordering::Relaxed);
+                }
+                return Err(err);
+            }
+        };
+        slot.conn = Some(conn);
+        if !shared.autocommit_used.swap(true, Ordering::Relaxed) {
+            shared.stats.autocommit();
+        }
+        Ok(TxConn {
+            guard: slot,
+            shared,
+        })
+    }
+
+    /// The mode of this request: chosen by the layer from its method and
+    /// [`TxConfig::mode_of`].
+    pub fn mode(&self) -> TxMode {
+        self.inner.shared.mode
     }
 
     /// Runs `f` once the transaction has committed; see [`AfterCommit`] for the rules.
@@ -511,11 +578,22 @@ pub(crate) fn commit_error_is_ambiguous(err: &sqlx::Error) -> bool {
     is_connection_loss(err)
 }
 
-/// Exclusive use of the request's transaction connection; run queries with `&mut conn` as
-/// the executor. Statements are timed and their errors watched for retryable codes.
+/// Exclusive use of the request's transaction connection (in
+/// [`TxMode::Autocommit`], of a pooled connection, given back when the guard drops); run
+/// queries with `&mut conn` as the executor. Statements are timed and their errors watched for
+/// retryable codes.
 pub struct TxConn<'h, DB: TxDatabase> {
     guard: tokio::sync::MutexGuard<'h, Slot<DB>>,
     shared: &'h Arc<Shared>,
+}
+
+impl<DB: TxDatabase> Drop for TxConn<'_, DB> {
+    fn drop(&mut self) {
+        // Without a transaction nothing ties the connection to the request: back to the pool.
+        if self.shared.mode == TxMode::Autocommit {
+            drop(self.guard.conn.take());
+        }
+    }
 }
 
 impl<DB: TxDatabase> fmt::Debug for TxConn<'_, DB> {
@@ -536,6 +614,8 @@ impl<'h, DB: TxDatabase> TxConn<'h, DB> {
 
     /// Opens a nested transaction (`SAVEPOINT`). Roll it back on its own with
     /// [`Savepoint::rollback`] (or by dropping it) and the outer transaction's work stays.
+    /// In [`TxMode::Autocommit`] there is no outer transaction: it is a transaction of its own
+    /// (`BEGIN`) on the borrowed connection, committed by [`Savepoint::release`].
     ///
     /// # Errors
     ///
@@ -658,6 +738,8 @@ impl<DB: TxDatabase> Drop for Savepoint<'_, DB> {
 struct Recorded<E> {
     inner: E,
     sql: Arc<OnceLock<SqlStr>>,
+    /// `false` under [`TxConfig::transaction_pooling`]: prepare unnamed, cache nothing.
+    persistent: bool,
 }
 
 impl<'q, DB: Database, E: Execute<'q, DB>> Execute<'q, DB> for Recorded<E> {
@@ -678,7 +760,7 @@ impl<'q, DB: Database, E: Execute<'q, DB>> Execute<'q, DB> for Recorded<E> {
     }
 
     fn persistent(&self) -> bool {
-        self.inner.persistent()
+        self.persistent && self.inner.persistent()
     }
 }
 
@@ -790,6 +872,7 @@ macro_rules! impl_executor {
                 let query = Recorded {
                     inner: query,
                     sql: sql.clone(),
+                    persistent: !shared.config.transaction_pooling,
                 };
                 observe_stream::<$db, _>(shared, sql, conn.fetch_many(query))
             }
@@ -807,6 +890,7 @@ macro_rules! impl_executor {
                 let query = Recorded {
                     inner: query,
                     sql: sql.clone(),
+                    persistent: !shared.config.transaction_pooling,
                 };
                 observe_future::<$db, _>(shared, sql, conn.fetch_optional(query))
             }

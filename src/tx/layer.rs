@@ -7,17 +7,22 @@ use sqlx::Pool;
 use tower_layer::Layer;
 
 use super::backend::TxDatabase;
-use super::config::TxConfig;
+use super::config::{TxConfig, TxMode};
 use super::error::ConfigError;
 use super::limit::AdaptiveLimit;
 use super::policy::{CommitPolicy, DefaultPolicy};
 use super::service::Tx;
 use super::stats::TxStats;
 
-/// Gives each request a lazily-begun transaction on `pool`, commits or rolls it back from the
-/// response and replays the request on retryable errors. See the [module docs](super).
+/// Gives each request a lazily-begun transaction on `pool` (or, for `GET`, `HEAD` and
+/// `OPTIONS` by default, pooled connections without one: see [`TxMode`]), commits or rolls it
+/// back from the response and replays the request on retryable errors. With a
+/// [`replica`](TxLayer::replica), read-only and autocommit work goes there. See the
+/// [module docs](super).
 pub struct TxLayer<DB: TxDatabase, P = DefaultPolicy> {
     pub(crate) pool: Pool<DB>,
+    /// Where read-only and autocommit work goes, when set.
+    pub(crate) replica: Option<Pool<DB>>,
     pub(crate) config: Arc<TxConfig>,
     pub(crate) policy: Arc<P>,
     pub(crate) stats: TxStats,
@@ -38,6 +43,7 @@ impl<DB: TxDatabase> TxLayer<DB> {
         DB::validate(&config)?;
         Ok(Self {
             pool,
+            replica: None,
             limit: config
                 .adaptive_concurrency
                 .map(|max| Arc::new(AdaptiveLimit::new(max))),
@@ -53,10 +59,44 @@ impl<DB: TxDatabase, P> TxLayer<DB, P> {
     pub fn policy<Q: CommitPolicy>(self, policy: Q) -> TxLayer<DB, Q> {
         TxLayer {
             pool: self.pool,
+            replica: self.replica,
             config: self.config,
             policy: Arc::new(policy),
             stats: self.stats,
             limit: self.limit,
+        }
+    }
+
+    /// Sends [`TxMode::ReadOnly`] and [`TxMode::Autocommit`] work to `replica`;
+    /// [`TxMode::ReadWrite`] work stays on the primary pool given to [`new`](TxLayer::new).
+    ///
+    /// The layer does not know how far the replica lags: a request that reads right after its
+    /// client's write may read the state before it. Routes that must read their own writes
+    /// get a layer without a replica, or a [`mode_for`](TxConfig::mode_for) of
+    /// [`TxMode::ReadWrite`] for their reads. A route that writes without a transaction
+    /// ([`TxMode::Autocommit`] for a `POST`, say) must not have a replica either: its writes
+    /// would go to it.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_strata::tx::{TxConfig, TxLayer};
+    ///
+    /// let primary = sqlx::PgPool::connect("postgres://postgres@primary/shop").await?;
+    /// let replica = sqlx::PgPool::connect("postgres://postgres@replica/shop").await?;
+    /// let layer = TxLayer::new(primary, TxConfig::default())?.replica(replica);
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn replica(mut self, replica: Pool<DB>) -> Self {
+        self.replica = Some(replica);
+        self
+    }
+
+    /// The pool that work in `mode` runs on.
+    pub(crate) fn pool_for(&self, mode: TxMode) -> &Pool<DB> {
+        match (mode, &self.replica) {
+            (TxMode::ReadOnly | TxMode::Autocommit, Some(replica)) => replica,
+            _ => &self.pool,
         }
     }
 
@@ -76,9 +116,14 @@ impl<DB: TxDatabase, P> TxLayer<DB, P> {
         &self.config
     }
 
-    /// The pool.
+    /// The primary pool.
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    /// The replica pool, if [`replica`](TxLayer::replica) set one.
+    pub fn replica_pool(&self) -> Option<&Pool<DB>> {
+        self.replica.as_ref()
     }
 }
 
@@ -86,6 +131,7 @@ impl<DB: TxDatabase, P> Clone for TxLayer<DB, P> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            replica: self.replica.clone(),
             config: self.config.clone(),
             policy: self.policy.clone(),
             stats: self.stats.clone(),
@@ -98,6 +144,7 @@ impl<DB: TxDatabase, P> fmt::Debug for TxLayer<DB, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TxLayer")
             .field("config", &self.config)
+            .field("replica", &self.replica.is_some())
             .finish_non_exhaustive()
     }
 }

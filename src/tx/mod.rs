@@ -1,9 +1,63 @@
-//! A database transaction per request, committed or rolled back from the response, with
-//! retry on serialization failures, deadlocks, busy errors and connections lost before `COMMIT`.
+//! A database transaction per request where one is needed, committed or rolled back from the
+//! response, with retry on serialization failures, deadlocks, busy errors and connections lost
+//! before `COMMIT`.
 //!
 //! [`TxLayer`] holds a `sqlx` pool. Each request gets a [`TxHandle`] in its extensions (an
 //! axum extractor too) whose transaction begins on first use, so a request that never touches
-//! the database costs no round trip. When the inner service answers:
+//! the database costs no round trip.
+//!
+//! # Modes: no transaction, read-only, read-write
+//!
+//! Each request runs in a [`TxMode`] chosen from its method, per layer (so per route):
+//!
+//! - `GET`, `HEAD` and `OPTIONS` run without a transaction by default
+//!   ([`TxMode::Autocommit`]): each [`TxHandle::conn`] borrows a pooled connection for as long
+//!   as its guard lives, and each statement commits on its own. A read that is one statement
+//!   pays one round trip instead of three (`BEGIN`, the query, `COMMIT`) and holds a connection
+//!   only while it runs.
+//! - every other method runs in a read-write transaction ([`TxMode::ReadWrite`]) at the
+//!   configured [`isolation`](TxConfig::isolation). gRPC calls are all `POST`, so each one gets
+//!   a read-write transaction unless its layer says otherwise.
+//! - [`TxMode::ReadOnly`] begins `BEGIN READ ONLY` (`START TRANSACTION READ ONLY`): one
+//!   snapshot for several statements, and a write fails with the database's error.
+//!
+//! [`TxConfig::mode`] sets one mode for every method of a layer, [`TxConfig::mode_for`] one
+//! method's: a `GET` that locks what it reads (`SELECT .. FOR UPDATE`) or needs one consistent
+//! snapshot across statements gets `mode_for(Method::GET, TxMode::ReadOnly)` or `ReadWrite`.
+//! [`TxConfig::read_only`]`(true)` is `mode(TxMode::ReadOnly)`. The handler code is the same in
+//! every mode; [`TxHandle::mode`] tells which one it got. The table on [`TxMode`] lists how
+//! retries, timeouts, hooks and stats behave in each. In short, without a transaction:
+//!
+//! - a retryable error or a lost connection replays a `GET`, `HEAD` or `OPTIONS` request (its
+//!   body buffered) like a transaction's, since such a request is not supposed to write; a
+//!   request of another method is never replayed (what it wrote before the error stays
+//!   committed): the handler's own answer goes out.
+//! - statement and lock timeouts are not applied: they are `SET LOCAL`, scoped to a
+//!   transaction, and a session-wide `SET` would outlive the request on the pooled connection.
+//!   Set them for the role or database (`ALTER ROLE .. SET statement_timeout = ..`) if reads
+//!   need them; [`TxConfig::transaction_timeout`] still bounds the handler.
+//! - after-commit hooks run once the response is decided a success ([`AfterCommit`]).
+//! - the work is counted in [`TxStatsSnapshot::autocommit`], not as transactions.
+//! - the [`TxConfig::adaptive_concurrency`] limit applies to read-write transactions only:
+//!   reads do not conflict on hot rows.
+//!
+//! # Replica
+//!
+//! [`TxLayer::replica`] adds a second pool: read-only and autocommit work goes there,
+//! read-write work to the primary. The layer does not measure replication lag.
+//!
+//! # Behind PgBouncer
+//!
+//! The layer leaves no session state behind in any mode: isolation is part of `BEGIN`,
+//! timeouts are `SET LOCAL`. Behind PgBouncer in transaction pooling mode set
+//! [`TxConfig::transaction_pooling`]: statements are then prepared unnamed (sqlx's named
+//! statements outlive their transaction on a server connection the next client may get), and
+//! reads default to read-only transactions (outside a transaction, the pooler may send a
+//! statement's parse and execute to different server connections).
+//!
+//! # Ending the request
+//!
+//! When the inner service answers:
 //!
 //! - a retryable error seen by the handle (PostgreSQL `40001`/`40P01`, MySQL/MariaDB 1213 and
 //!   optionally 1205, SQLite busy/locked, decided by code, never by message), or a connection
@@ -59,9 +113,18 @@
 //! ```no_run
 //! # #[cfg(all(feature = "axum", feature = "postgres"))]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use axum::{Router, http::StatusCode, routing::post};
+//! use axum::{Router, http::{Method, StatusCode}, routing::{get, post}};
 //! use sqlx::Postgres;
-//! use tower_strata::tx::{IsolationLevel, TxConfig, TxHandle, TxLayer};
+//! use tower_strata::tx::{IsolationLevel, TxConfig, TxHandle, TxLayer, TxMode};
+//!
+//! async fn balance(tx: TxHandle<Postgres>) -> Result<String, StatusCode> {
+//!     let mut conn = tx.conn().await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     let cents: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = 1")
+//!         .fetch_one(&mut conn)
+//!         .await
+//!         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     Ok(cents.to_string())
+//! }
 //!
 //! async fn deposit(tx: TxHandle<Postgres>) -> Result<StatusCode, StatusCode> {
 //!     let mut conn = tx.conn().await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
@@ -73,12 +136,24 @@
 //! }
 //!
 //! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
-//! let layer = TxLayer::new(
-//!     pool,
-//!     TxConfig::default().isolation(IsolationLevel::Serializable),
-//! )?;
+//! // The defaults: GET without a transaction, POST in a read-write one.
+//! let layer = TxLayer::new(pool.clone(), TxConfig::default())?;
 //! let stats = layer.stats();
-//! let app: Router = Router::new().route("/deposit", post(deposit)).layer(layer);
+//! // Customised: this route's GET reads in a serializable read-only snapshot, and its
+//! // reads go to a replica.
+//! let replica = sqlx::PgPool::connect("postgres://postgres@replica/test").await?;
+//! let audited = TxLayer::new(
+//!     pool,
+//!     TxConfig::default()
+//!         .isolation(IsolationLevel::Serializable)
+//!         .mode_for(Method::GET, TxMode::ReadOnly),
+//! )?
+//! .replica(replica)
+//! .stats_from(&layer);
+//! let app: Router = Router::new()
+//!     .route("/deposit", post(deposit))
+//!     .layer(layer)
+//!     .merge(Router::new().route("/balance", get(balance)).layer(audited));
 //! # let _ = (app, stats); Ok(()) }
 //! ```
 //!
@@ -109,7 +184,8 @@
 //!         Ok::<_, Infallible>(Response::new(String::from("ok")))
 //!     },
 //! );
-//! let response = svc.oneshot(Request::new(String::new())).await?;
+//! // A POST: a read-write transaction, committed on the 200.
+//! let response = svc.oneshot(Request::post("/").body(String::new())?).await?;
 //! assert_eq!(response.status(), 200);
 //! let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(&pool).await?;
 //! assert_eq!(n, 1);
@@ -138,7 +214,7 @@ mod axum;
 pub use self::axum::MissingTxLayer;
 pub use backend::TxDatabase;
 pub use body::{TxBody, TxResponseBody};
-pub use config::{DEFAULT_END_TIMEOUT, IsolationLevel, SqliteBegin, TxConfig};
+pub use config::{DEFAULT_END_TIMEOUT, IsolationLevel, SqliteBegin, TxConfig, TxMode};
 pub use error::{ConfigError, RetryReason};
 pub use future::ResponseFuture;
 pub use handle::{AfterCommit, Savepoint, TxConn, TxHandle};

@@ -16,6 +16,7 @@ use tower_service::Service;
 
 use super::backend::{TxDatabase, classify};
 use super::body::{GrpcFailure, TxBody, TxResponseBody};
+use super::config::{TxMode, is_read_method};
 use super::error::RetryReason;
 use super::future::ResponseFuture;
 use super::handle::{
@@ -220,6 +221,11 @@ where
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
     let fail = |f: Failure| f.respond::<ResB>(grpc, retry_after);
+    let mode = config.mode_of(&parts.method);
+    let pool = layer.pool_for(mode).clone();
+    // Without a transaction, statements that succeeded before a retryable error stay
+    // committed: only a request that cannot have written (a read method) may be replayed.
+    let replayable = mode.is_transaction() || is_read_method(&parts.method);
 
     let mut buffered = None;
     let mut streaming = None;
@@ -243,16 +249,18 @@ where
             (None, None) => return Ok(fail(Failure::RetriesExhausted)),
         };
         let mut req = rebuild(&parts, body);
-        let shared = Arc::new(Shared::new(config.clone(), stats.clone()));
-        let handle = TxHandle::new(layer.pool.clone(), shared.clone());
+        let shared = Arc::new(Shared::new(config.clone(), stats.clone(), mode));
+        let handle = TxHandle::new(pool.clone(), shared.clone());
         req.extensions_mut().insert(handle.clone());
         req.extensions_mut()
             .insert(AfterCommit::new(shared.clone()));
         if attempt > 1 {
             svc.ready().await?;
         }
-        // Room under the adaptive limit, within what is left of the request's budget.
-        let permit = match layer.limit.as_deref() {
+        // Room under the adaptive limit, within what is left of the request's budget. Only
+        // read-write transactions conflict on the rows they write; reads pass.
+        let limit = layer.limit.as_deref().filter(|_| mode == TxMode::ReadWrite);
+        let permit = match limit {
             Some(limit) => {
                 let budget = config.retry_deadline.saturating_sub(started.elapsed());
                 match tokio::time::timeout(budget, limit.acquire()).await {
@@ -297,7 +305,7 @@ where
             shared.take_hooks(false);
             stats.pool_exhausted();
             Step::Done(fail(Failure::PoolExhausted))
-        } else if let Some(reason) = shared.retry_reason() {
+        } else if let Some(reason) = shared.retry_reason().filter(|_| replayable) {
             handle.finish(false).await;
             shared.take_hooks(false);
             Step::Retry(reason)
@@ -365,7 +373,7 @@ where
             }
         };
 
-        if let Some(limit) = layer.limit.as_deref() {
+        if let Some(limit) = limit {
             match &step {
                 // A lost connection is no conflict: only conflicts say "fewer at once".
                 Step::Retry(RetryReason::ConnectionLost) => {}
@@ -412,7 +420,12 @@ async fn commit_then_hooks<DB: TxDatabase>(handle: TxHandle<DB>, shared: Arc<Sha
             Finished::Aborted | Finished::RolledBack | Finished::Expired => false,
         };
         let hooks = shared.take_hooks(run);
-        run_hooks(hooks).await;
+        if !hooks.is_empty() {
+            // Timed: the response waits for its hooks, so they are part of a write's latency.
+            let started = Instant::now();
+            run_hooks(hooks).await;
+            shared.stats.hooks_ran(started.elapsed());
+        }
         finished
     });
     match task.await {

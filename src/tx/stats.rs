@@ -68,6 +68,8 @@ struct Statements {
 #[derive(Debug, Default)]
 pub(crate) struct StatsInner {
     begun: AtomicU64,
+    read_only: AtomicU64,
+    autocommit: AtomicU64,
     committed: AtomicU64,
     rolled_back: AtomicU64,
     retried: [AtomicU64; 5],
@@ -78,6 +80,7 @@ pub(crate) struct StatsInner {
     timeouts: AtomicU64,
     active: AtomicI64,
     durations: Mutex<Timing>,
+    hooks: Mutex<Timing>,
     statements: Mutex<Statements>,
 }
 
@@ -97,9 +100,15 @@ fn reason_index(r: RetryReason) -> usize {
 }
 
 impl StatsInner {
-    pub(crate) fn begun(&self) {
+    pub(crate) fn begun(&self, read_only: bool) {
         self.begun.fetch_add(1, Relaxed);
+        if read_only {
+            self.read_only.fetch_add(1, Relaxed);
+        }
         self.active.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn autocommit(&self) {
+        self.autocommit.fetch_add(1, Relaxed);
     }
     pub(crate) fn ended(&self, committed: bool, took: Duration) {
         self.active.fetch_sub(1, Relaxed);
@@ -109,6 +118,9 @@ impl StatsInner {
             self.rolled_back.fetch_add(1, Relaxed);
         }
         lock(&self.durations).record(took, !committed);
+    }
+    pub(crate) fn hooks_ran(&self, took: Duration) {
+        lock(&self.hooks).record(took, false);
     }
     pub(crate) fn retried(&self, reason: RetryReason) {
         self.retried[reason_index(reason)].fetch_add(1, Relaxed);
@@ -203,6 +215,8 @@ impl TxStats {
         drop(statements);
         TxStatsSnapshot {
             begun: i.begun.load(Relaxed),
+            read_only: i.read_only.load(Relaxed),
+            autocommit: i.autocommit.load(Relaxed),
             committed: i.committed.load(Relaxed),
             rolled_back: i.rolled_back.load(Relaxed),
             retried: RetriedByReason {
@@ -219,6 +233,7 @@ impl TxStats {
             timeouts: i.timeouts.load(Relaxed),
             active: i.active.load(Relaxed).max(0) as u64,
             duration: lock(&i.durations).summary(),
+            after_commit: lock(&i.hooks).summary(),
             statements: per,
             slow_statements: slow,
         }
@@ -304,6 +319,15 @@ pub struct SlowStatement {
 pub struct TxStatsSnapshot {
     /// Transactions begun (requests that never touched the database are not counted).
     pub begun: u64,
+    /// Of [`begun`](Self::begun), the read-only ones
+    /// ([`TxMode::ReadOnly`](super::TxMode::ReadOnly)).
+    pub read_only: u64,
+    /// Attempts that worked without a transaction
+    /// ([`TxMode::Autocommit`](super::TxMode::Autocommit)) and borrowed at least one
+    /// connection; counted apart from transactions, never in `begun`, `committed` or
+    /// `rolled_back`. Their statements are timed in [`statements`](Self::statements) like
+    /// any other.
+    pub autocommit: u64,
     /// Transactions committed.
     pub committed: u64,
     /// Transactions rolled back (including failed commits and retried attempts).
@@ -325,6 +349,10 @@ pub struct TxStatsSnapshot {
     pub active: u64,
     /// Duration of finished transactions, from `BEGIN` to the end of `COMMIT`/`ROLLBACK`.
     pub duration: DurationSummary,
+    /// Time spent running each request's after-commit hooks (requests that registered
+    /// some), after the commit and before the response: part of a write's latency, not of
+    /// its transaction's.
+    pub after_commit: DurationSummary,
     /// Per-statement timings, most executed first.
     pub statements: Vec<StatementStats>,
     /// The most recent slow statements, oldest first.

@@ -69,6 +69,7 @@ pub fn status(code: u16) -> Response<String> {
     r
 }
 
+/// Sends a `POST` (a read-write transaction under the default modes) with `body`.
 pub async fn send<S>(svc: &S, body: &str) -> Response<String>
 where
     S: Service<
@@ -77,11 +78,19 @@ where
             Error = Infallible,
         > + Clone,
 {
-    let response = svc
-        .clone()
-        .oneshot(Request::new(body.to_owned()))
-        .await
-        .unwrap();
+    send_request(svc, Request::post("/").body(body.to_owned()).unwrap()).await
+}
+
+/// Sends `request` and collects the response's body.
+pub async fn send_request<S>(svc: &S, request: Request<String>) -> Response<String>
+where
+    S: Service<
+            Request<String>,
+            Response = Response<tower_strata::tx::TxResponseBody<String>>,
+            Error = Infallible,
+        > + Clone,
+{
+    let response = svc.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes();
     Response::from_parts(parts, String::from_utf8_lossy(&bytes).into_owned())
