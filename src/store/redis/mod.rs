@@ -364,16 +364,21 @@ impl RedisStore {
             .map_or(0, |b| b.reconnects.load(Relaxed))
     }
 
-    /// Waits, after publishing an invalidation, until the backplane channel has as many
-    /// subscribers as it had when every instance was there (at most [`FENCE_BOUND`]): an
-    /// instance whose subscription dropped around the publish has then resubscribed, and so
-    /// dropped its local copies, before this write returns. Without it, a read on that
-    /// instance right after the write could still find the old value in its L1. Past the
-    /// bound, the lower count is taken as the new normal (an instance left).
-    async fn fence(&self) {
+    /// Waits, after publishing an invalidation that `reached` subscribers (the publish's own
+    /// reply), until the backplane channel has as many subscribers as it had when every
+    /// instance was there (at most [`FENCE_BOUND`]): an instance whose subscription dropped
+    /// around the publish has then resubscribed, and so dropped its local copies, before this
+    /// write returns. Without it, a read on that instance right after the write could still
+    /// find the old value in its L1. Past the bound, the lower count is taken as the new
+    /// normal (an instance left). When the publish reached everyone, as it nearly always does,
+    /// this costs nothing: no round trip beyond the publish.
+    async fn fence(&self, reached: u64) {
         let Some(bus) = &self.inner.bus else {
             return;
         };
+        if reached >= bus.expected.fetch_max(reached, Relaxed) {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + FENCE_BOUND;
         loop {
             let mut conn = self.inner.conn.clone();
@@ -532,13 +537,36 @@ impl RedisStore {
         self.inner.breaker.as_ref().map(Breaker::state)
     }
 
+    /// Queues the backplane publish of `op` as the batch's last command, when there is a
+    /// backplane; [`run_publishing`](Self::run_publishing) reads its reply.
     fn publish(&self, pipe: &mut Batch, op: BusOp) {
         if let Some(bus) = &self.inner.bus {
             pipe.cmd(self.inner.conn.publish_command())
                 .arg(bus.channel.as_str())
-                .arg(bus.encode(op))
-                .ignore();
+                .arg(bus.encode(op));
         }
+    }
+
+    /// Runs a batch that ends with [`publish`](Self::publish) (when there is a backplane) and
+    /// returns the replies of the other commands, and how many subscribers the publish
+    /// reached, for [`fence`](Self::fence).
+    async fn run_publishing<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &Batch,
+    ) -> Result<(T, u64), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let mut replies: Vec<redis::Value> = self.run(op, conn.run_batch(pipe)).await?;
+        let reached = match &self.inner.bus {
+            Some(_) => replies
+                .pop()
+                .and_then(|reply| <u64 as redis::FromRedisValue>::from_redis_value(reply).ok())
+                .unwrap_or(0),
+            None => 0,
+        };
+        let rest = T::from_redis_value(redis::Value::Array(replies))
+            .map_err(|e| StoreError::backend(op, redis::RedisError::from(e)))?;
+        Ok((rest, reached))
     }
 
     /// Drops entries whose tags were purged after they were stored, and marks stale those
@@ -655,20 +683,21 @@ impl RedisStore {
         for (key, entry) in items {
             self.queue_set(&mut pipe, key, entry);
         }
-        if self.inner.publish_writes {
-            self.publish(
-                &mut pipe,
-                BusOp::Keys {
-                    keys: items.iter().map(|(k, _)| (*k).to_owned()).collect(),
-                },
-            );
+        if !self.inner.publish_writes {
+            let mut conn = self.inner.conn.clone();
+            self.run("set", conn.run_batch::<()>(&pipe)).await?;
+            Counters::add(&self.inner.counters.sets, items.len() as u64);
+            return Ok(());
         }
-        let mut conn = self.inner.conn.clone();
-        self.run("set", conn.run_batch::<()>(&pipe)).await?;
+        self.publish(
+            &mut pipe,
+            BusOp::Keys {
+                keys: items.iter().map(|(k, _)| (*k).to_owned()).collect(),
+            },
+        );
+        let ((), reached) = self.run_publishing("set", &pipe).await?;
         Counters::add(&self.inner.counters.sets, items.len() as u64);
-        if self.inner.publish_writes {
-            self.fence().await;
-        }
+        self.fence(reached).await;
         Ok(())
     }
 
@@ -825,9 +854,8 @@ impl RedisStore {
         }
         let mut pipe = Batch::new();
         self.publish(&mut pipe, op);
-        let mut conn = self.inner.conn.clone();
-        self.run("publish", conn.run_batch::<()>(&pipe)).await?;
-        self.fence().await;
+        let ((), reached) = self.run_publishing("publish", &pipe).await?;
+        self.fence(reached).await;
         Ok(())
     }
 
@@ -864,10 +892,9 @@ impl RedisStore {
                 soft,
             },
         );
-        let mut conn = self.inner.conn.clone();
-        let (count,): (u64,) = self.run("purge tag", conn.run_batch(&pipe)).await?;
+        let ((count,), reached): ((u64,), u64) = self.run_publishing("purge tag", &pipe).await?;
         raise_mark(&self.inner.marks, tag, TagMarks::at(at, soft));
-        self.fence().await;
+        self.fence(reached).await;
         if soft {
             return Ok(count);
         }
@@ -1023,10 +1050,9 @@ impl Store for RedisStore {
                 keys: vec![key.to_owned()],
             },
         );
-        let mut conn = self.inner.conn.clone();
-        let (n,): (u64,) = self.run("delete", conn.run_batch(&pipe)).await?;
+        let ((n,), reached): ((u64,), u64) = self.run_publishing("delete", &pipe).await?;
         Counters::add(&self.inner.counters.deletes, n);
-        self.fence().await;
+        self.fence(reached).await;
         Ok(n > 0)
     }
 
