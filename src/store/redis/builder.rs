@@ -1,0 +1,254 @@
+//! Building a [`RedisStore`]: its settings, checked when built, and the tasks it starts
+//! (the backplane's subscriber, the index sweep).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{Inner, RedisStore, Target, Timeouts, raise_mark};
+use crate::store::backplane::{BusOp, BusShared, Listener};
+use crate::store::breaker::{Breaker, BreakerSettings};
+use crate::store::marks::TagMarks;
+use crate::store::stats::Counters;
+use crate::store::subscriber::{self, SubscribeConfig};
+use crate::store::{Limits, StoreError};
+
+/// Builds a [`RedisStore`].
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder {
+    url: String,
+    namespace: String,
+    limits: Limits,
+    timeout: Duration,
+    connect_timeout: Duration,
+    backplane: bool,
+    ping_interval: Duration,
+    known_marks: usize,
+    mark_ttl: Duration,
+    index_sweep_interval: Option<Duration>,
+    publish_writes: bool,
+    breaker: Option<BreakerSettings>,
+}
+
+impl RedisStoreBuilder {
+    /// Namespace prefix of every key (default `strata`). Must not be empty or contain `:`-free
+    /// control characters.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Limits enforced on keys, values and tags.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Bound on every command, connection included (default 500 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Bound on establishing a connection (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether to run the pub/sub backplane (default on). Without it, other instances are not
+    /// told of invalidations and tagged reads re-read their tags' marks every time (two round
+    /// trips), since no push keeps known marks fresh.
+    pub fn backplane(mut self, enabled: bool) -> Self {
+        self.backplane = enabled;
+        self
+    }
+
+    /// How often the backplane pings its connection to notice a dead peer (default 1 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Whether writes (`set`, `set_many`) are announced on the backplane (default on), so other
+    /// instances' tiered stores drop their L1 copies of overwritten keys. Turn it off when no
+    /// instance keeps an L1 over this namespace: each write then saves a `PUBLISH` and every
+    /// subscriber a message. Deletes, tag purges, pattern deletes and clears are always
+    /// announced.
+    pub fn publish_writes(mut self, enabled: bool) -> Self {
+        self.publish_writes = enabled;
+        self
+    }
+
+    /// How many tags' invalidation marks to remember locally (default 100,000).
+    pub fn known_marks(mut self, capacity: usize) -> Self {
+        self.known_marks = capacity;
+        self
+    }
+
+    /// How long a tag's invalidation mark is kept in Redis (default 7 days): longer than the
+    /// longest entry lifetime you use, so no entry outlives the mark that hides it. The
+    /// background clean-up removes the purged entries long before that.
+    pub fn mark_ttl(mut self, ttl: Duration) -> Self {
+        self.mark_ttl = ttl;
+        self
+    }
+
+    /// How often to drop dead members (expired entries) from tag index sets (default 5 min;
+    /// `None` turns it off). Runs in the background.
+    pub fn index_sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.index_sweep_interval = interval;
+        self
+    }
+
+    /// The circuit breaker on the store's commands (default: open after
+    /// [`DEFAULT_BREAKER_FAILURES`](super::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
+    /// connection failures, probe after
+    /// [`DEFAULT_BREAKER_COOL_DOWN`](super::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
+    /// and every call then waits out its own timeout. While it is open, calls fail at once
+    /// with [`StoreError::CircuitOpen`]: a cache in front passes through to its origin instead
+    /// of waiting on a Redis that hangs.
+    pub fn breaker(mut self, settings: Option<BreakerSettings>) -> Self {
+        self.breaker = settings;
+        self
+    }
+
+    /// Builds the store without contacting Redis.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] for an invalid URL or namespace, or when not called inside a Tokio
+    /// runtime.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        if self.namespace.is_empty() || self.namespace.chars().any(char::is_control) {
+            return Err(StoreError::Config(format!(
+                "namespace {:?} must be non-empty and free of control characters",
+                self.namespace
+            )));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(StoreError::Config("timeouts must be above zero".into()));
+        }
+        if self.breaker.is_some_and(|b| b.failures == 0) {
+            return Err(StoreError::Config(
+                "the breaker needs at least one failure to open".into(),
+            ));
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Config("RedisStore must be built inside a Tokio runtime".into())
+        })?;
+        let target = Target::parse(&self.url).map_err(StoreError::Config)?;
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            response: self.timeout,
+        };
+        let conn = target
+            .connect_lazily(timeouts)
+            .map_err(StoreError::Config)?;
+        let marks = Arc::new(quick_cache::sync::Cache::new(self.known_marks.max(16)));
+        let prefix = self.namespace.clone();
+        let (bus, shutdown) = if self.backplane {
+            let shared = BusShared::new(format!("{prefix}:bus"));
+            let (tx, rx) = oneshot::channel();
+            let listener = Listener {
+                shared: shared.clone(),
+                on_op: {
+                    let marks = marks.clone();
+                    move |op: &BusOp| {
+                        if let BusOp::Tags { tags, at, soft } = op {
+                            for tag in tags {
+                                raise_mark(&marks, tag, TagMarks::at(*at, *soft));
+                            }
+                        }
+                    }
+                },
+                on_resync: {
+                    let marks = marks.clone();
+                    move || marks.clear()
+                },
+            };
+            handle.spawn(subscriber::listen(
+                target,
+                shared.channel.clone(),
+                SubscribeConfig {
+                    connect_timeout: self.connect_timeout,
+                    ping_interval: self.ping_interval,
+                },
+                rx,
+                listener,
+            ));
+            (Some(shared), Some(tx))
+        } else {
+            (None, None)
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix,
+                limits: self.limits,
+                timeout: self.timeout,
+                mark_ttl: self.mark_ttl,
+                publish_writes: self.publish_writes,
+                counters: Counters::default(),
+                breaker: self
+                    .breaker
+                    .map(|settings| Breaker::new("redis store", settings)),
+                marks,
+                bus,
+                _shutdown: shutdown,
+            }),
+        };
+        if let Some(interval) = self.index_sweep_interval {
+            let weak = Arc::downgrade(&store.inner);
+            handle.spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = (RedisStore { inner }).sweep_index().await {
+                        tracing::debug!(error = %e, "redis store: index sweep failed");
+                    }
+                }
+            });
+        }
+        Ok(store)
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store at `url`:
+    ///
+    /// - `redis://[user:password@]host:port[/db]`, or `redis+unix:///path.sock`: one server;
+    /// - `rediss://...`: one server over TLS (feature `redis-tls`; `#insecure` at the end
+    ///   skips certificate checks, for tests only);
+    /// - `redis-cluster://[user:password@]host:port,host:port,...` (`rediss-cluster://` over
+    ///   TLS): a Redis Cluster, from any of its nodes (feature `redis-cluster`). See the
+    ///   [module docs](super#redis-key-layout-and-cluster-slots) for what runs where.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            namespace: "strata".into(),
+            limits: Limits::default(),
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+            backplane: true,
+            ping_interval: Duration::from_secs(1),
+            known_marks: 100_000,
+            mark_ttl: Duration::from_secs(7 * 24 * 3600),
+            index_sweep_interval: Some(Duration::from_secs(300)),
+            publish_writes: true,
+            breaker: Some(BreakerSettings::default()),
+        }
+    }
+
+    /// A store at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// See [`RedisStoreBuilder::build`].
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+}
