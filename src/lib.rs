@@ -99,3 +99,7 @@ pub mod db;
 #[cfg(feature = "dashboard")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
 pub mod dashboard;
+
+#[cfg(feature = "warm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "warm")))]
+pub mod warm;

@@ -1,6 +1,6 @@
 //! Cache warming through a real axum app with the cache layer, on the memory store and on Redis:
 //! hits after a run, re-warming after a purge, bounded concurrency, failures, shutdown.
-#![cfg(all(feature = "memory", feature = "axum"))]
+#![cfg(all(feature = "memory", feature = "axum", feature = "warm"))]
 
 mod support;
 
@@ -17,7 +17,8 @@ use http::{Request, Response, StatusCode};
 use support::eventually;
 use tower::ServiceExt;
 use tower_strata::cache::{CacheLayer, CacheStats};
-use tower_strata::purge::{Purger, WarmRequest, Warmer};
+use tower_strata::purge::Purger;
+use tower_strata::warm::{WarmRequest, Warmer};
 use tower_strata::store::{MemoryStore, Store};
 
 /// A shop whose product pages are cacheable for a minute, tagged, and vary on `Accept`; the

@@ -13,7 +13,7 @@
 //! [`InvalidateLayer`] purges what successful writes make stale, after the transaction
 //! committed (declarative [`Rule`]s, the `Cache-Group-Invalidation` header, the
 //! [`Invalidation`] extension; see [`invalidate`]); [`InvalidationBus`] maps domain events to
-//! purges on every instance; [`Warmer`] fills the cache before users ask.
+//! purges on every instance; [`Warmer`](crate::warm::Warmer) (feature `warm`) fills the cache before users ask.
 //!
 //! # Purging over HTTP
 //!
@@ -127,7 +127,6 @@ mod limit;
 mod purger;
 mod rules;
 mod service;
-mod warm;
 
 pub use auth::{Authorization, Authorize};
 // The dashboard checks its bearer token as the purge endpoint does.
@@ -150,10 +149,6 @@ pub use purger::{
 };
 pub use rules::{EventRule, Rule, RuleError};
 pub use service::Purge;
-pub use warm::{
-    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, IntoWarmRequests, WarmError, WarmHandle, WarmReport,
-    WarmRequest, WarmStats, Warmer, WarmerBuilder,
-};
 
 #[cfg(all(test, feature = "memory"))]
 mod tests {

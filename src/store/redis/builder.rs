@@ -103,9 +103,9 @@ impl RedisStoreBuilder {
     }
 
     /// The circuit breaker on the store's commands (default: open after
-    /// [`DEFAULT_BREAKER_FAILURES`](super::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
+    /// [`DEFAULT_BREAKER_FAILURES`](crate::store::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
     /// connection failures, probe after
-    /// [`DEFAULT_BREAKER_COOL_DOWN`](super::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
+    /// [`DEFAULT_BREAKER_COOL_DOWN`](crate::store::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
     /// and every call then waits out its own timeout. While it is open, calls fail at once
     /// with [`StoreError::CircuitOpen`]: a cache in front passes through to its origin instead
     /// of waiting on a Redis that hangs.
@@ -225,7 +225,7 @@ impl RedisStore {
     ///   skips certificate checks, for tests only);
     /// - `redis-cluster://[user:password@]host:port,host:port,...` (`rediss-cluster://` over
     ///   TLS): a Redis Cluster, from any of its nodes (feature `redis-cluster`). See the
-    ///   [module docs](super#redis-key-layout-and-cluster-slots) for what runs where.
+    ///   [module docs](crate::store#redis-key-layout-and-cluster-slots) for what runs where.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
