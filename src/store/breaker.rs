@@ -224,6 +224,7 @@ impl Breaker {
         self.rejected.load(Ordering::Relaxed)
     }
 
+    #[cfg(any(test, feature = "health"))]
     pub(crate) fn opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
     }

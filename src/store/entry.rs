@@ -186,6 +186,7 @@ impl Entry {
     /// This entry soft-purged at `at` (microseconds since the epoch): stale from then on, and
     /// gone once its grace period after `at` has run out. The TTL is cut to end at `at`; an
     /// entry stored after `at` is returned unchanged.
+    #[cfg(any(feature = "memory", feature = "redis"))]
     pub(crate) fn soft_purged(mut self, at: u64) -> Self {
         let stored = self.stored_at_micros();
         if at < stored {

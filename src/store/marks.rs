@@ -44,6 +44,7 @@ impl TagMarks {
         self.soft = self.soft.max(other.soft);
     }
 
+    #[cfg(feature = "memory")]
     pub(crate) fn latest(self) -> u64 {
         self.hard.max(self.soft)
     }

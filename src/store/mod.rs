@@ -120,6 +120,7 @@ mod dynamic;
 pub(crate) mod entry;
 mod error;
 mod glob;
+#[cfg(any(feature = "memory", feature = "redis"))]
 mod marks;
 mod stats;
 mod typed;

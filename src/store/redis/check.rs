@@ -3,6 +3,7 @@
 
 use super::RedisStore;
 use crate::store::StoreError;
+#[cfg(feature = "health")]
 use crate::store::stats::BreakerState;
 
 /// `redis_version` from an `INFO server` reply.

@@ -128,6 +128,7 @@ impl RedisStore {
     }
 
     /// How many times the backplane has subscribed (0 before the first time).
+    #[cfg(feature = "memory")]
     pub(crate) fn backplane_subscriptions(&self) -> u64 {
         self.inner
             .bus
