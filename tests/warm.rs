@@ -18,8 +18,8 @@ use support::eventually;
 use tower::ServiceExt;
 use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::purge::Purger;
-use tower_strata::warm::{WarmRequest, Warmer};
 use tower_strata::store::{MemoryStore, Store};
+use tower_strata::warm::{WarmRequest, Warmer};
 
 /// A shop whose product pages are cacheable for a minute, tagged, and vary on `Accept`; the
 /// handler counts its calls.

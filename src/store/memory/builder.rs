@@ -1,0 +1,127 @@
+//! [`MemoryStoreBuilder`], and the background sweep a store starts.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use quick_cache::DefaultHashBuilder;
+use quick_cache::sync::Cache as QuickCache;
+
+use crate::store::Limits;
+use crate::store::stats::Counters;
+
+use super::slot::{IndexLifecycle, SlotWeighter};
+use super::tags::MARK_RETENTION;
+use super::tags::{Marks, TagIndex};
+use super::{Inner, MemoryStore};
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    capacity_bytes: u64,
+    estimated_items: Option<usize>,
+    limits: Limits,
+    sweep_interval: Option<Duration>,
+    mark_retention: Duration,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        MemoryStoreBuilder {
+            capacity_bytes: 256 * 1024 * 1024,
+            estimated_items: None,
+            limits: Limits::default(),
+            sweep_interval: Some(Duration::from_secs(10)),
+            mark_retention: MARK_RETENTION,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Total weight the store may hold, in bytes (default 256 MiB).
+    pub fn capacity_bytes(mut self, bytes: u64) -> Self {
+        self.capacity_bytes = bytes;
+        self
+    }
+
+    /// How many entries to size the index for (default: capacity / 1 KiB).
+    pub fn estimated_items(mut self, items: usize) -> Self {
+        self.estimated_items = Some(items);
+        self
+    }
+
+    /// The limits enforced on keys, values and tags.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long a tag purge's invalidation mark is kept at least (default 5 min), so that a
+    /// response fetched before the purge and written after it (stamped with its fetch's start,
+    /// see [`SetOptions::as_of`]) is still hidden: set it above your slowest upstream call.
+    /// Marks are also kept while any entry older than them lives.
+    pub fn mark_retention(mut self, retention: Duration) -> Self {
+        self.mark_retention = retention;
+        self
+    }
+
+    /// How often the background sweep drops expired entries and compacts the tag index
+    /// (default 10 s; `None` turns it off, leaving expiry on read only).
+    pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Builds the store. The sweep starts only when called inside a Tokio runtime.
+    pub fn build(self) -> MemoryStore {
+        let index = Arc::new(TagIndex::new(16));
+        let counters = Arc::new(Counters::default());
+        let estimated = self
+            .estimated_items
+            .unwrap_or((self.capacity_bytes / 1024).clamp(64, 1 << 24) as usize);
+        let cache = QuickCache::with(
+            estimated,
+            self.capacity_bytes.max(1),
+            SlotWeighter,
+            DefaultHashBuilder::default(),
+            IndexLifecycle {
+                index: index.clone(),
+                counters: counters.clone(),
+            },
+        );
+        let store = MemoryStore {
+            inner: Arc::new(Inner {
+                cache,
+                index,
+                marks: Marks {
+                    map: RwLock::default(),
+                    len: AtomicUsize::new(0),
+                    retention: self.mark_retention,
+                },
+                counters,
+                limits: self.limits,
+                set_lock: Mutex::new(()),
+            }),
+        };
+        if let (Some(interval), Ok(handle)) =
+            (self.sweep_interval, tokio::runtime::Handle::try_current())
+        {
+            handle.spawn(sweep_forever(Arc::downgrade(&store.inner), interval));
+        }
+        store
+    }
+}
+
+pub(super) async fn sweep_forever(inner: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        // Holding only a weak reference lets the store drop, which ends the sweep.
+        match inner.upgrade() {
+            Some(inner) => MemoryStore { inner }.sweep(),
+            None => return,
+        }
+    }
+}
