@@ -58,7 +58,7 @@ impl MemoryStoreBuilder {
 
     /// How long a tag purge's invalidation mark is kept at least (default 5 min), so that a
     /// response fetched before the purge and written after it (stamped with its fetch's start,
-    /// see [`SetOptions::as_of`]) is still hidden: set it above your slowest upstream call.
+    /// see [`SetOptions::as_of`](crate::store::SetOptions::as_of)) is still hidden: set it above your slowest upstream call.
     /// Marks are also kept while any entry older than them lives.
     pub fn mark_retention(mut self, retention: Duration) -> Self {
         self.mark_retention = retention;
