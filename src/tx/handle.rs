@@ -1,5 +1,5 @@
 //! The request's transaction: [`TxHandle`], the connection guard [`TxConn`], nested
-//! [`Savepoint`]s and [`AfterCommit`] hooks.
+//! [`Savepoint`](super::Savepoint)s and [`AfterCommit`] hooks.
 
 use std::fmt;
 use std::future::Future;
@@ -8,23 +8,23 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, Stream};
 use sqlx::pool::PoolConnection;
-use sqlx::{Database, Execute, Pool, SqlStr};
+use sqlx::{Pool, SqlStr};
 use sqlx_core::transaction::TransactionManager;
 
 use super::backend::{TxDatabase, classify, is_connection_loss};
 use super::config::{TxConfig, TxMode};
+use super::conn::TxConn;
 use super::error::RetryReason;
 use super::stats::StatsInner;
 
-type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+pub(super) type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
-const NOT_ABORTED: usize = usize::MAX;
+pub(super) const NOT_ABORTED: usize = usize::MAX;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -35,16 +35,16 @@ pub(crate) struct Shared {
     /// The attempt's mode, from the request's method.
     pub(crate) mode: TxMode,
     /// Whether this attempt has borrowed a connection without a transaction yet: counted once.
-    autocommit_used: AtomicBool,
-    retry: Mutex<Option<RetryReason>>,
-    pool_exhausted: AtomicBool,
+    pub(super) autocommit_used: AtomicBool,
+    pub(super) retry: Mutex<Option<RetryReason>>,
+    pub(super) pool_exhausted: AtomicBool,
     /// Savepoint depth: 0 is the outer transaction.
-    depth: AtomicUsize,
+    pub(super) depth: AtomicUsize,
     /// Lowest depth at which a statement failed, on databases where that aborts the
     /// transaction.
-    aborted_at: AtomicUsize,
+    pub(super) aborted_at: AtomicUsize,
     /// `None` once the attempt ended: registering then is refused.
-    hooks: Mutex<Option<Vec<(usize, Hook)>>>,
+    pub(super) hooks: Mutex<Option<Vec<(usize, Hook)>>>,
 }
 
 impl Shared {
@@ -64,7 +64,7 @@ impl Shared {
 
     /// Watches an error of `BEGIN` or of a statement: a retryable one (or a lost connection:
     /// before `COMMIT` nothing was committed) makes the layer replay the attempt.
-    fn note_error<DB: TxDatabase>(&self, err: &sqlx::Error) {
+    pub(super) fn note_error<DB: TxDatabase>(&self, err: &sqlx::Error) {
         let reason = classify::<DB>(err, &self.config)
             .or_else(|| is_connection_loss(err).then_some(RetryReason::ConnectionLost));
         if let Some(reason) = reason {
@@ -80,7 +80,7 @@ impl Shared {
         }
     }
 
-    fn finish_statement<DB: TxDatabase>(
+    pub(super) fn finish_statement<DB: TxDatabase>(
         &self,
         sql: &OnceLock<SqlStr>,
         start: Instant,
@@ -101,7 +101,7 @@ impl Shared {
         }
     }
 
-    fn register(&self, hook: Hook) {
+    pub(super) fn register(&self, hook: Hook) {
         let depth = self.depth.load(Ordering::Relaxed);
         match lock(&self.hooks).as_mut() {
             Some(hooks) => hooks.push((depth, hook)),
@@ -114,7 +114,7 @@ impl Shared {
 
     /// A savepoint at `depth` ended: released (its hooks move to the parent) or rolled back
     /// (its hooks and its failed statements are forgotten).
-    fn savepoint_ended(&self, depth: usize, released: bool) {
+    pub(super) fn savepoint_ended(&self, depth: usize, released: bool) {
         if let Some(hooks) = lock(&self.hooks).as_mut() {
             if released {
                 for (d, _) in hooks.iter_mut() {
@@ -166,7 +166,7 @@ pub(crate) async fn run_hooks(hooks: Vec<Hook>) {
     }
 }
 
-fn boxed_hook<F, Fut>(f: F) -> Hook
+pub(super) fn boxed_hook<F, Fut>(f: F) -> Hook
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -181,7 +181,7 @@ where
 /// Hooks run in registration order after a successful `COMMIT` and before the response is
 /// returned (for gRPC, before the trailers are sent). They never run when the transaction
 /// rolls back, they are discarded with the attempt when the request is retried (the replayed
-/// attempt registers its own), and a hook registered inside a [`Savepoint`] that is rolled
+/// attempt registers its own), and a hook registered inside a [`Savepoint`](super::Savepoint) that is rolled
 /// back is dropped with it. A request that never touched the database has nothing to
 /// commit, so its hooks run when the response is a success.
 ///
@@ -206,7 +206,7 @@ where
 /// ```
 #[derive(Clone)]
 pub struct AfterCommit {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl AfterCommit {
@@ -232,7 +232,7 @@ impl fmt::Debug for AfterCommit {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     Idle,
     /// `BEGIN` was sent and its answer not seen: a `conn()` cut short here leaves the
     /// connection in an unknown state (maybe inside a transaction), so it is closed, never
@@ -245,11 +245,11 @@ enum State {
     Expired,
 }
 
-struct Slot<DB: TxDatabase> {
-    conn: Option<PoolConnection<DB>>,
-    state: State,
-    began: Instant,
-    stats: Arc<StatsInner>,
+pub(super) struct Slot<DB: TxDatabase> {
+    pub(super) conn: Option<PoolConnection<DB>>,
+    pub(super) state: State,
+    pub(super) began: Instant,
+    pub(super) stats: Arc<StatsInner>,
 }
 
 impl<DB: TxDatabase> Drop for Slot<DB> {
@@ -267,11 +267,11 @@ impl<DB: TxDatabase> Drop for Slot<DB> {
     }
 }
 
-struct HandleInner<DB: TxDatabase> {
+pub(super) struct HandleInner<DB: TxDatabase> {
     /// The attempt's pool: the primary, or the replica for read-only and autocommit work.
-    pool: Pool<DB>,
-    shared: Arc<Shared>,
-    slot: tokio::sync::Mutex<Slot<DB>>,
+    pub(super) pool: Pool<DB>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) slot: tokio::sync::Mutex<Slot<DB>>,
 }
 
 /// The request's database access: its transaction, begun lazily on the first
@@ -303,7 +303,7 @@ struct HandleInner<DB: TxDatabase> {
 /// its guard lives, so two tasks of one request take turns; the layer's commit waits for the
 /// guard, so do not move a guard into a task that outlives the handler.
 pub struct TxHandle<DB: TxDatabase> {
-    inner: Arc<HandleInner<DB>>,
+    pub(super) inner: Arc<HandleInner<DB>>,
 }
 
 impl<DB: TxDatabase> Clone for TxHandle<DB> {
@@ -414,7 +414,7 @@ impl<DB: TxDatabase> TxHandle<DB> {
     /// [`TxMode::Autocommit`]: a pooled connection for one guard's life, no `BEGIN`. The
     /// guard gives it back to the pool when dropped (sqlx pings it first, which also drains
     /// a statement cut short).
-    async fn borrow<'h>(
+    pub(super) async fn borrow<'h>(
         &'h self,
         mut slot: tokio::sync::MutexGuard<'h, Slot<DB>>,
     ) -> Result<TxConn<'h, DB>, sqlx::Error> {
@@ -577,353 +577,3 @@ impl<DB: TxDatabase> TxHandle<DB> {
 pub(crate) fn commit_error_is_ambiguous(err: &sqlx::Error) -> bool {
     is_connection_loss(err)
 }
-
-/// Exclusive use of the request's transaction connection (in
-/// [`TxMode::Autocommit`], of a pooled connection, given back when the guard drops); run
-/// queries with `&mut conn` as the executor. Statements are timed and their errors watched for
-/// retryable codes.
-pub struct TxConn<'h, DB: TxDatabase> {
-    guard: tokio::sync::MutexGuard<'h, Slot<DB>>,
-    shared: &'h Arc<Shared>,
-}
-
-impl<DB: TxDatabase> Drop for TxConn<'_, DB> {
-    fn drop(&mut self) {
-        // Without a transaction nothing ties the connection to the request: back to the pool.
-        if self.shared.mode == TxMode::Autocommit {
-            drop(self.guard.conn.take());
-        }
-    }
-}
-
-impl<DB: TxDatabase> fmt::Debug for TxConn<'_, DB> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TxConn").finish_non_exhaustive()
-    }
-}
-
-impl<'h, DB: TxDatabase> TxConn<'h, DB> {
-    fn parts(&mut self) -> (&mut DB::Connection, &Arc<Shared>) {
-        let conn = self
-            .guard
-            .conn
-            .as_mut()
-            .expect("a TxConn exists only while its transaction is open");
-        (&mut **conn, self.shared)
-    }
-
-    /// Opens a nested transaction (`SAVEPOINT`). Roll it back on its own with
-    /// [`Savepoint::rollback`] (or by dropping it) and the outer transaction's work stays.
-    /// In [`TxMode::Autocommit`] there is no outer transaction: it is a transaction of its own
-    /// (`BEGIN`) on the borrowed connection, committed by [`Savepoint::release`].
-    ///
-    /// # Errors
-    ///
-    /// The error of the `SAVEPOINT` statement.
-    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>, sqlx::Error> {
-        let (conn, shared) = self.parts();
-        Savepoint::begin(conn, shared).await
-    }
-
-    /// Same as [`TxHandle::after_commit`].
-    pub fn after_commit<F, Fut>(&self, f: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.shared.register(boxed_hook(f));
-    }
-}
-
-/// A nested transaction (`SAVEPOINT`) inside the request's transaction; run queries with
-/// `&mut savepoint` as the executor.
-///
-/// Dropping it without [`release`](Savepoint::release) rolls it back, with the
-/// [`after_commit`](Savepoint::after_commit) hooks registered inside it.
-pub struct Savepoint<'a, DB: TxDatabase> {
-    tx: Option<sqlx::Transaction<'a, DB>>,
-    shared: &'a Arc<Shared>,
-    depth: usize,
-}
-
-impl<DB: TxDatabase> fmt::Debug for Savepoint<'_, DB> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Savepoint")
-            .field("depth", &self.depth)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a, DB: TxDatabase> Savepoint<'a, DB> {
-    async fn begin(
-        conn: &'a mut DB::Connection,
-        shared: &'a Arc<Shared>,
-    ) -> Result<Self, sqlx::Error> {
-        let tx = sqlx::Connection::begin(conn).await?;
-        let depth = shared.depth.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Self {
-            tx: Some(tx),
-            shared,
-            depth,
-        })
-    }
-
-    fn parts(&mut self) -> (&mut DB::Connection, &Arc<Shared>) {
-        let tx = self
-            .tx
-            .as_mut()
-            .expect("a Savepoint is open until consumed");
-        (&mut **tx, self.shared)
-    }
-
-    /// A savepoint inside this one.
-    ///
-    /// # Errors
-    ///
-    /// The error of the `SAVEPOINT` statement.
-    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>, sqlx::Error> {
-        let (conn, shared) = self.parts();
-        Savepoint::begin(conn, shared).await
-    }
-
-    /// Keeps the savepoint's work in the outer transaction (`RELEASE SAVEPOINT`).
-    ///
-    /// # Errors
-    ///
-    /// The error of `RELEASE`; the savepoint is then rolled back.
-    pub async fn release(mut self) -> Result<(), sqlx::Error> {
-        let Some(tx) = self.tx.take() else {
-            return Ok(());
-        };
-        let result = tx.commit().await;
-        self.shared.savepoint_ended(self.depth, result.is_ok());
-        result
-    }
-
-    /// Undoes the savepoint's work (`ROLLBACK TO SAVEPOINT`) and drops its hooks.
-    ///
-    /// # Errors
-    ///
-    /// The error of the rollback statement.
-    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        let Some(tx) = self.tx.take() else {
-            return Ok(());
-        };
-        let result = tx.rollback().await;
-        self.shared.savepoint_ended(self.depth, false);
-        result
-    }
-
-    /// Runs `f` after the outer transaction commits, unless this savepoint is rolled back.
-    pub fn after_commit<F, Fut>(&self, f: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.shared.register(boxed_hook(f));
-    }
-}
-
-impl<DB: TxDatabase> Drop for Savepoint<'_, DB> {
-    fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            // sqlx queues `ROLLBACK TO SAVEPOINT` for the connection's next use.
-            drop(tx);
-            self.shared.savepoint_ended(self.depth, false);
-        }
-    }
-}
-
-/// Captures the SQL text of a query as sqlx reads it.
-struct Recorded<E> {
-    inner: E,
-    sql: Arc<OnceLock<SqlStr>>,
-    /// `false` under [`TxConfig::transaction_pooling`]: prepare unnamed, cache nothing.
-    persistent: bool,
-}
-
-impl<'q, DB: Database, E: Execute<'q, DB>> Execute<'q, DB> for Recorded<E> {
-    fn sql(self) -> SqlStr {
-        let sql = self.inner.sql();
-        let _ = self.sql.set(sql.clone());
-        sql
-    }
-
-    fn statement(&self) -> Option<&DB::Statement> {
-        self.inner.statement()
-    }
-
-    fn take_arguments(
-        &mut self,
-    ) -> Result<Option<<DB as Database>::Arguments>, sqlx::error::BoxDynError> {
-        self.inner.take_arguments()
-    }
-
-    fn persistent(&self) -> bool {
-        self.persistent && self.inner.persistent()
-    }
-}
-
-/// A statement's stream, timed until it ends or is dropped.
-struct Observed<'e, T, DB: TxDatabase> {
-    inner: BoxStream<'e, Result<T, sqlx::Error>>,
-    shared: Arc<Shared>,
-    sql: Arc<OnceLock<SqlStr>>,
-    start: Instant,
-    done: bool,
-    db: std::marker::PhantomData<fn() -> DB>,
-}
-
-impl<T, DB: TxDatabase> Stream for Observed<'_, T, DB> {
-    type Item = Result<T, sqlx::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let item = std::task::ready!(this.inner.as_mut().poll_next(cx));
-        match &item {
-            Some(Err(err)) if !this.done => {
-                this.done = true;
-                this.shared
-                    .finish_statement::<DB>(&this.sql, this.start, Some(err));
-            }
-            None if !this.done => {
-                this.done = true;
-                this.shared
-                    .finish_statement::<DB>(&this.sql, this.start, None);
-            }
-            _ => {}
-        }
-        std::task::Poll::Ready(item)
-    }
-}
-
-impl<T, DB: TxDatabase> Drop for Observed<'_, T, DB> {
-    fn drop(&mut self) {
-        if !self.done {
-            // Dropped early (fetch_one takes the first row): still one execution.
-            self.shared
-                .finish_statement::<DB>(&self.sql, self.start, None);
-        }
-    }
-}
-
-fn observe_stream<'e, DB, T>(
-    shared: &Arc<Shared>,
-    sql: Arc<OnceLock<SqlStr>>,
-    stream: BoxStream<'e, Result<T, sqlx::Error>>,
-) -> BoxStream<'e, Result<T, sqlx::Error>>
-where
-    DB: TxDatabase,
-    T: Send + 'e,
-{
-    Box::pin(Observed::<T, DB> {
-        inner: stream,
-        shared: shared.clone(),
-        sql,
-        start: Instant::now(),
-        done: false,
-        db: std::marker::PhantomData,
-    })
-}
-
-fn observe_future<'e, DB, T>(
-    shared: &Arc<Shared>,
-    sql: Arc<OnceLock<SqlStr>>,
-    fut: BoxFuture<'e, Result<T, sqlx::Error>>,
-) -> BoxFuture<'e, Result<T, sqlx::Error>>
-where
-    DB: TxDatabase,
-    T: Send + 'e,
-{
-    let shared = shared.clone();
-    let start = Instant::now();
-    Box::pin(async move {
-        let result = fut.await;
-        shared.finish_statement::<DB>(&sql, start, result.as_ref().err());
-        result
-    })
-}
-
-macro_rules! impl_executor {
-    ($feature:literal, $db:ty, $wrapper:ident) => {
-        #[cfg(feature = $feature)]
-        impl<'c, 'w> sqlx::Executor<'c> for &'c mut $wrapper<'w, $db> {
-            type Database = $db;
-
-            fn fetch_many<'e, 'q: 'e, E>(
-                self,
-                query: E,
-            ) -> BoxStream<
-                'e,
-                Result<
-                    sqlx::Either<<$db as Database>::QueryResult, <$db as Database>::Row>,
-                    sqlx::Error,
-                >,
-            >
-            where
-                'c: 'e,
-                E: 'q + Execute<'q, $db>,
-            {
-                let (conn, shared) = self.parts();
-                let sql = Arc::new(OnceLock::new());
-                let query = Recorded {
-                    inner: query,
-                    sql: sql.clone(),
-                    persistent: !shared.config.transaction_pooling,
-                };
-                observe_stream::<$db, _>(shared, sql, conn.fetch_many(query))
-            }
-
-            fn fetch_optional<'e, 'q: 'e, E>(
-                self,
-                query: E,
-            ) -> BoxFuture<'e, Result<Option<<$db as Database>::Row>, sqlx::Error>>
-            where
-                'c: 'e,
-                E: 'q + Execute<'q, $db>,
-            {
-                let (conn, shared) = self.parts();
-                let sql = Arc::new(OnceLock::new());
-                let query = Recorded {
-                    inner: query,
-                    sql: sql.clone(),
-                    persistent: !shared.config.transaction_pooling,
-                };
-                observe_future::<$db, _>(shared, sql, conn.fetch_optional(query))
-            }
-
-            fn prepare_with<'e>(
-                self,
-                sql: SqlStr,
-                parameters: &'e [<$db as Database>::TypeInfo],
-            ) -> BoxFuture<'e, Result<<$db as Database>::Statement, sqlx::Error>>
-            where
-                'c: 'e,
-            {
-                let (conn, _) = self.parts();
-                conn.prepare_with(sql, parameters)
-            }
-
-            fn describe<'e>(
-                self,
-                sql: SqlStr,
-            ) -> BoxFuture<'e, Result<sqlx::Describe<$db>, sqlx::Error>>
-            where
-                'c: 'e,
-            {
-                let (conn, _) = self.parts();
-                conn.describe(sql)
-            }
-        }
-    };
-}
-
-impl_executor!("postgres", sqlx::Postgres, TxConn);
-impl_executor!("postgres", sqlx::Postgres, Savepoint);
-impl_executor!("mysql", sqlx::MySql, TxConn);
-impl_executor!("mysql", sqlx::MySql, Savepoint);
-impl_executor!("sqlite", sqlx::Sqlite, TxConn);
-impl_executor!("sqlite", sqlx::Sqlite, Savepoint);
