@@ -70,6 +70,10 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[macro_use]
+mod macros;
+mod respond;
+
 pub mod cache;
 pub mod purge;
 pub mod store;

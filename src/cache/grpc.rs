@@ -111,18 +111,7 @@ pub struct GrpcKey<S> {
 }
 
 impl<S> GrpcKey<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// The inner service, consuming this one.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 /// The response future of [`GrpcKey`]: reading the request body is a wait of its own, so the

@@ -17,6 +17,7 @@ use super::data::{
 use super::history::{History, Sample};
 use crate::cache::CacheStats;
 use crate::purge::{Authorization, Authorize, InvalidateLayer, Purger};
+use crate::respond::no_store;
 use crate::store::{Store, StoreStats};
 
 /// The page, served at `/`.
@@ -418,21 +419,8 @@ fn sample(
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
 fn text(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
-    respond(
+    no_store(
         status,
         "text/plain; charset=utf-8",
         Bytes::from_static(message.as_bytes()),
@@ -483,7 +471,7 @@ impl Dashboard {
             }
         }
         let mut response = if page {
-            let mut response = respond(
+            let mut response = no_store(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
                 Bytes::from_static(PAGE.as_bytes()),
@@ -504,7 +492,7 @@ impl Dashboard {
             response
         } else {
             match serde_json::to_vec(&self.data()) {
-                Ok(json) => respond(StatusCode::OK, "application/json", Bytes::from(json)),
+                Ok(json) => no_store(StatusCode::OK, "application/json", Bytes::from(json)),
                 Err(_) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the snapshot could not be serialised\n",

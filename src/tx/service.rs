@@ -38,20 +38,7 @@ pub struct Tx<S, DB: TxDatabase, P> {
 }
 
 impl<S, DB: TxDatabase, P> Tx<S, DB, P> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 impl<S: Clone, DB: TxDatabase, P> Clone for Tx<S, DB, P> {
