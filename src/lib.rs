@@ -20,7 +20,9 @@
 //! - [`purge`]: purging and invalidation: a [`Purger`](purge::Purger) by key, tag, pattern or
 //!   all, hard or soft, across instances; [`PurgeLayer`](purge::PurgeLayer) for `PURGE` and a
 //!   protected JSON endpoint; [`InvalidateLayer`](purge::InvalidateLayer) rules that purge
-//!   after the transaction committed; events over Redis; cache warming.
+//!   after the transaction committed; events over Redis.
+//! - `warm` (feature `warm`): `Warmer`, cache warming through the app's own service at
+//!   start-up and on an interval.
 //! - `dashboard` (feature `dashboard`): `Dashboard`, a live operator page (HTML and its JSON
 //!   snapshot) over the handles above: latency per route, hit ratio, purges, transactions and
 //!   health.
@@ -53,6 +55,8 @@
 //! |---|---|---|
 //! | `memory` | yes | [`store::MemoryStore`] on `quick_cache` |
 //! | `redis` | no | [`store::RedisStore`], the backplane, [`store::StoreConfig`]; with `memory`, [`store::TieredStore`] |
+//! | `redis-cluster` | no | the Redis store, backplane and bus on a Redis Cluster (`redis-cluster://host:port,...`) |
+//! | `redis-tls` | no | `rediss://` (TLS, on the system's OpenSSL) |
 //! | `compression` | no | LZ4 compression of large values in [`store::Cache`] |
 //! | `axum` | yes | axum extractors and helpers |
 //! | `tonic` | no | tonic (gRPC) helpers, [`cache::GrpcKeyLayer`] |
@@ -60,6 +64,7 @@
 //! | `metrics` | yes | the latency metrics layer and export to the `metrics` facade |
 //! | `health` | yes | the health service and its checks |
 //! | `dashboard` | yes | the live dashboard page and its JSON snapshot |
+//! | `warm` | yes | the cache warmer |
 //! | `full` | no | everything |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
