@@ -58,6 +58,21 @@ fn begin_with<DB: sqlx::Database>(
     ))
 }
 
+/// Runs SQL the layer wrote itself (`SET ...`) as one unprepared statement.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn run_raw<DB: sqlx::Database>(
+    conn: &mut DB::Connection,
+    sql: String,
+) -> BoxFuture<'_, Result<(), sqlx::Error>>
+where
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+{
+    Box::pin(async move {
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+        Ok(())
+    })
+}
+
 /// The retry reason of any `sqlx::Error`, if retryable.
 pub(crate) fn classify<DB: TxDatabase>(
     err: &sqlx::Error,
@@ -132,12 +147,7 @@ impl TxDatabase for sqlx::Postgres {
         conn: &'c mut sqlx::PgConnection,
         sql: String,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
+        run_raw::<Self>(conn, sql)
     }
 
     fn retry_reason(err: &dyn DatabaseError, _config: &TxConfig) -> Option<RetryReason> {
@@ -202,12 +212,7 @@ impl TxDatabase for sqlx::MySql {
         conn: &'c mut sqlx::MySqlConnection,
         sql: String,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
+        run_raw::<Self>(conn, sql)
     }
 
     fn retry_reason(err: &dyn DatabaseError, config: &TxConfig) -> Option<RetryReason> {
@@ -271,12 +276,7 @@ impl TxDatabase for sqlx::Sqlite {
         conn: &'c mut sqlx::SqliteConnection,
         sql: String,
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
+        run_raw::<Self>(conn, sql)
     }
 
     fn retry_reason(err: &dyn DatabaseError, _config: &TxConfig) -> Option<RetryReason> {

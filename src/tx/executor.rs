@@ -22,6 +22,19 @@ pub(super) struct Recorded<E> {
     pub(super) persistent: bool,
 }
 
+impl<E> Recorded<E> {
+    /// Wraps a query, and returns the cell its SQL text will be recorded in.
+    pub(super) fn new(inner: E, shared: &Shared) -> (Self, Arc<OnceLock<SqlStr>>) {
+        let sql = Arc::new(OnceLock::new());
+        let recorded = Recorded {
+            inner,
+            sql: sql.clone(),
+            persistent: !shared.config.transaction_pooling,
+        };
+        (recorded, sql)
+    }
+}
+
 impl<'q, DB: Database, E: Execute<'q, DB>> Execute<'q, DB> for Recorded<E> {
     fn sql(self) -> SqlStr {
         let sql = self.inner.sql();
@@ -148,12 +161,7 @@ macro_rules! impl_executor {
                 E: 'q + Execute<'q, $db>,
             {
                 let (conn, shared) = self.parts();
-                let sql = Arc::new(OnceLock::new());
-                let query = Recorded {
-                    inner: query,
-                    sql: sql.clone(),
-                    persistent: !shared.config.transaction_pooling,
-                };
+                let (query, sql) = Recorded::new(query, shared);
                 observe_stream::<$db, _>(shared, sql, conn.fetch_many(query))
             }
 
@@ -166,12 +174,7 @@ macro_rules! impl_executor {
                 E: 'q + Execute<'q, $db>,
             {
                 let (conn, shared) = self.parts();
-                let sql = Arc::new(OnceLock::new());
-                let query = Recorded {
-                    inner: query,
-                    sql: sql.clone(),
-                    persistent: !shared.config.transaction_pooling,
-                };
+                let (query, sql) = Recorded::new(query, shared);
                 observe_future::<$db, _>(shared, sql, conn.fetch_optional(query))
             }
 
