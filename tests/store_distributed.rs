@@ -10,11 +10,18 @@ use bytes::Bytes;
 use support::{PrivateRedis, SilentServer, eventually};
 use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, StoreError, TieredStore};
 
+/// Two instances' tiered store on `url`, with short timeouts for the tests that kill Redis.
 fn tiered_on(url: &str, namespace: &str) -> TieredStore {
+    tiered_with(url, namespace, Duration::from_millis(300))
+}
+
+/// The same with `timeout` on commands, connecting and pings: the cross-instance tests use a
+/// longer one, so a ping slowed by a loaded machine does not drop the subscription mid-test.
+fn tiered_with(url: &str, namespace: &str, timeout: Duration) -> TieredStore {
     let l2 = RedisStore::builder(url)
         .namespace(namespace)
-        .timeout(Duration::from_millis(300))
-        .connect_timeout(Duration::from_millis(300))
+        .timeout(timeout)
+        .connect_timeout(timeout)
         .ping_interval(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -45,8 +52,8 @@ async fn invalidations_reach_the_other_instance_within_100ms_on_a_cluster() {
 
 async fn invalidations_reach_the_other_instance(url: &str) {
     let ns = support::unique("two");
-    let a = tiered_on(url, &ns);
-    let b = tiered_on(url, &ns);
+    let a = tiered_with(url, &ns, Duration::from_secs(2));
+    let b = tiered_with(url, &ns, Duration::from_secs(2));
     wait_subscribed(&[&a, &b]).await;
     let tagged = SetOptions::new().tags(["product:1", "products"]);
 
@@ -450,8 +457,8 @@ async fn soft_purges_reach_the_other_instance_within_100ms_on_a_cluster() {
 async fn soft_purges_reach_the_other_instance(url: &str) {
     use tower_strata::store::{KeyPattern, PurgeMode};
     let ns = support::unique("soft2");
-    let a = tiered_on(url, &ns);
-    let b = tiered_on(url, &ns);
+    let a = tiered_with(url, &ns, Duration::from_secs(2));
+    let b = tiered_with(url, &ns, Duration::from_secs(2));
     wait_subscribed(&[&a, &b]).await;
     let graced = SetOptions::new()
         .ttl(Duration::from_secs(60))
