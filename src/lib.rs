@@ -103,7 +103,10 @@ mod guides {
 
 #[macro_use]
 mod macros;
+mod builder;
 mod respond;
+
+pub use builder::ServiceBuilderExt;
 
 pub mod cache;
 pub mod purge;
