@@ -385,49 +385,27 @@ pub(crate) fn shop(
     })
 }
 
+/// A small shop with every tower-strata layer stacked, on SQLite and the in-memory store.
+#[derive(clap::Parser)]
 struct Args {
+    /// The address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// Send a tour of requests in-process, print each answer's cache status and the figures,
+    /// and exit.
+    #[arg(long)]
     demo: bool,
+    /// A SQLite database file (default: in memory).
+    #[arg(long, value_name = "SQLITE_FILE")]
     db: Option<String>,
+    /// The purge endpoint's bearer token (default: a random one).
+    #[arg(long, value_name = "TOKEN")]
     purge_token: Option<String>,
-}
-
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args {
-        listen: "127.0.0.1:3000".parse().expect("a valid address"),
-        demo: false,
-        db: None,
-        purge_token: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().ok_or(format!("{flag} needs a value"));
-        match arg.as_str() {
-            "--demo" => args.demo = true,
-            "--listen" => {
-                args.listen = value("--listen")?
-                    .parse()
-                    .map_err(|e| format!("--listen: {e}"))?
-            }
-            "--db" => args.db = Some(value("--db")?),
-            "--purge-token" => args.purge_token = Some(value("--purge-token")?),
-            "-h" | "--help" => {
-                println!(
-                    "usage: quickstart [--demo] [--listen ADDR] [--db SQLITE_FILE] [--purge-token TOKEN]"
-                );
-                return Ok(None);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
-        }
-    }
-    Ok(Some(args))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let Some(args) = parse_args()? else {
-        return Ok(());
-    };
+    let args = <Args as clap::Parser>::parse();
     let token = args
         .purge_token
         .clone()

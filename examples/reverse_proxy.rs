@@ -52,103 +52,67 @@ use tower_strata::cache::CacheLayer;
 use tower_strata::purge::PurgeLayer;
 use tower_strata::store::{BoxStore, MemoryStore};
 
-const USAGE: &str = "usage: reverse_proxy --listen ADDR --origin http://HOST:PORT \
-[--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,...] [--l1-bytes BYTES] [--max-body BYTES] [--default-ttl SECS] \
-[--purge-token TOKEN]";
-
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Command-line options. Each flag is one arm in [`Args::parse`].
-#[derive(Debug)]
+/// A caching reverse proxy: the cache layer in front of an HTTP origin.
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// The address to serve on.
+    #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
+    /// The origin every request is forwarded to.
+    #[arg(long, value_name = "http://HOST:PORT", value_parser = origin)]
     origin: Uri,
+    /// Where responses are stored: memory, redis://HOST:PORT (rediss:// with the redis-tls
+    /// feature) or redis-cluster://HOST:PORT,HOST:PORT,... (redis-cluster feature).
+    #[arg(long, value_name = "STORE", default_value = "memory", value_parser = store)]
     store: String,
-    /// With a Redis store: the size of a memory L1 in front of it (a `TieredStore`).
-    l1_bytes: Option<usize>,
+    /// With a Redis store: the size of a memory L1 in front of it (a tiered store).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    l1_bytes: Option<u64>,
+    /// The largest response body the cache records.
+    #[arg(long, value_name = "BYTES")]
     max_body: Option<usize>,
+    /// The lifetime of responses that carry no freshness of their own.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     default_ttl: Option<Duration>,
-    /// Bearer token that turns on purging over HTTP.
+    /// Bearer token that turns on purging over HTTP (PURGE <url>, POST /_cache/purge).
+    #[arg(long, value_name = "TOKEN", value_parser = token)]
     purge_token: Option<String>,
 }
 
-impl Args {
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-        let mut listen = None;
-        let mut origin = None;
-        let mut store = "memory".to_owned();
-        let mut l1_bytes = None;
-        let mut max_body = None;
-        let mut default_ttl = None;
-        let mut purge_token = None;
-        while let Some(flag) = args.next() {
-            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--listen" => {
-                    let v = value()?;
-                    listen = Some(v.parse().map_err(|e| format!("--listen {v:?}: {e}"))?);
-                }
-                "--origin" => {
-                    let v = value()?;
-                    let uri: Uri = v.parse().map_err(|e| format!("--origin {v:?}: {e}"))?;
-                    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                        return Err(format!("--origin {v:?}: expected http://HOST:PORT"));
-                    }
-                    origin = Some(uri);
-                }
-                "--store" => {
-                    let v = value()?;
-                    let redis = [
-                        "redis://",
-                        "rediss://",
-                        "redis-cluster://",
-                        "rediss-cluster://",
-                    ];
-                    if v != "memory" && !redis.iter().any(|scheme| v.starts_with(scheme)) {
-                        return Err(format!(
-                            "--store {v:?}: expected memory, redis://... or redis-cluster://..."
-                        ));
-                    }
-                    store = v;
-                }
-                "--l1-bytes" => {
-                    let v = value()?;
-                    let bytes: usize = v.parse().map_err(|e| format!("--l1-bytes {v:?}: {e}"))?;
-                    if bytes == 0 {
-                        return Err("--l1-bytes: expected a size above zero".to_owned());
-                    }
-                    l1_bytes = Some(bytes);
-                }
-                "--max-body" => {
-                    let v = value()?;
-                    max_body = Some(v.parse().map_err(|e| format!("--max-body {v:?}: {e}"))?);
-                }
-                "--default-ttl" => {
-                    let v = value()?;
-                    let secs: u64 = v.parse().map_err(|e| format!("--default-ttl {v:?}: {e}"))?;
-                    default_ttl = Some(Duration::from_secs(secs));
-                }
-                "--purge-token" => {
-                    let v = value()?;
-                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err("--purge-token: expected non-empty visible ASCII".to_owned());
-                    }
-                    purge_token = Some(v);
-                }
-                "-h" | "--help" => return Err(USAGE.to_owned()),
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        Ok(Args {
-            listen: listen.ok_or("--listen is required")?,
-            origin: origin.ok_or("--origin is required")?,
-            store,
-            l1_bytes,
-            max_body,
-            default_ttl,
-            purge_token,
-        })
+fn origin(v: &str) -> Result<Uri, String> {
+    let uri: Uri = v.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err("expected http://HOST:PORT".to_owned());
     }
+    Ok(uri)
+}
+
+fn store(v: &str) -> Result<String, String> {
+    let redis = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "rediss-cluster://",
+    ];
+    if v != "memory" && !redis.iter().any(|scheme| v.starts_with(scheme)) {
+        return Err("expected memory, redis://... or redis-cluster://...".to_owned());
+    }
+    Ok(v.to_owned())
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    v.parse()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{e}"))
+}
+
+fn token(v: &str) -> Result<String, String> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("expected non-empty visible ASCII".to_owned());
+    }
+    Ok(v.to_owned())
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -198,7 +162,7 @@ fn to_origin(origin: &Uri, mut request: Request<ProxyBody>) -> Result<Request<Pr
 /// when Redis is older than 7.0 (checked when it answers; an unreachable Redis is not fatal,
 /// the cache passes through until it is back).
 #[cfg(feature = "redis")]
-async fn redis_store(url: &str, l1_bytes: Option<usize>) -> BoxStore {
+async fn redis_store(url: &str, l1_bytes: Option<u64>) -> BoxStore {
     use tower_strata::store::{RedisStore, StoreError, TieredStore};
     let exit = |e: &dyn std::fmt::Display| -> ! {
         eprintln!("--store {url}: {e}");
@@ -218,7 +182,7 @@ async fn redis_store(url: &str, l1_bytes: Option<usize>) -> BoxStore {
     match l1_bytes {
         None => BoxStore::new(redis),
         Some(bytes) => BoxStore::new(
-            TieredStore::builder(MemoryStore::new(bytes as u64), redis)
+            TieredStore::builder(MemoryStore::new(bytes), redis)
                 .build()
                 .unwrap_or_else(|e| exit(&e)),
         ),
@@ -226,20 +190,14 @@ async fn redis_store(url: &str, l1_bytes: Option<usize>) -> BoxStore {
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_store(url: &str, _l1_bytes: Option<usize>) -> BoxStore {
+async fn redis_store(url: &str, _l1_bytes: Option<u64>) -> BoxStore {
     eprintln!("--store {url}: built without the `redis` feature; add `--features redis`");
     std::process::exit(2);
 }
 
 #[tokio::main]
 async fn main() {
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let store = if args.store == "memory" {
         if args.l1_bytes.is_some() {
             eprintln!("--l1-bytes needs a Redis --store: the memory store is the L1");
@@ -364,8 +322,10 @@ async fn main() {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Args, String> {
-        Args::parse(args.iter().map(|s| s.to_string()))
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        <Args as clap::Parser>::try_parse_from(
+            std::iter::once("reverse_proxy").chain(args.iter().copied()),
+        )
     }
 
     #[test]

@@ -173,21 +173,12 @@ async fn create_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-fn listen_addr() -> Result<SocketAddr, String> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = String::from("127.0.0.1:3000");
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--listen" => listen = args.next().ok_or("--listen needs an address")?,
-            other if other.starts_with("--listen=") => {
-                listen = other["--listen=".len()..].to_owned()
-            }
-            other => return Err(format!("unknown argument {other:?} (usage: --listen ADDR)")),
-        }
-    }
-    listen
-        .parse()
-        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+/// An axum bank on PostgreSQL showing the transaction layer (reads DATABASE_URL).
+#[derive(clap::Parser)]
+struct Args {
+    /// The address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
 }
 
 #[tokio::main]
@@ -197,7 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let addr = listen_addr()?;
+    let addr = <Args as clap::Parser>::parse().listen;
     let scrape = prometheus::install()?;
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

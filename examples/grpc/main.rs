@@ -22,36 +22,19 @@ use stack::{CatalogDb, CatalogServer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// tower-strata on a tonic gRPC server: the metrics, cache and transaction layers in front of a
+/// `shop.Catalog` service.
+#[derive(clap::Parser)]
 struct Args {
+    /// The address to serve on (default 127.0.0.1:50051; with --demo, a free loopback port).
+    #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Call the service in-process and print a table: a miss, a hit, a commit and a rollback.
+    #[arg(long)]
     demo: bool,
+    /// A PostgreSQL database (needs the `postgres` feature); SQLite in memory without it.
+    #[arg(long, value_name = "URL")]
     database_url: Option<String>,
-}
-
-const USAGE: &str = "usage: grpc [--listen ADDR] [--demo] [--database-url URL]";
-
-fn args() -> Result<Args, String> {
-    let mut out = Args {
-        listen: None,
-        demo: false,
-        database_url: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--demo" => out.demo = true,
-            "--listen" => {
-                let v = it.next().ok_or("--listen needs an address")?;
-                out.listen = Some(v.parse().map_err(|e| format!("--listen {v}: {e}"))?);
-            }
-            "--database-url" => {
-                out.database_url = Some(it.next().ok_or("--database-url needs a URL")?);
-            }
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
-    Ok(out)
 }
 
 #[tokio::main]
@@ -61,13 +44,7 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let args = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     if let Err(e) = run(args).await {
         eprintln!("grpc example: {e}");
         std::process::exit(1);

@@ -41,21 +41,12 @@ mod app;
 #[path = "../support/prometheus.rs"]
 mod prometheus;
 
-fn listen_addr() -> Result<SocketAddr, String> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = String::from("127.0.0.1:3000");
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--listen" => listen = args.next().ok_or("--listen needs an address")?,
-            other if other.starts_with("--listen=") => {
-                listen = other["--listen=".len()..].to_owned()
-            }
-            other => return Err(format!("unknown argument {other:?} (usage: --listen ADDR)")),
-        }
-    }
-    listen
-        .parse()
-        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+/// The shop: every tower-strata layer on one axum service over PostgreSQL and Redis (reads DATABASE_URL, REDIS_URL, SHOP_SCHEMA, SHOP_PRODUCTS, CURSOR_KEY, PURGE_TOKEN).
+#[derive(clap::Parser)]
+struct Args {
+    /// The address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
 }
 
 fn print_tour(addr: SocketAddr, purge: bool) {
@@ -96,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let addr = listen_addr()?;
+    let addr = <Args as clap::Parser>::parse().listen;
     let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let database_url = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
     let redis_url = env("REDIS_URL", "redis://127.0.0.1:6379");
