@@ -6,7 +6,7 @@
 //! - [`store`]: the ground floor: a [`Store`](store::Store) trait over byte values with entry
 //!   metadata (TTL, grace, tags), with in-memory, Redis and tiered (L1 + L2) implementations,
 //!   constant-cost tag invalidation, a Redis pub/sub backplane and a typed
-//!   [`Cache`](store::Cache) with single-flight `get_or_compute`.
+//!   [`TypedCache`](store::TypedCache) with single-flight `get_or_compute`.
 //! - `tx` (features `postgres`, `mysql`, `sqlite`): `TxLayer`, a database transaction per
 //!   request that commits on success, rolls back otherwise and replays the request on
 //!   serialization failures and deadlocks.
@@ -33,9 +33,9 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use tower_strata::store::{Cache, MemoryStore, SetOptions, Store};
+//! use tower_strata::store::{MemoryStore, SetOptions, Store, TypedCache};
 //!
-//! let cache = Cache::new(MemoryStore::new(64 << 20));
+//! let cache = TypedCache::new(MemoryStore::new(64 << 20));
 //! let options = SetOptions::new().ttl(Duration::from_secs(60)).tags(["products"]);
 //! let price: u64 = cache
 //!     .get_or_compute("price:42", &options, || async {
@@ -57,7 +57,7 @@
 //! | `redis` | no | [`store::RedisStore`], the backplane, [`store::StoreConfig`]; with `memory`, [`store::TieredStore`] |
 //! | `redis-cluster` | no | the Redis store, backplane and bus on a Redis Cluster (`redis-cluster://host:port,...`) |
 //! | `redis-tls` | no | `rediss://` (TLS, on the system's OpenSSL) |
-//! | `compression` | no | LZ4 compression of large values in [`store::Cache`] |
+//! | `compression` | no | LZ4 compression of large values in [`store::TypedCache`] |
 //! | `axum` | yes | axum extractors and helpers |
 //! | `tonic` | no | tonic (gRPC) helpers, [`cache::GrpcKeyLayer`] |
 //! | `postgres`, `mysql`, `sqlite` | `sqlite` | the transaction layer for each database |

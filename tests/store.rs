@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tower_strata::store::{
-    BoxStore, Cache, ComputeError, KeyPattern, MemoryStore, PurgeMode, RedisStore, SetOptions,
-    Store, StoreError, TieredStore,
+    BoxStore, ComputeError, KeyPattern, MemoryStore, PurgeMode, RedisStore, SetOptions, Store,
+    StoreError, TieredStore, TypedCache,
 };
 
 fn b(s: &str) -> Bytes {
@@ -292,7 +292,7 @@ mod suite {
     }
 
     pub async fn single_flight(s: impl Store + Clone) {
-        let cache = Cache::new(s);
+        let cache = TypedCache::new(s);
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..1_000)
             .map(|_| {
@@ -325,7 +325,7 @@ mod suite {
     }
 
     pub async fn compute_errors_reach_all_and_are_not_cached(s: impl Store + Clone) {
-        let cache = Cache::new(s);
+        let cache = TypedCache::new(s);
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
@@ -364,7 +364,7 @@ mod suite {
     }
 
     pub async fn stale_value_is_served_when_compute_fails(s: impl Store + Clone) {
-        let cache = Cache::new(s);
+        let cache = TypedCache::new(s);
         let options = SetOptions::new()
             .ttl(Duration::from_millis(100))
             .grace(Duration::from_secs(30));

@@ -5,8 +5,8 @@
 //! - [`TieredStore`] (features `memory` and `redis`): an L1 [`MemoryStore`] in front of an L2
 //!   [`RedisStore`], kept coherent across instances by the backplane.
 //! - [`BoxStore`]: any store behind `Arc<dyn ...>`, for when the type must not leak.
-//! - [`Cache`]: typed values (`serde`) on any store, with single-flight
-//!   [`get_or_compute`](Cache::get_or_compute).
+//! - [`TypedCache`]: typed values (`serde`) on any store, with single-flight
+//!   [`get_or_compute`](TypedCache::get_or_compute).
 //!
 //! This module knows no HTTP; the response cache layer builds on it.
 //!
@@ -148,7 +148,7 @@ pub use entry::{Entry, Limits, SetOptions};
 pub use error::StoreError;
 pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern};
 pub use stats::{BreakerState, StoreStats};
-pub use typed::{Cache, CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder};
+pub use typed::{CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder, TypedCache};
 
 #[cfg(all(feature = "redis", feature = "health"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "health"))))]

@@ -1,4 +1,4 @@
-//! [`Cache`]: typed values on any [`Store`], with single-flight `get_or_compute`.
+//! [`TypedCache`]: typed values on any [`Store`], with single-flight `get_or_compute`.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
 const CODEC_JSON: u8 = 0;
 const CODEC_JSON_LZ4: u8 = 1;
 
-/// An error from the typed [`Cache`].
+/// An error from the typed [`TypedCache`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
@@ -36,7 +36,7 @@ pub enum CacheError {
     Decode(String),
 }
 
-/// The error of [`Cache::get_or_compute`]: the compute function's own error, shared by every
+/// The error of [`TypedCache::get_or_compute`]: the compute function's own error, shared by every
 /// caller that waited for it, or a cache error.
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError<E> {
@@ -73,9 +73,9 @@ struct Flights {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use tower_strata::store::{Cache, KeyBuilder, MemoryStore, SetOptions};
+/// use tower_strata::store::{TypedCache, KeyBuilder, MemoryStore, SetOptions};
 ///
-/// let cache = Cache::new(MemoryStore::new(16 << 20));
+/// let cache = TypedCache::new(MemoryStore::new(16 << 20));
 /// let key = KeyBuilder::new("product").part(42).build();
 /// let options = SetOptions::new().ttl(Duration::from_secs(60)).tags(["products"]);
 /// let name: String = cache
@@ -87,16 +87,16 @@ struct Flights {
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct Cache<S> {
+pub struct TypedCache<S> {
     store: S,
     defaults: SetOptions,
     compress_above: usize,
     flights: Arc<Flights>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+impl<S: fmt::Debug> fmt::Debug for TypedCache<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cache")
+        f.debug_struct("TypedCache")
             .field("store", &self.store)
             .field("defaults", &self.defaults)
             .field("compress_above", &self.compress_above)
@@ -104,10 +104,10 @@ impl<S: fmt::Debug> fmt::Debug for Cache<S> {
     }
 }
 
-impl<S: Store + Clone> Cache<S> {
-    /// A cache on `store` whose [`Cache::set_default`] writes use no TTL, grace or tags.
+impl<S: Store + Clone> TypedCache<S> {
+    /// A cache on `store` whose [`TypedCache::set_default`] writes use no TTL, grace or tags.
     pub fn new(store: S) -> Self {
-        Cache {
+        TypedCache {
             store,
             defaults: SetOptions::new(),
             compress_above: DEFAULT_COMPRESS_ABOVE,
@@ -115,7 +115,7 @@ impl<S: Store + Clone> Cache<S> {
         }
     }
 
-    /// Sets the options used by [`Cache::set_default`].
+    /// Sets the options used by [`TypedCache::set_default`].
     pub fn default_options(mut self, options: SetOptions) -> Self {
         self.defaults = options;
         self
@@ -170,7 +170,7 @@ impl<S: Store + Clone> Cache<S> {
     ///
     /// # Errors
     ///
-    /// As [`Cache::set`].
+    /// As [`TypedCache::set`].
     pub async fn set_default<T: Serialize + ?Sized>(
         &self,
         key: &str,
