@@ -395,7 +395,7 @@ mod suite {
         let stale = s.get("soft").await.unwrap().expect("kept for its grace");
         assert!(stale.is_stale(), "soft-purged entries are stale");
         assert_eq!(stale.value(), &b("old"));
-        assert!(stale.time_to_live().unwrap() <= Duration::from_secs(30));
+        assert!(stale.time_to_expiry().unwrap() <= Duration::from_secs(30));
         assert!(
             s.get("bare").await.unwrap().is_none(),
             "no grace: as good as gone"

@@ -153,19 +153,20 @@ impl Entry {
         self.0.ttl.map(|ttl| ttl.saturating_sub(self.age()))
     }
 
-    /// Total lifetime in the store: TTL plus grace, `None` when unbounded.
-    pub fn lifetime(&self) -> Option<Duration> {
+    /// How long the store keeps the entry: TTL plus grace, `None` when unbounded.
+    pub fn retention(&self) -> Option<Duration> {
         self.0.ttl.map(|ttl| ttl.saturating_add(self.0.grace))
     }
 
-    /// Time left before the store drops the entry: `None` when unbounded.
-    pub fn time_to_live(&self) -> Option<Duration> {
-        self.lifetime().map(|l| l.saturating_sub(self.age()))
+    /// Time left before the store drops the entry (its TTL and grace both run out): `None`
+    /// when unbounded.
+    pub fn time_to_expiry(&self) -> Option<Duration> {
+        self.retention().map(|l| l.saturating_sub(self.age()))
     }
 
     /// True when the entry is past TTL and grace: it must not be served at all.
     pub fn is_expired(&self) -> bool {
-        self.time_to_live() == Some(Duration::ZERO)
+        self.time_to_expiry() == Some(Duration::ZERO)
     }
 
     /// Whether a soft purge made the entry stale: a reader on a coarse clock must not judge its
@@ -469,18 +470,7 @@ impl Limits {
     ///
     /// [`StoreError::KeyTooLong`] or [`StoreError::InvalidKey`].
     pub fn check_key(&self, key: &str) -> Result<(), StoreError> {
-        if key.is_empty() {
-            return Err(StoreError::InvalidKey {
-                key: String::new(),
-                reason: "key is empty",
-            });
-        }
-        if key.len() > self.max_key_len {
-            return Err(StoreError::KeyTooLong {
-                len: key.len(),
-                max: self.max_key_len,
-            });
-        }
+        self.check_key_len(key)?;
         // ASCII keys (the usual case) are checked byte by byte; others char by char for C1
         // controls.
         let has_control = if key.is_ascii() {

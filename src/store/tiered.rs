@@ -265,7 +265,7 @@ impl TieredStore {
     }
 
     fn l1_life(&self, entry: &Entry) -> Option<Duration> {
-        match (self.inner.l1_ttl, entry.time_to_live()) {
+        match (self.inner.l1_ttl, entry.time_to_expiry()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

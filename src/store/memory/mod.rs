@@ -268,7 +268,7 @@ impl MemoryStore {
                 stored.saturating_add(d.as_micros().min(u64::MAX as u128) as u64)
             })
         };
-        let mut expires_at = after(entry.lifetime());
+        let mut expires_at = after(entry.retention());
         if let Some(local) = local_ttl {
             expires_at = expires_at.min(now_micros().saturating_add(local.as_micros() as u64));
         }

@@ -390,18 +390,18 @@ impl RedisStore {
 
     fn queue_set(&self, pipe: &mut Batch, key: &str, entry: &Entry) {
         let redis_key = self.key(key);
-        let lifetime_ms = entry
-            .lifetime()
+        let retention_ms = entry
+            .retention()
             .map(|l| (l.as_millis().min(i64::MAX as u128) as u64).max(1));
         let cmd = pipe.cmd("SET").arg(&redis_key).arg(entry.encode().as_ref());
-        if let Some(ms) = lifetime_ms {
+        if let Some(ms) = retention_ms {
             cmd.arg("PX").arg(ms);
         }
         cmd.ignore();
         for tag in entry.tags() {
             let index = self.index_key(tag);
             pipe.cmd("SADD").arg(&index).arg(key).ignore();
-            match lifetime_ms {
+            match retention_ms {
                 // The index set lives as long as its longest-lived member: NX sets a TTL on a
                 // new set, GT extends it.
                 Some(ms) => {

@@ -123,7 +123,7 @@ impl RedisStore {
             let stored = entry.stored_at_micros();
             let soft = entry.soft_purged(at);
             let left_ms = soft
-                .time_to_live()
+                .time_to_expiry()
                 .map_or(i64::MAX, |l| l.as_millis().min(i64::MAX as u128) as i64);
             pipe.cmd("EVAL")
                 .arg(REPLACE_IF_SAME)
