@@ -187,11 +187,19 @@ async fn freshness_sources() {
         1
     );
     assert_eq!(
-        stored_twice(&[("cache-control", "max-age=60")], l().routes(["/other"])).await,
+        stored_twice(
+            &[("cache-control", "max-age=60")],
+            l().path_prefixes(["/other"])
+        )
+        .await,
         2
     );
     assert_eq!(
-        stored_twice(&[("cache-control", "max-age=60")], l().routes(["/a"])).await,
+        stored_twice(
+            &[("cache-control", "max-age=60")],
+            l().path_prefixes(["/a"])
+        )
+        .await,
         1
     );
 }

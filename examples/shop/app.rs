@@ -667,7 +667,7 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
 
     let cached = config.stack != Stack::MetricsOnly;
     // Only the product routes are cached; every response there carries its own freshness.
-    let cache_layer = CacheLayer::new(config.store.clone()).routes(["/products"]);
+    let cache_layer = CacheLayer::new(config.store.clone()).path_prefixes(["/products"]);
     let tx_layer = TxLayer::new(
         config.pool.clone(),
         TxConfig::default()

@@ -152,7 +152,7 @@ impl<St> CacheLayer<St> {
 
     /// Caches only requests whose path starts with one of these prefixes; others pass
     /// through. Default: every path.
-    pub fn routes<I, T>(mut self, prefixes: I) -> Self
+    pub fn path_prefixes<I, T>(mut self, prefixes: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,

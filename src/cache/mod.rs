@@ -70,7 +70,7 @@
 //! character) forbids storing, and on a request bypasses the cache. Delta-seconds above 2^31
 //! count as 2^31; an `Age` that is not one valid number makes the response stale. On top:
 //! [`CacheLayer::default_ttl`] for responses that say nothing, [`CacheLayer::override_ttl`],
-//! [`CacheLayer::routes`], [`CacheLayer::methods`], and a per-response [`CacheOverride`]
+//! [`CacheLayer::path_prefixes`], [`CacheLayer::methods`], and a per-response [`CacheOverride`]
 //! extension.
 //!
 //! # Never leaking private data
