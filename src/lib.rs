@@ -70,36 +70,12 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// The README's and the guides' examples are compiled and run as doctests.
+// The README's examples are compiled and run as doctests (the guides' are, in `guide`).
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-#[cfg(doctest)]
-mod guides {
-    #[doc = include_str!("../docs/store.md")]
-    struct Store;
-    #[doc = include_str!("../docs/transactions.md")]
-    struct Transactions;
-    #[doc = include_str!("../docs/cache.md")]
-    struct Cache;
-    #[doc = include_str!("../docs/purging.md")]
-    struct Purging;
-    #[doc = include_str!("../docs/warming.md")]
-    struct Warming;
-    #[doc = include_str!("../docs/metrics.md")]
-    struct Metrics;
-    #[doc = include_str!("../docs/health.md")]
-    struct Health;
-    #[doc = include_str!("../docs/dashboard.md")]
-    struct Dashboard;
-    #[doc = include_str!("../docs/db.md")]
-    struct Db;
-    #[doc = include_str!("../docs/shop.md")]
-    struct Shop;
-    #[doc = include_str!("../docs/performance.md")]
-    struct Performance;
-}
+pub mod guide;
 
 #[macro_use]
 mod macros;
