@@ -509,3 +509,68 @@ async fn soft_purges_reach_the_other_instance(url: &str) {
         "B sees the soft pattern purge within 100 ms"
     );
 }
+
+/// A write stamped before a purge (a fetch that began before it, `SetOptions::as_of`) stays
+/// hidden after the backplane resubscribed. The resubscription drops L1 with the marks it
+/// kept, so L1 alone cannot tell that the write is too old: before the fix it kept the write
+/// and served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_write_after_a_resubscription_stays_hidden_by_the_purge() {
+    use std::time::SystemTime;
+    use tower_strata::store::PurgeMode;
+    let redis = PrivateRedis::start();
+    let store = tiered_with(
+        &redis.url(),
+        &support::unique("late"),
+        Duration::from_secs(2),
+    );
+    wait_subscribed(&[&store]).await;
+    let tagged = SetOptions::new()
+        .ttl(Duration::from_secs(60))
+        .tags(["row:1"]);
+
+    let fetched_at = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.purge_tag("row:1", PurgeMode::Hard).await.unwrap();
+
+    // Drop the subscription; a canary in L1 shows when the resubscription has dropped L1.
+    store
+        .set("canary", Bytes::from_static(b"c"), &SetOptions::new())
+        .await
+        .unwrap();
+    assert!(store.l1().get("canary").await.unwrap().is_some());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let resynced = eventually(Duration::from_secs(10), || async {
+        store.l2().backplane_connected() && store.l1().get("canary").await.unwrap().is_none()
+    })
+    .await;
+    assert!(resynced.is_some(), "the store resubscribed and dropped L1");
+
+    store
+        .set(
+            "late",
+            Bytes::from_static(b"old row"),
+            &tagged.clone().as_of(fetched_at),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.get("late").await.unwrap().is_none(),
+        "a write fetched before the purge is hidden by its mark"
+    );
+    assert!(store.l1().get("late").await.unwrap().is_none());
+    // Fetched after the purge: kept, and in L1.
+    store
+        .set("fresh", Bytes::from_static(b"new row"), &tagged)
+        .await
+        .unwrap();
+    assert!(store.get("fresh").await.unwrap().is_some());
+}

@@ -301,6 +301,33 @@ impl TieredStore {
             )
     }
 
+    /// Puts an entry this instance wrote in L1, or drops L1's copy of the key when L1 may not
+    /// hold it: while L1 is distrusted, or when a purge of one of the entry's tags came after
+    /// the entry was stamped (a fetch that began before the purge, [`SetOptions::as_of`]).
+    /// L1 checks its own marks on reads, but drops them with its entries on every
+    /// resubscription; L2's marks are the record, so a tagged write asks them (without a
+    /// round trip for tags whose marks this instance already knows). With Redis unreachable
+    /// the write lives in L1 alone, as reads fall back to it.
+    async fn keep_in_l1(&self, key: &str, entry: Entry, local_only: bool) {
+        let keep = local_only || {
+            let purged = !entry.tags().is_empty()
+                && self
+                    .inner
+                    .l2
+                    .purged_since(entry.tags(), entry.stored_at())
+                    .await
+                    .unwrap_or(true);
+            // Trust is read after the marks: a subscription lost meanwhile keeps the entry out.
+            !purged && self.l1_trusted()
+        };
+        if keep {
+            let life = self.l1_life(&entry);
+            self.inner.l1.insert_entry(key, entry, life);
+        } else {
+            self.inner.l1.remove_local(key);
+        }
+    }
+
     /// Fills L1 with entries read from L2, unless an invalidation arrived meanwhile or the
     /// backplane is down.
     fn fill(&self, epoch_before: u64, items: &[(&str, &Entry)]) {
@@ -416,12 +443,7 @@ impl Store for TieredStore {
         if written.is_ok() {
             self.inner.pending.written(key, began);
         }
-        if local_only || self.l1_trusted() {
-            let life = self.l1_life(&entry);
-            self.inner.l1.insert_entry(key, entry, life);
-        } else {
-            self.inner.l1.remove_local(key);
-        }
+        self.keep_in_l1(key, entry, local_only).await;
         Counters::add(&self.inner.counters.sets, 1);
         self.report(written)
     }
@@ -501,14 +523,8 @@ impl Store for TieredStore {
             }
         }
         let local_only = written.is_err();
-        let trusted = local_only || self.l1_trusted();
         for (key, entry) in entries {
-            if trusted {
-                let life = self.l1_life(&entry);
-                self.inner.l1.insert_entry(key, entry, life);
-            } else {
-                self.inner.l1.remove_local(key);
-            }
+            self.keep_in_l1(key, entry, local_only).await;
         }
         Counters::add(&self.inner.counters.sets, items.len() as u64);
         self.report(written)
