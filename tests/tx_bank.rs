@@ -30,20 +30,18 @@ async fn pool() -> sqlx::PgPool {
         .expect("PostgreSQL at DATABASE_URL")
 }
 
-/// `CLIENTS` concurrent clients share `TRANSFERS` random transfers: how many answers had each
-/// status (`503` with its cause). Any other status fails the test.
-async fn drive<S>(svc: &S) -> BTreeMap<String, usize>
-where
-    S: tower::Service<
-            http::Request<String>,
-            Response = http::Response<tower_strata::tx::TxResponseBody<String>>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-{
+/// `CLIENTS` concurrent clients share `TRANSFERS` random transfers through the bank's transfer
+/// endpoint behind `layer` (a body `from,to,amount`): how many answers had each status (`503`
+/// with its cause). Any other status fails the test.
+async fn drive(layer: TxLayer<sqlx::Postgres>, bank: &Arc<Bank>) -> BTreeMap<String, usize> {
+    let bank = bank.clone();
+    let svc = support::app(layer, move |tx, body| {
+        let bank = bank.clone();
+        async move {
+            let v: Vec<i64> = body.split(',').map(|x| x.parse().unwrap()).collect();
+            support::status(bank.transfer(&tx, v[0], v[1], v[2]).await)
+        }
+    });
     let left = Arc::new(AtomicUsize::new(TRANSFERS));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -85,15 +83,7 @@ async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
     )
     .unwrap();
     let stats = layer.stats();
-    let b = bank.clone();
-    let svc = support::app(layer, move |tx, body| {
-        let b = b.clone();
-        async move {
-            let v: Vec<i64> = body.split(',').map(|x| x.parse().unwrap()).collect();
-            support::status(b.transfer(&tx, v[0], v[1], v[2]).await)
-        }
-    });
-    let seen = drive(&svc).await;
+    let seen = drive(layer, &bank).await;
     let s = stats.snapshot();
     eprintln!(
         "with retry: {seen:?}; retried {:?}, exhausted {}",
@@ -116,7 +106,6 @@ async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
     assert_eq!(s.active, 0);
     // 409 rolls back under the default policy: only the 200s committed.
     assert_eq!(s.committed as usize, seen.get("200").copied().unwrap_or(0));
-    drop(svc);
     Arc::try_unwrap(bank).ok().unwrap().drop().await;
 }
 
@@ -177,16 +166,8 @@ async fn the_adaptive_limit_cuts_retries_exhausted_on_hot_rows() {
         )
         .unwrap();
         let stats = layer.stats();
-        let b = bank.clone();
-        let svc = support::app(layer, move |tx, body| {
-            let b = b.clone();
-            async move {
-                let v: Vec<i64> = body.split(',').map(|x| x.parse().unwrap()).collect();
-                support::status(b.transfer(&tx, v[0], v[1], v[2]).await)
-            }
-        });
         let began = std::time::Instant::now();
-        let seen = drive(&svc).await;
+        let seen = drive(layer, &bank).await;
         let took = began.elapsed().as_secs_f64();
         let s = stats.snapshot();
         let exhausted: usize = seen
@@ -203,7 +184,6 @@ async fn the_adaptive_limit_cuts_retries_exhausted_on_hot_rows() {
         );
         assert_eq!(bank.total().await, ACCOUNTS * START, "money is kept");
         results.push(share);
-        drop(svc);
         Arc::try_unwrap(bank).ok().unwrap().drop().await;
     }
     assert!(results[1] <= results[0], "{results:?}");
