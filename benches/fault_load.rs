@@ -325,7 +325,7 @@ fn main() {
         rows.extend(run_target("no cache", None, &mut redis, clients, phase_secs).await);
         let store = BoxStore::new(redis_store());
         rows.extend(run_target("redis", Some(store), &mut redis, clients, phase_secs).await);
-        let tiered = TieredStore::new(MemoryStore::new(64 << 20), redis_store()).unwrap();
+        let tiered = TieredStore::try_new(MemoryStore::new(64 << 20), redis_store()).unwrap();
         // The tiered store wants its backplane subscribed before it trusts L1.
         tokio::time::sleep(Duration::from_millis(300)).await;
         rows.extend(

@@ -70,7 +70,7 @@ fn overhead(c: &mut Criterion) {
 
     // The same handler shape on both sides: it ignores the body and runs one UPDATE.
     let layered = tower::ServiceBuilder::new()
-        .layer(TxLayer::new(pool.clone(), TxConfig::default()).unwrap())
+        .layer(TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap())
         .service(tower::service_fn(
             move |req: Request<TxBody<String>>| async move {
                 let tx = req.extensions().get::<TxHandle<Postgres>>().unwrap();
@@ -179,7 +179,7 @@ fn bank_throughput(c: &mut Criterion) {
     let rt = runtime();
     let pool = rt.block_on(pool());
     let bank = Arc::new(rt.block_on(bank::Bank::create(&pool, 10, 1_000_000)));
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default().isolation(IsolationLevel::Serializable),
     )

@@ -42,7 +42,7 @@ use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::dashboard::Dashboard;
 use tower_strata::health::{Check, Health, PoolCheck, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry, Window};
-use tower_strata::purge::{InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
+use tower_strata::purge::{BearerToken, InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
 use tower_strata::store::{MemoryStore, Store};
 use tower_strata::tx::{TxConfig, TxHandle, TxLayer, TxStats};
 
@@ -324,7 +324,7 @@ pub(crate) fn shop(
         )
         .purge_tags(["product:{id}", "products"]),
     )?;
-    let tx = TxLayer::new(pool.clone(), TxConfig::default())?;
+    let tx = TxLayer::try_new(pool.clone(), TxConfig::default())?;
     let metrics = MetricsRegistry::builder()
         .slow_threshold(Some(Duration::from_millis(250)))
         .build()?;
@@ -364,7 +364,7 @@ pub(crate) fn shop(
         .layer(
             ServiceBuilder::new()
                 .layer(MetricsLayer::new(metrics))
-                .layer(PurgeLayer::with_token(urls, purge_token)?)
+                .layer(PurgeLayer::new(urls, BearerToken::new(purge_token)?))
                 .layer(cache)
                 .layer(tx)
                 .layer(invalidate),

@@ -49,7 +49,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
-use tower_strata::purge::PurgeLayer;
+use tower_strata::purge::{BearerToken, PurgeLayer};
 use tower_strata::store::{BoxStore, MemoryStore};
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -174,7 +174,7 @@ async fn redis_store(url: &str, l1_bytes: Option<u64>) -> BoxStore {
         .unwrap_or_else(|e| exit(&e));
     match redis.check_server().await {
         Ok(_) => {}
-        Err(e @ StoreError::Config(_)) => exit(&e),
+        Err(e @ StoreError::Incompatible(_)) => exit(&e),
         Err(e) => {
             eprintln!("--store {url}: {e}; going on, the cache passes through until it answers")
         }
@@ -235,10 +235,12 @@ async fn main() {
     // With a token, purge requests are answered in front of the cache; without one, the
     // service is the cache alone and they are forwarded like any other request.
     let purge = args.purge_token.as_deref().map(|token| {
-        PurgeLayer::with_token(layer.purger(), token).unwrap_or_else(|e| {
-            eprintln!("--purge-token: {e}");
-            std::process::exit(2);
-        })
+        BearerToken::new(token)
+            .map(|token| PurgeLayer::new(layer.purger(), token))
+            .unwrap_or_else(|e| {
+                eprintln!("--purge-token: {e}");
+                std::process::exit(2);
+            })
     });
     let cached = ServiceBuilder::new().layer(layer).service(upstream);
     let proxy: BoxCloneService<Request<ProxyBody>, Response<ProxyBody>, String> = match purge {

@@ -206,11 +206,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // at the default level; their GETs are single statements, so they run without a
     // transaction (the default for GET: one round trip, no BEGIN/COMMIT). Both layers share
     // one stats handle.
-    let default_layer = TxLayer::new(
+    let default_layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default().statement_timeout(Duration::from_secs(5)),
     )?;
-    let serializable = TxLayer::new(
+    let serializable = TxLayer::try_new(
         pool.clone(),
         TxConfig::default()
             .isolation(IsolationLevel::Serializable)

@@ -48,7 +48,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 
     /// A transaction per request on `pool` with the default [`TxConfig`](crate::tx::TxConfig)
     /// (reads without a transaction, writes in a read-write one):
-    /// [`TxLayer::new`](crate::tx::TxLayer::new), which never refuses the default.
+    /// [`TxLayer::try_new`](crate::tx::TxLayer::try_new), which never refuses the default.
     #[cfg(feature = "sqlx")]
     #[cfg_attr(
         docsrs,
@@ -84,7 +84,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         pool: sqlx::Pool<DB>,
     ) -> ServiceBuilder<Stack<crate::tx::TxLayer<DB>, L>> {
-        let layer = crate::tx::TxLayer::new(pool, crate::tx::TxConfig::default())
+        let layer = crate::tx::TxLayer::try_new(pool, crate::tx::TxConfig::default())
             // Only settings a database cannot honour are refused (a timeout SQLite lacks,
             // pooling options MySQL has no use for), and the default sets none of them.
             .expect("every database accepts the default TxConfig");

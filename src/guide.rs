@@ -1,6 +1,9 @@
 //! Guides: how each capability works and what it costs, beyond the API reference. The same
 //! texts are in the repository's `docs/` folder; their examples run as doctests.
 
+#[doc = include_str!("../docs/conventions.md")]
+pub mod conventions {}
+
 #[doc = include_str!("../docs/store.md")]
 pub mod store {}
 

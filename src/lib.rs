@@ -80,9 +80,11 @@ pub mod guide;
 #[macro_use]
 mod macros;
 mod builder;
+mod config_error;
 mod respond;
 
 pub use builder::ServiceBuilderExt;
+pub use config_error::{ConfigError, ConfigErrorKind};
 
 pub mod cache;
 pub mod purge;

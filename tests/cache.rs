@@ -189,7 +189,7 @@ async fn freshness_sources() {
     assert_eq!(
         stored_twice(
             &[("cache-control", "max-age=60")],
-            l().path_prefixes(["/other"])
+            l().path_prefixes(["/other"]).unwrap()
         )
         .await,
         2
@@ -197,7 +197,7 @@ async fn freshness_sources() {
     assert_eq!(
         stored_twice(
             &[("cache-control", "max-age=60")],
-            l().path_prefixes(["/a"])
+            l().path_prefixes(["/a"]).unwrap()
         )
         .await,
         1
@@ -332,7 +332,12 @@ async fn cookies_bypass_unless_the_route_opts_in() {
             .unwrap_or_default();
         response(200, &[("cache-control", "max-age=60")], format!("{c}|{n}"))
     });
-    let svc = layered(CacheLayer::new(store()).key_cookies("/i18n/", ["lang"]), up);
+    let svc = layered(
+        CacheLayer::new(store())
+            .key_cookies("/i18n/", ["lang"])
+            .unwrap(),
+        up,
+    );
     send(&svc, with(get("http://h/x"), "cookie", "session=a")).await;
     let (r, _) = send(&svc, with(get("http://h/x"), "cookie", "session=a")).await;
     assert_eq!(status(&r), "tower-strata; fwd=bypass");
@@ -725,7 +730,7 @@ async fn hit_for_pass_sends_later_requests_straight_upstream() {
     });
     let svc = layered(
         CacheLayer::new(store())
-            .hit_for_pass(Duration::from_secs(60))
+            .hit_for_pass(Some(Duration::from_secs(60)))
             .coalesce_timeout(Duration::from_secs(30)),
         up,
     );

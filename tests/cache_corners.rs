@@ -769,7 +769,11 @@ async fn grpc_calls_with_credentials_bypass_unless_the_method_is_public() {
     // Private by default: alice's answer is never given to bob, nor to an anonymous caller.
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
-        .layer(CacheLayer::new(store()).grpc_method("/test.Echo/Say", Duration::from_secs(60)))
+        .layer(
+            CacheLayer::new(store())
+                .grpc_method("/test.Echo/Say", Duration::from_secs(60))
+                .unwrap(),
+        )
         .service(make(calls.clone()));
     let a = read(
         svc.clone()
@@ -806,7 +810,9 @@ async fn grpc_calls_with_credentials_bypass_unless_the_method_is_public() {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(
-            CacheLayer::new(store()).grpc_public_method("/test.Echo/Say", Duration::from_secs(60)),
+            CacheLayer::new(store())
+                .grpc_public_method("/test.Echo/Say", Duration::from_secs(60))
+                .unwrap(),
         )
         .service(make(calls.clone()));
     let a = read(

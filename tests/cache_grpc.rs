@@ -185,7 +185,9 @@ async fn marked_grpc_methods_are_cached_by_message_and_only_on_status_ok() {
         .layer(
             CacheLayer::new(MemoryStore::new(16 << 20))
                 .grpc_method("/test.Echo/Say", Duration::from_secs(60))
-                .grpc_method("/test.Echo/Fail", Duration::from_secs(60)),
+                .unwrap()
+                .grpc_method("/test.Echo/Fail", Duration::from_secs(60))
+                .unwrap(),
         )
         .into_inner();
     let port = support::free_port();

@@ -220,7 +220,7 @@ async fn inside_a_tx_layer_request() {
     let t = create_items(&pool, "txl").await;
     bulk_insert(&pool, &t, &rows(0..100)).await;
     let copy = create_items(&pool, "txcopy").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let key = CursorKey::random();
     let (t2, copy2) = (t.clone(), copy.clone());
     let svc = tx_support::app(layer, move |tx: TxHandle<Postgres>, body: String| {
@@ -416,7 +416,7 @@ async fn pool_builder_and_stats() {
 async fn bulk_inside_a_savepoint() {
     let pool = pool().await;
     let t = create_items(&pool, "sp").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let t2 = t.clone();
     let svc = tx_support::app(layer, move |tx: TxHandle<Postgres>, _body: String| {
         let t = t2.clone();

@@ -13,7 +13,8 @@ use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_strata::purge::{
-    EventRule, InvalidateLayer, Invalidation, InvalidationBus, Purger, Rule, RuleError,
+    EventRule, InvalidateLayer, Invalidation, InvalidationBus, PurgeConfigErrorKind, Purger, Rule,
+    RuleError,
 };
 use tower_strata::store::{MemoryStore, SetOptions, Store};
 
@@ -233,7 +234,11 @@ fn malformed_rules_are_errors_when_added() {
     let error = layer()
         .rule(Rule::on([Method::PUT], "/p/{id}").purge_tags(["x:{pid}"]))
         .unwrap_err();
-    assert!(matches!(error, RuleError::UnknownParam { .. }));
+    assert_eq!(error.kind(), PurgeConfigErrorKind::Rule);
+    let rule = std::error::Error::source(&error)
+        .and_then(|source| source.downcast_ref::<RuleError>())
+        .expect("the rule's error is the source");
+    assert!(matches!(rule, RuleError::UnknownParam { .. }));
     assert!(error.to_string().contains("{pid}"), "{error}");
 }
 

@@ -209,7 +209,7 @@ async fn purges_run_after_commit_and_never_on_rollback() {
         })
         // Innermost first: InvalidateLayer sits inside TxLayer.
         .layer(invalidate)
-        .layer(TxLayer::new(pool.clone(), TxConfig::default()).unwrap());
+        .layer(TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap());
     let entry = || async {
         store
             .inner
@@ -300,7 +300,7 @@ async fn a_failed_commit_purges_nothing() {
             }),
         )
         .layer(invalidate)
-        .layer(TxLayer::new(pool.clone(), TxConfig::default()).unwrap());
+        .layer(TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap());
     store
         .set(
             "cached",
@@ -436,7 +436,7 @@ async fn race_on<St: Store + Clone>(
         })
         // CacheLayer -> TxLayer -> InvalidateLayer -> handlers.
         .layer(invalidate)
-        .layer(TxLayer::new(pool.clone(), TxConfig::default()).unwrap())
+        .layer(TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap())
         .layer(CacheLayer::new(store.clone()).coalesce(coalesce));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

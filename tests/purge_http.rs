@@ -18,7 +18,9 @@ use http_body_util::BodyExt;
 use support::{SilentServer, eventually, redis_url, unique};
 use tower::ServiceExt;
 use tower_strata::cache::CacheLayer;
-use tower_strata::purge::{Authorization, PurgeLayer, Purger, RateLimit};
+use tower_strata::purge::{
+    Authorization, BearerToken, PurgeConfigErrorKind, PurgeLayer, Purger, RateLimit,
+};
 use tower_strata::store::{MemoryStore, RedisStore, Store, TieredStore};
 
 const TOKEN: &str = "s3cret-token";
@@ -111,7 +113,7 @@ fn app_full<St: Store>(
     let cache = cache(CacheLayer::new(store));
     let purger = cache.purger();
     let stats = purger.purger().clone();
-    let purge = layer(PurgeLayer::with_token(purger, TOKEN).unwrap());
+    let purge = layer(PurgeLayer::new(purger, BearerToken::new(TOKEN).unwrap()));
     let router = routes(calls.clone()).layer(cache).layer(purge);
     App {
         router,
@@ -493,7 +495,7 @@ async fn an_authorizer_decides_and_names_the_principal() {
     let app = App {
         router: routes(calls.clone())
             .layer(cache)
-            .layer(PurgeLayer::with_authorizer(purger.clone(), policy)),
+            .layer(PurgeLayer::new(purger.clone(), policy)),
         calls,
         purger: purger.purger().clone(),
     };
@@ -518,17 +520,19 @@ async fn an_authorizer_decides_and_names_the_principal() {
 }
 
 #[test]
-fn a_layer_cannot_be_built_without_protection() {
+fn a_bearer_token_that_no_header_could_carry_is_refused() {
+    for bad in ["", "two words", "tab\there", "caf\u{e9}"] {
+        let err = BearerToken::new(bad).unwrap_err();
+        assert_eq!(err.kind(), PurgeConfigErrorKind::Token, "{bad:?}");
+    }
     let purger = CacheLayer::new(memory()).purger();
-    assert!(PurgeLayer::with_token(purger.clone(), "").is_err());
-    assert!(PurgeLayer::with_token(purger.clone(), "two words").is_err());
-    assert!(PurgeLayer::with_token(purger, "ok").is_ok());
+    let _layer = PurgeLayer::new(purger, BearerToken::new("ok").unwrap());
 }
 
 #[tokio::test]
 async fn a_plain_purger_answers_purge_of_a_url_with_501() {
     let store = Arc::new(memory());
-    let layer = PurgeLayer::with_token(Purger::new(store), TOKEN).unwrap();
+    let layer = PurgeLayer::new(Purger::new(store), BearerToken::new(TOKEN).unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
     let app = App {
         router: routes(calls.clone()).layer(layer),

@@ -30,7 +30,7 @@ async fn redis() -> RedisStore {
 }
 
 async fn tiered() -> TieredStore {
-    TieredStore::new(MemoryStore::new(64 << 20), redis().await).unwrap()
+    TieredStore::try_new(MemoryStore::new(64 << 20), redis().await).unwrap()
 }
 
 /// A Redis Cluster of three masters, shared by this binary's tests.
@@ -44,7 +44,7 @@ async fn cluster() -> RedisStore {
 
 #[cfg(feature = "redis-cluster")]
 async fn tiered_cluster() -> TieredStore {
-    TieredStore::new(MemoryStore::new(64 << 20), cluster().await).unwrap()
+    TieredStore::try_new(MemoryStore::new(64 << 20), cluster().await).unwrap()
 }
 
 async fn boxed() -> BoxStore {

@@ -177,7 +177,7 @@ async fn a_tiered_store_over_a_hung_redis_opens_the_breaker_and_serves_l1() {
         .ping_interval(Duration::from_millis(100))
         .build()
         .unwrap();
-    let tiered = TieredStore::new(MemoryStore::new(1 << 20), l2).unwrap();
+    let tiered = TieredStore::try_new(MemoryStore::new(1 << 20), l2).unwrap();
     let up = eventually(Duration::from_secs(5), || async {
         tiered.l2().backplane_connected()
     })
@@ -221,7 +221,7 @@ async fn an_invalidation_that_missed_a_hung_redis_is_replayed_when_it_answers() 
             .ping_interval(Duration::from_millis(100))
             .build()
             .unwrap();
-        TieredStore::new(MemoryStore::new(1 << 20), l2).unwrap()
+        TieredStore::try_new(MemoryStore::new(1 << 20), l2).unwrap()
     };
     let (a, b) = (tiered(), tiered());
     let up = eventually(Duration::from_secs(5), || async {

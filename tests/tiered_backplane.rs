@@ -19,7 +19,7 @@ fn tiered(url: &str, namespace: &str) -> TieredStore {
         .namespace(namespace)
         .build()
         .unwrap();
-    TieredStore::new(MemoryStore::new(16 << 20), l2).unwrap()
+    TieredStore::try_new(MemoryStore::new(16 << 20), l2).unwrap()
 }
 
 /// Instance B on a runtime of its own, as another process would have: its listener is never

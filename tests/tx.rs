@@ -82,7 +82,7 @@ async fn serialization_failure(tx: &TxHandle<Postgres>) -> Result<(), sqlx::Erro
 async fn commits_on_success_and_rolls_back_on_4xx_5xx() {
     let pool = pool(4).await;
     let t = Table::new(&pool, "statuses", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let name = t.name.clone();
     let svc = app(layer, move |tx, body| {
@@ -118,7 +118,7 @@ async fn commits_on_success_and_rolls_back_on_4xx_5xx() {
 async fn rolls_back_on_service_error_and_panic() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "errpanic", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let name = t.name.clone();
     let svc = tower::ServiceBuilder::new()
@@ -161,7 +161,7 @@ async fn cancelled_request_rolls_back_and_its_connection_is_not_reused_in_transa
     // One connection: the next request necessarily gets the pool's only slot.
     let pool = pool(1).await;
     let t = Table::new(&pool, "cancel", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let inserted_tx = Arc::new(std::sync::Mutex::new(Some(inserted_tx)));
@@ -217,7 +217,7 @@ async fn cancelled_request_rolls_back_and_its_connection_is_not_reused_in_transa
 #[tokio::test]
 async fn lazy_begin_costs_nothing_when_unused() {
     let pool = pool(1).await;
-    let layer = TxLayer::new(pool, TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool, TxConfig::default()).unwrap();
     let stats = layer.stats();
     let svc = app(layer, |_tx: TxHandle<Postgres>, _| async { status(200) });
     assert_eq!(send(&svc, "").await.status(), 200);
@@ -228,7 +228,7 @@ async fn lazy_begin_costs_nothing_when_unused() {
 async fn verdict_extension_overrides_the_policy() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "override", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let name = t.name.clone();
     let svc = app(layer, move |tx, body| {
         let name = name.clone();
@@ -254,7 +254,7 @@ async fn verdict_extension_overrides_the_policy() {
 async fn custom_policy() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "policy", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default())
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default())
         .unwrap()
         .policy(|s: StatusCode, _: &http::HeaderMap| {
             if s.is_server_error() {
@@ -282,7 +282,7 @@ async fn custom_policy() {
 async fn serialization_failure_is_retried_and_after_commit_runs_once() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "retry", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let attempts = Arc::new(AtomicUsize::new(0));
     let hooks = Arc::new(AtomicUsize::new(0));
@@ -336,7 +336,7 @@ async fn serialization_failure_is_retried_and_after_commit_runs_once() {
 #[tokio::test]
 async fn retries_exhausted_answers_503_with_retry_after() {
     let pool = pool(2).await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool,
         TxConfig::default().backoff(Duration::from_millis(1), Duration::from_millis(2)),
     )
@@ -375,7 +375,7 @@ async fn retries_exhausted_answers_503_with_retry_after() {
 #[tokio::test]
 async fn streaming_body_is_not_replayed() {
     let pool = pool(2).await;
-    let layer = TxLayer::new(pool, TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool, TxConfig::default()).unwrap();
     let attempts = Arc::new(AtomicUsize::new(0));
     let a = attempts.clone();
     let svc = tower::ServiceBuilder::new()
@@ -419,7 +419,7 @@ async fn unique_violation_is_not_retried() {
         .execute(&pool)
         .await
         .unwrap();
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let attempts = Arc::new(AtomicUsize::new(0));
     let (name, a) = (t.name.clone(), attempts.clone());
@@ -449,7 +449,7 @@ async fn commit_failure_never_returns_2xx() {
         "v BIGINT, CONSTRAINT uniq UNIQUE (v) DEFERRABLE INITIALLY DEFERRED",
     )
     .await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let hooks = Arc::new(AtomicUsize::new(0));
     let (name, h) = (t.name.clone(), hooks.clone());
@@ -488,7 +488,7 @@ async fn commit_failure_never_returns_2xx() {
 async fn savepoint_rolled_back_keeps_outer_work_and_drops_its_hooks() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "savepoint", "v BIGINT PRIMARY KEY").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (name, r2) = (t.name.clone(), ran.clone());
     let svc = app(layer, move |tx, _| {
@@ -549,7 +549,7 @@ async fn pool_exhausted_answers_503_within_the_acquire_timeout() {
         .await
         .unwrap();
     let held = pool.acquire().await.unwrap();
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let svc = app(layer, |tx: TxHandle<Postgres>, _| async move {
         match tx.conn().await {
@@ -572,7 +572,7 @@ async fn pool_exhausted_answers_503_within_the_acquire_timeout() {
 #[tokio::test]
 async fn isolation_read_only_and_timeouts_are_applied() {
     let pool = pool(2).await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool,
         TxConfig::default()
             .isolation(IsolationLevel::Serializable)
@@ -606,7 +606,7 @@ async fn isolation_read_only_and_timeouts_are_applied() {
 #[tokio::test]
 async fn statements_are_timed_in_the_stats() {
     let pool = pool(2).await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool,
         TxConfig::default().slow_statement(Duration::from_millis(30)),
     )
@@ -651,7 +651,7 @@ async fn deadlock_resolves_and_both_succeed() {
         .execute(&pool)
         .await
         .unwrap();
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let barrier = Arc::new(tokio::sync::Barrier::new(2));
     let first_attempts = Arc::new(AtomicUsize::new(0));
@@ -699,7 +699,7 @@ async fn axum_router_with_the_extractor() {
 
     let pool = pool(2).await;
     let t = Table::new(&pool, "axum", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let name = t.name.clone();
     let app: Router = Router::new()
         .route(
@@ -738,7 +738,7 @@ async fn axum_router_with_the_extractor() {
 async fn connection_lost_during_commit_is_ambiguous_and_not_retried() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "ambiguous", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let attempts = Arc::new(AtomicUsize::new(0));
     let (name, p, a) = (t.name.clone(), pool.clone(), attempts.clone());
@@ -780,7 +780,7 @@ async fn connection_lost_during_commit_is_ambiguous_and_not_retried() {
 async fn transaction_timeout_rolls_back_and_answers_503() {
     let pool = pool(1).await;
     let t = Table::new(&pool, "txtimeout", "v BIGINT").await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default().transaction_timeout(Duration::from_millis(200)),
     )
@@ -820,7 +820,7 @@ async fn inner_layer_registers_after_commit_through_extensions() {
 
     let pool = pool(2).await;
     let t = Table::new(&pool, "inner_layer", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let purged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let attempts = Arc::new(AtomicUsize::new(0));
     let (name, p, a) = (t.name.clone(), purged.clone(), attempts.clone());
@@ -873,7 +873,7 @@ async fn inner_layer_registers_after_commit_through_extensions() {
 async fn cancellation_at_any_point_never_leaks_an_open_transaction() {
     let pool = pool(1).await;
     let t = Table::new(&pool, "cancel_any", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let name = t.name.clone();
     let svc = app(layer, move |tx, _| {
@@ -945,10 +945,10 @@ async fn per_route_settings_with_shared_stats() {
     }
 
     let pool = pool(2).await;
-    let default = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let default = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     // A GET runs without a transaction unless its route says otherwise: this one reads in a
     // serializable snapshot.
-    let serializable = TxLayer::new(
+    let serializable = TxLayer::try_new(
         pool.clone(),
         TxConfig::default()
             .isolation(IsolationLevel::Serializable)
@@ -998,7 +998,7 @@ async fn a_connection_left_mid_begin_is_closed_never_pooled_in_a_transaction() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(pool.num_idle(), 2);
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let svc = app(layer, |tx: TxHandle<Postgres>, _body| async move {
         // A `conn()` cut short after its first poll (a handler's own timeout, a `select!`):
         // `BEGIN` is on the wire, its answer not read.
@@ -1049,7 +1049,7 @@ async fn a_connection_left_mid_begin_is_closed_never_pooled_in_a_transaction() {
 async fn a_backend_terminated_before_commit_is_retried_on_a_fresh_connection() {
     let pool = pool(4).await;
     let t = Table::new(&pool, "lost", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let attempts = Arc::new(AtomicUsize::new(0));
     let (name, killer, seen) = (t.name.clone(), pool.clone(), attempts.clone());
@@ -1098,7 +1098,7 @@ async fn a_backend_terminated_before_commit_is_retried_on_a_fresh_connection() {
 async fn after_commit_work_runs_even_when_the_request_is_dropped_after_commit() {
     let pool = pool(2).await;
     let t = Table::new(&pool, "hooks_drop", "v BIGINT").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let ran = Arc::new(AtomicUsize::new(0));
     let (name, counter) = (t.name.clone(), ran.clone());
     let svc = app(layer, move |tx: TxHandle<Postgres>, _body| {
@@ -1154,7 +1154,7 @@ async fn a_commit_that_hangs_is_cut_at_the_end_timeout_and_ambiguous() {
     .execute(&pool)
     .await
     .unwrap();
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default().end_timeout(Duration::from_millis(200)),
     )
@@ -1198,7 +1198,7 @@ async fn a_grpc_commit_waiting_on_a_slow_body_ends_at_the_transaction_timeout() 
         .await
         .unwrap();
     let t = Table::new(&pool, "grpc_slow", "v BIGINT").await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default().transaction_timeout(Duration::from_millis(300)),
     )

@@ -77,7 +77,7 @@ async fn drive(layer: TxLayer<sqlx::Postgres>, bank: &Arc<Bank>) -> BTreeMap<Str
 async fn bank_with_retry_keeps_the_money_and_never_leaks_database_errors() {
     let pool = pool().await;
     let bank = Arc::new(Bank::create(&pool, ACCOUNTS, START).await);
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default().isolation(IsolationLevel::Serializable),
     )
@@ -157,7 +157,7 @@ async fn the_adaptive_limit_cuts_retries_exhausted_on_hot_rows() {
     for adaptive in [None, Some(16)] {
         let pool = pool().await;
         let bank = Arc::new(Bank::create(&pool, ACCOUNTS, START).await);
-        let layer = TxLayer::new(
+        let layer = TxLayer::try_new(
             pool.clone(),
             TxConfig::default()
                 .isolation(IsolationLevel::Serializable)

@@ -122,7 +122,7 @@ async fn tonic_server_commits_on_grpc_status_0_and_rolls_back_otherwise() {
     .execute(&pool)
     .await
     .unwrap();
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let hooks = Arc::new(AtomicUsize::new(0));
     let service = TxService {

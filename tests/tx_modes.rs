@@ -64,7 +64,7 @@ async fn raise(tx: &TxHandle<Postgres>, errcode: &str) -> Result<(), sqlx::Error
 
 #[tokio::test]
 async fn reads_run_without_a_transaction_and_writes_in_one_by_default() {
-    let layer = TxLayer::new(pool(2).await, TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool(2).await, TxConfig::default()).unwrap();
     let stats = layer.stats();
     let svc = app(layer, |tx, _| async move {
         let mode = format!("{:?}", tx.mode());
@@ -98,7 +98,7 @@ async fn reads_run_without_a_transaction_and_writes_in_one_by_default() {
 
 #[tokio::test]
 async fn a_route_can_ask_for_a_transaction_on_get() {
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool(2).await,
         TxConfig::default().mode_for(Method::GET, TxMode::ReadWrite),
     )
@@ -131,7 +131,7 @@ async fn read_only_rejects_writes_with_the_database_error() {
         TxConfig::default().read_only(true),
         TxConfig::default().mode(TxMode::ReadOnly),
     ] {
-        let layer = TxLayer::new(pool.clone(), config).unwrap();
+        let layer = TxLayer::try_new(pool.clone(), config).unwrap();
         let stats = layer.stats();
         let n = name.clone();
         let svc = app(layer, move |tx, _| {
@@ -181,7 +181,7 @@ async fn autocommit_gives_the_connection_back_between_borrows() {
         .connect(&support::pg_url())
         .await
         .unwrap();
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let p = pool.clone();
     let svc = app(layer, move |tx, _| {
         let p = p.clone();
@@ -214,7 +214,7 @@ async fn autocommit_replays_reads_but_not_writes() {
         .execute(&pool)
         .await
         .unwrap();
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default()
             .mode(TxMode::Autocommit)
@@ -266,7 +266,7 @@ async fn autocommit_replays_reads_but_not_writes() {
 
 #[tokio::test]
 async fn after_commit_without_a_transaction_runs_once_the_response_is_a_success() {
-    let layer = TxLayer::new(pool(2).await, TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool(2).await, TxConfig::default()).unwrap();
     let ran = Arc::new(AtomicUsize::new(0));
     let r2 = ran.clone();
     let svc = app(layer, move |tx, body| {
@@ -290,7 +290,7 @@ async fn after_commit_without_a_transaction_runs_once_the_response_is_a_success(
 
 #[tokio::test]
 async fn timeouts_are_scoped_to_transactions_and_not_applied_without_one() {
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool(1).await,
         TxConfig::default()
             .statement_timeout(Duration::from_millis(1500))
@@ -366,7 +366,7 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         .unwrap();
     let replica_pool = pool_at(&replica.url, 2).await;
     let routed = |config: TxConfig| {
-        let layer = TxLayer::new(primary.clone(), config)
+        let layer = TxLayer::try_new(primary.clone(), config)
             .unwrap()
             .replica(replica_pool.clone());
         assert!(layer.replica_pool().is_some());

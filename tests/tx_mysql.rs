@@ -51,7 +51,7 @@ async fn sum(pool: &MySqlPool, t: &str) -> i64 {
 #[tokio::test]
 async fn commits_on_success_rolls_back_otherwise() {
     let (pool, t) = setup("my_status").await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool.clone(),
         TxConfig::default()
             .isolation(IsolationLevel::Serializable)
@@ -86,7 +86,7 @@ async fn commits_on_success_rolls_back_otherwise() {
 #[tokio::test]
 async fn deadlock_1213_is_retried_and_both_succeed() {
     let (pool, t) = setup("my_deadlock").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let barrier = Arc::new(tokio::sync::Barrier::new(2));
     let first = Arc::new(AtomicUsize::new(0));
@@ -123,7 +123,7 @@ async fn deadlock_1213_is_retried_and_both_succeed() {
 #[tokio::test]
 async fn unique_violation_and_lock_wait_timeout_are_not_retried_by_default() {
     let (pool, t) = setup("my_unique").await;
-    let layer = TxLayer::new(pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let attempts = Arc::new(AtomicUsize::new(0));
     let (name, a) = (t.clone(), attempts.clone());
@@ -198,7 +198,7 @@ async fn modes_reads_without_a_transaction_writes_in_one_read_only_rejects_write
             .unwrap()
     };
     let default = app(
-        TxLayer::new(pool.clone(), TxConfig::default()).unwrap(),
+        TxLayer::try_new(pool.clone(), TxConfig::default()).unwrap(),
         handler(t.clone()),
     );
     let get = support::send_request(&default, request(http::Method::GET)).await;
@@ -206,7 +206,7 @@ async fn modes_reads_without_a_transaction_writes_in_one_read_only_rejects_write
     let post = support::send_request(&default, request(http::Method::POST)).await;
     assert_eq!(post.body(), "1 ok", "a POST runs in one");
     let read_only = app(
-        TxLayer::new(pool.clone(), TxConfig::default().mode(TxMode::ReadOnly)).unwrap(),
+        TxLayer::try_new(pool.clone(), TxConfig::default().mode(TxMode::ReadOnly)).unwrap(),
         handler(t.clone()),
     );
     // 1792: cannot execute statement in a READ ONLY transaction.

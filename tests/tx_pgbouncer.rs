@@ -39,7 +39,7 @@ fn post() -> Request<String> {
 async fn settings_of_one_client_do_not_leak_to_the_next_on_a_shared_server_connection() {
     // One server connection for everyone: A and B take turns on the same backend.
     let bouncer = PgBouncer::start(1);
-    let a = TxLayer::new(
+    let a = TxLayer::try_new(
         client(&bouncer).await,
         TxConfig::default()
             .transaction_pooling(true)
@@ -92,7 +92,8 @@ async fn settings_of_one_client_do_not_leak_to_the_next_on_a_shared_server_conne
 async fn prepared_statements_need_transaction_pooling_behind_pgbouncer() {
     let bouncer = PgBouncer::start(1);
     let layer = |pool: PgPool, pooling: bool| {
-        let layer = TxLayer::new(pool, TxConfig::default().transaction_pooling(pooling)).unwrap();
+        let layer =
+            TxLayer::try_new(pool, TxConfig::default().transaction_pooling(pooling)).unwrap();
         app(layer, |tx, _| async move {
             let mut conn = tx.conn().await.unwrap();
             let result: Result<i64, _> = sqlx::query_scalar("SELECT $1::int8 + 1")
@@ -202,7 +203,7 @@ async fn prepared_statements_need_transaction_pooling_behind_pgbouncer() {
 async fn transaction_pooling_refuses_autocommit() {
     let bouncer = PgBouncer::start(1);
     let pool = client(&bouncer).await;
-    let err = TxLayer::new(
+    let err = TxLayer::try_new(
         pool.clone(),
         TxConfig::default()
             .transaction_pooling(true)

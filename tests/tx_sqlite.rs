@@ -69,7 +69,7 @@ async fn insert(tx: &TxHandle<Sqlite>, v: i64) -> Result<(), sqlx::Error> {
 #[tokio::test]
 async fn commits_on_success_rolls_back_otherwise() {
     let db = Db::new(2).await;
-    let layer = TxLayer::new(db.pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(db.pool.clone(), TxConfig::default()).unwrap();
     let svc = app(layer, |tx: TxHandle<Sqlite>, body: String| async move {
         let code: u16 = body.parse().unwrap();
         insert(&tx, code.into()).await.unwrap();
@@ -89,7 +89,7 @@ async fn busy_snapshot_is_retried() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let layer = TxLayer::new(db.pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(db.pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let (a_read, b_done) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -137,7 +137,7 @@ async fn busy_snapshot_is_retried() {
 #[tokio::test]
 async fn begin_immediate_takes_the_write_lock_up_front() {
     let db = Db::new(2).await;
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         db.pool.clone(),
         TxConfig::default().sqlite_begin(SqliteBegin::Immediate),
     )
@@ -168,7 +168,7 @@ async fn begin_immediate_takes_the_write_lock_up_front() {
 #[tokio::test]
 async fn savepoint_and_after_commit() {
     let db = Db::new(1).await;
-    let layer = TxLayer::new(db.pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(db.pool.clone(), TxConfig::default()).unwrap();
     let hooks = Arc::new(AtomicUsize::new(0));
     let h = hooks.clone();
     let svc = app(layer, move |tx: TxHandle<Sqlite>, body| {
@@ -208,10 +208,10 @@ async fn settings_sqlite_cannot_honour_are_rejected() {
         TxConfig::default().mode_for(http::Method::GET, TxMode::ReadOnly),
         TxConfig::default().transaction_pooling(true),
     ] {
-        assert!(TxLayer::new(db.pool.clone(), config).is_err());
+        assert!(TxLayer::try_new(db.pool.clone(), config).is_err());
     }
     assert!(
-        TxLayer::new(
+        TxLayer::try_new(
             db.pool.clone(),
             TxConfig::default().isolation(IsolationLevel::Serializable)
         )
@@ -224,7 +224,7 @@ async fn settings_sqlite_cannot_honour_are_rejected() {
 async fn transaction_timeout_cuts_a_hung_handler() {
     // The handler never touches the database, so no connection is made.
     let pool = SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-    let layer = TxLayer::new(
+    let layer = TxLayer::try_new(
         pool,
         TxConfig::default().transaction_timeout(Duration::from_secs(30)),
     )
@@ -245,7 +245,7 @@ async fn transaction_timeout_cuts_a_hung_handler() {
 #[tokio::test]
 async fn a_get_writes_without_a_transaction_so_its_failure_rolls_nothing_back() {
     let db = Db::new(2).await;
-    let layer = TxLayer::new(db.pool.clone(), TxConfig::default()).unwrap();
+    let layer = TxLayer::try_new(db.pool.clone(), TxConfig::default()).unwrap();
     let stats = layer.stats();
     let svc = app(layer, |tx: TxHandle<Sqlite>, body: String| async move {
         let code: u16 = body.parse().unwrap();

@@ -273,7 +273,7 @@ async fn build(name: &str, s: &Settings, calls: Arc<AtomicU64>) -> Result<Target
                 .build()
                 .map_err(|e| format!("RedisStore: {e}"))?;
             l2.ping().await.map_err(|e| format!("Redis: {e}"))?;
-            let store = TieredStore::new(MemoryStore::new(64 << 20), l2.clone())
+            let store = TieredStore::try_new(MemoryStore::new(64 << 20), l2.clone())
                 .map_err(|e| format!("TieredStore: {e}"))?;
             Target {
                 cleanup: Some(Box::pin(async move {

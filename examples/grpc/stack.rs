@@ -369,8 +369,8 @@ impl<DB: CatalogDb> CatalogServer<DB> {
         let store = MemoryStore::new(64 << 20);
         // Only the example's own metrics: the exporter to the `metrics` facade stays off.
         let metrics = MetricsRegistry::builder().export(false).build()?;
-        let cache = CacheLayer::new(store.clone()).grpc_method(GET_PRODUCT, PRODUCT_TTL);
-        let tx = TxLayer::new(
+        let cache = CacheLayer::new(store.clone()).grpc_method(GET_PRODUCT, PRODUCT_TTL)?;
+        let tx = TxLayer::try_new(
             pool,
             TxConfig::default().transaction_timeout(Duration::from_secs(10)),
         )?;

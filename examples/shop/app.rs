@@ -25,7 +25,7 @@ use tower_strata::db::{
 };
 use tower_strata::health::{Check, CheckOutput, Health, PoolCheck, fn_check, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
-use tower_strata::purge::{InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
+use tower_strata::purge::{BearerToken, InvalidateLayer, Invalidation, PurgeLayer, Purger, Rule};
 use tower_strata::store::TieredStore;
 use tower_strata::tx::{TxBody, TxConfig, TxHandle, TxLayer, TxStats};
 
@@ -667,8 +667,8 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
 
     let cached = config.stack != Stack::MetricsOnly;
     // Only the product routes are cached; every response there carries its own freshness.
-    let cache_layer = CacheLayer::new(config.store.clone()).path_prefixes(["/products"]);
-    let tx_layer = TxLayer::new(
+    let cache_layer = CacheLayer::new(config.store.clone()).path_prefixes(["/products"])?;
+    let tx_layer = TxLayer::try_new(
         config.pool.clone(),
         TxConfig::default()
             .statement_timeout(Duration::from_secs(5))
@@ -757,7 +757,7 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
             api = api.route("/admin/purge", axum::routing::post(purge_route));
             // Shares the shop's purger: its stats show every purge, endpoint and writes alike.
             let purger = cache_layer.purger_with(purger.clone());
-            Some(PurgeLayer::with_token(purger, token)?.path("/admin/purge"))
+            Some(PurgeLayer::new(purger, BearerToken::new(token)?).path("/admin/purge"))
         }
         _ => None,
     };

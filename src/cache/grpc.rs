@@ -18,11 +18,12 @@
 //!     .layer(GrpcKeyLayer::new(["/shop.Catalog/GetProduct"]))
 //!     .layer(
 //!         CacheLayer::new(MemoryStore::new(64 << 20))
-//!             .grpc_method("/shop.Catalog/GetProduct", Duration::from_secs(30)),
+//!             .grpc_method("/shop.Catalog/GetProduct", Duration::from_secs(30))?,
 //!     )
 //!     .into_inner();
 //! // tonic::transport::Server::builder().layer(layers).add_service(...)
 //! # let _ = layers;
+//! # Ok::<(), tower_strata::cache::CacheConfigError>(())
 //! ```
 
 use std::future::Future;
@@ -56,11 +57,12 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 ///     .layer(GrpcKeyLayer::new(["/shop.Catalog/GetProduct"]))
 ///     .layer(
 ///         CacheLayer::new(MemoryStore::new(64 << 20))
-///             .grpc_method("/shop.Catalog/GetProduct", Duration::from_secs(30)),
+///             .grpc_method("/shop.Catalog/GetProduct", Duration::from_secs(30))?,
 ///     )
 ///     .into_inner();
 /// // tonic::transport::Server::builder().layer(layers).add_service(...)
 /// # let _ = layers;
+/// # Ok::<(), tower_strata::cache::CacheConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct GrpcKeyLayer {

@@ -32,8 +32,7 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
     let config = &ctx.config;
     let method = request.method();
     let headers = request.headers();
-    if !(method == Method::GET || method == Method::HEAD)
-        || !config.methods.contains(method)
+    if !config.looks_up(method)
         || headers.contains_key(header::CACHE_CONTROL)
         || headers.contains_key(header::PRAGMA)
         || headers.contains_key(header::COOKIE)

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Uri};
+use http::{Request, Uri};
 
 /// An app-supplied part of the cache key (tenant, locale), attached as a request extension by
 /// a layer or middleware in front of the cache.
@@ -235,11 +235,6 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
             let (k, v) = pair.trim().split_once('=')?;
             (k.trim() == name).then(|| v.trim().to_owned())
         })
-}
-
-/// Whether the method is HEAD or GET (both served from a stored GET).
-pub(crate) fn is_get_or_head(method: &Method) -> bool {
-    method == Method::GET || method == Method::HEAD
 }
 
 /// The header names a `Vary` lists, lower-cased, sorted, deduplicated.

@@ -13,6 +13,45 @@ use super::service::Cache;
 use super::state::{CacheStats, Shared};
 use crate::store::Store;
 
+/// A [`CacheLayer`] setting that cannot work: a [`ConfigError`](crate::ConfigError) of
+/// [`CacheConfigErrorKind`], from the setters that take text ([`CacheLayer::path_prefixes`],
+/// [`CacheLayer::key_cookies`], [`CacheLayer::scheme`], [`CacheLayer::grpc_method`]).
+pub type CacheConfigError = crate::ConfigError<CacheConfigErrorKind>;
+
+/// What is wrong with a [`CacheLayer`] setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheConfigErrorKind {
+    /// A path prefix does not start with `/` (it could never match a request path).
+    PathPrefix,
+    /// A cookie name is empty or not an RFC 6265 token.
+    Cookie,
+    /// The scheme is not an RFC 3986 scheme (`http`, `https`, ...).
+    Scheme,
+    /// A gRPC method path is not `/package.Service/Method`.
+    GrpcMethod,
+}
+
+impl crate::ConfigErrorKind for CacheConfigErrorKind {
+    const COMPONENT: &'static str = "cache layer";
+}
+
+fn refuse(kind: CacheConfigErrorKind, message: String) -> CacheConfigError {
+    CacheConfigError::new(kind, message)
+}
+
+/// Path prefixes must start with `/`: request paths always do.
+fn path_prefix(prefix: String) -> Result<String, CacheConfigError> {
+    if prefix.starts_with('/') {
+        Ok(prefix)
+    } else {
+        Err(refuse(
+            CacheConfigErrorKind::PathPrefix,
+            format!("path prefix {prefix:?} does not start with '/'"),
+        ))
+    }
+}
+
 /// Default largest body buffered for storing: 1 MiB.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 
@@ -57,14 +96,15 @@ pub(crate) struct GrpcMethod {
 pub(crate) struct Config {
     pub max_body_size: usize,
     pub policy: PolicyConfig,
-    pub methods: Vec<Method>,
+    /// Whether HEAD is answered from stored GET responses (GET always is).
+    pub head: bool,
     pub routes: Option<Vec<String>>,
     pub swr: Option<Duration>,
     pub sie: Option<Duration>,
     pub stale_retention: Duration,
     pub coalesce: bool,
     pub coalesce_timeout: Duration,
-    pub hit_for_pass: Duration,
+    pub hit_for_pass: Option<Duration>,
     pub ttl_jitter: Duration,
     pub cache_status: bool,
     pub strip_tag_headers: bool,
@@ -72,6 +112,13 @@ pub(crate) struct Config {
     pub upstream_timeout: Option<Duration>,
     pub grpc_methods: Vec<GrpcMethod>,
     pub lease: Option<Duration>,
+}
+
+impl Config {
+    /// Whether a request with this method is looked up in the cache at all.
+    pub(crate) fn looks_up(&self, method: &Method) -> bool {
+        method == Method::GET || (self.head && method == Method::HEAD)
+    }
 }
 
 impl<St: Store> CacheLayer<St> {
@@ -90,14 +137,14 @@ impl<St: Store> CacheLayer<St> {
                     override_ttl: None,
                     heuristic: true,
                 },
-                methods: vec![Method::GET, Method::HEAD],
+                head: true,
                 routes: None,
                 swr: None,
                 sie: None,
                 stale_retention: Duration::from_secs(60),
                 coalesce: true,
                 coalesce_timeout: Duration::from_secs(10),
-                hit_for_pass: Duration::from_secs(10),
+                hit_for_pass: Some(Duration::from_secs(10)),
                 ttl_jitter: Duration::ZERO,
                 cache_status: true,
                 strip_tag_headers: true,
@@ -143,22 +190,30 @@ impl<St> CacheLayer<St> {
         self
     }
 
-    /// The request methods looked up in the cache; others pass through. Only GET responses
-    /// are stored; HEAD is served from them. Default GET and HEAD.
-    pub fn methods<I: IntoIterator<Item = Method>>(mut self, methods: I) -> Self {
-        self.config.methods = methods.into_iter().collect();
+    /// Whether HEAD requests are answered from stored GET responses (default on). GET is
+    /// always looked up; other methods always pass through, and only GET responses are stored.
+    pub fn head(mut self, enabled: bool) -> Self {
+        self.config.head = enabled;
         self
     }
 
     /// Caches only requests whose path starts with one of these prefixes; others pass
     /// through. Default: every path.
-    pub fn path_prefixes<I, T>(mut self, prefixes: I) -> Self
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] for a prefix that does not start with `/`.
+    pub fn path_prefixes<I, T>(mut self, prefixes: I) -> Result<Self, CacheConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.config.routes = Some(prefixes.into_iter().map(Into::into).collect());
-        self
+        let prefixes = prefixes
+            .into_iter()
+            .map(|prefix| path_prefix(prefix.into()))
+            .collect::<Result<_, _>>()?;
+        self.config.routes = Some(prefixes);
+        Ok(self)
     }
 
     /// Stale-while-revalidate window for responses that do not give one: within it a stale
@@ -196,8 +251,8 @@ impl<St> CacheLayer<St> {
     }
 
     /// How long a key whose response proved unstorable goes straight upstream, without
-    /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; zero disables it.
-    pub fn hit_for_pass(mut self, duration: Duration) -> Self {
+    /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; `None` turns it off.
+    pub fn hit_for_pass(mut self, duration: Option<Duration>) -> Self {
         self.config.hit_for_pass = duration;
         self
     }
@@ -240,23 +295,64 @@ impl<St> CacheLayer<St> {
 
     /// Lets requests with a `Cookie` header under `path_prefix` use the cache, with the named
     /// cookies' values as part of the key. Elsewhere, requests with cookies bypass the cache.
-    pub fn key_cookies<I, T>(mut self, path_prefix: impl Into<String>, cookies: I) -> Self
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] for a prefix that does not start with `/` or a cookie name that
+    /// is not a token.
+    pub fn key_cookies<I, T>(
+        mut self,
+        path_prefix: impl Into<String>,
+        cookies: I,
+    ) -> Result<Self, CacheConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.config.key.cookie_routes.push((
-            path_prefix.into(),
-            cookies.into_iter().map(Into::into).collect(),
-        ));
-        self
+        let prefix = self::path_prefix(path_prefix.into())?;
+        let cookies = cookies
+            .into_iter()
+            .map(|name| {
+                let name = name.into();
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if token {
+                    Ok(name)
+                } else {
+                    Err(refuse(
+                        CacheConfigErrorKind::Cookie,
+                        format!("cookie name {name:?} is not a token"),
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        self.config.key.cookie_routes.push((prefix, cookies));
+        Ok(self)
     }
 
     /// Scheme put in keys when the request URI has none (servers see origin-form URIs).
     /// Default `http`.
-    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
-        self.config.key.default_scheme = scheme.into();
-        self
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] unless `scheme` is a letter followed by letters, digits, `+`,
+    /// `-` or `.`.
+    pub fn scheme(mut self, scheme: impl Into<String>) -> Result<Self, CacheConfigError> {
+        let scheme = scheme.into();
+        let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+        if !valid {
+            return Err(refuse(
+                CacheConfigErrorKind::Scheme,
+                format!("{scheme:?} is not a URI scheme"),
+            ));
+        }
+        self.config.key.default_scheme = scheme.to_ascii_lowercase();
+        Ok(self)
     }
 
     /// Upper bound on an upstream call made by the cache; past it a stale entry inside its
@@ -270,25 +366,60 @@ impl<St> CacheLayer<St> {
     /// request message (see the [module docs](super#grpc)). Calls that carry credentials
     /// (`authorization` metadata or a cookie) bypass the cache: their answer may be the
     /// caller's own. Other gRPC methods pass through.
-    pub fn grpc_method(mut self, path: impl Into<String>, ttl: Duration) -> Self {
-        self.config.grpc_methods.push(GrpcMethod {
-            path: path.into(),
-            ttl,
-            public: false,
-        });
-        self
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] unless `path` is `/package.Service/Method`.
+    pub fn grpc_method(
+        self,
+        path: impl Into<String>,
+        ttl: Duration,
+    ) -> Result<Self, CacheConfigError> {
+        self.add_grpc_method(path.into(), ttl, false)
     }
 
     /// Like [`CacheLayer::grpc_method`] for a method whose answer does not depend on who
     /// calls: calls with credentials are answered from the cache (and stored) too. Mark a
     /// method public only when its handler ignores the caller.
-    pub fn grpc_public_method(mut self, path: impl Into<String>, ttl: Duration) -> Self {
-        self.config.grpc_methods.push(GrpcMethod {
-            path: path.into(),
-            ttl,
-            public: true,
-        });
-        self
+    ///
+    /// # Errors
+    ///
+    /// As [`CacheLayer::grpc_method`].
+    pub fn grpc_public_method(
+        self,
+        path: impl Into<String>,
+        ttl: Duration,
+    ) -> Result<Self, CacheConfigError> {
+        self.add_grpc_method(path.into(), ttl, true)
+    }
+
+    fn add_grpc_method(
+        mut self,
+        path: String,
+        ttl: Duration,
+        public: bool,
+    ) -> Result<Self, CacheConfigError> {
+        // `/package.Service/Method`: two non-empty segments, the service's package optional.
+        let valid = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(service, method)| {
+                !service.is_empty()
+                    && !method.is_empty()
+                    && !method.contains('/')
+                    && !service.ends_with('.')
+                    && !service.starts_with('.')
+            });
+        if !valid {
+            return Err(refuse(
+                CacheConfigErrorKind::GrpcMethod,
+                format!("gRPC method path {path:?} is not /package.Service/Method"),
+            ));
+        }
+        self.config
+            .grpc_methods
+            .push(GrpcMethod { path, ttl, public });
+        Ok(self)
     }
 
     /// Coalesces misses across instances sharing the store: the instance that leads a miss
@@ -344,4 +475,68 @@ pub(crate) struct Ctx<St> {
     pub store: Arc<St>,
     pub config: Config,
     pub shared: Arc<Shared>,
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn layer() -> CacheLayer<MemoryStore> {
+        CacheLayer::new(MemoryStore::new(1 << 20))
+    }
+
+    #[test]
+    fn settings_that_could_never_match_are_refused_with_their_kind() {
+        let kind = |r: Result<CacheLayer<MemoryStore>, CacheConfigError>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(layer().path_prefixes(["/a", "b"])),
+            CacheConfigErrorKind::PathPrefix
+        );
+        assert_eq!(
+            kind(layer().key_cookies("i18n", ["lang"])),
+            CacheConfigErrorKind::PathPrefix
+        );
+        for cookie in ["", "a b", "a;b", "é"] {
+            assert_eq!(
+                kind(layer().key_cookies("/", [cookie])),
+                CacheConfigErrorKind::Cookie
+            );
+        }
+        for scheme in ["", "1http", "ht tp", "http:"] {
+            assert_eq!(kind(layer().scheme(scheme)), CacheConfigErrorKind::Scheme);
+        }
+        let ttl = Duration::from_secs(1);
+        for path in ["", "Say", "/Say", "/a.B/", "//Say", "/a.B/C/D", "/.B/C"] {
+            assert_eq!(
+                kind(layer().grpc_method(path, ttl)),
+                CacheConfigErrorKind::GrpcMethod,
+                "{path}"
+            );
+        }
+        layer()
+            .path_prefixes(["/a", "/"])
+            .unwrap()
+            .key_cookies("/i18n/", ["lang", "__Host-id"])
+            .unwrap()
+            .scheme("HTTPS")
+            .unwrap()
+            .grpc_method("/shop.v1.Catalog/Get", ttl)
+            .unwrap()
+            .grpc_public_method("/Echo/Say", ttl)
+            .unwrap();
+    }
+
+    #[test]
+    fn get_is_always_looked_up_and_head_only_when_asked() {
+        let on = layer();
+        let off = layer().head(false);
+        assert!(on.config.looks_up(&Method::GET) && off.config.looks_up(&Method::GET));
+        assert!(on.config.looks_up(&Method::HEAD) && !off.config.looks_up(&Method::HEAD));
+        assert!(!on.config.looks_up(&Method::POST) && !on.config.looks_up(&Method::OPTIONS));
+        assert_eq!(
+            layer().scheme("HTTPS").unwrap().config.key.default_scheme,
+            "https"
+        );
+    }
 }

@@ -46,13 +46,14 @@
 //!             .max_body_size(256 * 1024)
 //!             .sort_query(true)
 //!             .ignore_query_params(["utm_*", "fbclid"])
-//!             .key_cookies("/i18n/", ["lang"])
+//!             .key_cookies("/i18n/", ["lang"])?
 //!             .ttl_jitter(Duration::from_secs(3)),
 //!     )
 //!     .service_fn(|_req: http::Request<String>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
 //!     });
 //! # let _ = service;
+//! # Ok::<(), tower_strata::cache::CacheConfigError>(())
 //! ```
 //!
 //! # What is stored
@@ -70,7 +71,7 @@
 //! character) forbids storing, and on a request bypasses the cache. Delta-seconds above 2^31
 //! count as 2^31; an `Age` that is not one valid number makes the response stale. On top:
 //! [`CacheLayer::default_ttl`] for responses that say nothing, [`CacheLayer::override_ttl`],
-//! [`CacheLayer::path_prefixes`], [`CacheLayer::methods`], and a per-response [`CacheOverride`]
+//! [`CacheLayer::path_prefixes`], [`CacheLayer::head`], and a per-response [`CacheOverride`]
 //! extension.
 //!
 //! # Never leaking private data
@@ -198,7 +199,7 @@ pub use future::ResponseFuture;
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub use grpc::{DEFAULT_MAX_MESSAGE_SIZE, GrpcKey, GrpcKeyFuture, GrpcKeyLayer};
 pub use key::{GrpcMessage, KeyPart};
-pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE};
+pub use layer::{CacheConfigError, CacheConfigErrorKind, CacheLayer, DEFAULT_MAX_BODY_SIZE};
 pub use policy::CacheOverride;
 pub use service::Cache;
 pub use state::CacheStats;

@@ -17,7 +17,6 @@ use super::future::ResponseFuture;
 use super::grpc_call::{self, grpc_request};
 use super::hit::try_hit;
 use super::invalidate::{is_safe, unsafe_request};
-use super::key::is_get_or_head;
 use super::layer::Ctx;
 use super::lookup::lookup;
 use super::policy::Directives;
@@ -117,8 +116,7 @@ where
     let config = &ctx.config;
     let path = request.uri().path();
     let request_cc = Directives::parse(request.headers(), &header::CACHE_CONTROL);
-    let bypass = !is_get_or_head(&method)
-        || !config.methods.contains(&method)
+    let bypass = !config.looks_up(&method)
         || config
             .routes
             .as_ref()

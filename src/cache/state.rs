@@ -161,10 +161,10 @@ impl Shared {
         }
     }
 
-    pub fn pass(&self, key: &str, duration: Duration) {
-        if duration.is_zero() {
+    pub fn pass(&self, key: &str, duration: Option<Duration>) {
+        let Some(duration) = duration.filter(|d| !d.is_zero()) else {
             return;
-        }
+        };
         let now = Instant::now();
         let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
         if passes.len() >= MAX_PASSES {

@@ -141,7 +141,10 @@ pub use data::{
     LatencyData, PurgeData, RouteData, RouteHistory, SlowRequestData, SlowStatementData,
     StatementData, StoreData, TxData, VERSION, WindowData,
 };
-pub use service::{DEFAULT_HISTORY_LEN, DEFAULT_SAMPLE_INTERVAL, Dashboard, DashboardConfigError};
+pub use service::{
+    DEFAULT_HISTORY_LEN, DEFAULT_SAMPLE_INTERVAL, Dashboard, DashboardConfigError,
+    DashboardConfigErrorKind,
+};
 
 #[cfg(test)]
 mod tests {

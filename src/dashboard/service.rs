@@ -30,10 +30,23 @@ pub const DEFAULT_HISTORY_LEN: usize = 300;
 
 type Source<T> = Option<Arc<dyn Fn() -> T + Send + Sync>>;
 
-/// A [`Dashboard`] setting that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid dashboard configuration: {0}")]
-pub struct DashboardConfigError(&'static str);
+/// A [`Dashboard`] setting that cannot work: a [`ConfigError`](crate::ConfigError) of
+/// [`DashboardConfigErrorKind`].
+pub type DashboardConfigError = crate::ConfigError<DashboardConfigErrorKind>;
+
+/// What is wrong with a [`Dashboard`] setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DashboardConfigErrorKind {
+    /// The bearer token is empty or not visible ASCII.
+    Token,
+    /// The chart history's interval is zero or its length out of range.
+    History,
+}
+
+impl crate::ConfigErrorKind for DashboardConfigErrorKind {
+    const COMPONENT: &'static str = "dashboard";
+}
 
 /// A live dashboard over the app's handles: one HTML page at `GET /` and its JSON snapshot,
 /// [`DashboardData`], at `GET /data`. Mount it at a path of your choice with
@@ -197,9 +210,9 @@ impl Dashboard {
     ///
     /// [`DashboardConfigError`] if the token is empty or not visible ASCII.
     pub fn bearer_token(self, token: &str) -> Result<Self, DashboardConfigError> {
-        let token = crate::purge::BearerToken::new(token).ok_or(DashboardConfigError(
-            "the bearer token must be non-empty visible ASCII",
-        ))?;
+        let token = crate::purge::BearerToken::new(token).map_err(|e| {
+            DashboardConfigError::new(DashboardConfigErrorKind::Token, e.message().to_owned())
+        })?;
         Ok(self.authorize(token))
     }
 
@@ -211,12 +224,14 @@ impl Dashboard {
     /// [`DashboardConfigError`] if the interval is zero or the length is zero or above 3,600.
     pub fn history(self, interval: Duration, len: usize) -> Result<Self, DashboardConfigError> {
         if interval.is_zero() {
-            return Err(DashboardConfigError(
+            return Err(DashboardConfigError::new(
+                DashboardConfigErrorKind::History,
                 "the sample interval must be greater than zero",
             ));
         }
         if !(1..=3_600).contains(&len) {
-            return Err(DashboardConfigError(
+            return Err(DashboardConfigError::new(
+                DashboardConfigErrorKind::History,
                 "the history must keep between 1 and 3,600 samples",
             ));
         }

@@ -108,7 +108,7 @@
 //! let app: Router = Router::new()
 //!     .route("/items", get(list))
 //!     .with_state(Pager::new("items", sorts, key)?)
-//!     .layer(ServiceBuilder::new().layer(TxLayer::new(pool, TxConfig::default())?));
+//!     .layer(ServiceBuilder::new().layer(TxLayer::try_new(pool, TxConfig::default())?));
 //! # let _ = app; Ok(()) }
 //! ```
 //!

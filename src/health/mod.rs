@@ -100,7 +100,10 @@ pub use check::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisCheck;
-pub use registry::{Check, CheckReport, Health, HealthBuilder, HealthConfigError, HealthReport};
+pub use registry::{
+    Check, CheckReport, Health, HealthBuilder, HealthConfigError, HealthConfigErrorKind,
+    HealthReport,
+};
 pub use service::{HealthFuture, HealthService};
 #[cfg(feature = "sqlx")]
 #[cfg_attr(

@@ -64,19 +64,24 @@ impl Check {
     }
 }
 
-/// An invalid [`Health`] configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An invalid [`Health`] configuration: a [`ConfigError`](crate::ConfigError) of
+/// [`HealthConfigErrorKind`], from [`HealthBuilder::build`].
+pub type HealthConfigError = crate::ConfigError<HealthConfigErrorKind>;
+
+/// What is wrong with a [`Health`] configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum HealthConfigError {
-    /// Two checks share a name.
-    #[error("two health checks are named {0:?}")]
-    DuplicateName(String),
+pub enum HealthConfigErrorKind {
+    /// Two checks share a name (the message names it).
+    DuplicateName,
     /// A check has an empty name.
-    #[error("a health check has an empty name")]
     EmptyName,
     /// The interval, a timeout or the maximum age is zero.
-    #[error("{0} must be greater than zero")]
-    Zero(&'static str),
+    ZeroDuration,
+}
+
+impl crate::ConfigErrorKind for HealthConfigErrorKind {
+    const COMPONENT: &'static str = "health";
 }
 
 /// Builds a [`Health`].
@@ -121,26 +126,38 @@ impl HealthBuilder {
     ///
     /// [`HealthConfigError`] for duplicate or empty names and zero durations.
     pub fn build(self) -> Result<Health, HealthConfigError> {
+        let zero = |what: &str| {
+            HealthConfigError::new(
+                HealthConfigErrorKind::ZeroDuration,
+                format!("{what} must be greater than zero"),
+            )
+        };
         for (i, c) in self.checks.iter().enumerate() {
             if c.name.is_empty() {
-                return Err(HealthConfigError::EmptyName);
+                return Err(HealthConfigError::new(
+                    HealthConfigErrorKind::EmptyName,
+                    "a health check has an empty name",
+                ));
             }
             if self.checks[..i].iter().any(|o| o.name == c.name) {
-                return Err(HealthConfigError::DuplicateName(c.name.clone()));
+                return Err(HealthConfigError::new(
+                    HealthConfigErrorKind::DuplicateName,
+                    format!("two health checks are named {:?}", c.name),
+                ));
             }
             if c.timeout.is_some_and(|t| t.is_zero()) {
-                return Err(HealthConfigError::Zero("check timeout"));
+                return Err(zero("check timeout"));
             }
         }
         if self.interval.is_zero() {
-            return Err(HealthConfigError::Zero("interval"));
+            return Err(zero("interval"));
         }
         if self.timeout.is_zero() {
-            return Err(HealthConfigError::Zero("timeout"));
+            return Err(zero("timeout"));
         }
         let max_age = self.max_age.unwrap_or(self.interval + self.timeout);
         if max_age.is_zero() {
-            return Err(HealthConfigError::Zero("max_age"));
+            return Err(zero("max_age"));
         }
         let states = self.checks.iter().map(|_| CheckState::default()).collect();
         Ok(Health {
@@ -449,17 +466,18 @@ mod tests {
             .check(Check::optional("db", ok()))
             .build()
             .unwrap_err();
-        assert_eq!(err, HealthConfigError::DuplicateName("db".into()));
+        assert_eq!(err.kind(), HealthConfigErrorKind::DuplicateName);
+        assert!(err.to_string().contains("\"db\""));
         let err = Health::builder()
             .check(Check::required("", ok()))
             .build()
             .unwrap_err();
-        assert_eq!(err, HealthConfigError::EmptyName);
+        assert_eq!(err.kind(), HealthConfigErrorKind::EmptyName);
         let err = Health::builder()
             .timeout(Duration::ZERO)
             .build()
             .unwrap_err();
-        assert_eq!(err, HealthConfigError::Zero("timeout"));
+        assert_eq!(err.kind(), HealthConfigErrorKind::ZeroDuration);
     }
 
     #[test]

@@ -132,7 +132,9 @@ pub use export::{
 };
 pub use future::ResponseFuture;
 pub use layer::MetricsLayer;
-pub use registry::{MetricsConfigError, MetricsRegistry, MetricsRegistryBuilder, Window};
+pub use registry::{
+    MetricsConfigError, MetricsConfigErrorKind, MetricsRegistry, MetricsRegistryBuilder, Window,
+};
 pub use route::{RequestInfo, RouteLabel};
 pub use service::Metrics;
 pub use snapshot::{LatencyReport, LatencySummary, RouteSnapshot, SlowRequest, StatusClasses};

@@ -5,6 +5,8 @@ use http::header;
 use http::request::Parts;
 use subtle::{Choice, ConstantTimeEq};
 
+use super::{PurgeConfigError, PurgeConfigErrorKind};
+
 /// An authorizer's verdict on a purge request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -65,13 +67,41 @@ where
     }
 }
 
-/// `Authorization: Bearer <token>` checked against one token.
-pub(crate) struct BearerToken(Box<[u8]>);
+/// An [`Authorize`] policy letting through requests that bear `Authorization: Bearer <token>`
+/// with this one token, compared in constant time. Its `Debug` does not show the token.
+///
+/// ```
+/// use tower_strata::purge::{BearerToken, PurgeConfigErrorKind};
+///
+/// assert!(BearerToken::new("s3cret").is_ok());
+/// let err = BearerToken::new("two words").unwrap_err();
+/// assert_eq!(err.kind(), PurgeConfigErrorKind::Token);
+/// ```
+#[derive(Clone)]
+pub struct BearerToken(Box<[u8]>);
 
 impl BearerToken {
-    pub(crate) fn new(token: &str) -> Option<Self> {
+    /// A policy accepting `token`.
+    ///
+    /// # Errors
+    ///
+    /// A [`PurgeConfigError`] if the token is empty or has characters a header value cannot
+    /// carry after `Bearer ` (controls, spaces, non-ASCII).
+    pub fn new(token: &str) -> Result<Self, PurgeConfigError> {
         let valid = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
-        valid.then(|| BearerToken(token.as_bytes().into()))
+        if !valid {
+            return Err(PurgeConfigError::new(
+                PurgeConfigErrorKind::Token,
+                "the bearer token must be non-empty visible ASCII",
+            ));
+        }
+        Ok(BearerToken(token.as_bytes().into()))
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
     }
 }
 
@@ -141,8 +171,8 @@ mod tests {
         );
         assert_eq!(verdict(Some("Bearer")), Authorization::Unauthenticated);
         assert_eq!(verdict(None), Authorization::Unauthenticated);
-        assert!(BearerToken::new("").is_none());
-        assert!(BearerToken::new("with space").is_none());
+        assert!(BearerToken::new("").is_err());
+        assert!(BearerToken::new("with space").is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::Purger;
 use super::invalidate::{Counters, InvalidateStats, run};
-use super::rules::{CompiledEventRule, EventRule, RuleError, Targets};
+use super::rules::{CompiledEventRule, EventRule, Targets};
+use super::{PurgeConfigError, PurgeConfigErrorKind};
 
 /// Longest event name, in bytes.
 const MAX_EVENT_LEN: usize = 256;
@@ -19,12 +20,6 @@ const MAX_EVENT_LEN: usize = 256;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
-    /// An event rule is malformed.
-    #[error(transparent)]
-    Rule(#[from] RuleError),
-    /// The bus settings are invalid (a bad Redis URL or namespace, no Tokio runtime...).
-    #[error("invalidation bus: {0}")]
-    Config(String),
     /// The event name is empty or over 256 bytes.
     #[error("invalid event name {0:?}")]
     Event(String),
@@ -253,9 +248,9 @@ impl InvalidationBusBuilder {
     ///
     /// # Errors
     ///
-    /// [`BusError::Rule`] for a malformed rule; with Redis, [`BusError::Config`] for an invalid
-    /// URL, namespace or zero timeout, or when not called inside a Tokio runtime.
-    pub fn build(self) -> Result<InvalidationBus, BusError> {
+    /// A [`PurgeConfigError`] for a malformed rule; with Redis, for an invalid URL, namespace
+    /// or zero timeout, or when not called inside a Tokio runtime.
+    pub fn build(self) -> Result<InvalidationBus, PurgeConfigError> {
         let rules = self
             .rules
             .into_iter()
@@ -350,7 +345,7 @@ mod remote {
     use crate::store::redis::{Target, Timeouts};
     use crate::store::subscriber::{self, SubscribeConfig, Subscriber};
 
-    use super::{BusError, Core, RedisSettings, Remote};
+    use super::{BusError, Core, PurgeConfigError, PurgeConfigErrorKind, RedisSettings, Remote};
 
     #[derive(Serialize, Deserialize)]
     struct Message {
@@ -369,31 +364,44 @@ mod remote {
         .expect("JSON values always serialize")
     }
 
-    pub(super) fn start(settings: RedisSettings, core: Arc<Core>) -> Result<Remote, BusError> {
+    pub(super) fn start(
+        settings: RedisSettings,
+        core: Arc<Core>,
+    ) -> Result<Remote, PurgeConfigError> {
         if settings.namespace.is_empty() || settings.namespace.chars().any(char::is_control) {
-            return Err(BusError::Config(format!(
-                "namespace {:?} must be non-empty and free of control characters",
-                settings.namespace
-            )));
+            return Err(PurgeConfigError::new(
+                PurgeConfigErrorKind::Namespace,
+                format!(
+                    "invalidation bus namespace {:?} must be non-empty and free of control characters",
+                    settings.namespace
+                ),
+            ));
         }
         if settings.timeout.is_zero()
             || settings.connect_timeout.is_zero()
             || settings.ping_interval.is_zero()
         {
-            return Err(BusError::Config(
-                "timeouts and the ping interval must be above zero".into(),
+            return Err(PurgeConfigError::new(
+                PurgeConfigErrorKind::Setting,
+                "the invalidation bus's timeouts and ping interval must be above zero",
             ));
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            BusError::Config("the Redis bus must be built inside a Tokio runtime".into())
+            PurgeConfigError::new(
+                PurgeConfigErrorKind::NoRuntime,
+                "the Redis invalidation bus must be built inside a Tokio runtime",
+            )
         })?;
-        let target = Target::parse(&settings.url).map_err(BusError::Config)?;
+        let bad_url = |e: crate::store::StoreConfigError| {
+            PurgeConfigError::new(PurgeConfigErrorKind::Url, e.message().to_owned()).with_source(e)
+        };
+        let target = Target::parse(&settings.url).map_err(bad_url)?;
         let conn = target
             .connect_lazily(Timeouts {
                 connect: settings.connect_timeout,
                 response: settings.timeout,
             })
-            .map_err(BusError::Config)?;
+            .map_err(bad_url)?;
         let instance = rand::random();
         let channel = format!("{}:events", settings.namespace);
         let connected = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::auth::{Authorize, BearerToken};
+use super::auth::Authorize;
+#[cfg(doc)]
+use super::auth::BearerToken;
 use super::limit::{Bucket, RateLimit};
 use super::service::Purge;
 use super::{CachePurger, Purger};
@@ -38,22 +40,49 @@ impl From<Purger> for PurgeHandle {
     }
 }
 
-/// A [`PurgeLayer`] configuration that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid purge configuration: {0}")]
-pub struct PurgeConfigError(String);
+/// A purge or invalidation configuration that cannot work: a
+/// [`ConfigError`](crate::ConfigError) of [`PurgeConfigErrorKind`], from [`PurgeLayer`],
+/// [`RateLimit::new`], [`InvalidateLayer::rule`](super::InvalidateLayer::rule) and
+/// [`InvalidationBusBuilder::build`](super::InvalidationBusBuilder::build).
+pub type PurgeConfigError = crate::ConfigError<PurgeConfigErrorKind>;
 
-impl PurgeConfigError {
-    pub(crate) fn new(reason: &str) -> Self {
-        PurgeConfigError(reason.to_owned())
+/// What is wrong with a purge or invalidation configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PurgeConfigErrorKind {
+    /// The bearer token is empty or not visible ASCII.
+    Token,
+    /// The rate limit's burst is zero or its refill rate not a positive number.
+    RateLimit,
+    /// An invalidation rule is malformed; its [`RuleError`](super::RuleError) is the
+    /// [`source`](std::error::Error::source).
+    Rule,
+    /// The invalidation bus's Redis URL cannot be used; the store's
+    /// [`StoreConfigError`](crate::store::StoreConfigError) is the source.
+    Url,
+    /// The invalidation bus's namespace is empty or holds a control character.
+    Namespace,
+    /// A timeout or interval is zero.
+    Setting,
+    /// Built outside a Tokio runtime.
+    NoRuntime,
+}
+
+impl crate::ConfigErrorKind for PurgeConfigErrorKind {
+    const COMPONENT: &'static str = "purge";
+}
+
+impl From<super::RuleError> for PurgeConfigError {
+    fn from(rule: super::RuleError) -> Self {
+        PurgeConfigError::new(PurgeConfigErrorKind::Rule, rule.to_string()).with_source(rule)
     }
 }
 
 /// Answers `PURGE <url>` and `POST /_cache/purge` in front of a service; see the
 /// [module docs](super#purging-over-http).
 ///
-/// There is no unprotected constructor: a layer is built with a bearer token
-/// ([`PurgeLayer::with_token`]) or an [`Authorize`] policy ([`PurgeLayer::with_authorizer`]).
+/// There is no unprotected constructor: [`PurgeLayer::new`] takes a [`BearerToken`] or an
+/// [`Authorize`] policy.
 /// Cheap to clone; every service it makes (and its clones) share one rate limit.
 #[derive(Clone)]
 pub struct PurgeLayer {
@@ -87,28 +116,11 @@ impl std::fmt::Debug for PurgeLayer {
 }
 
 impl PurgeLayer {
-    /// A purge layer that lets requests bearing `Authorization: Bearer <token>` purge
-    /// (compared in constant time), with the defaults: `PURGE <url>` on,
+    /// A purge layer that lets through the requests `authorizer` allows — a [`BearerToken`]
+    /// or the app's own [`Authorize`] policy — with the defaults: `PURGE <url>` on,
     /// [`DEFAULT_PURGE_PATH`], bodies up to [`DEFAULT_MAX_PURGE_BODY`] read within 5 s,
     /// [`RateLimit::DEFAULT`].
-    ///
-    /// # Errors
-    ///
-    /// [`PurgeConfigError`] if the token is empty or has characters a header value cannot
-    /// carry after `Bearer ` (controls, spaces, non-ASCII).
-    pub fn with_token(
-        purger: impl Into<PurgeHandle>,
-        token: &str,
-    ) -> Result<Self, PurgeConfigError> {
-        let token = BearerToken::new(token).ok_or_else(|| {
-            PurgeConfigError::new("the bearer token must be non-empty visible ASCII")
-        })?;
-        Ok(Self::with_authorizer(purger, token))
-    }
-
-    /// A purge layer whose requests `authorizer` lets through, with the defaults of
-    /// [`PurgeLayer::with_token`].
-    pub fn with_authorizer(purger: impl Into<PurgeHandle>, authorizer: impl Authorize) -> Self {
+    pub fn new(purger: impl Into<PurgeHandle>, authorizer: impl Authorize) -> Self {
         let limit = RateLimit::DEFAULT;
         PurgeLayer {
             settings: Arc::new(Settings {

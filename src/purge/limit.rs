@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::layer::PurgeConfigError;
+use super::layer::{PurgeConfigError, PurgeConfigErrorKind};
 
 /// A token bucket for purge requests, as CDN purge APIs have: up to `burst` purges at once,
 /// then `per_second` more each second. Shared by every service a
@@ -29,10 +29,14 @@ impl RateLimit {
     /// [`PurgeConfigError`] if `burst` is 0 or `per_second` is not a positive, finite number.
     pub fn new(burst: u32, per_second: f64) -> Result<Self, PurgeConfigError> {
         if burst == 0 {
-            return Err(PurgeConfigError::new("rate limit burst must be at least 1"));
+            return Err(PurgeConfigError::new(
+                PurgeConfigErrorKind::RateLimit,
+                "rate limit burst must be at least 1",
+            ));
         }
         if !(per_second.is_finite() && per_second > 0.0) {
             return Err(PurgeConfigError::new(
+                PurgeConfigErrorKind::RateLimit,
                 "rate limit refill must be a positive, finite number per second",
             ));
         }

@@ -27,9 +27,8 @@
 //!   `{"keys":[..],"tags":[..],"patterns":[..],"regexes":[..],"all":false,"soft":true}`,
 //!   answered `200` with the [`PurgeReport`] counts and their `total`.
 //!
-//! Protected by construction: there is no constructor without a bearer token
-//! ([`PurgeLayer::with_token`], compared in constant time) or an [`Authorize`] policy
-//! ([`PurgeLayer::with_authorizer`]). Answers, all JSON `{"error": ".."}` except success:
+//! Protected by construction: [`PurgeLayer::new`] takes a [`BearerToken`] (compared in
+//! constant time) or an [`Authorize`] policy; there is no constructor without one. Answers, all JSON `{"error": ".."}` except success:
 //!
 //! | case | status |
 //! | --- | --- |
@@ -56,11 +55,11 @@
 //! use axum::{Router, routing::get};
 //! use tower::ServiceExt;
 //! use tower_strata::cache::CacheLayer;
-//! use tower_strata::purge::PurgeLayer;
+//! use tower_strata::purge::{BearerToken, PurgeLayer};
 //! use tower_strata::store::MemoryStore;
 //!
 //! let cache = CacheLayer::new(MemoryStore::new(64 << 20));
-//! let purge = PurgeLayer::with_token(cache.purger(), "s3cret").unwrap();
+//! let purge = PurgeLayer::new(cache.purger(), BearerToken::new("s3cret").unwrap());
 //! let app = Router::new()
 //!     .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
 //!     .layer(cache)
@@ -99,7 +98,7 @@
 //! };
 //! let service = ServiceBuilder::new()
 //!     .layer(
-//!         PurgeLayer::with_authorizer(cache.purger(), policy)
+//!         PurgeLayer::new(cache.purger(), policy)
 //!             .path("/admin/purge")
 //!             .max_body_size(16 * 1024)
 //!             .body_timeout(Duration::from_secs(2))
@@ -128,10 +127,9 @@ mod purger;
 mod rules;
 mod service;
 
-pub use auth::{Authorization, Authorize};
+pub use auth::{Authorization, Authorize, BearerToken};
 // The dashboard checks its bearer token as the purge endpoint does.
 #[cfg(feature = "dashboard")]
-pub(crate) use auth::BearerToken;
 pub use body::PurgeBody;
 pub use bus::{BusError, InvalidationBus, InvalidationBusBuilder};
 pub use cache::CachePurger;
@@ -141,7 +139,8 @@ pub use invalidate::{
     ResponseFuture as InvalidateFuture,
 };
 pub use layer::{
-    DEFAULT_MAX_PURGE_BODY, DEFAULT_PURGE_PATH, PurgeConfigError, PurgeHandle, PurgeLayer,
+    DEFAULT_MAX_PURGE_BODY, DEFAULT_PURGE_PATH, PurgeConfigError, PurgeConfigErrorKind,
+    PurgeHandle, PurgeLayer,
 };
 pub use limit::RateLimit;
 pub use purger::{

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{BoxStore, SetOptions, StoreError};
+use super::{BoxStore, SetOptions, StoreConfigError, StoreConfigErrorKind};
 
 /// Presets matching the original design's cache-manager profiles.
 ///
@@ -28,23 +28,10 @@ pub enum Preset {
     Distributed,
 }
 
-/// A configuration error, naming the variable at fault. Reported when the configuration is
-/// read, not on the first request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}={value:?}: {reason}")]
-pub struct ConfigError {
-    /// The environment variable.
-    pub var: &'static str,
-    /// Its value.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
 /// How to build a store: which tiers, where Redis is, and the default entry options.
 ///
 /// ```
-/// use tower_strata::store::{Preset, StoreConfig};
+/// use tower_strata::store::{Preset, StoreConfig, StoreConfigErrorKind};
 ///
 /// let env = |name: &str| match name {
 ///     "CACHE_TTL" => Some("120".to_string()),
@@ -57,7 +44,7 @@ pub struct ConfigError {
 ///
 /// let bad = |name: &str| (name == "CACHE_TTL").then(|| "soon".to_string());
 /// let err = StoreConfig::from_lookup(bad).unwrap_err();
-/// assert_eq!(err.var, "CACHE_TTL");
+/// assert_eq!(err.kind(), StoreConfigErrorKind::Variable("CACHE_TTL"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -107,8 +94,8 @@ impl StoreConfig {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first bad variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// A [`StoreConfigError`] naming the first bad variable.
+    pub fn from_env() -> Result<Self, StoreConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
@@ -119,16 +106,17 @@ impl StoreConfig {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first bad variable, or `ENABLE_LOCAL_CACHE` when both
+    /// A [`StoreConfigError`] naming the first bad variable, or `ENABLE_LOCAL_CACHE` when both
     /// tiers are turned off.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, StoreConfigError> {
         let mut config = Self::preset(Preset::Moderate);
-        let bad = |var: &'static str, value: &str, reason: &str| ConfigError {
-            var,
-            value: value.to_owned(),
-            reason: reason.to_owned(),
+        let bad = |var: &'static str, value: &str, reason: &str| {
+            StoreConfigError::new(
+                StoreConfigErrorKind::Variable(var),
+                format!("{var}={value:?}: {reason}"),
+            )
         };
-        let flag = |var: &'static str| -> Result<Option<bool>, ConfigError> {
+        let flag = |var: &'static str| -> Result<Option<bool>, StoreConfigError> {
             match lookup(var) {
                 None => Ok(None),
                 Some(v) => match v.trim().to_ascii_lowercase().as_str() {
@@ -223,9 +211,9 @@ impl StoreConfig {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Config`] when Redis is asked for but the `redis` feature (or, for two
+    /// A [`StoreConfigError`] when Redis is asked for but the `redis` feature (or, for two
     /// tiers, `memory`) is off, or when not in a Tokio runtime.
-    pub fn build(&self) -> Result<BoxStore, StoreError> {
+    pub fn build(&self) -> Result<BoxStore, StoreConfigError> {
         #[cfg(feature = "memory")]
         let memory = || {
             super::MemoryStore::builder()
@@ -252,9 +240,10 @@ impl StoreConfig {
                         .build()?,
                 ))
             }
-            (local, redis) => Err(StoreError::Config(format!(
-                "local={local}, redis={redis} needs features that are not enabled"
-            ))),
+            (local, redis) => Err(StoreConfigError::new(
+                StoreConfigErrorKind::FeatureDisabled,
+                format!("local={local}, redis={redis} needs features that are not enabled"),
+            )),
         }
     }
 }
@@ -314,7 +303,11 @@ mod tests {
             "a/b:1",
         ] {
             let err = StoreConfig::from_lookup(env_owned("REDIS_CLUSTER_NODES", bad)).unwrap_err();
-            assert_eq!(err.var, "REDIS_CLUSTER_NODES", "{bad:?}");
+            assert_eq!(
+                err.kind(),
+                StoreConfigErrorKind::Variable("REDIS_CLUSTER_NODES"),
+                "{bad:?}"
+            );
         }
     }
 
@@ -350,7 +343,10 @@ mod tests {
         ] {
             let vars: &'static [(&'static str, &'static str)] =
                 Box::leak(vars.to_vec().into_boxed_slice());
-            assert_eq!(StoreConfig::from_lookup(env(vars)).unwrap_err().var, var);
+            assert_eq!(
+                StoreConfig::from_lookup(env(vars)).unwrap_err().kind(),
+                StoreConfigErrorKind::Variable(var)
+            );
         }
     }
 }

@@ -104,9 +104,41 @@ pub enum StoreError {
         /// The operation.
         op: &'static str,
     },
-    /// The store's configuration is invalid.
-    #[error("invalid store configuration: {0}")]
-    Config(String),
+    /// The server cannot run this store (a Redis older than 7.0, say): found by
+    /// [`RedisStore::check_server`](super::RedisStore::check_server).
+    #[error("incompatible server: {0}")]
+    Incompatible(String),
+}
+
+/// A store configuration that cannot work: a [`ConfigError`](crate::ConfigError) of
+/// [`StoreConfigErrorKind`], from [`StoreConfig::from_env`](super::StoreConfig::from_env),
+/// [`StoreConfig::build`](super::StoreConfig::build) and the stores' `build`.
+pub type StoreConfigError = crate::ConfigError<StoreConfigErrorKind>;
+
+/// What is wrong with a store's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreConfigErrorKind {
+    /// This environment variable holds a value that cannot be used (or, for
+    /// `ENABLE_LOCAL_CACHE`, both tiers are turned off).
+    Variable(&'static str),
+    /// The Redis URL cannot be parsed or names no node.
+    Url,
+    /// The namespace is empty or holds a control character.
+    Namespace,
+    /// A timeout is zero, or a breaker would never open.
+    Setting,
+    /// Built outside a Tokio runtime.
+    NoRuntime,
+    /// A tiered store over a Redis store built without its backplane: instances could not
+    /// stay coherent.
+    NoBackplane,
+    /// The configuration needs a cargo feature of this crate that is not enabled.
+    FeatureDisabled,
+}
+
+impl crate::ConfigErrorKind for StoreConfigErrorKind {
+    const COMPONENT: &'static str = "store";
 }
 
 impl StoreError {

@@ -142,10 +142,10 @@ mod tiered;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use config::{ConfigError, Preset, StoreConfig};
+pub use config::{Preset, StoreConfig};
 pub use dynamic::{BoxStore, DynStore};
 pub use entry::{Entry, Limits, SetOptions};
-pub use error::StoreError;
+pub use error::{StoreConfigError, StoreConfigErrorKind, StoreError};
 pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern};
 pub use stats::{BreakerState, StoreStats};
 pub use typed::{CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder, TypedCache};

@@ -13,8 +13,8 @@ use super::entry::now_micros;
 use super::pending::Pending;
 use super::stats::{BreakerState, Counters};
 use super::{
-    Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store, StoreError,
-    StoreStats,
+    Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store,
+    StoreConfigError, StoreConfigErrorKind, StoreError, StoreStats,
 };
 
 /// A two-tier [`Store`] (features `memory` and `redis`): reads try L1 (memory) then L2 (Redis),
@@ -106,14 +106,20 @@ impl TieredStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Config`] when the Redis store runs without a backplane (instances could not
-    /// stay coherent) or when not called inside a Tokio runtime.
-    pub fn build(self) -> Result<TieredStore, StoreError> {
+    /// A [`StoreConfigError`] when the Redis store runs without a backplane (instances could
+    /// not stay coherent) or when not called inside a Tokio runtime.
+    pub fn build(self) -> Result<TieredStore, StoreConfigError> {
         let events = self.l2.subscribe().ok_or_else(|| {
-            StoreError::Config("a tiered store needs its Redis store's backplane".into())
+            StoreConfigError::new(
+                StoreConfigErrorKind::NoBackplane,
+                "a tiered store needs its Redis store's backplane",
+            )
         })?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            StoreError::Config("TieredStore must be built inside a Tokio runtime".into())
+            StoreConfigError::new(
+                StoreConfigErrorKind::NoRuntime,
+                "TieredStore must be built inside a Tokio runtime",
+            )
         })?;
         let epoch = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(Pending::default());
@@ -242,7 +248,7 @@ impl TieredStore {
     /// # Errors
     ///
     /// See [`TieredStoreBuilder::build`].
-    pub fn new(l1: MemoryStore, l2: RedisStore) -> Result<Self, StoreError> {
+    pub fn try_new(l1: MemoryStore, l2: RedisStore) -> Result<Self, StoreConfigError> {
         Self::builder(l1, l2).build()
     }
 

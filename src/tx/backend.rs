@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 
 use super::config::TxConfig;
-use super::error::{ConfigError, RetryReason};
+use super::error::{RetryReason, TxConfigError, TxConfigErrorKind};
 
 mod sealed {
     pub trait Sealed {}
@@ -24,7 +24,7 @@ pub trait TxDatabase: sqlx::Database + sealed::Sealed {
     const ERROR_ABORTS_TRANSACTION: bool;
 
     #[doc(hidden)]
-    fn validate(config: &TxConfig) -> Result<(), ConfigError>;
+    fn validate(config: &TxConfig) -> Result<(), TxConfigError>;
 
     /// Begins the request's transaction, read-only when `read_only`, with the isolation and
     /// the transaction-scoped timeouts of `config`.
@@ -114,7 +114,7 @@ impl sealed::Sealed for sqlx::Postgres {}
 impl TxDatabase for sqlx::Postgres {
     const ERROR_ABORTS_TRANSACTION: bool = true;
 
-    fn validate(_config: &TxConfig) -> Result<(), ConfigError> {
+    fn validate(_config: &TxConfig) -> Result<(), TxConfigError> {
         Ok(())
     }
 
@@ -166,14 +166,16 @@ impl sealed::Sealed for sqlx::MySql {}
 impl TxDatabase for sqlx::MySql {
     const ERROR_ABORTS_TRANSACTION: bool = false;
 
-    fn validate(config: &TxConfig) -> Result<(), ConfigError> {
+    fn validate(config: &TxConfig) -> Result<(), TxConfigError> {
         if config.statement_timeout.is_some() {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Unsupported,
                 "statement_timeout is only supported on PostgreSQL",
             ));
         }
         if config.transaction_pooling {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Unsupported,
                 "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
             ));
         }
@@ -232,10 +234,11 @@ impl sealed::Sealed for sqlx::Sqlite {}
 impl TxDatabase for sqlx::Sqlite {
     const ERROR_ABORTS_TRANSACTION: bool = false;
 
-    fn validate(config: &TxConfig) -> Result<(), ConfigError> {
+    fn validate(config: &TxConfig) -> Result<(), TxConfigError> {
         use super::config::IsolationLevel;
         if !matches!(config.isolation, None | Some(IsolationLevel::Serializable)) {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Unsupported,
                 "SQLite transactions are always SERIALIZABLE",
             ));
         }
@@ -243,17 +246,20 @@ impl TxDatabase for sqlx::Sqlite {
             .explicit_modes()
             .any(|m| m == super::config::TxMode::ReadOnly)
         {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Unsupported,
                 "TxMode::ReadOnly (read_only) is not supported on SQLite (open the pool read-only instead)",
             ));
         }
         if config.transaction_pooling {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Unsupported,
                 "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
             ));
         }
         if config.statement_timeout.is_some() || config.lock_timeout.is_some() {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Unsupported,
                 "statement and lock timeouts are not supported on SQLite (use busy_timeout on the connect options)",
             ));
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::error::ConfigError;
+use super::error::{TxConfigError, TxConfigErrorKind};
 
 /// How a request works with the database: without a transaction, in a read-only one, or in a
 /// read-write one. Chosen per layer (so per route) and per method: see [`TxConfig::mode`] and
@@ -109,7 +109,7 @@ pub enum SqliteBegin {
 
 /// Settings of a [`TxLayer`](super::TxLayer).
 ///
-/// Build it with [`TxConfig::default`] and the setters; [`TxLayer::new`](super::TxLayer::new)
+/// Build it with [`TxConfig::default`] and the setters; [`TxLayer::try_new`](super::TxLayer::try_new)
 /// validates it against the database (a setting the database cannot honour is an error, not
 /// silently ignored).
 #[derive(Debug, Clone)]
@@ -256,7 +256,7 @@ impl TxConfig {
     ///   (PgBouncer 1.21 and later can carry named statements with `max_prepared_statements`;
     ///   1.18, Debian 12's, cannot.)
     /// - `GET`, `HEAD` and `OPTIONS` default to [`TxMode::ReadOnly`], and
-    ///   [`TxMode::Autocommit`] is refused ([`TxLayer::new`](super::TxLayer::new) fails): sqlx
+    ///   [`TxMode::Autocommit`] is refused ([`TxLayer::try_new`](super::TxLayer::try_new) fails): sqlx
     ///   sends a statement with parameters in two round trips (parse, then bind and execute),
     ///   and outside a transaction the pooler may send them to two different server
     ///   connections. Inside one, the server connection stays the same from `BEGIN` to
@@ -368,15 +368,22 @@ impl TxConfig {
         self
     }
 
-    pub(crate) fn validate_common(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate_common(&self) -> Result<(), TxConfigError> {
         if self.max_attempts == 0 {
-            return Err(ConfigError::new("max_attempts must be at least 1"));
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Retry,
+                "max_attempts must be at least 1",
+            ));
         }
         if self.backoff_base > self.backoff_max {
-            return Err(ConfigError::new("backoff base must not exceed its maximum"));
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Retry,
+                "backoff base must not exceed its maximum",
+            ));
         }
         if self.transaction_pooling && self.explicit_modes().any(|m| m == TxMode::Autocommit) {
-            return Err(ConfigError::new(
+            return Err(TxConfigError::new(
+                TxConfigErrorKind::Conflict,
                 "TxMode::Autocommit cannot run through a transaction pooler (transaction_pooling): \
                  a statement's parse and execute may reach different server connections",
             ));
@@ -388,7 +395,10 @@ impl TxConfig {
             ("end_timeout", Some(self.end_timeout)),
         ] {
             if d == Some(Duration::ZERO) {
-                return Err(ConfigError::new(format!("{name} must be positive")));
+                return Err(TxConfigError::new(
+                    TxConfigErrorKind::ZeroTimeout,
+                    format!("{name} must be positive"),
+                ));
             }
         }
         Ok(())

@@ -2,31 +2,30 @@
 
 use std::fmt;
 
-/// A [`TxConfig`](super::TxConfig) the database cannot honour, or a nonsensical one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
+/// A [`TxConfig`](super::TxConfig) the database cannot honour, or a nonsensical one: a
+/// [`ConfigError`](crate::ConfigError) of [`TxConfigErrorKind`], from
+/// [`TxLayer::try_new`](super::TxLayer::try_new).
+pub type TxConfigError = crate::ConfigError<TxConfigErrorKind>;
+
+/// What is wrong with a [`TxConfig`](super::TxConfig).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TxConfigErrorKind {
+    /// The retry settings contradict themselves (no attempt at all, a back-off base above its
+    /// maximum).
+    Retry,
+    /// A timeout is zero: a timeout is turned off with `None`, not with zero.
+    ZeroTimeout,
+    /// The setting exists, but not on this database (a statement timeout on MySQL, a read-only
+    /// transaction on SQLite, an isolation level SQLite does not have).
+    Unsupported,
+    /// Two settings that cannot go together (autocommit through a transaction pooler).
+    Conflict,
 }
 
-impl ConfigError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
+impl crate::ConfigErrorKind for TxConfigErrorKind {
+    const COMPONENT: &'static str = "transaction layer";
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid transaction layer configuration: {}",
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Why an attempt was retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

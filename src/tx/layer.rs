@@ -8,7 +8,7 @@ use tower_layer::Layer;
 
 use super::backend::TxDatabase;
 use super::config::{TxConfig, TxMode};
-use super::error::ConfigError;
+use super::error::TxConfigError;
 use super::limit::AdaptiveLimit;
 use super::policy::{CommitPolicy, DefaultPolicy};
 use super::service::Tx;
@@ -36,9 +36,9 @@ impl<DB: TxDatabase> TxLayer<DB> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `config` is nonsensical or asks for what the database cannot do
+    /// [`TxConfigError`] when `config` is nonsensical or asks for what the database cannot do
     /// (a statement timeout on SQLite, say).
-    pub fn new(pool: Pool<DB>, config: TxConfig) -> Result<Self, ConfigError> {
+    pub fn try_new(pool: Pool<DB>, config: TxConfig) -> Result<Self, TxConfigError> {
         config.validate_common()?;
         DB::validate(&config)?;
         Ok(Self {
@@ -68,7 +68,7 @@ impl<DB: TxDatabase, P> TxLayer<DB, P> {
     }
 
     /// Sends [`TxMode::ReadOnly`] and [`TxMode::Autocommit`] work to `replica`;
-    /// [`TxMode::ReadWrite`] work stays on the primary pool given to [`new`](TxLayer::new).
+    /// [`TxMode::ReadWrite`] work stays on the primary pool given to [`try_new`](TxLayer::try_new).
     ///
     /// The layer does not know how far the replica lags: a request that reads right after its
     /// client's write may read the state before it. Routes that must read their own writes
@@ -84,7 +84,7 @@ impl<DB: TxDatabase, P> TxLayer<DB, P> {
     ///
     /// let primary = sqlx::PgPool::connect("postgres://postgres@primary/shop").await?;
     /// let replica = sqlx::PgPool::connect("postgres://postgres@replica/shop").await?;
-    /// let layer = TxLayer::new(primary, TxConfig::default())?.replica(replica);
+    /// let layer = TxLayer::try_new(primary, TxConfig::default())?.replica(replica);
     /// # let _ = layer; Ok(()) }
     /// ```
     pub fn replica(mut self, replica: Pool<DB>) -> Self {

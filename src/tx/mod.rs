@@ -137,12 +137,12 @@
 //!
 //! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
 //! // The defaults: GET without a transaction, POST in a read-write one.
-//! let layer = TxLayer::new(pool.clone(), TxConfig::default())?;
+//! let layer = TxLayer::try_new(pool.clone(), TxConfig::default())?;
 //! let stats = layer.stats();
 //! // Customised: this route's GET reads in a serializable read-only snapshot, and its
 //! // reads go to a replica.
 //! let replica = sqlx::PgPool::connect("postgres://postgres@replica/test").await?;
-//! let audited = TxLayer::new(
+//! let audited = TxLayer::try_new(
 //!     pool,
 //!     TxConfig::default()
 //!         .isolation(IsolationLevel::Serializable)
@@ -175,7 +175,7 @@
 //!     .await?;
 //! sqlx::query("CREATE TABLE t (x INTEGER)").execute(&pool).await?;
 //!
-//! let layer = TxLayer::new(pool.clone(), TxConfig::default())?;
+//! let layer = TxLayer::try_new(pool.clone(), TxConfig::default())?;
 //! let svc = ServiceBuilder::new().layer(layer).service_fn(
 //!     |req: Request<TxBody<String>>| async move {
 //!         let tx = req.extensions().get::<TxHandle<Sqlite>>().unwrap().clone();
@@ -218,7 +218,7 @@ pub use backend::TxDatabase;
 pub use body::{TxBody, TxResponseBody};
 pub use config::{DEFAULT_END_TIMEOUT, IsolationLevel, SqliteBegin, TxConfig, TxMode};
 pub use conn::{Savepoint, TxConn};
-pub use error::{ConfigError, RetryReason};
+pub use error::{RetryReason, TxConfigError, TxConfigErrorKind};
 pub use future::ResponseFuture;
 pub use handle::{AfterCommit, TxHandle};
 pub use layer::TxLayer;

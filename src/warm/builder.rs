@@ -20,6 +20,26 @@ use super::run::Engine;
 use super::warmer::Warmer;
 use super::*;
 
+/// Why a [`Warmer`] could not be built: a [`ConfigError`](crate::ConfigError) of
+/// [`WarmConfigErrorKind`], from [`WarmerBuilder::build`].
+pub type WarmConfigError = crate::ConfigError<WarmConfigErrorKind>;
+
+/// What is wrong with a [`Warmer`]'s configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WarmConfigErrorKind {
+    /// A registered [`WarmRequest`] has an invalid URI or header.
+    InvalidRequest,
+    /// A setting is out of range: zero concurrency, a zero timeout or interval.
+    Setting,
+    /// The `Host` header value is not a valid header value.
+    Host,
+}
+
+impl crate::ConfigErrorKind for WarmConfigErrorKind {
+    const COMPONENT: &'static str = "warmer";
+}
+
 pub(super) type Factory<B> = Arc<dyn Fn() -> Request<B> + Send + Sync>;
 pub(super) type Source<B> =
     Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<Request<B>>, String>> + Send + Sync>;
@@ -131,29 +151,30 @@ where
     ///
     /// # Errors
     ///
-    /// [`WarmError::InvalidRequest`] for a [`WarmRequest`] with an invalid URI or header,
-    /// [`WarmError::InvalidConfig`] for zero concurrency, a zero timeout or interval, or a host
-    /// that is not a valid header value.
-    pub fn build(self) -> Result<Warmer, WarmError> {
+    /// A [`WarmConfigError`] for a [`WarmRequest`] with an invalid URI or header, for zero
+    /// concurrency, a zero timeout or interval, or a host that is not a valid header value.
+    pub fn build(self) -> Result<Warmer, WarmConfigError> {
+        let setting = |message: &str| WarmConfigError::new(WarmConfigErrorKind::Setting, message);
         for request in &self.requests {
             request.check()?;
         }
         if self.concurrency == 0 {
-            return Err(WarmError::InvalidConfig(
-                "concurrency must be at least 1".into(),
-            ));
+            return Err(setting("concurrency must be at least 1"));
         }
         if self.timeout.is_zero() {
-            return Err(WarmError::InvalidConfig("timeout must not be zero".into()));
+            return Err(setting("timeout must not be zero"));
         }
         if self.interval.is_some_and(|i| i.is_zero()) {
-            return Err(WarmError::InvalidConfig("interval must not be zero".into()));
+            return Err(setting("interval must not be zero"));
         }
         let host = match &self.host {
-            Some(host) => Some(
-                HeaderValue::from_str(host)
-                    .map_err(|e| WarmError::InvalidConfig(format!("invalid host {host:?}: {e}")))?,
-            ),
+            Some(host) => Some(HeaderValue::from_str(host).map_err(|e| {
+                WarmConfigError::new(
+                    WarmConfigErrorKind::Host,
+                    format!("invalid host {host:?}: {e}"),
+                )
+                .with_source(e)
+            })?),
             None => None,
         };
         let engine = Engine {

@@ -3,10 +3,10 @@
 //! on an interval and on demand.
 //!
 //! - `request.rs`: what to warm ([`WarmRequest`], [`IntoWarmRequests`]);
-//! - `builder.rs`: [`WarmerBuilder`];
+//! - `builder.rs`: [`WarmerBuilder`] and [`WarmConfigError`];
 //! - `run.rs`: one run over the service;
 //! - `warmer.rs`: [`Warmer`] and its [`WarmHandle`];
-//! - `report.rs`: [`WarmReport`], [`WarmStats`] and [`WarmError`].
+//! - `report.rs`: [`WarmReport`] and [`WarmStats`].
 
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ mod request;
 mod run;
 mod warmer;
 
-pub use builder::WarmerBuilder;
-pub use report::{WarmError, WarmReport, WarmStats};
+pub use builder::{WarmConfigError, WarmConfigErrorKind, WarmerBuilder};
+pub use report::{WarmReport, WarmStats};
 pub use request::{IntoWarmRequests, WarmRequest};
 pub use warmer::{WarmHandle, Warmer};
 

@@ -1,23 +1,11 @@
 //! What a run did and what a warmer has done: [`WarmReport`], [`WarmStats`], and the
-//! counters behind them; [`WarmError`].
+//! counters behind them.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
-
-/// Why a [`Warmer`](super::Warmer) could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WarmError {
-    /// A registered [`WarmRequest`](super::WarmRequest) has an invalid URI or header.
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// A setting is out of range (zero concurrency, a zero timeout or interval, a bad host).
-    #[error("invalid warmer configuration: {0}")]
-    InvalidConfig(String),
-}
 
 /// What one warming run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -102,9 +102,12 @@ impl WarmRequest {
         self.error.get_or_insert(message);
     }
 
-    pub(super) fn check(&self) -> Result<(), WarmError> {
+    pub(super) fn check(&self) -> Result<(), WarmConfigError> {
         match &self.error {
-            Some(message) => Err(WarmError::InvalidRequest(message.clone())),
+            Some(message) => Err(WarmConfigError::new(
+                WarmConfigErrorKind::InvalidRequest,
+                message.clone(),
+            )),
             None => Ok(()),
         }
     }

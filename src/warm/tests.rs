@@ -33,22 +33,41 @@ fn invalid_requests_and_settings_are_refused_at_build() {
     let bad_header = Warmer::builder(ok_service())
         .request(WarmRequest::get("/").header("bad name", "x"))
         .build();
-    assert!(matches!(bad_header, Err(WarmError::InvalidRequest(m)) if m.contains("header name")));
+    let bad_header = bad_header.unwrap_err();
+    assert_eq!(bad_header.kind(), WarmConfigErrorKind::InvalidRequest);
+    assert!(bad_header.message().contains("header name"));
     let bad_value = Warmer::builder(ok_service())
         .request(WarmRequest::get("/").header("accept", "a\nb"))
         .build();
-    assert!(matches!(bad_value, Err(WarmError::InvalidRequest(_))));
+    assert_eq!(
+        bad_value.unwrap_err().kind(),
+        WarmConfigErrorKind::InvalidRequest
+    );
     let bad_uri = Warmer::builder(ok_service())
         .request(WarmRequest::get("http://exa mple/"))
         .build();
-    assert!(matches!(bad_uri, Err(WarmError::InvalidRequest(m)) if m.contains("URI")));
-    for builder in [
-        Warmer::builder(ok_service()).concurrency(0),
-        Warmer::builder(ok_service()).timeout(Duration::ZERO),
-        Warmer::builder(ok_service()).interval(Duration::ZERO),
-        Warmer::builder(ok_service()).host("a\nb"),
+    let bad_uri = bad_uri.unwrap_err();
+    assert_eq!(bad_uri.kind(), WarmConfigErrorKind::InvalidRequest);
+    assert!(bad_uri.message().contains("URI"));
+    for (builder, kind) in [
+        (
+            Warmer::builder(ok_service()).concurrency(0),
+            WarmConfigErrorKind::Setting,
+        ),
+        (
+            Warmer::builder(ok_service()).timeout(Duration::ZERO),
+            WarmConfigErrorKind::Setting,
+        ),
+        (
+            Warmer::builder(ok_service()).interval(Duration::ZERO),
+            WarmConfigErrorKind::Setting,
+        ),
+        (
+            Warmer::builder(ok_service()).host("a\nb"),
+            WarmConfigErrorKind::Host,
+        ),
     ] {
-        assert!(matches!(builder.build(), Err(WarmError::InvalidConfig(_))));
+        assert_eq!(builder.build().unwrap_err().kind(), kind);
     }
 }
 

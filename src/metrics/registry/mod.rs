@@ -55,19 +55,24 @@ impl Window {
     }
 }
 
-/// An invalid [`MetricsRegistry`] configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An invalid [`MetricsRegistry`] configuration: a [`ConfigError`](crate::ConfigError) of
+/// [`MetricsConfigErrorKind`], from [`MetricsRegistryBuilder::build`].
+pub type MetricsConfigError = crate::ConfigError<MetricsConfigErrorKind>;
+
+/// What is wrong with a [`MetricsRegistry`] configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum MetricsConfigError {
+pub enum MetricsConfigErrorKind {
     /// `max_routes` must be at least 2: the unmatched label takes one slot.
-    #[error("max_routes must be at least 2, got {0}")]
-    TooFewRoutes(usize),
-    /// A slow-request threshold of zero would flag every request.
-    #[error("slow-request threshold must be greater than zero")]
+    TooFewRoutes,
+    /// A slow-request threshold of zero would flag every request (`None` turns it off).
     ZeroSlowThreshold,
     /// The unmatched label must not be empty.
-    #[error("the unmatched route label must not be empty")]
     EmptyUnmatchedLabel,
+}
+
+impl crate::ConfigErrorKind for MetricsConfigErrorKind {
+    const COMPONENT: &'static str = "metrics";
 }
 
 /// How a finished request ended, for the counters and the `error.type` label.
@@ -183,14 +188,23 @@ impl MetricsRegistryBuilder {
     /// is empty.
     pub fn build(self) -> Result<MetricsRegistry, MetricsConfigError> {
         if self.max_routes < 2 {
-            return Err(MetricsConfigError::TooFewRoutes(self.max_routes));
+            return Err(MetricsConfigError::new(
+                MetricsConfigErrorKind::TooFewRoutes,
+                format!("max_routes must be at least 2, got {}", self.max_routes),
+            ));
         }
         let zero = |t: &Option<Duration>| t.is_some_and(|t| t.is_zero());
         if zero(&self.slow_threshold) || self.route_slow_thresholds.values().any(zero) {
-            return Err(MetricsConfigError::ZeroSlowThreshold);
+            return Err(MetricsConfigError::new(
+                MetricsConfigErrorKind::ZeroSlowThreshold,
+                "a slow-request threshold must be greater than zero (None turns it off)",
+            ));
         }
         if self.unmatched_label.is_empty() {
-            return Err(MetricsConfigError::EmptyUnmatchedLabel);
+            return Err(MetricsConfigError::new(
+                MetricsConfigErrorKind::EmptyUnmatchedLabel,
+                "the unmatched route label must not be empty",
+            ));
         }
         let routes = RouteTable {
             index: Mutex::new(HashMap::new()),
@@ -411,22 +425,25 @@ mod tests {
             MetricsRegistry::builder()
                 .max_routes(1)
                 .build()
-                .unwrap_err(),
-            MetricsConfigError::TooFewRoutes(1)
+                .unwrap_err()
+                .kind(),
+            MetricsConfigErrorKind::TooFewRoutes
         );
         assert_eq!(
             MetricsRegistry::builder()
                 .route_slow_threshold("/x", Some(Duration::ZERO))
                 .build()
-                .unwrap_err(),
-            MetricsConfigError::ZeroSlowThreshold
+                .unwrap_err()
+                .kind(),
+            MetricsConfigErrorKind::ZeroSlowThreshold
         );
         assert_eq!(
             MetricsRegistry::builder()
                 .unmatched_label("")
                 .build()
-                .unwrap_err(),
-            MetricsConfigError::EmptyUnmatchedLabel
+                .unwrap_err()
+                .kind(),
+            MetricsConfigErrorKind::EmptyUnmatchedLabel
         );
     }
 

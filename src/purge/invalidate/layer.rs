@@ -10,8 +10,9 @@ use serde::Serialize;
 use tower_layer::Layer;
 
 use super::service::Invalidate;
+use crate::purge::PurgeConfigError;
 use crate::purge::Purger;
-use crate::purge::rules::{CompiledRule, Rule, RuleError, Targets};
+use crate::purge::rules::{CompiledRule, Rule, Targets};
 
 type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
@@ -59,10 +60,11 @@ impl InvalidateLayer {
     ///
     /// # Errors
     ///
-    /// [`RuleError`] when the route or a tag or key template is malformed, when a template uses
-    /// a parameter the route does not define, or when the rule has no method or nothing to
-    /// purge.
-    pub fn rule(mut self, rule: Rule) -> Result<Self, RuleError> {
+    /// A [`PurgeConfigError`] of kind [`Rule`](crate::purge::PurgeConfigErrorKind::Rule), with the
+    /// [`RuleError`](crate::purge::RuleError) as its source, when the route or a tag or key
+    /// template is malformed, when a template uses a parameter the route does not define, or
+    /// when the rule has no method or nothing to purge.
+    pub fn rule(mut self, rule: Rule) -> Result<Self, PurgeConfigError> {
         let compiled = rule.compile()?;
         Arc::make_mut(&mut self.rules).push(compiled);
         Ok(self)
@@ -72,8 +74,8 @@ impl InvalidateLayer {
     ///
     /// # Errors
     ///
-    /// The first rule's [`RuleError`].
-    pub fn rules<I: IntoIterator<Item = Rule>>(self, rules: I) -> Result<Self, RuleError> {
+    /// The first bad rule's [`PurgeConfigError`].
+    pub fn rules<I: IntoIterator<Item = Rule>>(self, rules: I) -> Result<Self, PurgeConfigError> {
         rules.into_iter().try_fold(self, InvalidateLayer::rule)
     }
 

@@ -120,7 +120,7 @@
 //!
 //! let svc = ServiceBuilder::new()
 //!     // Outermost first: the transaction, then the invalidation inside it.
-//!     .layer(TxLayer::new(pool.clone(), TxConfig::default())?)
+//!     .layer(TxLayer::try_new(pool.clone(), TxConfig::default())?)
 //!     .layer(
 //!         InvalidateLayer::new(Purger::new(store.clone()))
 //!             .rule(Rule::on([Method::PUT], "/products/{id}").purge_tags(["product:{id}"]))?

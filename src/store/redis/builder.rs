@@ -12,7 +12,7 @@ use crate::store::breaker::{Breaker, BreakerSettings};
 use crate::store::marks::TagMarks;
 use crate::store::stats::Counters;
 use crate::store::subscriber::{self, SubscribeConfig};
-use crate::store::{Limits, StoreError};
+use crate::store::{Limits, StoreConfigError, StoreConfigErrorKind};
 
 /// Builds a [`RedisStore`].
 #[derive(Clone, Debug)]
@@ -107,7 +107,7 @@ impl RedisStoreBuilder {
     /// connection failures, probe after
     /// [`DEFAULT_BREAKER_COOL_DOWN`](crate::store::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
     /// and every call then waits out its own timeout. While it is open, calls fail at once
-    /// with [`StoreError::CircuitOpen`]: a cache in front passes through to its origin instead
+    /// with [`StoreError::CircuitOpen`](crate::store::StoreError::CircuitOpen): a cache in front passes through to its origin instead
     /// of waiting on a Redis that hangs.
     pub fn breaker(mut self, settings: Option<BreakerSettings>) -> Self {
         self.breaker = settings;
@@ -118,34 +118,42 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Config`] for an invalid URL or namespace, or when not called inside a Tokio
-    /// runtime.
-    pub fn build(self) -> Result<RedisStore, StoreError> {
+    /// A [`StoreConfigError`] for an invalid URL, namespace or setting, or when not called
+    /// inside a Tokio runtime.
+    pub fn build(self) -> Result<RedisStore, StoreConfigError> {
         if self.namespace.is_empty() || self.namespace.chars().any(char::is_control) {
-            return Err(StoreError::Config(format!(
-                "namespace {:?} must be non-empty and free of control characters",
-                self.namespace
-            )));
+            return Err(StoreConfigError::new(
+                StoreConfigErrorKind::Namespace,
+                format!(
+                    "namespace {:?} must be non-empty and free of control characters",
+                    self.namespace
+                ),
+            ));
         }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(StoreError::Config("timeouts must be above zero".into()));
+            return Err(StoreConfigError::new(
+                StoreConfigErrorKind::Setting,
+                "timeouts must be above zero",
+            ));
         }
         if self.breaker.is_some_and(|b| b.failures == 0) {
-            return Err(StoreError::Config(
-                "the breaker needs at least one failure to open".into(),
+            return Err(StoreConfigError::new(
+                StoreConfigErrorKind::Setting,
+                "the breaker needs at least one failure to open",
             ));
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            StoreError::Config("RedisStore must be built inside a Tokio runtime".into())
+            StoreConfigError::new(
+                StoreConfigErrorKind::NoRuntime,
+                "RedisStore must be built inside a Tokio runtime",
+            )
         })?;
-        let target = Target::parse(&self.url).map_err(StoreError::Config)?;
+        let target = Target::parse(&self.url)?;
         let timeouts = Timeouts {
             connect: self.connect_timeout,
             response: self.timeout,
         };
-        let conn = target
-            .connect_lazily(timeouts)
-            .map_err(StoreError::Config)?;
+        let conn = target.connect_lazily(timeouts)?;
         let marks = Arc::new(quick_cache::sync::Cache::new(self.known_marks.max(16)));
         let prefix = self.namespace.clone();
         let (bus, shutdown) = if self.backplane {
@@ -248,7 +256,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// See [`RedisStoreBuilder::build`].
-    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+    pub fn try_new(url: impl Into<String>) -> Result<Self, StoreConfigError> {
         Self::builder(url).build()
     }
 }

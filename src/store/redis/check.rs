@@ -23,13 +23,13 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Config`] for a server older than 7.0 or one that does not say its
+    /// [`StoreError::Incompatible`] for a server older than 7.0 or one that does not say its
     /// version; the command's error when Redis cannot be reached.
     pub async fn check_server(&self) -> Result<String, StoreError> {
         let mut conn = self.inner.conn.clone();
         let info = self.run("info server", conn.info_server()).await?;
         let version = server_version(&info).ok_or_else(|| {
-            StoreError::Config("the server did not report a redis_version in INFO".into())
+            StoreError::Incompatible("the server did not report a redis_version in INFO".into())
         })?;
         let major = version
             .split('.')
@@ -37,7 +37,7 @@ impl RedisStore {
             .and_then(|m| m.parse::<u32>().ok())
             .unwrap_or(0);
         if major < 7 {
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::Incompatible(format!(
                 "Redis {version} is too old: tower-strata needs Redis 7.0 or later \
                  (PEXPIRE ... NX/GT keeps the tag index's expiry)"
             )));
@@ -67,7 +67,7 @@ impl RedisStore {
     /// use tower_strata::health::{Check, Health};
     /// use tower_strata::store::RedisStore;
     ///
-    /// let store = RedisStore::new("redis://127.0.0.1:6379")?;
+    /// let store = RedisStore::try_new("redis://127.0.0.1:6379")?;
     /// let health = Health::builder()
     ///     .check(Check::optional("redis-breaker", store.breaker_check()))
     ///     .build()?;

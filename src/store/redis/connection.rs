@@ -16,6 +16,17 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
 
+use crate::store::{StoreConfigError, StoreConfigErrorKind};
+
+/// A URL that cannot be used, with redis-rs's reason as the source.
+fn bad_url(message: String, source: Option<redis::RedisError>) -> StoreConfigError {
+    let err = StoreConfigError::new(StoreConfigErrorKind::Url, message);
+    match source {
+        Some(source) => err.with_source(source),
+        None => err,
+    }
+}
+
 /// What a URL names: one server, or the seed nodes of a Cluster.
 #[derive(Clone, Debug)]
 pub(crate) enum Target {
@@ -36,7 +47,7 @@ pub(crate) struct Timeouts {
 impl Target {
     /// Parses a store URL. A Cluster URL lists its seed nodes after the scheme, comma-separated,
     /// with optional `user:password@` in front of the list; it applies to every node.
-    pub(crate) fn parse(url: &str) -> Result<Target, String> {
+    pub(crate) fn parse(url: &str) -> Result<Target, StoreConfigError> {
         if let Some((scheme, rest)) = url.split_once("://")
             && let Some(node_scheme) = match scheme {
                 "redis-cluster" => Some("redis"),
@@ -48,11 +59,11 @@ impl Target {
         }
         redis::Client::open(url)
             .map(|client| Target::Server(Box::new(client)))
-            .map_err(|e| format!("Redis URL {url:?}: {e}"))
+            .map_err(|e| bad_url(format!("Redis URL {url:?}: {e}"), Some(e)))
     }
 
     #[cfg(feature = "redis-cluster")]
-    fn cluster(node_scheme: &str, rest: &str, url: &str) -> Result<Target, String> {
+    fn cluster(node_scheme: &str, rest: &str, url: &str) -> Result<Target, StoreConfigError> {
         let (auth, list) = match rest.rsplit_once('@') {
             Some((auth, list)) => (format!("{auth}@"), list),
             None => (String::new(), rest),
@@ -65,26 +76,36 @@ impl Target {
             .map(|node| format!("{node_scheme}://{auth}{node}"))
             .collect();
         if nodes.is_empty() {
-            return Err(format!("Redis Cluster URL {url:?} names no node"));
+            return Err(bad_url(
+                format!("Redis Cluster URL {url:?} names no node"),
+                None,
+            ));
         }
         for node in &nodes {
             // Checks each node's address (and TLS support) now, not on the first command.
-            redis::Client::open(node.as_str())
-                .map_err(|e| format!("Redis Cluster URL {url:?}, node {node:?}: {e}"))?;
+            redis::Client::open(node.as_str()).map_err(|e| {
+                bad_url(
+                    format!("Redis Cluster URL {url:?}, node {node:?}: {e}"),
+                    Some(e),
+                )
+            })?;
         }
         Ok(Target::Cluster(nodes))
     }
 
     #[cfg(not(feature = "redis-cluster"))]
-    fn cluster(_: &str, _: &str, url: &str) -> Result<Target, String> {
-        Err(format!(
-            "Redis URL {url:?}: a Redis Cluster needs tower-strata's `redis-cluster` feature"
+    fn cluster(_: &str, _: &str, url: &str) -> Result<Target, StoreConfigError> {
+        Err(StoreConfigError::new(
+            StoreConfigErrorKind::FeatureDisabled,
+            format!(
+                "Redis URL {url:?}: a Redis Cluster needs tower-strata's `redis-cluster` feature"
+            ),
         ))
     }
 
     /// A connection that connects lazily (building a store never blocks on Redis) and
     /// reconnects by itself.
-    pub(crate) fn connect_lazily(&self, timeouts: Timeouts) -> Result<RedisConn, String> {
+    pub(crate) fn connect_lazily(&self, timeouts: Timeouts) -> Result<RedisConn, StoreConfigError> {
         match self {
             Target::Server(client) => {
                 let config = ConnectionManagerConfig::new()
@@ -94,11 +115,12 @@ impl Target {
                     .set_max_delay(Duration::from_millis(500));
                 ConnectionManager::new_lazy_with_config((**client).clone(), config)
                     .map(RedisConn::Server)
-                    .map_err(|e| format!("redis connection: {e}"))
+                    .map_err(|e| bad_url(format!("Redis connection: {e}"), Some(e)))
             }
             #[cfg(feature = "redis-cluster")]
             Target::Cluster(nodes) => {
-                let client = cluster_client(nodes, timeouts, None)?;
+                let client = cluster_client(nodes, timeouts, None)
+                    .map_err(|e| bad_url(format!("Redis Cluster client: {e}"), Some(e)))?;
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.response);
@@ -117,7 +139,7 @@ pub(crate) fn cluster_client(
     nodes: &[String],
     timeouts: Timeouts,
     push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
-) -> Result<redis::cluster::ClusterClient, String> {
+) -> RedisResult<redis::cluster::ClusterClient> {
     let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
         .connection_timeout(timeouts.connect)
         .response_timeout(timeouts.response)
@@ -131,9 +153,7 @@ pub(crate) fn cluster_client(
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push);
     }
-    builder
-        .build()
-        .map_err(|e| format!("Redis Cluster client: {e}"))
+    builder.build()
 }
 
 /// A connection to a server or a Cluster. Cheap to clone: clones share the connection.
