@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::Criterion;
 use tower_strata::purge::Purger;
-use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, TieredStore};
+use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, StoreExt, TieredStore};
 
 const BIG: usize = 100_000;
 const SMALL: usize = 1_000;
@@ -28,7 +28,7 @@ fn value() -> Bytes {
 }
 
 /// Fills `count` entries `{prefix}{i}` carrying `tags`, in pipelined batches.
-async fn fill(store: &impl Store, prefix: &str, count: usize, tags: &[String]) {
+async fn fill(store: &impl StoreExt, prefix: &str, count: usize, tags: &[String]) {
     let options = SetOptions::new()
         .ttl(Duration::from_secs(600))
         .tags(tags.iter().cloned());

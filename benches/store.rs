@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use tower_strata::store::{Entry, MemoryStore, RedisStore, SetOptions, Store};
+use tower_strata::store::{Entry, MemoryStore, RedisStore, SetOptions, Store, StoreExt};
 
 const KEYS: usize = 10_000;
 

@@ -16,7 +16,7 @@ use tower_strata::purge::{
     EventRule, InvalidateLayer, Invalidation, InvalidationBus, PurgeConfigErrorKind, Purger, Rule,
     RuleError,
 };
-use tower_strata::store::{MemoryStore, SetOptions, Store};
+use tower_strata::store::{MemoryStore, SetOptions, Store, StoreExt};
 
 fn tagged(tags: &[&str]) -> SetOptions {
     SetOptions::new()
@@ -462,7 +462,7 @@ mod redis {
             .unwrap()
     }
 
-    fn bus_on(store: impl Store, namespace: &str) -> InvalidationBus {
+    fn bus_on(store: impl StoreExt, namespace: &str) -> InvalidationBus {
         InvalidationBus::builder(Purger::new(store))
             .rule(EventRule::on("product.updated").purge_tags(["product:{id}", "products"]))
             .redis(redis_url())

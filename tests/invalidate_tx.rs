@@ -20,7 +20,8 @@ use tower::ServiceExt;
 use tower_strata::cache::CacheLayer;
 use tower_strata::purge::{InvalidateLayer, Purger, Rule};
 use tower_strata::store::{
-    Entry, KeyPattern, Limits, MemoryStore, PurgeMode, SetOptions, Store, StoreError, StoreStats,
+    Entry, KeyPattern, Limits, MemoryStore, PurgeMode, SetOptions, Store, StoreError, StoreExt,
+    StoreStats,
 };
 use tower_strata::tx::{TxConfig, TxHandle, TxLayer};
 
@@ -92,28 +93,6 @@ impl Store for ProbeStore {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.delete(key).await
     }
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        self.inner.get_many(keys).await
-    }
-    async fn set_many(
-        &self,
-        items: &[(&str, Bytes)],
-        options: &SetOptions,
-    ) -> Result<(), StoreError> {
-        self.inner.set_many(items, options).await
-    }
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
-        self.inner.incr(key, delta, ttl).await
-    }
-    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.inner.set_add(key, members).await
-    }
-    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.inner.set_remove(key, members).await
-    }
-    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.set_members(key).await
-    }
     async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
         self.inner.delete_tag(tag).await
     }
@@ -142,6 +121,9 @@ impl Store for ProbeStore {
         self.inner.limits()
     }
 }
+
+// The batches, counters and sets are not part of the probe: the provided ones do.
+impl StoreExt for ProbeStore {}
 
 #[derive(Clone)]
 struct Db {
@@ -406,7 +388,7 @@ async fn race(
     race_on(MemoryStore::new(16 << 20), mode, coalesce, writes, readers).await
 }
 
-async fn race_on<St: Store + Clone>(
+async fn race_on<St: StoreExt + Clone>(
     store: St,
     mode: Purging,
     coalesce: bool,

@@ -16,7 +16,7 @@ use support::{eventually, redis_url, unique};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_strata::cache::{CacheBody, CacheLayer};
 use tower_strata::purge::{PurgeError, Purger, Target};
-use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store};
+use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, StoreExt};
 
 type Req = Request<Full<Bytes>>;
 
@@ -48,7 +48,7 @@ async fn present(store: &impl Store, key: &str) -> bool {
     store.get(key).await.unwrap().is_some()
 }
 
-async fn dependencies(store: impl Store + Clone) {
+async fn dependencies(store: impl StoreExt + Clone) {
     let tagged = |tag: &str| SetOptions::new().tags([tag.to_owned()]);
     store
         .set(
@@ -176,7 +176,7 @@ where
     assert!(hit.is_some(), "{uri} {lang:?} cached");
 }
 
-async fn url_purge_reaches_every_variant<St: Store + Clone>(store: St) {
+async fn url_purge_reaches_every_variant<St: StoreExt + Clone>(store: St) {
     let layer = CacheLayer::new(store).sort_query(true);
     let purger = layer.purger();
     let (up, calls) = upstream();

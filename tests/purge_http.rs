@@ -21,7 +21,7 @@ use tower_strata::cache::CacheLayer;
 use tower_strata::purge::{
     Authorization, BearerToken, PurgeConfigErrorKind, PurgeLayer, Purger, RateLimit,
 };
-use tower_strata::store::{MemoryStore, RedisStore, Store, TieredStore};
+use tower_strata::store::{MemoryStore, RedisStore, Store, StoreExt, TieredStore};
 
 const TOKEN: &str = "s3cret-token";
 
@@ -100,11 +100,11 @@ struct App {
     purger: Purger,
 }
 
-fn app_with<St: Store>(store: St, layer: impl FnOnce(PurgeLayer) -> PurgeLayer) -> App {
+fn app_with<St: StoreExt>(store: St, layer: impl FnOnce(PurgeLayer) -> PurgeLayer) -> App {
     app_full(store, |c| c, layer)
 }
 
-fn app_full<St: Store>(
+fn app_full<St: StoreExt>(
     store: St,
     cache: impl FnOnce(CacheLayer<St>) -> CacheLayer<St>,
     layer: impl FnOnce(PurgeLayer) -> PurgeLayer,
@@ -122,7 +122,7 @@ fn app_full<St: Store>(
     }
 }
 
-fn app<St: Store>(store: St) -> App {
+fn app<St: StoreExt>(store: St) -> App {
     app_with(store, |l| l.rate_limit(None))
 }
 
@@ -242,7 +242,7 @@ macro_rules! on_both_stores {
     };
 }
 
-async fn unauthorized_attempts_change_nothing<St: Store>(store: St) {
+async fn unauthorized_attempts_change_nothing<St: StoreExt>(store: St) {
     let app = app(store);
     fill(&app).await;
     let everything = r#"{"all":true,"tags":["products"]}"#;
@@ -267,7 +267,7 @@ async fn unauthorized_attempts_change_nothing<St: Store>(store: St) {
 }
 on_both_stores!(unauthorized_attempts_change_nothing);
 
-async fn json_purges_by_tag_key_and_pattern<St: Store>(store: St) {
+async fn json_purges_by_tag_key_and_pattern<St: StoreExt>(store: St) {
     let app = app(store);
     fill(&app).await;
     let answer = send(&app, purge_json(r#"{"tags":["product:1"]}"#, bearer())).await;
@@ -324,7 +324,7 @@ async fn json_purges_by_tag_key_and_pattern<St: Store>(store: St) {
 }
 on_both_stores!(json_purges_by_tag_key_and_pattern);
 
-async fn purge_of_a_url_removes_every_vary_variant<St: Store>(store: St) {
+async fn purge_of_a_url_removes_every_vary_variant<St: StoreExt>(store: St) {
     let app = app(store);
     fill(&app).await;
     cached(&app, "http://h/page", None).await;
@@ -355,7 +355,7 @@ async fn purge_of_a_url_removes_every_vary_variant<St: Store>(store: St) {
 }
 on_both_stores!(purge_of_a_url_removes_every_vary_variant);
 
-async fn malformed_bodies_get_400_and_purge_nothing<St: Store>(store: St) {
+async fn malformed_bodies_get_400_and_purge_nothing<St: StoreExt>(store: St) {
     let app = app(store);
     fill(&app).await;
     for (body, needle) in [
@@ -423,7 +423,7 @@ async fn a_body_that_never_comes_gets_408() {
     );
 }
 
-async fn rate_limited_purges_get_429<St: Store>(store: St) {
+async fn rate_limited_purges_get_429<St: StoreExt>(store: St) {
     let limit = RateLimit::new(2, 0.01).unwrap();
     let app = app_with(store, |l| l.rate_limit(Some(limit)));
     fill(&app).await;
@@ -609,7 +609,7 @@ async fn served_stale_once_then_refreshed(app: &App, uri: &str, lang: Option<&st
     );
 }
 
-async fn soft_purge_through_the_endpoint<St: Store>(store: St) {
+async fn soft_purge_through_the_endpoint<St: StoreExt>(store: St) {
     let app = app_full(
         store,
         |c| c.stale_while_revalidate(Duration::from_secs(60)),

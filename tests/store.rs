@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tower_strata::store::{
     BoxStore, ComputeError, KeyPattern, MemoryStore, PurgeMode, RedisStore, SetOptions, Store,
-    StoreError, TieredStore, TypedCache,
+    StoreError, StoreExt, TieredStore, TypedCache,
 };
 
 fn b(s: &str) -> Bytes {
@@ -55,7 +55,7 @@ async fn boxed() -> BoxStore {
 mod suite {
     use super::*;
 
-    pub async fn get_set_delete(s: impl Store) {
+    pub async fn get_set_delete(s: impl StoreExt) {
         assert!(s.get("a").await.unwrap().is_none());
         let options = SetOptions::new()
             .ttl(Duration::from_secs(60))
@@ -77,7 +77,7 @@ mod suite {
         assert!(s.get("a").await.unwrap().is_none());
     }
 
-    pub async fn ttl_and_grace(s: impl Store) {
+    pub async fn ttl_and_grace(s: impl StoreExt) {
         let short = SetOptions::new().ttl(Duration::from_millis(150));
         s.set("gone", b("x"), &short).await.unwrap();
         let graced = short.clone().grace(Duration::from_secs(30));
@@ -91,7 +91,7 @@ mod suite {
         assert!(s.stats().stale_hits >= 1);
     }
 
-    pub async fn tags(s: impl Store) {
+    pub async fn tags(s: impl StoreExt) {
         let t1 = SetOptions::new().tags(["t1"]);
         let both = SetOptions::new().tags(["t1", "t2"]);
         let t2 = SetOptions::new().tags(["t2"]);
@@ -122,7 +122,7 @@ mod suite {
         ));
     }
 
-    pub async fn large_tag_purges_completely(s: impl Store) {
+    pub async fn large_tag_purges_completely(s: impl StoreExt) {
         let options = SetOptions::new().tags(["big"]);
         let keys: Vec<String> = (0..2_000).map(|i| format!("big:{i}")).collect();
         for chunk in keys.chunks(500) {
@@ -138,7 +138,7 @@ mod suite {
         );
     }
 
-    pub async fn patterns(s: impl Store) {
+    pub async fn patterns(s: impl StoreExt) {
         for key in ["user:1", "user:2", "user:10", "item:1", "u[1]"] {
             s.set(key, b("v"), &SetOptions::new()).await.unwrap();
         }
@@ -157,7 +157,7 @@ mod suite {
         assert!(s.get("item:1").await.unwrap().is_none());
     }
 
-    pub async fn batches(s: impl Store) {
+    pub async fn batches(s: impl StoreExt) {
         let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
         let items: Vec<(&str, Bytes)> = keys.iter().map(|k| (k.as_str(), b(k))).collect();
         s.set_many(&items, &SetOptions::new().ttl(Duration::from_secs(60)))
@@ -174,7 +174,7 @@ mod suite {
         assert!(s.get_many(&[]).await.unwrap().is_empty());
     }
 
-    pub async fn counters(s: impl Store) {
+    pub async fn counters(s: impl StoreExt) {
         assert_eq!(s.incr("n", 5, None).await.unwrap(), 5);
         assert_eq!(s.decr("n", 2, None).await.unwrap(), 3);
         assert_eq!(s.incr("n", -10, None).await.unwrap(), -7);
@@ -194,7 +194,7 @@ mod suite {
         assert!(s.incr("entry", 1, None).await.is_err(), "not a counter");
     }
 
-    pub async fn concurrent_incr_is_exact(s: impl Store) {
+    pub async fn concurrent_incr_is_exact(s: impl StoreExt) {
         let s = Arc::new(s);
         let tasks: Vec<_> = (0..1_000)
             .map(|_| {
@@ -215,7 +215,7 @@ mod suite {
         assert_eq!(s.incr("hits", 0, None).await.unwrap(), 1_000);
     }
 
-    pub async fn sets(s: impl Store) {
+    pub async fn sets(s: impl StoreExt) {
         assert_eq!(s.set_add("s", &["a", "b", "a"]).await.unwrap(), 2);
         assert_eq!(s.set_add("s", &["b", "c"]).await.unwrap(), 1);
         let mut members = s.set_members("s").await.unwrap();
@@ -227,7 +227,7 @@ mod suite {
         assert_eq!(s.set_add("s", &[]).await.unwrap(), 0);
     }
 
-    pub async fn limits(s: impl Store) {
+    pub async fn limits(s: impl StoreExt) {
         let limits = s.limits();
         let long = "k".repeat(limits.max_key_len + 1);
         assert!(matches!(
@@ -265,7 +265,7 @@ mod suite {
         ));
     }
 
-    pub async fn stats(s: impl Store) {
+    pub async fn stats(s: impl StoreExt) {
         let before = s.stats();
         s.set("a", b("1"), &SetOptions::new()).await.unwrap();
         s.get("a").await.unwrap();
@@ -280,7 +280,7 @@ mod suite {
         assert!(after.hit_rate > 0.0 && after.hit_rate <= 1.0);
     }
 
-    pub async fn clear(s: impl Store) {
+    pub async fn clear(s: impl StoreExt) {
         s.set("a", b("1"), &SetOptions::new().tags(["t"]))
             .await
             .unwrap();
@@ -291,7 +291,7 @@ mod suite {
         assert_eq!(s.incr("n", 1, None).await.unwrap(), 1);
     }
 
-    pub async fn single_flight(s: impl Store + Clone) {
+    pub async fn single_flight(s: impl StoreExt + Clone) {
         let cache = TypedCache::new(s);
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..1_000)
@@ -324,7 +324,7 @@ mod suite {
         );
     }
 
-    pub async fn compute_errors_reach_all_and_are_not_cached(s: impl Store + Clone) {
+    pub async fn compute_errors_reach_all_and_are_not_cached(s: impl StoreExt + Clone) {
         let cache = TypedCache::new(s);
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..50)
@@ -363,7 +363,7 @@ mod suite {
         assert_eq!(v, 7);
     }
 
-    pub async fn stale_value_is_served_when_compute_fails(s: impl Store + Clone) {
+    pub async fn stale_value_is_served_when_compute_fails(s: impl StoreExt + Clone) {
         let cache = TypedCache::new(s);
         let options = SetOptions::new()
             .ttl(Duration::from_millis(100))
@@ -384,7 +384,7 @@ mod suite {
             .tags(tags.iter().copied())
     }
 
-    pub async fn soft_purge_key(s: impl Store) {
+    pub async fn soft_purge_key(s: impl StoreExt) {
         s.set("soft", b("old"), &graced(&[])).await.unwrap();
         s.set("other", b("kept"), &graced(&[])).await.unwrap();
         let no_grace = SetOptions::new().ttl(Duration::from_secs(60));
@@ -408,7 +408,7 @@ mod suite {
         assert!(s.get("soft").await.unwrap().is_none());
     }
 
-    pub async fn soft_purge_tag(s: impl Store) {
+    pub async fn soft_purge_tag(s: impl StoreExt) {
         for i in 0..5 {
             s.set(&format!("p{i}"), b("old"), &graced(&["products"]))
                 .await
@@ -451,7 +451,7 @@ mod suite {
         }
     }
 
-    pub async fn purge_matching(s: impl Store) {
+    pub async fn purge_matching(s: impl StoreExt) {
         for key in ["user:1", "user:2", "user:10", "order:1"] {
             s.set(key, b("v"), &graced(&[])).await.unwrap();
         }
@@ -469,7 +469,7 @@ mod suite {
         assert!(s.get("order:1").await.unwrap().is_some());
     }
 
-    pub async fn purged_since(s: impl Store) {
+    pub async fn purged_since(s: impl StoreExt) {
         let tags = |t: &[&str]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
         let before = std::time::SystemTime::now();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -490,7 +490,7 @@ mod suite {
 
     /// A value fetched before a purge but written after it (a slow reader racing a writer)
     /// must not survive the purge: the entry is stamped with the fetch's start.
-    pub async fn write_fetched_before_purge_is_hidden(s: impl Store) {
+    pub async fn write_fetched_before_purge_is_hidden(s: impl StoreExt) {
         let fetched_at = std::time::SystemTime::now();
         tokio::time::sleep(Duration::from_millis(5)).await;
         s.purge_tag("row:1", PurgeMode::Hard).await.unwrap();
@@ -606,3 +606,72 @@ conformance!(boxed);
 conformance!(cluster);
 #[cfg(feature = "redis-cluster")]
 conformance!(tiered_cluster);
+
+/// A backend that writes only what `Store` requires (here by forwarding to a memory store) and
+/// takes every provided method, `StoreExt` included.
+#[derive(Clone)]
+struct CoreOnly(MemoryStore);
+
+impl Store for CoreOnly {
+    async fn get(&self, key: &str) -> Result<Option<tower_strata::store::Entry>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
+        self.0.set(key, value, options).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.0.delete(key).await
+    }
+    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.0.delete_tag(tag).await
+    }
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
+        self.0.delete_matching(pattern).await
+    }
+    async fn clear(&self) -> Result<u64, StoreError> {
+        self.0.clear().await
+    }
+    fn stats(&self) -> tower_strata::store::StoreStats {
+        self.0.stats()
+    }
+    fn limits(&self) -> tower_strata::store::Limits {
+        self.0.limits()
+    }
+}
+
+impl StoreExt for CoreOnly {}
+
+#[tokio::test]
+async fn a_backend_writing_only_the_core_gets_batches_and_refuses_counters_and_sets() {
+    let store = CoreOnly(MemoryStore::new(1 << 20));
+    let opts = SetOptions::new().ttl(Duration::from_secs(60)).tags(["t"]);
+    store
+        .set_many(&[("a", b("1")), ("b", b("2"))], &opts)
+        .await
+        .unwrap();
+    let found = store.get_many(&["a", "missing", "b"]).await.unwrap();
+    let values: Vec<Option<Bytes>> = found
+        .iter()
+        .map(|e| e.as_ref().map(|e| e.value().clone()))
+        .collect();
+    assert_eq!(values, [Some(b("1")), None, Some(b("2"))]);
+    assert!(matches!(
+        store.incr("n", 1, None).await,
+        Err(StoreError::Unsupported { op: "incr" })
+    ));
+    assert!(matches!(
+        store.decr("n", 1, None).await,
+        Err(StoreError::Unsupported { .. })
+    ));
+    assert!(matches!(
+        store.set_add("s", &["x"]).await,
+        Err(StoreError::Unsupported { .. })
+    ));
+    assert!(store.set_remove("s", &["x"]).await.is_err());
+    assert!(store.set_members("s").await.is_err());
+    // The provided purges work over the core: a hard tag purge, and behind a `BoxStore`.
+    assert_eq!(store.purge_tag("t", PurgeMode::Hard).await.unwrap(), 2);
+    let boxed = BoxStore::new(store.clone());
+    boxed.set("c", b("3"), &opts).await.unwrap();
+    assert_eq!(boxed.get_many(&["c"]).await.unwrap().len(), 1);
+}

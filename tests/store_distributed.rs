@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::{PrivateRedis, SilentServer, eventually};
-use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, StoreError, TieredStore};
+use tower_strata::store::{
+    MemoryStore, RedisStore, SetOptions, Store, StoreError, StoreExt, TieredStore,
+};
 
 /// Two instances' tiered store on `url`, with short timeouts for the tests that kill Redis.
 fn tiered_on(url: &str, namespace: &str) -> TieredStore {

@@ -18,12 +18,12 @@ use support::eventually;
 use tower::ServiceExt;
 use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::purge::Purger;
-use tower_strata::store::{MemoryStore, Store};
+use tower_strata::store::{MemoryStore, Store, StoreExt};
 use tower_strata::warm::{WarmRequest, Warmer};
 
 /// A shop whose product pages are cacheable for a minute, tagged, and vary on `Accept`; the
 /// handler counts its calls.
-fn shop<St: Store>(store: St) -> (Router, Arc<AtomicUsize>, CacheStats) {
+fn shop<St: StoreExt>(store: St) -> (Router, Arc<AtomicUsize>, CacheStats) {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let layer = CacheLayer::new(store);
@@ -91,7 +91,7 @@ async fn stored(stats: &CacheStats, n: u64) {
     );
 }
 
-async fn run_once_then_a_hit(store: impl Store) {
+async fn run_once_then_a_hit(store: impl StoreExt) {
     let (router, calls, stats) = shop(store);
     let warmer = shop_warmer(&router, None);
     let report = warmer.run_once().await;
@@ -110,7 +110,7 @@ async fn run_once_then_a_hit(store: impl Store) {
     assert_eq!((warm.runs, warm.requests_sent, warm.succeeded), (1, 1, 1));
 }
 
-async fn interval_rewarms_after_a_purge<St: Store + Clone>(store: St, soft: bool) {
+async fn interval_rewarms_after_a_purge<St: StoreExt + Clone>(store: St, soft: bool) {
     let (router, calls, stats) = shop(store.clone());
     let warmer = shop_warmer(&router, Some(Duration::from_millis(50)));
     let handle = warmer.spawn();

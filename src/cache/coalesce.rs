@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::HeaderMap;
 use http::Method;
 
@@ -14,10 +15,43 @@ use super::layer::Ctx;
 use super::lookup::{Found, lookup};
 use super::serve::{Resp, serve};
 use super::state::{FlightGuard, Join, Outcome, Shared};
-use crate::store::Store;
+use crate::store::{Store, StoreError, StoreExt};
 
 /// How often an instance waiting on another instance's lease polls the store.
 const LEASE_POLL: Duration = Duration::from_millis(25);
+
+type TakeLease = dyn Fn(String) -> BoxFuture<'static, Result<i64, StoreError>> + Send + Sync;
+
+/// The distributed lease's settings: its TTL, and how to take it. Taking it needs the store's
+/// counters ([`StoreExt::incr`]), so it is captured here, when the lease is configured, and
+/// the rest of the cache needs only the core [`Store`]. A boxed future is fine here: a lease is
+/// taken on a miss, next to a round trip to the store and one upstream.
+#[derive(Clone)]
+pub(crate) struct DistributedLease {
+    pub ttl: Duration,
+    take: Arc<TakeLease>,
+}
+
+impl DistributedLease {
+    pub fn new<St: StoreExt>(store: Arc<St>, ttl: Duration) -> Self {
+        let take = move |key: String| -> BoxFuture<'static, Result<i64, StoreError>> {
+            let store = store.clone();
+            Box::pin(async move { store.incr(&key, 1, Some(ttl)).await })
+        };
+        DistributedLease {
+            ttl,
+            take: Arc::new(take),
+        }
+    }
+}
+
+impl std::fmt::Debug for DistributedLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributedLease")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The cross-instance lease a leading miss holds (a store counter other instances see):
 /// released when dropped, whichever way the miss ends (stored, not storable, cancelled,
@@ -151,11 +185,12 @@ async fn lead<St: Store, RB>(
         Shared::count(&ctx.shared.hits);
         return Coalesced::Served(serve(ctx, &found, method, headers, "hit"));
     }
-    let Some(lease_ttl) = config.lease else {
+    let Some(lease) = &config.lease else {
         return Coalesced::Lead(guard, None);
     };
+    let lease_ttl = lease.ttl;
     let key = lease_key(flight);
-    match ctx.store.incr(&key, 1, Some(lease_ttl)).await {
+    match (lease.take)(key.clone()).await {
         Ok(1) => {
             let lease = Lease {
                 ctx: ctx.clone(),

@@ -6,12 +6,13 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
+use super::coalesce::DistributedLease;
 use super::invalidate::Invalidator;
 use super::key::KeyConfig;
 use super::policy::PolicyConfig;
 use super::service::Cache;
 use super::state::{CacheStats, Shared};
-use crate::store::Store;
+use crate::store::{Store, StoreExt};
 
 /// A [`CacheLayer`] setting that cannot work: a [`ConfigError`](crate::ConfigError) of
 /// [`CacheConfigErrorKind`], from the setters that take text ([`CacheLayer::path_prefixes`],
@@ -111,7 +112,22 @@ pub(crate) struct Config {
     pub key: KeyConfig,
     pub upstream_timeout: Option<Duration>,
     pub grpc_methods: Vec<GrpcMethod>,
-    pub lease: Option<Duration>,
+    pub lease: Option<DistributedLease>,
+}
+
+impl<St: StoreExt> CacheLayer<St> {
+    /// Coalesces misses across instances sharing the store: the instance that leads a miss
+    /// takes a lease (a store counter, [`StoreExt::incr`]: `INCR` + `PX` on Redis) for at
+    /// most `ttl`; instances that find the lease taken serve their stale entry if they have
+    /// one, or poll the store for the leader's response (up to the lease TTL and the
+    /// coalescing timeout) before going upstream themselves. The leader releases the lease
+    /// once the response is stored; an unstorable response leaves it to expire, so keep `ttl`
+    /// short. Default off. On a store without counters the lease fails open: each instance
+    /// goes upstream.
+    pub fn distributed_lease(mut self, ttl: Duration) -> Self {
+        self.config.lease = Some(DistributedLease::new(self.store.clone(), ttl));
+        self
+    }
 }
 
 impl Config {
@@ -420,17 +436,6 @@ impl<St> CacheLayer<St> {
             .grpc_methods
             .push(GrpcMethod { path, ttl, public });
         Ok(self)
-    }
-
-    /// Coalesces misses across instances sharing the store: the instance that leads a miss
-    /// takes a lease (a store counter, `INCR` + `PX` on Redis) for at most `ttl`; instances
-    /// that find the lease taken serve their stale entry if they have one, or poll the store
-    /// for the leader's response (up to the lease TTL and the coalescing timeout) before
-    /// going upstream themselves. The leader releases the lease once the response is stored;
-    /// an unstorable response leaves it to expire, so keep `ttl` short. Default off.
-    pub fn distributed_lease(mut self, ttl: Duration) -> Self {
-        self.config.lease = Some(ttl);
-        self
     }
 
     /// The counters shared by every service this layer makes.

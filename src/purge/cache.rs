@@ -8,7 +8,7 @@ use super::{PurgeError, Purger};
 use crate::cache::CacheLayer;
 use crate::cache::KeyPart;
 use crate::cache::invalidate::Invalidator;
-use crate::store::Store;
+use crate::store::{Store, StoreExt};
 
 /// A [`Purger`] over a response cache's store that also purges URLs the way the cache keys
 /// them. Dereferences to its [`Purger`], so keys, tags, patterns and dependencies work as
@@ -43,7 +43,7 @@ impl std::fmt::Debug for CachePurger {
     }
 }
 
-impl<St: Store> CacheLayer<St> {
+impl<St: StoreExt> CacheLayer<St> {
     /// A purger over this cache's store that can also purge URLs ([`CachePurger::purge_url`]).
     ///
     /// Each call makes a new [`Purger`] with its own stats and dependencies: call it once and
@@ -52,7 +52,9 @@ impl<St: Store> CacheLayer<St> {
     pub fn purger(&self) -> CachePurger {
         self.purger_with(Purger::new(self.shared_store().clone()))
     }
+}
 
+impl<St: Store> CacheLayer<St> {
     /// A [`CachePurger`] using an existing `purger` (its stats, dependencies and mode). The
     /// purger must purge this cache's store. Its key purges of cache keys (and those of the
     /// JSON `keys` list) then also forget this cache's in-process state of the URL, as

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::invalidate::{Invalidator, remove_url};
 use crate::cache::key::is_cache_key;
-use crate::store::{BoxStore, KeyPattern, PurgeMode, Store, StoreError};
+use crate::store::{BoxStore, KeyPattern, PurgeMode, Store, StoreError, StoreExt};
 
 /// What to purge, as one request: the body of the JSON purge endpoint.
 ///
@@ -191,7 +191,7 @@ impl fmt::Debug for Purger {
 
 impl Purger {
     /// A purger over `store` (share the store: pass an `Arc` or a clone of a cheap handle).
-    pub fn new(store: impl Store) -> Self {
+    pub fn new(store: impl StoreExt) -> Self {
         Self::from_box(BoxStore::new(store))
     }
 

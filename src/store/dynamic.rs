@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{Entry, KeyPattern, Limits, PurgeMode, SetOptions, Store, StoreError, StoreStats};
+use super::{
+    Entry, KeyPattern, Limits, PurgeMode, SetOptions, Store, StoreError, StoreExt, StoreStats,
+};
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -24,21 +26,21 @@ pub trait DynStore: Send + Sync + 'static {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()>;
     /// See [`Store::delete`].
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool>;
-    /// See [`Store::get_many`].
+    /// See [`StoreExt::get_many`].
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFut<'a, Vec<Option<Entry>>>;
-    /// See [`Store::set_many`].
+    /// See [`StoreExt::set_many`].
     fn set_many<'a>(
         &'a self,
         items: &'a [(&'a str, Bytes)],
         options: &'a SetOptions,
     ) -> BoxFut<'a, ()>;
-    /// See [`Store::incr`].
+    /// See [`StoreExt::incr`].
     fn incr<'a>(&'a self, key: &'a str, delta: i64, ttl: Option<Duration>) -> BoxFut<'a, i64>;
-    /// See [`Store::set_add`].
+    /// See [`StoreExt::set_add`].
     fn set_add<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64>;
-    /// See [`Store::set_remove`].
+    /// See [`StoreExt::set_remove`].
     fn set_remove<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64>;
-    /// See [`Store::set_members`].
+    /// See [`StoreExt::set_members`].
     fn set_members<'a>(&'a self, key: &'a str) -> BoxFut<'a, Vec<String>>;
     /// See [`Store::delete_tag`].
     fn delete_tag<'a>(&'a self, tag: &'a str) -> BoxFut<'a, u64>;
@@ -60,7 +62,7 @@ pub trait DynStore: Send + Sync + 'static {
     fn limits(&self) -> Limits;
 }
 
-impl<S: Store> DynStore for S {
+impl<S: StoreExt> DynStore for S {
     fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<Entry>> {
         Box::pin(Store::get(self, key))
     }
@@ -74,26 +76,26 @@ impl<S: Store> DynStore for S {
         Box::pin(Store::delete(self, key))
     }
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFut<'a, Vec<Option<Entry>>> {
-        Box::pin(Store::get_many(self, keys))
+        Box::pin(StoreExt::get_many(self, keys))
     }
     fn set_many<'a>(
         &'a self,
         items: &'a [(&'a str, Bytes)],
         options: &'a SetOptions,
     ) -> BoxFut<'a, ()> {
-        Box::pin(Store::set_many(self, items, options))
+        Box::pin(StoreExt::set_many(self, items, options))
     }
     fn incr<'a>(&'a self, key: &'a str, delta: i64, ttl: Option<Duration>) -> BoxFut<'a, i64> {
-        Box::pin(Store::incr(self, key, delta, ttl))
+        Box::pin(StoreExt::incr(self, key, delta, ttl))
     }
     fn set_add<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64> {
-        Box::pin(Store::set_add(self, key, members))
+        Box::pin(StoreExt::set_add(self, key, members))
     }
     fn set_remove<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64> {
-        Box::pin(Store::set_remove(self, key, members))
+        Box::pin(StoreExt::set_remove(self, key, members))
     }
     fn set_members<'a>(&'a self, key: &'a str) -> BoxFut<'a, Vec<String>> {
-        Box::pin(Store::set_members(self, key))
+        Box::pin(StoreExt::set_members(self, key))
     }
     fn delete_tag<'a>(&'a self, tag: &'a str) -> BoxFut<'a, u64> {
         Box::pin(Store::delete_tag(self, tag))
@@ -124,7 +126,8 @@ impl<S: Store> DynStore for S {
     }
 }
 
-/// Any [`Store`] behind `Arc<dyn DynStore>`: cloneable, and itself a [`Store`].
+/// Any [`StoreExt`] behind `Arc<dyn DynStore>`: cloneable, and itself a [`Store`] and a
+/// [`StoreExt`].
 ///
 /// ```
 /// # #[cfg(feature = "memory")] {
@@ -139,7 +142,7 @@ pub struct BoxStore(Arc<dyn DynStore>);
 
 impl BoxStore {
     /// Erases a store's type.
-    pub fn new(store: impl Store) -> Self {
+    pub fn new(store: impl StoreExt) -> Self {
         BoxStore(Arc::new(store))
     }
 
@@ -173,28 +176,6 @@ impl Store for BoxStore {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.0.delete(key).await
     }
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        self.0.get_many(keys).await
-    }
-    async fn set_many(
-        &self,
-        items: &[(&str, Bytes)],
-        options: &SetOptions,
-    ) -> Result<(), StoreError> {
-        self.0.set_many(items, options).await
-    }
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
-        self.0.incr(key, delta, ttl).await
-    }
-    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.0.set_add(key, members).await
-    }
-    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.0.set_remove(key, members).await
-    }
-    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.0.set_members(key).await
-    }
     async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
         self.0.delete_tag(tag).await
     }
@@ -225,5 +206,30 @@ impl Store for BoxStore {
     }
     fn limits(&self) -> Limits {
         self.0.limits()
+    }
+}
+
+impl StoreExt for BoxStore {
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.0.get_many(keys).await
+    }
+    async fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        self.0.set_many(items, options).await
+    }
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.0.incr(key, delta, ttl).await
+    }
+    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.0.set_add(key, members).await
+    }
+    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.0.set_remove(key, members).await
+    }
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.0.set_members(key).await
     }
 }

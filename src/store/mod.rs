@@ -10,6 +10,11 @@
 //!
 //! This module knows no HTTP; the response cache layer builds on it.
 //!
+//! A backend implements two traits: [`Store`], the core every layer needs (read, write,
+//! delete, purge by tag and pattern, stats: eight required methods), and [`StoreExt`]
+//! (batches, counters, sets), whose methods all have provided implementations, so
+//! `impl StoreExt for MyStore {}` is enough to start.
+//!
 //! # Example
 //!
 //! ```
@@ -186,7 +191,10 @@ pub enum PurgeMode {
     Soft,
 }
 
-/// A key-value store of byte values with entry metadata: the whole cache-manager surface.
+/// A key-value store of byte values with entry metadata: the core every layer needs. A backend
+/// writes eight methods (`get`, `set`, `delete`, `delete_tag`, `delete_matching`, `clear`,
+/// `stats`, `limits`); the purge modes and invalidation marks have provided implementations it
+/// may override, and batches, counters and sets are in [`StoreExt`], all provided.
 ///
 /// Methods return `Send` futures, so a store can be used from any Tokio task. Use a store as a
 /// generic (`S: Store`, zero cost) or, where the type must be erased, as a [`BoxStore`].
@@ -218,63 +226,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a key (entry, counter or set). Returns whether something was there.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Reads several entries at once (one round trip on Redis), in the order of `keys`.
-    fn get_many(
-        &self,
-        keys: &[&str],
-    ) -> impl Future<Output = Result<Vec<Option<Entry>>, StoreError>> + Send;
-
-    /// Writes several entries with the same options at once (one round trip on Redis).
-    fn set_many(
-        &self,
-        items: &[(&str, Bytes)],
-        options: &SetOptions,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Adds `delta` to a counter atomically and returns the new value. A missing counter starts
-    /// at 0; `ttl`, if any, is set when the counter is created and not extended afterwards.
-    fn incr(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-
-    /// Subtracts `delta` from a counter atomically: [`Store::incr`] with `-delta`.
-    fn decr(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
-        async move {
-            let negated = delta.checked_neg().ok_or_else(|| StoreError::Overflow {
-                key: error::cut(key),
-            })?;
-            self.incr(key, negated, ttl).await
-        }
-    }
-
-    /// Adds members to a set, creating it. Returns how many were new.
-    fn set_add(
-        &self,
-        key: &str,
-        members: &[&str],
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Removes members from a set. Returns how many were there.
-    fn set_remove(
-        &self,
-        key: &str,
-        members: &[&str],
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// The members of a set, in no particular order; empty when the set does not exist.
-    fn set_members(
-        &self,
-        key: &str,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Invalidates every entry carrying `tag`, at a cost that does not grow with their number
     /// (see the module docs). Returns how many entries the tag held when it was purged.
@@ -367,6 +318,117 @@ pub trait Store: Send + Sync + 'static {
     fn limits(&self) -> Limits;
 }
 
+/// What a [`Store`] can do beyond the core the layers need: batches, counters and sets. Every
+/// method has a provided implementation, so a custom backend writes `impl StoreExt for MyStore
+/// {}` and overrides what it can do better (the crate's stores override them all).
+///
+/// - the batch methods default to one [`Store::get`] or [`Store::set`] per key, in turn;
+/// - counters and sets default to [`StoreError::Unsupported`]: they cannot be built atomically
+///   from the core.
+///
+/// The response cache needs none of this except for [`CacheLayer::distributed_lease`], which
+/// takes its lease with [`StoreExt::incr`]; the typed cache and [`BoxStore`] need the trait
+/// implemented (it may be empty).
+///
+/// [`CacheLayer::distributed_lease`]: crate::cache::CacheLayer::distributed_lease
+pub trait StoreExt: Store {
+    /// Reads several entries at once (one round trip on Redis), in the order of `keys`.
+    ///
+    /// The provided implementation reads them one after the other.
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Entry>>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.get(key).await?);
+            }
+            Ok(found)
+        }
+    }
+
+    /// Writes several entries with the same options at once (one round trip on Redis).
+    ///
+    /// The provided implementation writes them one after the other.
+    fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for (key, value) in items {
+                self.set(key, value.clone(), options).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Adds `delta` to a counter atomically and returns the new value. A missing counter starts
+    /// at 0; `ttl`, if any, is set when the counter is created and not extended afterwards.
+    ///
+    /// The provided implementation answers [`StoreError::Unsupported`].
+    fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
+        let _ = (key, delta, ttl);
+        std::future::ready(Err(StoreError::Unsupported { op: "incr" }))
+    }
+
+    /// Subtracts `delta` from a counter atomically: [`StoreExt::incr`] with `-delta`.
+    fn decr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
+        async move {
+            let negated = delta.checked_neg().ok_or_else(|| StoreError::Overflow {
+                key: error::cut(key),
+            })?;
+            self.incr(key, negated, ttl).await
+        }
+    }
+
+    /// Adds members to a set, creating it. Returns how many were new.
+    ///
+    /// The provided implementation answers [`StoreError::Unsupported`].
+    fn set_add(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (key, members);
+        std::future::ready(Err(StoreError::Unsupported { op: "set_add" }))
+    }
+
+    /// Removes members from a set. Returns how many were there.
+    ///
+    /// The provided implementation answers [`StoreError::Unsupported`].
+    fn set_remove(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (key, members);
+        std::future::ready(Err(StoreError::Unsupported { op: "set_remove" }))
+    }
+
+    /// The members of a set, in no particular order; empty when the set does not exist.
+    ///
+    /// The provided implementation answers [`StoreError::Unsupported`].
+    fn set_members(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        let _ = key;
+        std::future::ready(Err(StoreError::Unsupported { op: "set_members" }))
+    }
+}
+
 impl<S: Store> Store for std::sync::Arc<S> {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
         (**self).get(key)
@@ -384,47 +446,6 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).delete(key)
-    }
-    fn get_many(
-        &self,
-        keys: &[&str],
-    ) -> impl Future<Output = Result<Vec<Option<Entry>>, StoreError>> + Send {
-        (**self).get_many(keys)
-    }
-    fn set_many(
-        &self,
-        items: &[(&str, Bytes)],
-        options: &SetOptions,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).set_many(items, options)
-    }
-    fn incr(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
-        (**self).incr(key, delta, ttl)
-    }
-    fn set_add(
-        &self,
-        key: &str,
-        members: &[&str],
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        (**self).set_add(key, members)
-    }
-    fn set_remove(
-        &self,
-        key: &str,
-        members: &[&str],
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        (**self).set_remove(key, members)
-    }
-    fn set_members(
-        &self,
-        key: &str,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
-        (**self).set_members(key)
     }
     fn delete_tag(&self, tag: &str) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).delete_tag(tag)
@@ -471,5 +492,49 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn limits(&self) -> Limits {
         (**self).limits()
+    }
+}
+
+impl<S: StoreExt> StoreExt for std::sync::Arc<S> {
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Entry>>, StoreError>> + Send {
+        (**self).get_many(keys)
+    }
+    fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).set_many(items, options)
+    }
+    fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
+        (**self).incr(key, delta, ttl)
+    }
+    fn set_add(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).set_add(key, members)
+    }
+    fn set_remove(
+        &self,
+        key: &str,
+        members: &[&str],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).set_remove(key, members)
+    }
+    fn set_members(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        (**self).set_members(key)
     }
 }

@@ -14,7 +14,7 @@ use super::pending::Pending;
 use super::stats::{BreakerState, Counters};
 use super::{
     Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store,
-    StoreConfigError, StoreConfigErrorKind, StoreError, StoreStats,
+    StoreConfigError, StoreConfigErrorKind, StoreError, StoreExt, StoreStats,
 };
 
 /// A two-tier [`Store`] (features `memory` and `redis`): reads try L1 (memory) then L2 (Redis),
@@ -468,90 +468,6 @@ impl Store for TieredStore {
         Ok(local || remote)
     }
 
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        for key in keys {
-            self.inner.l2.limits().check_key_len(key)?;
-        }
-        let trusted = self.l1_trusted();
-        let mut found = if trusted {
-            self.inner.l1.get_many(keys).await?
-        } else {
-            vec![None; keys.len()]
-        };
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
-        if !missing.is_empty() {
-            let epoch = self.inner.epoch.load(Relaxed);
-            let missing_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
-            let fetched = self.read_l2_or_l1(&missing_keys, trusted).await?;
-            let fills: Vec<(&str, &Entry)> = missing_keys
-                .iter()
-                .zip(&fetched)
-                .filter_map(|(k, e)| e.as_ref().map(|e| (*k, e)))
-                .collect();
-            self.fill(epoch, &fills);
-            for (i, entry) in missing.into_iter().zip(fetched) {
-                found[i] = entry;
-            }
-        }
-        for (slot, key) in found.iter_mut().zip(keys) {
-            if self.inner.pending.holds_key(key)
-                || slot.as_ref().is_some_and(|e| self.inner.pending.hides(e))
-            {
-                *slot = None;
-            }
-        }
-        found.iter().for_each(|f| self.count(f));
-        Ok(found)
-    }
-
-    async fn set_many(
-        &self,
-        items: &[(&str, Bytes)],
-        options: &SetOptions,
-    ) -> Result<(), StoreError> {
-        let limits = self.inner.l2.limits();
-        for (key, value) in items {
-            limits.check_key(key)?;
-            limits.check_entry(value, options)?;
-        }
-        let entries: Vec<(&str, Entry)> = items
-            .iter()
-            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
-            .collect();
-        let mut written = Ok(());
-        if !entries.is_empty() {
-            let began = self.inner.pending.now();
-            written = self.inner.l2.set_entries(&entries).await;
-            if written.is_ok() {
-                for (key, _) in &entries {
-                    self.inner.pending.written(key, began);
-                }
-            }
-        }
-        let local_only = written.is_err();
-        for (key, entry) in entries {
-            self.keep_in_l1(key, entry, local_only).await;
-        }
-        Counters::add(&self.inner.counters.sets, items.len() as u64);
-        self.report(written)
-    }
-
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
-        self.inner.l2.incr(key, delta, ttl).await
-    }
-
-    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.inner.l2.set_add(key, members).await
-    }
-
-    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.inner.l2.set_remove(key, members).await
-    }
-
-    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.l2.set_members(key).await
-    }
-
     async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
         self.inner.l2.limits().check_tag(tag)?;
         let at = now_micros();
@@ -645,5 +561,91 @@ impl Store for TieredStore {
 
     fn limits(&self) -> Limits {
         self.inner.l2.limits()
+    }
+}
+
+impl StoreExt for TieredStore {
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        for key in keys {
+            self.inner.l2.limits().check_key_len(key)?;
+        }
+        let trusted = self.l1_trusted();
+        let mut found = if trusted {
+            self.inner.l1.get_many(keys).await?
+        } else {
+            vec![None; keys.len()]
+        };
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let epoch = self.inner.epoch.load(Relaxed);
+            let missing_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+            let fetched = self.read_l2_or_l1(&missing_keys, trusted).await?;
+            let fills: Vec<(&str, &Entry)> = missing_keys
+                .iter()
+                .zip(&fetched)
+                .filter_map(|(k, e)| e.as_ref().map(|e| (*k, e)))
+                .collect();
+            self.fill(epoch, &fills);
+            for (i, entry) in missing.into_iter().zip(fetched) {
+                found[i] = entry;
+            }
+        }
+        for (slot, key) in found.iter_mut().zip(keys) {
+            if self.inner.pending.holds_key(key)
+                || slot.as_ref().is_some_and(|e| self.inner.pending.hides(e))
+            {
+                *slot = None;
+            }
+        }
+        found.iter().for_each(|f| self.count(f));
+        Ok(found)
+    }
+
+    async fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        let limits = self.inner.l2.limits();
+        for (key, value) in items {
+            limits.check_key(key)?;
+            limits.check_entry(value, options)?;
+        }
+        let entries: Vec<(&str, Entry)> = items
+            .iter()
+            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
+            .collect();
+        let mut written = Ok(());
+        if !entries.is_empty() {
+            let began = self.inner.pending.now();
+            written = self.inner.l2.set_entries(&entries).await;
+            if written.is_ok() {
+                for (key, _) in &entries {
+                    self.inner.pending.written(key, began);
+                }
+            }
+        }
+        let local_only = written.is_err();
+        for (key, entry) in entries {
+            self.keep_in_l1(key, entry, local_only).await;
+        }
+        Counters::add(&self.inner.counters.sets, items.len() as u64);
+        self.report(written)
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.inner.l2.incr(key, delta, ttl).await
+    }
+
+    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.inner.l2.set_add(key, members).await
+    }
+
+    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.inner.l2.set_remove(key, members).await
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.l2.set_members(key).await
     }
 }

@@ -19,7 +19,9 @@ use super::entry::{coarse_now_micros, micros, now_micros};
 use super::error::cut;
 use super::marks::Verdict;
 use super::stats::Counters;
-use super::{Entry, KeyPattern, Limits, PurgeMode, SetOptions, Store, StoreError, StoreStats};
+use super::{
+    Entry, KeyPattern, Limits, PurgeMode, SetOptions, Store, StoreError, StoreExt, StoreStats,
+};
 
 mod builder;
 mod slot;
@@ -50,7 +52,7 @@ const INLINE_PURGE: usize = 256;
 ///
 /// # Concurrency
 ///
-/// All operations are safe from many tasks at once. [`Store::incr`] is exact under contention:
+/// All operations are safe from many tasks at once. [`StoreExt::incr`](crate::store::StoreExt::incr) is exact under contention:
 /// the counter is an atomic created once per key. Set operations on one key are serialized.
 #[derive(Clone)]
 pub struct MemoryStore {
@@ -513,6 +515,73 @@ impl Store for MemoryStore {
         Ok(removed)
     }
 
+    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.inner.limits.check_tag(tag)?;
+        Ok(self.purge_tag_at(tag, now_micros()))
+    }
+
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
+        let pattern = KeyPattern::glob(pattern)?;
+        let n = self.purge_matching_local(&pattern, PurgeMode::Hard);
+        Counters::add(&self.inner.counters.deletes, n);
+        Ok(n)
+    }
+
+    async fn purged_since(&self, tags: &[String], since: SystemTime) -> Result<bool, StoreError> {
+        Ok(self.purged_since_local(tags, since))
+    }
+
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        match mode {
+            PurgeMode::Hard => self.delete(key).await,
+            PurgeMode::Soft => {
+                self.inner.limits.check_key(key)?;
+                Ok(self.soft_purge_key_at(key, now_micros()))
+            }
+        }
+    }
+
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
+        match mode {
+            PurgeMode::Hard => self.delete_tag(tag).await,
+            PurgeMode::Soft => {
+                self.inner.limits.check_tag(tag)?;
+                Ok(self.soft_purge_tag_at(tag, now_micros()))
+            }
+        }
+    }
+
+    async fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        let n = self.purge_matching_local(pattern, mode);
+        if mode == PurgeMode::Hard {
+            Counters::add(&self.inner.counters.deletes, n);
+        }
+        Ok(n)
+    }
+
+    async fn clear(&self) -> Result<u64, StoreError> {
+        let n = self.remove_all();
+        Counters::add(&self.inner.counters.deletes, n);
+        Ok(n)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let mut stats = self.inner.counters.snapshot();
+        stats.entries = Some(self.inner.cache.len() as u64);
+        stats.bytes = Some(self.inner.cache.weight());
+        stats
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+}
+
+impl StoreExt for MemoryStore {
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
         for key in keys {
             self.inner.limits.check_key_len(key)?;
@@ -581,70 +650,5 @@ impl Store for MemoryStore {
             }),
             None => Ok(Vec::new()),
         }
-    }
-
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.inner.limits.check_tag(tag)?;
-        Ok(self.purge_tag_at(tag, now_micros()))
-    }
-
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        let pattern = KeyPattern::glob(pattern)?;
-        let n = self.purge_matching_local(&pattern, PurgeMode::Hard);
-        Counters::add(&self.inner.counters.deletes, n);
-        Ok(n)
-    }
-
-    async fn purged_since(&self, tags: &[String], since: SystemTime) -> Result<bool, StoreError> {
-        Ok(self.purged_since_local(tags, since))
-    }
-
-    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
-        match mode {
-            PurgeMode::Hard => self.delete(key).await,
-            PurgeMode::Soft => {
-                self.inner.limits.check_key(key)?;
-                Ok(self.soft_purge_key_at(key, now_micros()))
-            }
-        }
-    }
-
-    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
-        match mode {
-            PurgeMode::Hard => self.delete_tag(tag).await,
-            PurgeMode::Soft => {
-                self.inner.limits.check_tag(tag)?;
-                Ok(self.soft_purge_tag_at(tag, now_micros()))
-            }
-        }
-    }
-
-    async fn purge_matching(
-        &self,
-        pattern: &KeyPattern,
-        mode: PurgeMode,
-    ) -> Result<u64, StoreError> {
-        let n = self.purge_matching_local(pattern, mode);
-        if mode == PurgeMode::Hard {
-            Counters::add(&self.inner.counters.deletes, n);
-        }
-        Ok(n)
-    }
-
-    async fn clear(&self) -> Result<u64, StoreError> {
-        let n = self.remove_all();
-        Counters::add(&self.inner.counters.deletes, n);
-        Ok(n)
-    }
-
-    fn stats(&self) -> StoreStats {
-        let mut stats = self.inner.counters.snapshot();
-        stats.entries = Some(self.inner.cache.len() as u64);
-        stats.bytes = Some(self.inner.cache.weight());
-        stats
-    }
-
-    fn limits(&self) -> Limits {
-        self.inner.limits
     }
 }

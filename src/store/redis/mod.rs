@@ -41,7 +41,8 @@ use super::marks::{TagMarks, Verdict};
 use super::stats::BreakerState;
 use super::stats::Counters;
 use super::{
-    Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreStats,
+    Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreExt,
+    StoreStats,
 };
 
 /// Keys unlinked per pipeline by background clean-up and pattern deletes.
@@ -57,7 +58,7 @@ const SCAN_COUNT: usize = 1000;
 ///   Cluster connection), connected lazily: building the store never blocks on Redis.
 /// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
 ///   [`StoreError::Timeout`], never a hung request.
-/// - Batches are pipelines: [`Store::get_many`] and [`Store::set_many`] cost one round trip.
+/// - Batches are pipelines: [`StoreExt::get_many`](crate::store::StoreExt::get_many) and [`StoreExt::set_many`](crate::store::StoreExt::set_many) cost one round trip.
 /// - An entry is written together with its tag-index memberships in one `MULTI`.
 /// - Tag purges are constant-cost invalidation marks; see the [module docs](super) for the
 ///   design and the key layout.
@@ -506,86 +507,6 @@ impl Store for RedisStore {
         Ok(n > 0)
     }
 
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
-        // Cluster would refuse across slots.
-        let mut pipe = Batch::new();
-        for key in keys {
-            pipe.cmd("GET").arg(self.key(key));
-        }
-        let mut conn = self.inner.conn.clone();
-        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
-        let mut found = raws
-            .into_iter()
-            .map(|raw| self.decode(raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.filter_invalidated(&mut found).await?;
-        self.count_reads(&found);
-        Ok(found)
-    }
-
-    async fn set_many(
-        &self,
-        items: &[(&str, Bytes)],
-        options: &SetOptions,
-    ) -> Result<(), StoreError> {
-        for (key, value) in items {
-            self.inner.limits.check_key(key)?;
-            self.inner.limits.check_entry(value, options)?;
-        }
-        if items.is_empty() {
-            return Ok(());
-        }
-        let entries: Vec<(&str, Entry)> = items
-            .iter()
-            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
-            .collect();
-        self.set_entries(&entries).await
-    }
-
-    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
-        self.inner.limits.check_key(key)?;
-        let ttl_ms = ttl.map_or(0, |t| (t.as_millis().min(i64::MAX as u128) as u64).max(1));
-        let mut conn = self.inner.conn.clone();
-        self.run(
-            "incr",
-            redis::cmd("EVAL")
-                .arg(INCR_WITH_TTL)
-                .arg(1)
-                .arg(self.key(key))
-                .arg(delta)
-                .arg(ttl_ms)
-                .query_async(&mut conn),
-        )
-        .await
-    }
-
-    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.change_set("set_add", "SADD", key, members).await
-    }
-
-    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
-        self.change_set("set_remove", "SREM", key, members).await
-    }
-
-    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.limits.check_key(key)?;
-        let mut conn = self.inner.conn.clone();
-        self.run(
-            "set_members",
-            redis::cmd("SMEMBERS")
-                .arg(self.key(key))
-                .query_async(&mut conn),
-        )
-        .await
-    }
-
     async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
         self.purge_tag_at(tag, now_micros(), false).await
     }
@@ -688,5 +609,87 @@ impl Store for RedisStore {
 
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+}
+
+impl StoreExt for RedisStore {
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
+        // Cluster would refuse across slots.
+        let mut pipe = Batch::new();
+        for key in keys {
+            pipe.cmd("GET").arg(self.key(key));
+        }
+        let mut conn = self.inner.conn.clone();
+        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
+        let mut found = raws
+            .into_iter()
+            .map(|raw| self.decode(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.filter_invalidated(&mut found).await?;
+        self.count_reads(&found);
+        Ok(found)
+    }
+
+    async fn set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        for (key, value) in items {
+            self.inner.limits.check_key(key)?;
+            self.inner.limits.check_entry(value, options)?;
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(&str, Entry)> = items
+            .iter()
+            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
+            .collect();
+        self.set_entries(&entries).await
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let ttl_ms = ttl.map_or(0, |t| (t.as_millis().min(i64::MAX as u128) as u64).max(1));
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "incr",
+            redis::cmd("EVAL")
+                .arg(INCR_WITH_TTL)
+                .arg(1)
+                .arg(self.key(key))
+                .arg(delta)
+                .arg(ttl_ms)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn set_add(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.change_set("set_add", "SADD", key, members).await
+    }
+
+    async fn set_remove(&self, key: &str, members: &[&str]) -> Result<u64, StoreError> {
+        self.change_set("set_remove", "SREM", key, members).await
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let mut conn = self.inner.conn.clone();
+        self.run(
+            "set_members",
+            redis::cmd("SMEMBERS")
+                .arg(self.key(key))
+                .query_async(&mut conn),
+        )
+        .await
     }
 }
