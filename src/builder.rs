@@ -2,10 +2,14 @@
 //! `ServiceBuilderExt` does for its own.
 
 use tower::ServiceBuilder;
+#[cfg(any(feature = "cache", feature = "metrics", feature = "sqlx"))]
 use tower::layer::util::Stack;
 
+#[cfg(feature = "cache")]
 use crate::cache::CacheLayer;
+#[cfg(feature = "purge")]
 use crate::purge::{InvalidateLayer, Purger};
+#[cfg(feature = "cache")]
 use crate::store::Store;
 
 /// Adds tower-strata's layers to a [`ServiceBuilder`] with their defaults. Each method is
@@ -31,11 +35,15 @@ use crate::store::Store;
 /// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// The response cache over `store`, with its defaults: [`CacheLayer::new`].
+    #[cfg(feature = "cache")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     fn cache<St: Store>(self, store: St) -> ServiceBuilder<Stack<CacheLayer<St>, L>>;
 
     /// Invalidation after commit through `purger`, with no rules yet (responses name what
     /// they invalidate with [`Invalidation`](crate::purge::Invalidation) or the
     /// `Cache-Group-Invalidation` header): [`InvalidateLayer::new`].
+    #[cfg(feature = "purge")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "purge")))]
     fn invalidate(self, purger: Purger) -> ServiceBuilder<Stack<InvalidateLayer, L>>;
 
     /// Latency metrics into `registry`: [`MetricsLayer::new`](crate::metrics::MetricsLayer::new).
@@ -63,10 +71,12 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 impl<L> sealed::Sealed<L> for ServiceBuilder<L> {}
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    #[cfg(feature = "cache")]
     fn cache<St: Store>(self, store: St) -> ServiceBuilder<Stack<CacheLayer<St>, L>> {
         self.layer(CacheLayer::new(store))
     }
 
+    #[cfg(feature = "purge")]
     fn invalidate(self, purger: Purger) -> ServiceBuilder<Stack<InvalidateLayer, L>> {
         self.layer(InvalidateLayer::new(purger))
     }
@@ -96,7 +106,13 @@ mod sealed {
     pub trait Sealed<T> {}
 }
 
-#[cfg(all(test, feature = "sqlite", feature = "memory", feature = "metrics"))]
+#[cfg(all(
+    test,
+    feature = "sqlite",
+    feature = "memory",
+    feature = "metrics",
+    feature = "purge"
+))]
 mod tests {
     use std::convert::Infallible;
 

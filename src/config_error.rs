@@ -42,6 +42,8 @@ pub struct ConfigError<K> {
 }
 
 impl<K: ConfigErrorKind> ConfigError<K> {
+    // Which modules build configuration errors, and with a source, depends on the features.
+    #[allow(dead_code)]
     pub(crate) fn new(kind: K, message: impl Into<String>) -> Self {
         ConfigError {
             kind,
@@ -51,6 +53,7 @@ impl<K: ConfigErrorKind> ConfigError<K> {
     }
 
     /// The lower-level error that made this one.
+    #[allow(dead_code)]
     pub(crate) fn with_source(mut self, source: impl Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self

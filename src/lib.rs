@@ -81,12 +81,17 @@ pub mod guide;
 mod macros;
 mod builder;
 mod config_error;
+#[cfg(any(feature = "health", feature = "purge", feature = "dashboard"))]
 mod respond;
 
 pub use builder::ServiceBuilderExt;
 pub use config_error::{ConfigError, ConfigErrorKind};
 
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub mod cache;
+#[cfg(feature = "purge")]
+#[cfg_attr(docsrs, doc(cfg(feature = "purge")))]
 pub mod purge;
 pub mod store;
 

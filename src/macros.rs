@@ -3,6 +3,7 @@
 /// The inner-service accessors every middleware service has (`get_ref`, `get_mut`,
 /// `into_inner`), for a service whose inner service is the field `inner` of type `S`, as
 /// tower-http spells them.
+#[allow(unused_macros)] // with no middleware feature on, nothing uses it
 macro_rules! inner_service_accessors {
     () => {
         /// The inner service.

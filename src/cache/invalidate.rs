@@ -7,6 +7,7 @@
 //! of a miss invalidated in flight, a refresh that finds the page no longer cacheable,
 //! `PURGE`, URL, key and JSON purges.
 
+#[cfg(feature = "purge")]
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -14,7 +15,9 @@ use http::{Method, Request, Response, Uri};
 use tower_service::Service;
 
 use super::body::CacheBody;
-use super::key::{KeyConfig, KeyPart, PrimaryKey, url_tag};
+#[cfg(feature = "purge")]
+use super::key::{KeyConfig, PrimaryKey};
+use super::key::{KeyPart, url_tag};
 use super::layer::Ctx;
 use super::serve::Resp;
 use super::state::Shared;
@@ -50,18 +53,21 @@ pub(crate) async fn invalidate_url<St: Store + ?Sized>(
 
 /// The cache's invalidation operation as other modules use it (`purge`): the key rules to
 /// name a URL's entries, and the in-process state to forget. Cheap to clone.
+#[cfg(feature = "purge")]
 #[derive(Clone)]
 pub(crate) struct Invalidator {
     key: Arc<KeyConfig>,
     shared: Arc<Shared>,
 }
 
+#[cfg(feature = "purge")]
 impl std::fmt::Debug for Invalidator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Invalidator").finish_non_exhaustive()
     }
 }
 
+#[cfg(feature = "purge")]
 impl Invalidator {
     pub(crate) fn new(key: KeyConfig, shared: Arc<Shared>) -> Self {
         Invalidator {

@@ -364,6 +364,7 @@ impl PrimaryKey {
 pub(crate) const PLAIN_PREFIX: &str = "c:";
 
 /// Whether `key` is one the response cache writes: a plain or a hashed identity.
+#[cfg(feature = "purge")]
 pub(crate) fn is_cache_key(key: &str) -> bool {
     key.starts_with(PLAIN_PREFIX) || key.starts_with("c#")
 }

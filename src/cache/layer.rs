@@ -7,6 +7,7 @@ use http::Method;
 use tower_layer::Layer;
 
 use super::coalesce::DistributedLease;
+#[cfg(feature = "purge")]
 use super::invalidate::Invalidator;
 use super::key::KeyConfig;
 use super::policy::PolicyConfig;
@@ -449,12 +450,14 @@ impl<St> CacheLayer<St> {
     }
 
     /// The shared store handle, for purgers over this cache's store.
+    #[cfg(feature = "purge")]
     pub(crate) fn shared_store(&self) -> &Arc<St> {
         &self.store
     }
 
     /// The cache's invalidation operation, with its key rules, for URL purges
     /// (`purge::CachePurger`).
+    #[cfg(feature = "purge")]
     pub(crate) fn invalidator(&self) -> Invalidator {
         Invalidator::new(self.config.key.clone(), self.shared.clone())
     }

@@ -8,10 +8,10 @@ use std::sync::atomic::AtomicBool;
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
+use super::PurgeConfigError;
 use super::Purger;
 use super::invalidate::{Counters, InvalidateStats, run};
 use super::rules::{CompiledEventRule, EventRule, Targets};
-use super::{PurgeConfigError, PurgeConfigErrorKind};
 
 /// Longest event name, in bytes.
 const MAX_EVENT_LEN: usize = 256;
@@ -345,7 +345,8 @@ mod remote {
     use crate::store::redis::{Target, Timeouts};
     use crate::store::subscriber::{self, SubscribeConfig, Subscriber};
 
-    use super::{BusError, Core, PurgeConfigError, PurgeConfigErrorKind, RedisSettings, Remote};
+    use super::{BusError, Core, PurgeConfigError, RedisSettings, Remote};
+    use crate::purge::PurgeConfigErrorKind;
 
     #[derive(Serialize, Deserialize)]
     struct Message {

@@ -128,8 +128,6 @@ mod rules;
 mod service;
 
 pub use auth::{Authorization, Authorize, BearerToken};
-// The dashboard checks its bearer token as the purge endpoint does.
-#[cfg(feature = "dashboard")]
 pub use body::PurgeBody;
 pub use bus::{BusError, InvalidationBus, InvalidationBusBuilder};
 pub use cache::CachePurger;

@@ -26,6 +26,8 @@ struct Parts {
     /// `None` for untagged entries.
     tags: Option<Arc<[String]>>,
     /// What a reader decoded from the value, kept beside it (see [`Entry::decoded`]).
+    // Read by the response cache (feature `cache`) only.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     memo: OnceLock<Arc<dyn Any + Send + Sync>>,
     /// Made stale by a soft purge (its TTL cut to end then).
     soft_purged: bool,
@@ -91,6 +93,7 @@ impl Entry {
     /// The value decoded by `decode`, once per stored entry: the clones an in-process store
     /// hands out share the decoded form. `None` when `decode` fails (never remembered) or when
     /// another reader remembered a value of another type.
+    #[cfg(feature = "cache")]
     pub(crate) fn decoded<T, F>(&self, decode: F) -> Option<Arc<T>>
     where
         T: Any + Send + Sync,
@@ -171,11 +174,13 @@ impl Entry {
 
     /// Whether a soft purge made the entry stale: a reader on a coarse clock must not judge its
     /// freshness, which ends at the purge, to the microsecond.
+    #[cfg(feature = "cache")]
     pub(crate) fn is_soft_purged(&self) -> bool {
         self.0.soft_purged
     }
 
     /// Time since the entry was stored, as of `now` (microseconds since the epoch).
+    #[cfg(feature = "cache")]
     pub(crate) fn age_at(&self, now: u64) -> Duration {
         Duration::from_micros(now.saturating_sub(self.stored_at_micros()))
     }
@@ -315,6 +320,7 @@ pub(crate) fn coarse_now_micros() -> u64 {
 
 /// The coarse clock where there is one (feature `memory`), else the precise one: for ages
 /// on the read path.
+#[cfg(feature = "cache")]
 pub(crate) fn clock_micros() -> u64 {
     #[cfg(feature = "memory")]
     {

@@ -194,7 +194,38 @@ impl std::fmt::Display for Pattern {
 
 /// Longest regular expression accepted, in bytes, and the most memory its compiled form may use.
 pub const MAX_REGEX_LEN: usize = 1024;
+#[cfg(feature = "regex")]
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A compiled regular expression for a [`KeyPattern::Regex`] (feature `regex`, on the `regex`
+/// crate). Without the feature there is no value of this type: [`KeyPattern::regex`] refuses
+/// every expression, and no store ever meets one.
+#[derive(Debug, Clone)]
+pub struct RegexPattern(
+    #[cfg(feature = "regex")] regex::Regex,
+    #[cfg(not(feature = "regex"))] std::convert::Infallible,
+);
+
+impl RegexPattern {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        #[cfg(feature = "regex")]
+        return self.0.as_str();
+        #[cfg(not(feature = "regex"))]
+        match self.0 {}
+    }
+
+    /// Whether the expression matches somewhere in `key`.
+    pub fn is_match(&self, key: &str) -> bool {
+        #[cfg(feature = "regex")]
+        return self.0.is_match(key);
+        #[cfg(not(feature = "regex"))]
+        {
+            let _ = key;
+            match self.0 {}
+        }
+    }
+}
 
 /// What a pattern purge matches keys with: a Redis-style glob, or a regular expression.
 ///
@@ -208,7 +239,7 @@ pub enum KeyPattern {
     /// A glob with Redis `MATCH` semantics.
     Glob(Pattern),
     /// A regular expression, matched against whole keys only if anchored (`^...$`).
-    Regex(regex::Regex),
+    Regex(RegexPattern),
 }
 
 impl KeyPattern {
@@ -226,7 +257,7 @@ impl KeyPattern {
     /// # Errors
     ///
     /// [`StoreError::InvalidPattern`] when it is empty, longer than [`MAX_REGEX_LEN`], does not
-    /// parse, or compiles to more than 1 MiB.
+    /// parse, or compiles to more than 1 MiB; always without the `regex` feature.
     pub fn regex(pattern: &str) -> Result<Self, StoreError> {
         let invalid = |reason| StoreError::InvalidPattern {
             pattern: super::error::cut(pattern),
@@ -238,14 +269,19 @@ impl KeyPattern {
         if pattern.len() > MAX_REGEX_LEN {
             return Err(invalid("regular expression longer than 1024 bytes"));
         }
-        regex::RegexBuilder::new(pattern)
+        #[cfg(feature = "regex")]
+        return regex::RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
-            .map(KeyPattern::Regex)
+            .map(|regex| KeyPattern::Regex(RegexPattern(regex)))
             .map_err(|error| match error {
                 regex::Error::CompiledTooBig(_) => invalid("regular expression too large"),
                 _ => invalid("not a valid regular expression"),
-            })
+            });
+        #[cfg(not(feature = "regex"))]
+        Err(invalid(
+            "purging by regular expression needs tower-strata's `regex` feature",
+        ))
     }
 
     /// The pattern as written.

@@ -151,7 +151,7 @@ pub use config::{Preset, StoreConfig};
 pub use dynamic::{BoxStore, DynStore};
 pub use entry::{Entry, Limits, SetOptions};
 pub use error::{StoreConfigError, StoreConfigErrorKind, StoreError};
-pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern};
+pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern, RegexPattern};
 pub use stats::{BreakerState, StoreStats};
 pub use typed::{CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder, TypedCache};
 

@@ -9,7 +9,9 @@ use sqlx::{AssertSqlSafe, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 
 use super::config::TxConfig;
-use super::error::{RetryReason, TxConfigError, TxConfigErrorKind};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+use super::error::TxConfigErrorKind;
+use super::error::{RetryReason, TxConfigError};
 
 mod sealed {
     pub trait Sealed {}
