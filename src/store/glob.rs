@@ -36,16 +36,13 @@ impl Pattern {
     /// [`StoreError::InvalidPattern`] for an empty or over-long pattern, an unclosed `[`, an empty
     /// class `[]`, a reversed range `[z-a]` or a trailing `\`.
     pub fn new(pattern: &str) -> Result<Self, StoreError> {
-        let invalid = |reason| StoreError::InvalidPattern {
-            pattern: super::error::cut(pattern),
-            reason,
-        };
-        if pattern.is_empty() {
-            return Err(invalid("pattern is empty"));
-        }
-        if pattern.len() > MAX_PATTERN_LEN {
-            return Err(invalid("pattern is longer than 1024 bytes"));
-        }
+        let invalid = invalid_pattern(pattern);
+        check_len(
+            pattern,
+            MAX_PATTERN_LEN,
+            "pattern is empty",
+            "pattern is longer than 1024 bytes",
+        )?;
         let mut tokens = Vec::new();
         let mut chars = pattern.chars().peekable();
         while let Some(c) = chars.next() {
@@ -192,6 +189,28 @@ impl std::fmt::Display for Pattern {
     }
 }
 
+/// The error refusing `pattern` (cut to a loggable length) for a reason.
+fn invalid_pattern(pattern: &str) -> impl Fn(&'static str) -> StoreError + '_ {
+    move |reason| StoreError::InvalidPattern {
+        pattern: super::error::cut(pattern),
+        reason,
+    }
+}
+
+/// Refuses an empty pattern, or one over `max` bytes, before any parsing.
+fn check_len(
+    pattern: &str,
+    max: usize,
+    empty: &'static str,
+    too_long: &'static str,
+) -> Result<(), StoreError> {
+    match pattern.len() {
+        0 => Err(invalid_pattern(pattern)(empty)),
+        len if len > max => Err(invalid_pattern(pattern)(too_long)),
+        _ => Ok(()),
+    }
+}
+
 /// Longest regular expression accepted, in bytes, and the most memory its compiled form may use.
 pub const MAX_REGEX_LEN: usize = 1024;
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -228,16 +247,13 @@ impl KeyPattern {
     /// [`StoreError::InvalidPattern`] when it is empty, longer than [`MAX_REGEX_LEN`], does not
     /// parse, or compiles to more than 1 MiB.
     pub fn regex(pattern: &str) -> Result<Self, StoreError> {
-        let invalid = |reason| StoreError::InvalidPattern {
-            pattern: super::error::cut(pattern),
-            reason,
-        };
-        if pattern.is_empty() {
-            return Err(invalid("empty regular expression"));
-        }
-        if pattern.len() > MAX_REGEX_LEN {
-            return Err(invalid("regular expression longer than 1024 bytes"));
-        }
+        let invalid = invalid_pattern(pattern);
+        check_len(
+            pattern,
+            MAX_REGEX_LEN,
+            "empty regular expression",
+            "regular expression longer than 1024 bytes",
+        )?;
         regex::RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
