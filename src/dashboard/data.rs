@@ -550,3 +550,32 @@ pub struct HistoryData {
     /// and invalidation rules, headers and extensions honoured.
     pub invalidations: Vec<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /data` is a contract: the purge part's JSON, names and order, must not change
+    /// within a [`VERSION`] (`the_data_shape_is_stable` pins the names of every part).
+    #[test]
+    fn purge_json_is_pinned() {
+        let stats = crate::purge::PurgeStats {
+            key_purges: 1,
+            tag_purges: 2,
+            pattern_purges: 3,
+            all_purges: 4,
+            soft_purges: 5,
+            entries_purged: 6,
+            failures: 7,
+            dependency_expansions: 8,
+        };
+        let purge = PurgeData::from(stats);
+        assert_eq!(purge.total(), 10);
+        let json = serde_json::to_string(&purge).unwrap();
+        assert_eq!(
+            json,
+            r#"{"key_purges":1,"tag_purges":2,"pattern_purges":3,"all_purges":4,"soft_purges":5,"entries_purged":6,"failures":7,"dependency_expansions":8}"#
+        );
+        assert_eq!(serde_json::from_str::<PurgeData>(&json).unwrap(), purge);
+    }
+}
