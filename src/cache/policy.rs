@@ -352,47 +352,40 @@ mod tests {
 
     #[test]
     fn storability() {
-        assert!(run(200, &[("cache-control", "max-age=60")], false).is_ok());
-        assert!(run(200, &[("cache-control", "no-store, max-age=60")], false).is_err());
-        assert!(run(200, &[("cache-control", "private, max-age=60")], false).is_err());
-        assert!(
-            run(
+        const CC: &str = "cache-control";
+        // (status, response headers, request carried Authorization, storable)
+        let cases: &[(u16, &[(&str, &str)], bool, bool)] = &[
+            (200, &[(CC, "max-age=60")], false, true),
+            (200, &[(CC, "no-store, max-age=60")], false, false),
+            (200, &[(CC, "private, max-age=60")], false, false),
+            (
                 200,
-                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
-                false
-            )
-            .is_err()
-        );
-        assert!(run(200, &[("cache-control", "max-age=60")], true).is_err());
-        assert!(run(200, &[("cache-control", "public, max-age=60")], true).is_ok());
-        assert!(run(200, &[("cache-control", "s-maxage=60")], true).is_ok());
-        assert!(
-            run(
-                200,
-                &[("cache-control", "must-revalidate, max-age=6")],
-                true
-            )
-            .is_ok()
-        );
-        assert!(run(200, &[], false).is_err());
-        assert!(
-            run(
+                &[(CC, "max-age=60"), ("set-cookie", "a=b")],
+                false,
+                false,
+            ),
+            (200, &[(CC, "max-age=60")], true, false),
+            (200, &[(CC, "public, max-age=60")], true, true),
+            (200, &[(CC, "s-maxage=60")], true, true),
+            (200, &[(CC, "must-revalidate, max-age=6")], true, true),
+            (200, &[], false, false),
+            (
                 500,
                 &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
-                false
-            )
-            .is_err()
-        );
-        assert!(run(500, &[("cache-control", "max-age=60")], false).is_ok());
-        assert!(run(206, &[("cache-control", "max-age=60")], false).is_err());
-        assert!(
-            run(
-                200,
-                &[("cache-control", "max-age=60"), ("vary", "*")],
-                false
-            )
-            .is_err()
-        );
+                false,
+                false,
+            ),
+            (500, &[(CC, "max-age=60")], false, true),
+            (206, &[(CC, "max-age=60")], false, false),
+            (200, &[(CC, "max-age=60"), ("vary", "*")], false, false),
+        ];
+        for &(status, headers, auth, storable) in cases {
+            assert_eq!(
+                run(status, headers, auth).is_ok(),
+                storable,
+                "{status} {headers:?} auth={auth}"
+            );
+        }
     }
 
     #[test]
