@@ -355,8 +355,8 @@ mod tests {
     #[test]
     fn storability() {
         // (status, response headers, request carried Authorization, storable)
-        let cases: &[(u16, &[(&str, &str)], bool, bool)] = &[
-            (200, &[(CC, "max-age=60")], false, true),
+        let cases = [
+            (200, &[(CC, "max-age=60")][..], false, true),
             (200, &[(CC, "no-store, max-age=60")], false, false),
             (200, &[(CC, "private, max-age=60")], false, false),
             (
@@ -380,7 +380,7 @@ mod tests {
             (206, &[(CC, "max-age=60")], false, false),
             (200, &[(CC, "max-age=60"), ("vary", "*")], false, false),
         ];
-        for &(status, headers, auth, storable) in cases {
+        for (status, headers, auth, storable) in cases {
             assert_eq!(
                 run(status, headers, auth).is_ok(),
                 storable,
