@@ -313,7 +313,7 @@ impl Dashboard {
                 .as_ref()
                 .filter(|_| with_store)
                 .map(|f| StoreData::from(f())),
-            purge: i.purger.as_ref().map(|p| PurgeData::from(p.stats())),
+            purge: i.purger.as_ref().map(|p| p.stats()),
             invalidation: i
                 .invalidate
                 .as_ref()
