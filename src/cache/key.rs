@@ -237,15 +237,24 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         })
 }
 
-/// The header names a `Vary` lists, lower-cased, sorted, deduplicated.
-pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = headers
-        .get_all(header::VARY)
+/// The header names that the comma-separated lists of every `list` header (`Vary`,
+/// `Connection`) name, lower-cased, in order; names that are not valid header names are
+/// skipped.
+pub(crate) fn listed_names(
+    headers: &HeaderMap,
+    list: HeaderName,
+) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(list)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+}
+
+/// The header names a `Vary` lists, lower-cased, sorted, deduplicated.
+pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = listed_names(headers, header::VARY).collect();
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
     names

@@ -167,13 +167,7 @@ pub(crate) fn stored_headers<St>(ctx: &Ctx<St>, headers: &HeaderMap) -> HeaderMa
 }
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> = key::listed_names(headers, header::CONNECTION).collect();
     for name in named {
         headers.remove(name);
     }

@@ -222,52 +222,9 @@ impl From<crate::store::StoreStats> for StoreData {
     }
 }
 
-/// Purges made through a [`Purger`](crate::purge::Purger) and its clones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct PurgeData {
-    /// Purges by key.
-    pub key_purges: u64,
-    /// Purges by tag.
-    pub tag_purges: u64,
-    /// Purges by pattern.
-    pub pattern_purges: u64,
-    /// Purges of everything.
-    pub all_purges: u64,
-    /// Of all purges, soft ones.
-    pub soft_purges: u64,
-    /// Entries removed or marked stale.
-    pub entries_purged: u64,
-    /// Purges that failed.
-    pub failures: u64,
-    /// Keys and tags purged as dependants of another.
-    pub dependency_expansions: u64,
-}
-
-impl PurgeData {
-    /// Purges of every kind.
-    pub fn total(&self) -> u64 {
-        self.key_purges
-            .saturating_add(self.tag_purges)
-            .saturating_add(self.pattern_purges)
-            .saturating_add(self.all_purges)
-    }
-}
-
-impl From<crate::purge::PurgeStats> for PurgeData {
-    fn from(s: crate::purge::PurgeStats) -> Self {
-        PurgeData {
-            key_purges: s.key_purges,
-            tag_purges: s.tag_purges,
-            pattern_purges: s.pattern_purges,
-            all_purges: s.all_purges,
-            soft_purges: s.soft_purges,
-            entries_purged: s.entries_purged,
-            failures: s.failures,
-            dependency_expansions: s.dependency_expansions,
-        }
-    }
-}
+/// Purges made through a [`Purger`](crate::purge::Purger) and its clones: the purger's own
+/// counters, served as they are (one type, so the dashboard cannot drift from the purger).
+pub type PurgeData = crate::purge::PurgeStats;
 
 /// What an [`InvalidateLayer`](crate::purge::InvalidateLayer) did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -549,4 +506,33 @@ pub struct HistoryData {
     /// Invalidations since the previous sample: keys the cache removed after unsafe requests,
     /// and invalidation rules, headers and extensions honoured.
     pub invalidations: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /data` is a contract: the purge part's JSON, names and order, must not change
+    /// within a [`VERSION`] (`the_data_shape_is_stable` pins the names of every part).
+    #[test]
+    fn purge_json_is_pinned() {
+        let stats = crate::purge::PurgeStats {
+            key_purges: 1,
+            tag_purges: 2,
+            pattern_purges: 3,
+            all_purges: 4,
+            soft_purges: 5,
+            entries_purged: 6,
+            failures: 7,
+            dependency_expansions: 8,
+        };
+        let purge = PurgeData::from(stats);
+        assert_eq!(purge.total(), 10);
+        let json = serde_json::to_string(&purge).unwrap();
+        assert_eq!(
+            json,
+            r#"{"key_purges":1,"tag_purges":2,"pattern_purges":3,"all_purges":4,"soft_purges":5,"entries_purged":6,"failures":7,"dependency_expansions":8}"#
+        );
+        assert_eq!(serde_json::from_str::<PurgeData>(&json).unwrap(), purge);
+    }
 }

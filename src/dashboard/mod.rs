@@ -243,18 +243,17 @@ mod tests {
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
             assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
             assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
-            let wrong = Request::get(uri)
-                .header("authorization", "Bearer nope")
-                .body(())
-                .unwrap();
-            let response = dashboard.clone().oneshot(wrong).await.unwrap();
-            assert_eq!(response.status(), StatusCode::FORBIDDEN);
-            let right = Request::get(uri)
-                .header("authorization", "Bearer t0ken")
-                .body(())
-                .unwrap();
-            let response = dashboard.clone().oneshot(right).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
+            for (authorization, status) in [
+                ("Bearer nope", StatusCode::FORBIDDEN),
+                ("Bearer t0ken", StatusCode::OK),
+            ] {
+                let request = Request::get(uri)
+                    .header("authorization", authorization)
+                    .body(())
+                    .unwrap();
+                let response = dashboard.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), status, "{uri} {authorization}");
+            }
         }
         // Unknown paths stay 404 without credentials: nothing to protect there.
         let response = get(&dashboard, Method::GET, "/nope").await;

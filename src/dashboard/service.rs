@@ -246,13 +246,7 @@ impl Dashboard {
     pub fn data(&self) -> DashboardData {
         let i = &*self.inner;
         let at_unix_ms = unix_ms(SystemTime::now());
-        let cache = i.cache.as_ref().map(cache_data);
-        let store = i.store.as_ref().map(|f| StoreData::from(f()));
-        let purge = i.purger.as_ref().map(|p| PurgeData::from(p.stats()));
-        let invalidation = i
-            .invalidate
-            .as_ref()
-            .map(|l| InvalidationData::from(l.stats()));
+        let counters = self.counters(true);
         #[cfg(feature = "metrics")]
         let (latency, routes) = match &i.metrics {
             Some(registry) => {
@@ -272,14 +266,7 @@ impl Dashboard {
         #[cfg(not(feature = "health"))]
         let health = None;
 
-        let sample = sample(
-            at_unix_ms,
-            cache.as_ref(),
-            store.as_ref(),
-            purge.as_ref(),
-            invalidation.as_ref(),
-            routes,
-        );
+        let sample = counters.sample(at_unix_ms, routes);
         let (history, mut series) = {
             let mut ring = lock(&i.history);
             ring.push(Instant::now(), sample);
@@ -300,10 +287,10 @@ impl Dashboard {
             title: i.title.clone(),
             at_unix_ms,
             latency,
-            cache,
-            store,
-            purge,
-            invalidation,
+            cache: counters.cache,
+            store: counters.store,
+            purge: counters.purge,
+            invalidation: counters.invalidation,
             transactions,
             health,
             history,
@@ -316,16 +303,8 @@ impl Dashboard {
         if !lock(&i.history).due(Instant::now()) {
             return;
         }
-        let cache = i.cache.as_ref().map(cache_data);
-        let store = match (&i.cache, &i.store) {
-            (None, Some(f)) => Some(StoreData::from(f())),
-            _ => None,
-        };
-        let purge = i.purger.as_ref().map(|p| PurgeData::from(p.stats()));
-        let invalidation = i
-            .invalidate
-            .as_ref()
-            .map(|l| InvalidationData::from(l.stats()));
+        // The sample's hit ratio is the cache layer's when there is one: the store is not read.
+        let counters = self.counters(i.cache.is_none());
         #[cfg(feature = "metrics")]
         let routes = i
             .metrics
@@ -334,15 +313,27 @@ impl Dashboard {
             .unwrap_or_default();
         #[cfg(not(feature = "metrics"))]
         let routes = Vec::new();
-        let sample = sample(
-            unix_ms(SystemTime::now()),
-            cache.as_ref(),
-            store.as_ref(),
-            purge.as_ref(),
-            invalidation.as_ref(),
-            routes,
-        );
+        let sample = counters.sample(unix_ms(SystemTime::now()), routes);
         lock(&i.history).push(Instant::now(), sample);
+    }
+
+    /// Reads the cache's, purger's and invalidation layer's counters, and the store's when
+    /// `with_store`.
+    fn counters(&self, with_store: bool) -> Counters {
+        let i = &*self.inner;
+        Counters {
+            cache: i.cache.as_ref().map(cache_data),
+            store: i
+                .store
+                .as_ref()
+                .filter(|_| with_store)
+                .map(|f| StoreData::from(f())),
+            purge: i.purger.as_ref().map(|p| p.stats()),
+            invalidation: i
+                .invalidate
+                .as_ref()
+                .map(|l| InvalidationData::from(l.stats())),
+        }
     }
 
     /// Spawns a task taking a chart sample every interval, so the charts cover the time
@@ -368,6 +359,14 @@ impl Dashboard {
             }
         })
     }
+}
+
+/// The counters a snapshot shows and a chart sample is made from, read once for both.
+struct Counters {
+    cache: Option<CacheData>,
+    store: Option<StoreData>,
+    purge: Option<PurgeData>,
+    invalidation: Option<InvalidationData>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -408,29 +407,30 @@ fn cache_data(stats: &CacheStats) -> CacheData {
     }
 }
 
-/// A chart sample from the figures read for a snapshot. The hit ratio is the cache layer's,
-/// or the store's without one.
-fn sample(
-    at_unix_ms: u64,
-    cache: Option<&CacheData>,
-    store: Option<&StoreData>,
-    purge: Option<&PurgeData>,
-    invalidation: Option<&InvalidationData>,
-    routes: Vec<super::history::RoutePoint>,
-) -> Sample {
-    let (served, misses) = match (cache, store) {
-        (Some(c), _) => (c.hits + c.stale_hits + c.coalesced, c.misses),
-        (None, Some(s)) => (s.hits, s.misses),
-        (None, None) => (0, 0),
-    };
-    Sample {
-        at_unix_ms,
-        served,
-        misses,
-        purges: purge.map_or(0, PurgeData::total),
-        invalidations: cache.map_or(0, |c| c.invalidations)
-            + invalidation.map_or(0, InvalidationData::total),
-        routes,
+impl Counters {
+    /// A chart sample from these counters. The hit ratio is the cache layer's, or the store's
+    /// without one.
+    fn sample(&self, at_unix_ms: u64, routes: Vec<super::history::RoutePoint>) -> Sample {
+        let Counters {
+            cache,
+            store,
+            purge,
+            invalidation,
+        } = self;
+        let (served, misses) = match (cache, store) {
+            (Some(c), _) => (c.hits + c.stale_hits + c.coalesced, c.misses),
+            (None, Some(s)) => (s.hits, s.misses),
+            (None, None) => (0, 0),
+        };
+        Sample {
+            at_unix_ms,
+            served,
+            misses,
+            purges: purge.as_ref().map_or(0, PurgeData::total),
+            invalidations: cache.as_ref().map_or(0, |c| c.invalidations)
+                + invalidation.as_ref().map_or(0, InvalidationData::total),
+            routes,
+        }
     }
 }
 

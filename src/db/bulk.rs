@@ -105,13 +105,27 @@ impl Bulk {
 
     fn column_list<DB: Dialect>(&self, qb: &mut QueryBuilder<DB>) {
         qb.push("(");
-        for (i, c) in self.columns.iter().enumerate() {
-            if i > 0 {
-                qb.push(", ");
-            }
-            qb.push(c.quoted::<DB>());
+        let mut list = qb.separated(", ");
+        for c in &self.columns {
+            list.push(c.quoted::<DB>());
         }
         qb.push(")");
+    }
+
+    /// `INSERT INTO table (columns) VALUES (..), ..` for `rows`: an insert, and the head of an
+    /// upsert.
+    fn push_insert<DB: Dialect, R>(
+        &self,
+        qb: &mut QueryBuilder<DB>,
+        rows: &[R],
+        bind: impl FnMut(Separated<'_, DB, &'static str>, &R),
+    ) {
+        qb.push("INSERT INTO ")
+            .push(self.table.quoted::<DB>())
+            .push(" ");
+        self.column_list(qb);
+        qb.push(" ");
+        qb.push_values(rows, bind);
     }
 
     async fn chunked<Q, R, B>(
@@ -153,12 +167,7 @@ impl Bulk {
         F: FnMut(Separated<'_, Q::Database, &'static str>, &R) + Send,
     {
         self.chunked(target, rows, |qb, chunk| {
-            qb.push("INSERT INTO ")
-                .push(self.table.quoted::<Q::Database>())
-                .push(" ");
-            self.column_list(qb);
-            qb.push(" ");
-            qb.push_values(chunk, &mut bind);
+            self.push_insert(qb, chunk, &mut bind)
         })
         .await
     }
@@ -195,12 +204,7 @@ impl Bulk {
             .collect();
         self.chunked(target, rows, |qb, chunk| {
             type D<Q> = <Q as QueryTarget>::Database;
-            qb.push("INSERT INTO ")
-                .push(self.table.quoted::<D<Q>>())
-                .push(" ");
-            self.column_list(qb);
-            qb.push(" ");
-            qb.push_values(chunk, &mut bind);
+            self.push_insert(qb, chunk, &mut bind);
             if <D<Q> as Dialect>::MYSQL_SYNTAX {
                 qb.push(" ON DUPLICATE KEY UPDATE ");
                 let cols = if updated.is_empty() {
@@ -208,31 +212,25 @@ impl Bulk {
                 } else {
                     updated.clone()
                 };
-                for (i, c) in cols.iter().enumerate() {
-                    if i > 0 {
-                        qb.push(", ");
-                    }
+                let mut list = qb.separated(", ");
+                for c in cols {
                     let q = c.quoted::<D<Q>>();
-                    qb.push(format_args!("{q} = VALUES({q})"));
+                    list.push(format_args!("{q} = VALUES({q})"));
                 }
             } else {
                 qb.push(" ON CONFLICT (");
-                for (i, c) in conflict.iter().enumerate() {
-                    if i > 0 {
-                        qb.push(", ");
-                    }
-                    qb.push(c.quoted::<D<Q>>());
+                let mut list = qb.separated(", ");
+                for c in &conflict {
+                    list.push(c.quoted::<D<Q>>());
                 }
                 if updated.is_empty() {
                     qb.push(") DO NOTHING");
                 } else {
                     qb.push(") DO UPDATE SET ");
-                    for (i, c) in updated.iter().enumerate() {
-                        if i > 0 {
-                            qb.push(", ");
-                        }
+                    let mut list = qb.separated(", ");
+                    for c in &updated {
                         let q = c.quoted::<D<Q>>();
-                        qb.push(format_args!("{q} = EXCLUDED.{q}"));
+                        list.push(format_args!("{q} = EXCLUDED.{q}"));
                     }
                 }
             }
@@ -271,11 +269,9 @@ impl Bulk {
             let key = self.columns[0].quoted::<D<Q>>();
             if <D<Q> as Dialect>::MYSQL_SYNTAX {
                 qb.push(format_args!("UPDATE {table} AS {T_ALIAS} JOIN (SELECT "));
-                for (i, c) in self.columns.iter().enumerate() {
-                    if i > 0 {
-                        qb.push(", ");
-                    }
-                    qb.push(format_args!("NULL AS {}", c.quoted::<D<Q>>()));
+                let mut list = qb.separated(", ");
+                for c in &self.columns {
+                    list.push(format_args!("NULL AS {}", c.quoted::<D<Q>>()));
                 }
                 qb.push(" FROM DUAL WHERE FALSE");
                 for r in chunk {
@@ -285,12 +281,10 @@ impl Bulk {
                 qb.push(format_args!(
                     ") AS {V_ALIAS} ON {T_ALIAS}.{key} = {V_ALIAS}.{key} SET "
                 ));
-                for (i, c) in self.columns[1..].iter().enumerate() {
-                    if i > 0 {
-                        qb.push(", ");
-                    }
+                let mut list = qb.separated(", ");
+                for c in &self.columns[1..] {
                     let q = c.quoted::<D<Q>>();
-                    qb.push(format_args!("{T_ALIAS}.{q} = {V_ALIAS}.{q}"));
+                    list.push(format_args!("{T_ALIAS}.{q} = {V_ALIAS}.{q}"));
                 }
             } else {
                 qb.push(format_args!("WITH {V_ALIAS} "));
@@ -298,12 +292,10 @@ impl Bulk {
                 qb.push(" AS (");
                 qb.push_values(chunk, &mut bind);
                 qb.push(format_args!(") UPDATE {table} AS {T_ALIAS} SET "));
-                for (i, c) in self.columns[1..].iter().enumerate() {
-                    if i > 0 {
-                        qb.push(", ");
-                    }
+                let mut list = qb.separated(", ");
+                for c in &self.columns[1..] {
                     let q = c.quoted::<D<Q>>();
-                    qb.push(format_args!("{q} = {V_ALIAS}.{q}"));
+                    list.push(format_args!("{q} = {V_ALIAS}.{q}"));
                 }
                 qb.push(format_args!(
                     " FROM {V_ALIAS} WHERE {T_ALIAS}.{key} = {V_ALIAS}.{key}"

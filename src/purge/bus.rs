@@ -203,45 +203,43 @@ impl InvalidationBusBuilder {
         self
     }
 
+    /// Changes the Redis settings: a Redis setter called before
+    /// [`redis`](InvalidationBusBuilder::redis) has nothing to change and does nothing.
+    #[cfg(feature = "redis")]
+    fn with_redis(mut self, change: impl FnOnce(&mut RedisSettings)) -> Self {
+        if let Some(redis) = &mut self.redis {
+            change(redis);
+        }
+        self
+    }
+
     /// The namespace of the Redis channel (`{namespace}:events`; default `strata`): instances
     /// of one application share it, other applications on the same Redis use their own.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        if let Some(redis) = &mut self.redis {
-            redis.namespace = namespace.into();
-        }
-        self
+    pub fn namespace(self, namespace: impl Into<String>) -> Self {
+        self.with_redis(|redis| redis.namespace = namespace.into())
     }
 
     /// The timeout of a `PUBLISH` (default 500 ms).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        if let Some(redis) = &mut self.redis {
-            redis.timeout = timeout;
-        }
-        self
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.with_redis(|redis| redis.timeout = timeout)
     }
 
     /// The timeout of connecting and subscribing, and of the subscriber's pings (default 1 s).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(redis) = &mut self.redis {
-            redis.connect_timeout = timeout;
-        }
-        self
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.with_redis(|redis| redis.connect_timeout = timeout)
     }
 
     /// How often the subscriber pings Redis to notice a dead connection (default 1 s).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        if let Some(redis) = &mut self.redis {
-            redis.ping_interval = interval;
-        }
-        self
+    pub fn ping_interval(self, interval: Duration) -> Self {
+        self.with_redis(|redis| redis.ping_interval = interval)
     }
 
     /// Checks the rules and, with Redis, starts the subscriber task.

@@ -112,7 +112,10 @@ impl fmt::Display for Target {
 pub const DEFAULT_MAX_DEPENDANTS: usize = 10_000;
 
 /// Counters of every purge made through a [`Purger`] and its clones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+///
+/// The dashboard serves them as they are (`dashboard::PurgeData` is this type), so their JSON
+/// names and order are part of its `/data` contract.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeStats {
     /// Purges by key.
     pub key_purges: u64,
@@ -131,6 +134,16 @@ pub struct PurgeStats {
     /// Keys and tags purged because they depend on a purged key or tag (each also counted as
     /// a key or tag purge).
     pub dependency_expansions: u64,
+}
+
+impl PurgeStats {
+    /// Purges of every kind (by key, tag, pattern, and of everything).
+    pub fn total(&self) -> u64 {
+        self.key_purges
+            .saturating_add(self.tag_purges)
+            .saturating_add(self.pattern_purges)
+            .saturating_add(self.all_purges)
+    }
 }
 
 #[derive(Default)]

@@ -517,6 +517,30 @@ impl Limits {
         Ok(())
     }
 
+    /// Checks a write: the key in full, then the value and its tags.
+    #[cfg(any(feature = "memory", feature = "redis"))]
+    pub(crate) fn check_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        self.check_key(key)?;
+        self.check_entry(value, options)
+    }
+
+    /// [`Limits::check_set`] for every item of a batch, so none is written unless all pass.
+    #[cfg(any(feature = "memory", feature = "redis"))]
+    pub(crate) fn check_set_many(
+        &self,
+        items: &[(&str, Bytes)],
+        options: &SetOptions,
+    ) -> Result<(), StoreError> {
+        items
+            .iter()
+            .try_for_each(|(key, value)| self.check_set(key, value, options))
+    }
+
     /// Checks one tag: non-empty, within the length limit, no whitespace or control characters
     /// (tags travel in space-separated headers).
     ///

@@ -36,16 +36,13 @@ impl Pattern {
     /// [`StoreError::InvalidPattern`] for an empty or over-long pattern, an unclosed `[`, an empty
     /// class `[]`, a reversed range `[z-a]` or a trailing `\`.
     pub fn new(pattern: &str) -> Result<Self, StoreError> {
-        let invalid = |reason| StoreError::InvalidPattern {
-            pattern: super::error::cut(pattern),
-            reason,
-        };
-        if pattern.is_empty() {
-            return Err(invalid("pattern is empty"));
-        }
-        if pattern.len() > MAX_PATTERN_LEN {
-            return Err(invalid("pattern is longer than 1024 bytes"));
-        }
+        let invalid = invalid_pattern(pattern);
+        check_len(
+            pattern,
+            MAX_PATTERN_LEN,
+            "pattern is empty",
+            "pattern is longer than 1024 bytes",
+        )?;
         let mut tokens = Vec::new();
         let mut chars = pattern.chars().peekable();
         while let Some(c) = chars.next() {
@@ -192,6 +189,28 @@ impl std::fmt::Display for Pattern {
     }
 }
 
+/// The error refusing `pattern` (cut to a loggable length) for a reason.
+fn invalid_pattern(pattern: &str) -> impl Fn(&'static str) -> StoreError + '_ {
+    move |reason| StoreError::InvalidPattern {
+        pattern: super::error::cut(pattern),
+        reason,
+    }
+}
+
+/// Refuses an empty pattern, or one over `max` bytes, before any parsing.
+fn check_len(
+    pattern: &str,
+    max: usize,
+    empty: &'static str,
+    too_long: &'static str,
+) -> Result<(), StoreError> {
+    match pattern.len() {
+        0 => Err(invalid_pattern(pattern)(empty)),
+        len if len > max => Err(invalid_pattern(pattern)(too_long)),
+        _ => Ok(()),
+    }
+}
+
 /// Longest regular expression accepted, in bytes, and the most memory its compiled form may use.
 pub const MAX_REGEX_LEN: usize = 1024;
 #[cfg(feature = "regex")]
@@ -259,16 +278,13 @@ impl KeyPattern {
     /// [`StoreError::InvalidPattern`] when it is empty, longer than [`MAX_REGEX_LEN`], does not
     /// parse, or compiles to more than 1 MiB; always without the `regex` feature.
     pub fn regex(pattern: &str) -> Result<Self, StoreError> {
-        let invalid = |reason| StoreError::InvalidPattern {
-            pattern: super::error::cut(pattern),
-            reason,
-        };
-        if pattern.is_empty() {
-            return Err(invalid("empty regular expression"));
-        }
-        if pattern.len() > MAX_REGEX_LEN {
-            return Err(invalid("regular expression longer than 1024 bytes"));
-        }
+        let invalid = invalid_pattern(pattern);
+        check_len(
+            pattern,
+            MAX_REGEX_LEN,
+            "empty regular expression",
+            "regular expression longer than 1024 bytes",
+        )?;
         #[cfg(feature = "regex")]
         return regex::RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
@@ -311,35 +327,36 @@ impl From<Pattern> for KeyPattern {
 mod tests {
     use super::*;
 
-    fn m(p: &str, t: &str) -> bool {
-        Pattern::new(p).unwrap().matches(t)
-    }
-
     #[test]
-    fn wildcards() {
-        assert!(m("user:*", "user:42"));
-        assert!(m("user:*", "user:"));
-        assert!(!m("user:*", "users:1"));
-        assert!(m("*:42", "product:42"));
-        assert!(m("a*b*c", "axxbyyc"));
-        assert!(!m("a*b*c", "axxbyy"));
-        assert!(m("h?llo", "hello"));
-        assert!(!m("h?llo", "hllo"));
-        assert!(m("**", ""));
-    }
-
-    #[test]
-    fn classes() {
-        assert!(m("h[ae]llo", "hallo"));
-        assert!(!m("h[ae]llo", "hillo"));
-        assert!(m("h[^e]llo", "hallo"));
-        assert!(!m("h[^e]llo", "hello"));
-        assert!(m("v[0-9]", "v7"));
-        assert!(!m("v[0-9]", "va"));
-        assert!(m("x[a-]", "x-"));
-        assert!(m("\\*", "*"));
-        assert!(!m("\\*", "a"));
-        assert!(m("[\\]]", "]"));
+    fn wildcards_and_classes() {
+        // (pattern, text, whether it matches)
+        let cases = [
+            // `*` and `?`
+            ("user:*", "user:42", true),
+            ("user:*", "user:", true),
+            ("user:*", "users:1", false),
+            ("*:42", "product:42", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("**", "", true),
+            // `[...]` classes, ranges, negation and escapes
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("v[0-9]", "v7", true),
+            ("v[0-9]", "va", false),
+            ("x[a-]", "x-", true),
+            ("\\*", "*", true),
+            ("\\*", "a", false),
+            ("[\\]]", "]", true),
+        ];
+        for (pattern, text, matches) in cases {
+            let got = Pattern::new(pattern).unwrap().matches(text);
+            assert_eq!(got, matches, "{pattern:?} on {text:?}");
+        }
     }
 
     #[test]

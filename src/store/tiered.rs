@@ -437,9 +437,7 @@ impl Store for TieredStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
-        let limits = self.inner.l2.limits();
-        limits.check_key(key)?;
-        limits.check_entry(&value, options)?;
+        self.inner.l2.limits().check_set(key, &value, options)?;
         let entry = Entry::new(value, options);
         let began = self.inner.pending.now();
         let written = self.inner.l2.set_entries(&[(key, entry.clone())]).await;
@@ -606,11 +604,7 @@ impl StoreExt for TieredStore {
         items: &[(&str, Bytes)],
         options: &SetOptions,
     ) -> Result<(), StoreError> {
-        let limits = self.inner.l2.limits();
-        for (key, value) in items {
-            limits.check_key(key)?;
-            limits.check_entry(value, options)?;
-        }
+        self.inner.l2.limits().check_set_many(items, options)?;
         let entries: Vec<(&str, Entry)> = items
             .iter()
             .map(|(k, v)| (*k, Entry::new(v.clone(), options)))

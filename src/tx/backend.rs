@@ -104,6 +104,18 @@ pub(crate) fn is_connection_loss(err: &sqlx::Error) -> bool {
     }
 }
 
+/// `transaction_pooling` describes PostgreSQL behind a pooler: another database refuses it.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+fn refuse_transaction_pooling(config: &TxConfig) -> Result<(), TxConfigError> {
+    if config.transaction_pooling {
+        return Err(TxConfigError::new(
+            TxConfigErrorKind::Unsupported,
+            "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 fn millis(d: std::time::Duration) -> u128 {
     d.as_millis().max(1)
@@ -175,12 +187,7 @@ impl TxDatabase for sqlx::MySql {
                 "statement_timeout is only supported on PostgreSQL",
             ));
         }
-        if config.transaction_pooling {
-            return Err(TxConfigError::new(
-                TxConfigErrorKind::Unsupported,
-                "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
-            ));
-        }
+        refuse_transaction_pooling(config)?;
         Ok(())
     }
 
@@ -253,12 +260,7 @@ impl TxDatabase for sqlx::Sqlite {
                 "TxMode::ReadOnly (read_only) is not supported on SQLite (open the pool read-only instead)",
             ));
         }
-        if config.transaction_pooling {
-            return Err(TxConfigError::new(
-                TxConfigErrorKind::Unsupported,
-                "transaction_pooling is for PostgreSQL behind a pooler such as PgBouncer",
-            ));
-        }
+        refuse_transaction_pooling(config)?;
         if config.statement_timeout.is_some() || config.lock_timeout.is_some() {
             return Err(TxConfigError::new(
                 TxConfigErrorKind::Unsupported,

@@ -380,15 +380,7 @@ impl<DB: TxDatabase> TxHandle<DB> {
                     unknown.close_on_drop();
                 }
                 slot.state = State::Idle;
-                let conn = match self.inner.pool.acquire().await {
-                    Ok(conn) => conn,
-                    Err(err) => {
-                        if matches!(err, sqlx::Error::PoolTimedOut) {
-                            shared.pool_exhausted.store(true, Ordering::Relaxed);
-                        }
-                        return Err(err);
-                    }
-                };
+                let conn = self.acquire().await?;
                 slot.state = State::Beginning;
                 let conn = slot.conn.insert(conn);
                 let read_only = shared.mode == TxMode::ReadOnly;
@@ -424,22 +416,26 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 "the request's database work has already ended".into(),
             ));
         }
-        let conn = match self.inner.pool.acquire().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                if matches!(err, sqlx::Error::PoolTimedOut) {
-                    shared.pool_exhausted.store(true, Ordering::Relaxed);
-                }
-                return Err(err);
-            }
-        };
-        slot.conn = Some(conn);
+        slot.conn = Some(self.acquire().await?);
         if !shared.autocommit_used.swap(true, Ordering::Relaxed) {
             shared.stats.autocommit();
         }
         Ok(TxConn {
             guard: slot,
             shared,
+        })
+    }
+
+    /// A connection from the attempt's pool. A timeout is remembered, so the layer answers
+    /// `503` for an exhausted pool rather than treating it as the handler's error.
+    async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
+        self.inner.pool.acquire().await.inspect_err(|err| {
+            if matches!(err, sqlx::Error::PoolTimedOut) {
+                self.inner
+                    .shared
+                    .pool_exhausted
+                    .store(true, Ordering::Relaxed);
+            }
         })
     }
 

@@ -104,41 +104,39 @@ mod tests {
 
     #[test]
     fn http_statuses() {
-        let p = DefaultPolicy;
-        let h = HeaderMap::new();
-        assert_eq!(p.on_response(StatusCode::OK, &h), Some(Verdict::Commit));
-        assert_eq!(p.on_response(StatusCode::FOUND, &h), Some(Verdict::Commit));
-        assert_eq!(
-            p.on_response(StatusCode::NOT_FOUND, &h),
-            Some(Verdict::Rollback)
-        );
-        assert_eq!(
-            p.on_response(StatusCode::INTERNAL_SERVER_ERROR, &h),
-            Some(Verdict::Rollback)
-        );
+        for (status, verdict) in [
+            (StatusCode::OK, Verdict::Commit),
+            (StatusCode::FOUND, Verdict::Commit),
+            (StatusCode::NOT_FOUND, Verdict::Rollback),
+            (StatusCode::INTERNAL_SERVER_ERROR, Verdict::Rollback),
+        ] {
+            let got = DefaultPolicy.on_response(status, &HeaderMap::new());
+            assert_eq!(got, Some(verdict), "{status}");
+        }
     }
 
     #[test]
     fn grpc_status_in_headers_or_trailers() {
         let p = DefaultPolicy;
-        let grpc = headers(&[("content-type", "application/grpc")]);
-        assert_eq!(p.on_response(StatusCode::OK, &grpc), None);
-        let failed = headers(&[("content-type", "application/grpc"), ("grpc-status", "5")]);
-        assert_eq!(
-            p.on_response(StatusCode::OK, &failed),
-            Some(Verdict::Rollback)
-        );
-        let ok = headers(&[("content-type", "application/grpc"), ("grpc-status", "0")]);
-        assert_eq!(p.on_response(StatusCode::OK, &ok), Some(Verdict::Commit));
-        assert_eq!(
-            p.on_trailers(Some(&headers(&[("grpc-status", "0")]))),
-            Verdict::Commit
-        );
-        assert_eq!(
-            p.on_trailers(Some(&headers(&[("grpc-status", "13")]))),
-            Verdict::Rollback
-        );
-        assert_eq!(p.on_trailers(None), Verdict::Rollback);
+        let grpc = ("content-type", "application/grpc");
+        // A `grpc-status` in the headers (a trailers-only answer) decides; without one, the
+        // trailers do.
+        for (pairs, verdict) in [
+            (&[grpc][..], None),
+            (&[grpc, ("grpc-status", "5")], Some(Verdict::Rollback)),
+            (&[grpc, ("grpc-status", "0")], Some(Verdict::Commit)),
+        ] {
+            let got = p.on_response(StatusCode::OK, &headers(pairs));
+            assert_eq!(got, verdict, "{pairs:?}");
+        }
+        for (status, verdict) in [
+            (Some("0"), Verdict::Commit),
+            (Some("13"), Verdict::Rollback),
+            (None, Verdict::Rollback),
+        ] {
+            let trailers = status.map(|s| headers(&[("grpc-status", s)]));
+            assert_eq!(p.on_trailers(trailers.as_ref()), verdict, "{status:?}");
+        }
     }
 
     #[test]

@@ -502,8 +502,7 @@ impl Store for MemoryStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
-        self.inner.limits.check_key(key)?;
-        self.inner.limits.check_entry(&value, options)?;
+        self.inner.limits.check_set(key, &value, options)?;
         self.insert_entry(key, Entry::new(value, options), None);
         Ok(())
     }
@@ -594,10 +593,7 @@ impl StoreExt for MemoryStore {
         items: &[(&str, Bytes)],
         options: &SetOptions,
     ) -> Result<(), StoreError> {
-        for (key, value) in items {
-            self.inner.limits.check_key(key)?;
-            self.inner.limits.check_entry(value, options)?;
-        }
+        self.inner.limits.check_set_many(items, options)?;
         for (key, value) in items {
             self.insert_entry(key, Entry::new(value.clone(), options), None);
         }

@@ -2,26 +2,21 @@
 
 use super::*;
 
+/// Stores `value` under `key` with `tags`.
+async fn set_tagged(store: &MemoryStore, key: &str, value: &'static [u8], tags: &[&str]) {
+    let options = SetOptions::new().tags(tags.iter().copied());
+    store
+        .set(key, Bytes::from_static(value), &options)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn index_follows_replacement_tags() {
     let store = MemoryStore::new(1 << 20);
-    store
-        .set(
-            "k",
-            Bytes::from_static(b"1"),
-            &SetOptions::new().tags(["a", "b"]),
-        )
-        .await
-        .unwrap();
+    set_tagged(&store, "k", b"1", &["a", "b"]).await;
     assert_eq!(store.tag_index_len(), 2);
-    store
-        .set(
-            "k",
-            Bytes::from_static(b"2"),
-            &SetOptions::new().tags(["b"]),
-        )
-        .await
-        .unwrap();
+    set_tagged(&store, "k", b"2", &["b"]).await;
     assert_eq!(store.tag_index_len(), 1);
     assert_eq!(store.delete_tag("a").await.unwrap(), 0);
     assert!(store.get("k").await.unwrap().is_some());
@@ -35,28 +30,14 @@ async fn marks_hide_entries_the_index_missed_and_are_swept() {
         .capacity_bytes(1 << 20)
         .mark_retention(Duration::from_millis(1))
         .build();
-    store
-        .set(
-            "k",
-            Bytes::from_static(b"1"),
-            &SetOptions::new().tags(["t"]),
-        )
-        .await
-        .unwrap();
+    set_tagged(&store, "k", b"1", &["t"]).await;
     // Simulate a lost index membership: the mark alone must hide the entry.
     store.inner.index.take("t");
     store.delete_tag("t").await.unwrap();
     assert!(store.get("k").await.unwrap().is_none());
     // An entry stored after the purge is visible.
     tokio::time::sleep(Duration::from_millis(2)).await;
-    store
-        .set(
-            "k2",
-            Bytes::from_static(b"2"),
-            &SetOptions::new().tags(["t"]),
-        )
-        .await
-        .unwrap();
+    set_tagged(&store, "k2", b"2", &["t"]).await;
     assert!(store.get("k2").await.unwrap().is_some());
     store.sweep();
     assert_eq!(store.inner.marks.len.load(Relaxed), 0);

@@ -264,15 +264,7 @@ impl RedisConn {
         match self {
             RedisConn::Server(_) => Ok(vec![ScanNode::Server]),
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => {
-                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-                let mut cmd = redis::cmd("CLUSTER");
-                cmd.arg("SLOTS");
-                let slots = conn
-                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-                    .await?;
-                Ok(masters(slots))
-            }
+            RedisConn::Cluster(conn) => Ok(masters(ask_any_node(conn, "CLUSTER", "SLOTS").await?)),
         }
     }
 
@@ -334,16 +326,26 @@ impl RedisConn {
             RedisConn::Server(conn) => redis::cmd("INFO").arg("server").query_async(conn).await,
             #[cfg(feature = "redis-cluster")]
             RedisConn::Cluster(conn) => {
-                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-                let mut cmd = redis::cmd("INFO");
-                cmd.arg("server");
-                let reply = conn
-                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-                    .await?;
+                let reply = ask_any_node(conn, "INFO", "server").await?;
                 FromRedisValue::from_redis_value(reply).map_err(Into::into)
             }
         }
     }
+}
+
+/// Sends `command argument` to one Cluster node, any of them: for questions every node
+/// answers alike (the slot map, the server's version).
+#[cfg(feature = "redis-cluster")]
+async fn ask_any_node(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    command: &str,
+    argument: &str,
+) -> RedisResult<Value> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    let mut cmd = redis::cmd(command);
+    cmd.arg(argument);
+    conn.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+        .await
 }
 
 /// The route to the master that owns a sharded channel.

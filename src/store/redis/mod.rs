@@ -486,8 +486,7 @@ impl Store for RedisStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
-        self.inner.limits.check_key(key)?;
-        self.inner.limits.check_entry(&value, options)?;
+        self.inner.limits.check_set(key, &value, options)?;
         self.set_entries(&[(key, Entry::new(value, options))]).await
     }
 
@@ -642,10 +641,7 @@ impl StoreExt for RedisStore {
         items: &[(&str, Bytes)],
         options: &SetOptions,
     ) -> Result<(), StoreError> {
-        for (key, value) in items {
-            self.inner.limits.check_key(key)?;
-            self.inner.limits.check_entry(value, options)?;
-        }
+        self.inner.limits.check_set_many(items, options)?;
         if items.is_empty() {
             return Ok(());
         }
