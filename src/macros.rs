@@ -22,3 +22,50 @@ macro_rules! inner_service_accessors {
         }
     };
 }
+
+/// Builder setters that store their argument in a field, as plain-noun methods taking and
+/// returning `self`. Each entry is the setter's docs, its signature and where the argument
+/// goes: a field path under `self`, `Some(path)` for an optional setting the setter turns
+/// on, or `into path` for an `impl Into<T>` argument. Written once, so a builder reads as the
+/// list of its settings and what each means; setters that check or combine their input are
+/// written out by hand.
+#[allow(unused_macros)] // with few features on, no builder may use it
+macro_rules! setters {
+    () => {};
+    (
+        $(#[$attr:meta])*
+        fn $name:ident($arg:ident: $ty:ty) => Some($($field:ident).+);
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$($field).+ = Some($arg);
+            self
+        }
+        setters!($($rest)*);
+    };
+    (
+        $(#[$attr:meta])*
+        fn $name:ident($arg:ident: $ty:ty) => into $($field:ident).+;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$($field).+ = $arg.into();
+            self
+        }
+        setters!($($rest)*);
+    };
+    (
+        $(#[$attr:meta])*
+        fn $name:ident($arg:ident: $ty:ty) => $($field:ident).+;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$($field).+ = $arg;
+            self
+        }
+        setters!($($rest)*);
+    };
+}

@@ -179,39 +179,26 @@ impl<St: Store> CacheLayer<St> {
 }
 
 impl<St> CacheLayer<St> {
-    /// Largest body buffered for storing (default 1 MiB, and never more than the store's value
-    /// limit). Larger bodies stream through to the client unchanged and are not stored.
-    pub fn max_body_size(mut self, bytes: usize) -> Self {
-        self.config.max_body_size = bytes;
-        self
-    }
+    setters! {
+        /// Largest body buffered for storing (default 1 MiB, and never more than the store's value
+        /// limit). Larger bodies stream through to the client unchanged and are not stored.
+        fn max_body_size(bytes: usize) => config.max_body_size;
 
-    /// TTL for responses with a cacheable-by-default status and no freshness information of
-    /// their own (instead of heuristic freshness).
-    pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.config.policy.default_ttl = Some(ttl);
-        self
-    }
+        /// TTL for responses with a cacheable-by-default status and no freshness information of
+        /// their own (instead of heuristic freshness).
+        fn default_ttl(ttl: Duration) => Some(config.policy.default_ttl);
 
-    /// TTL for every storable response, whatever its `Cache-Control` says about freshness
-    /// (privacy rules still apply).
-    pub fn override_ttl(mut self, ttl: Duration) -> Self {
-        self.config.policy.override_ttl = Some(ttl);
-        self
-    }
+        /// TTL for every storable response, whatever its `Cache-Control` says about freshness
+        /// (privacy rules still apply).
+        fn override_ttl(ttl: Duration) => Some(config.policy.override_ttl);
 
-    /// Whether heuristic freshness (10% of the time since `Last-Modified`, at most a day) is
-    /// used where RFC 9111 §4.2.2 allows it. Default on.
-    pub fn heuristic_freshness(mut self, enabled: bool) -> Self {
-        self.config.policy.heuristic = enabled;
-        self
-    }
+        /// Whether heuristic freshness (10% of the time since `Last-Modified`, at most a day) is
+        /// used where RFC 9111 §4.2.2 allows it. Default on.
+        fn heuristic_freshness(enabled: bool) => config.policy.heuristic;
 
-    /// Whether HEAD requests are answered from stored GET responses (default on). GET is
-    /// always looked up; other methods always pass through, and only GET responses are stored.
-    pub fn head(mut self, enabled: bool) -> Self {
-        self.config.head = enabled;
-        self
+        /// Whether HEAD requests are answered from stored GET responses (default on). GET is
+        /// always looked up; other methods always pass through, and only GET responses are stored.
+        fn head(enabled: bool) => config.head;
     }
 
     /// Caches only requests whose path starts with one of these prefixes; others pass
@@ -233,71 +220,43 @@ impl<St> CacheLayer<St> {
         Ok(self)
     }
 
-    /// Stale-while-revalidate window for responses that do not give one: within it a stale
-    /// entry is served at once and refreshed in the background, once.
-    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.config.swr = Some(window);
-        self
-    }
+    setters! {
+        /// Stale-while-revalidate window for responses that do not give one: within it a stale
+        /// entry is served at once and refreshed in the background, once.
+        fn stale_while_revalidate(window: Duration) => Some(config.swr);
 
-    /// Stale-if-error window for responses that do not give one: within it a stale entry is
-    /// served when upstream fails, times out or answers 5xx.
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.config.sie = Some(window);
-        self
-    }
+        /// Stale-if-error window for responses that do not give one: within it a stale entry is
+        /// served when upstream fails, times out or answers 5xx.
+        fn stale_if_error(window: Duration) => Some(config.sie);
 
-    /// How long a stale entry with validators (`ETag`, `Last-Modified`) is kept so upstream
-    /// can revalidate it with a `304`. Default 60 s.
-    pub fn stale_retention(mut self, retention: Duration) -> Self {
-        self.config.stale_retention = retention;
-        self
-    }
+        /// How long a stale entry with validators (`ETag`, `Last-Modified`) is kept so upstream
+        /// can revalidate it with a `304`. Default 60 s.
+        fn stale_retention(retention: Duration) => config.stale_retention;
 
-    /// Whether concurrent misses on one key send one request upstream. Default on.
-    pub fn coalesce(mut self, enabled: bool) -> Self {
-        self.config.coalesce = enabled;
-        self
-    }
+        /// Whether concurrent misses on one key send one request upstream. Default on.
+        fn coalesce(enabled: bool) => config.coalesce;
 
-    /// How long a coalesced request waits for the leader's response before going upstream
-    /// itself. Default 10 s.
-    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
-        self.config.coalesce_timeout = timeout;
-        self
-    }
+        /// How long a coalesced request waits for the leader's response before going upstream
+        /// itself. Default 10 s.
+        fn coalesce_timeout(timeout: Duration) => config.coalesce_timeout;
 
-    /// How long a key whose response proved unstorable goes straight upstream, without
-    /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; `None` turns it off.
-    pub fn hit_for_pass(mut self, duration: Option<Duration>) -> Self {
-        self.config.hit_for_pass = duration;
-        self
-    }
+        /// How long a key whose response proved unstorable goes straight upstream, without
+        /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; `None` turns it off.
+        fn hit_for_pass(duration: Option<Duration>) => config.hit_for_pass;
 
-    /// Shortens each stored TTL by a random amount below `jitter` (at most half the TTL), so
-    /// entries stored together do not all expire together. Default none.
-    pub fn ttl_jitter(mut self, jitter: Duration) -> Self {
-        self.config.ttl_jitter = jitter;
-        self
-    }
+        /// Shortens each stored TTL by a random amount below `jitter` (at most half the TTL), so
+        /// entries stored together do not all expire together. Default none.
+        fn ttl_jitter(jitter: Duration) => config.ttl_jitter;
 
-    /// Whether responses carry an RFC 9211 `Cache-Status` header. Default on.
-    pub fn cache_status(mut self, enabled: bool) -> Self {
-        self.config.cache_status = enabled;
-        self
-    }
+        /// Whether responses carry an RFC 9211 `Cache-Status` header. Default on.
+        fn cache_status(enabled: bool) => config.cache_status;
 
-    /// Whether `Surrogate-Key` and `Cache-Tag` are removed from responses (and stored
-    /// responses) once read. Default on.
-    pub fn strip_tag_headers(mut self, enabled: bool) -> Self {
-        self.config.strip_tag_headers = enabled;
-        self
-    }
+        /// Whether `Surrogate-Key` and `Cache-Tag` are removed from responses (and stored
+        /// responses) once read. Default on.
+        fn strip_tag_headers(enabled: bool) => config.strip_tag_headers;
 
-    /// Sorts query parameters in the key, so `?a=1&b=2` and `?b=2&a=1` share an entry.
-    pub fn sort_query(mut self, enabled: bool) -> Self {
-        self.config.key.sort_query = enabled;
-        self
+        /// Sorts query parameters in the key, so `?a=1&b=2` and `?b=2&a=1` share an entry.
+        fn sort_query(enabled: bool) => config.key.sort_query;
     }
 
     /// Query parameters left out of the key; a trailing `*` matches a prefix (`utm_*`).

@@ -103,47 +103,28 @@ impl PoolBuilder {
         }
     }
 
-    /// Most open connections.
-    pub fn max_connections(mut self, n: u32) -> Self {
-        self.max_connections = n;
-        self
-    }
+    setters! {
+        /// Most open connections.
+        fn max_connections(n: u32) => max_connections;
 
-    /// Connections kept open even when idle.
-    pub fn min_idle(mut self, n: u32) -> Self {
-        self.min_idle = n;
-        self
-    }
+        /// Connections kept open even when idle.
+        fn min_idle(n: u32) => min_idle;
 
-    /// Longest wait for a connection before `PoolTimedOut`.
-    pub fn acquire_timeout(mut self, d: Duration) -> Self {
-        self.acquire_timeout = d;
-        self
-    }
+        /// Longest wait for a connection before `PoolTimedOut`.
+        fn acquire_timeout(d: Duration) => acquire_timeout;
 
-    /// Idle connections above `min_idle` are closed after this long (`None`: never).
-    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
-        self.idle_timeout = d;
-        self
-    }
+        /// Idle connections above `min_idle` are closed after this long (`None`: never).
+        fn idle_timeout(d: Option<Duration>) => idle_timeout;
 
-    /// Connections are closed after this age (`None`: never), to pick up server-side
-    /// changes and spread reconnects.
-    pub fn max_lifetime(mut self, d: Option<Duration>) -> Self {
-        self.max_lifetime = d;
-        self
-    }
+        /// Connections are closed after this age (`None`: never), to pick up server-side
+        /// changes and spread reconnects.
+        fn max_lifetime(d: Option<Duration>) => max_lifetime;
 
-    /// Prepared statements cached per connection (`0` turns the cache off).
-    pub fn statement_cache(mut self, n: usize) -> Self {
-        self.statement_cache = n;
-        self
-    }
+        /// Prepared statements cached per connection (`0` turns the cache off).
+        fn statement_cache(n: usize) => statement_cache;
 
-    /// Whether a connection is pinged before it is handed out.
-    pub fn test_before_acquire(mut self, yes: bool) -> Self {
-        self.test_before_acquire = yes;
-        self
+        /// Whether a connection is pinged before it is handed out.
+        fn test_before_acquire(yes: bool) => test_before_acquire;
     }
 
     /// Checks the values.

@@ -50,17 +50,12 @@ impl Check {
             ..Self::required(name, check)
         }
     }
+    setters! {
+        /// A timeout for this check, instead of [`HealthBuilder::timeout`].
+        fn timeout(timeout: Duration) => Some(timeout);
 
-    /// A timeout for this check, instead of [`HealthBuilder::timeout`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// A healthy run slower than this is reported as degraded.
-    pub fn degraded_latency(mut self, threshold: Duration) -> Self {
-        self.degraded_latency = Some(threshold);
-        self
+        /// A healthy run slower than this is reported as degraded.
+        fn degraded_latency(threshold: Duration) => Some(degraded_latency);
     }
 }
 
@@ -100,24 +95,17 @@ impl HealthBuilder {
         self
     }
 
-    /// How often [`Health::spawn`]'s background task runs the checks (default 10 s).
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
-    }
+    setters! {
+        /// How often [`Health::spawn`]'s background task runs the checks (default 10 s).
+        fn interval(interval: Duration) => interval;
 
-    /// Default timeout of one check run (default 2 s). A check that has not answered by then is
-    /// unhealthy, so readiness answers in about this time even when a dependency hangs.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+        /// Default timeout of one check run (default 2 s). A check that has not answered by then is
+        /// unhealthy, so readiness answers in about this time even when a dependency hangs.
+        fn timeout(timeout: Duration) => timeout;
 
-    /// Results older than this are refreshed when readiness is asked (default: interval plus
-    /// timeout, so with the background task running readiness never waits).
-    pub fn max_age(mut self, max_age: Duration) -> Self {
-        self.max_age = Some(max_age);
-        self
+        /// Results older than this are refreshed when readiness is asked (default: interval plus
+        /// timeout, so with the background task running readiness never waits).
+        fn max_age(max_age: Duration) => Some(max_age);
     }
 
     /// Checks the configuration and builds the health registry.

@@ -42,18 +42,13 @@ impl<DB: Database> PoolCheck<DB> {
             failures: AtomicU64::new(0),
         }
     }
+    setters! {
+        /// Timeout of the acquire and of the `SELECT 1` (each).
+        fn timeout(timeout: Duration) => timeout;
 
-    /// Timeout of the acquire and of the `SELECT 1` (each).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Utilisation (in use / max connections, `0.0..=1.0`) from which the pool is degraded.
-    /// Values above 1 never degrade.
-    pub fn degraded_utilisation(mut self, ratio: f64) -> Self {
-        self.degraded_utilisation = ratio;
-        self
+        /// Utilisation (in use / max connections, `0.0..=1.0`) from which the pool is degraded.
+        /// Values above 1 never degrade.
+        fn degraded_utilisation(ratio: f64) => degraded_utilisation;
     }
 }
 

@@ -367,22 +367,15 @@ impl SetOptions {
         Self::default()
     }
 
-    /// Sets how long the entry is fresh.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
+    setters! {
+        /// Sets how long the entry is fresh.
+        fn ttl(ttl: Duration) => Some(ttl);
 
-    /// Sets or clears the TTL.
-    pub fn ttl_opt(mut self, ttl: Option<Duration>) -> Self {
-        self.ttl = ttl;
-        self
-    }
+        /// Sets or clears the TTL.
+        fn ttl_opt(ttl: Option<Duration>) => ttl;
 
-    /// Sets how long the entry may be served stale after its TTL (only with a TTL).
-    pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
+        /// Sets how long the entry may be served stale after its TTL (only with a TTL).
+        fn grace(grace: Duration) => grace;
     }
 
     /// Sets the entry's tags.

@@ -89,17 +89,13 @@ pub struct TieredStoreBuilder {
 }
 
 impl TieredStoreBuilder {
-    /// Longest time an entry stays in L1 (default 60 s; `None`: as long as in L2). A shorter
-    /// L1 TTL bounds how stale an instance can be if it ever misses a backplane message.
-    pub fn l1_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.l1_ttl = ttl;
-        self
-    }
+    setters! {
+        /// Longest time an entry stays in L1 (default 60 s; `None`: as long as in L2). A shorter
+        /// L1 TTL bounds how stale an instance can be if it ever misses a backplane message.
+        fn l1_ttl(ttl: Option<Duration>) => l1_ttl;
 
-    /// How long an L1 miss waits for L2 before it counts as a miss (default 50 ms).
-    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = timeout;
-        self
+        /// How long an L1 miss waits for L2 before it counts as a miss (default 50 ms).
+        fn soft_timeout(timeout: Duration) => soft_timeout;
     }
 
     /// Builds the store and starts applying the backplane's invalidations to L1.

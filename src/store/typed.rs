@@ -115,17 +115,13 @@ impl<S: Store + Clone> TypedCache<S> {
         }
     }
 
-    /// Sets the options used by [`TypedCache::set_default`].
-    pub fn default_options(mut self, options: SetOptions) -> Self {
-        self.defaults = options;
-        self
-    }
+    setters! {
+        /// Sets the options used by [`TypedCache::set_default`].
+        fn default_options(options: SetOptions) => defaults;
 
-    /// Compress values of at least this many bytes (feature `compression`; ignored without
-    /// it). `usize::MAX` turns compression off.
-    pub fn compress_above(mut self, bytes: usize) -> Self {
-        self.compress_above = bytes;
-        self
+        /// Compress values of at least this many bytes (feature `compression`; ignored without
+        /// it). `usize::MAX` turns compression off.
+        fn compress_above(bytes: usize) => compress_above;
     }
 
     /// The underlying store.

@@ -238,92 +238,70 @@ impl TxConfig {
         }
     }
 
-    /// The pool reaches PostgreSQL through a pooler in transaction mode (PgBouncer's
-    /// `pool_mode = transaction`), which may hand each transaction, and each statement
-    /// outside one, a different server connection (default `false`). PostgreSQL only.
-    ///
-    /// The layer keeps no session state on a server connection in any case: isolation is
-    /// set by `BEGIN`, timeouts by `SET LOCAL`, so they end with the transaction. This
-    /// setting adds two things:
-    ///
-    /// - statements run through the handle are prepared unnamed, never under a name kept in
-    ///   sqlx's per-connection statement cache (as with `.persistent(false)` on each query): a
-    ///   named statement outlives its transaction on one server connection, so the next
-    ///   transaction, on another, fails with "prepared statement does not exist", or another
-    ///   client's identically numbered one fails with "already exists". sqlx's
-    ///   `PgConnectOptions::statement_cache_capacity(0)` does not avoid it in sqlx 0.9: with
-    ///   the cache off, each query is still prepared under a new name, never closed.
-    ///   (PgBouncer 1.21 and later can carry named statements with `max_prepared_statements`;
-    ///   1.18, Debian 12's, cannot.)
-    /// - `GET`, `HEAD` and `OPTIONS` default to [`TxMode::ReadOnly`], and
-    ///   [`TxMode::Autocommit`] is refused ([`TxLayer::try_new`](super::TxLayer::try_new) fails): sqlx
-    ///   sends a statement with parameters in two round trips (parse, then bind and execute),
-    ///   and outside a transaction the pooler may send them to two different server
-    ///   connections. Inside one, the server connection stays the same from `BEGIN` to
-    ///   `COMMIT`.
-    ///
-    /// Queries run on the pool directly, not through the handle, need `.persistent(false)`
-    /// themselves (or, outside a transaction, no parameters).
-    pub fn transaction_pooling(mut self, on: bool) -> Self {
-        self.transaction_pooling = on;
-        self
-    }
+    setters! {
+        /// The pool reaches PostgreSQL through a pooler in transaction mode (PgBouncer's
+        /// `pool_mode = transaction`), which may hand each transaction, and each statement
+        /// outside one, a different server connection (default `false`). PostgreSQL only.
+        ///
+        /// The layer keeps no session state on a server connection in any case: isolation is
+        /// set by `BEGIN`, timeouts by `SET LOCAL`, so they end with the transaction. This
+        /// setting adds two things:
+        ///
+        /// - statements run through the handle are prepared unnamed, never under a name kept in
+        ///   sqlx's per-connection statement cache (as with `.persistent(false)` on each query): a
+        ///   named statement outlives its transaction on one server connection, so the next
+        ///   transaction, on another, fails with "prepared statement does not exist", or another
+        ///   client's identically numbered one fails with "already exists". sqlx's
+        ///   `PgConnectOptions::statement_cache_capacity(0)` does not avoid it in sqlx 0.9: with
+        ///   the cache off, each query is still prepared under a new name, never closed.
+        ///   (PgBouncer 1.21 and later can carry named statements with `max_prepared_statements`;
+        ///   1.18, Debian 12's, cannot.)
+        /// - `GET`, `HEAD` and `OPTIONS` default to [`TxMode::ReadOnly`], and
+        ///   [`TxMode::Autocommit`] is refused ([`TxLayer::try_new`](super::TxLayer::try_new) fails): sqlx
+        ///   sends a statement with parameters in two round trips (parse, then bind and execute),
+        ///   and outside a transaction the pooler may send them to two different server
+        ///   connections. Inside one, the server connection stays the same from `BEGIN` to
+        ///   `COMMIT`.
+        ///
+        /// Queries run on the pool directly, not through the handle, need `.persistent(false)`
+        /// themselves (or, outside a transaction, no parameters).
+        fn transaction_pooling(on: bool) => transaction_pooling;
 
-    /// Per-statement timeout (`SET LOCAL statement_timeout` on PostgreSQL). PostgreSQL only.
-    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
-        self.statement_timeout = Some(timeout);
-        self
-    }
+        /// Per-statement timeout (`SET LOCAL statement_timeout` on PostgreSQL). PostgreSQL only.
+        fn statement_timeout(timeout: Duration) => Some(statement_timeout);
 
-    /// Lock wait timeout: `SET LOCAL lock_timeout` on PostgreSQL; on MySQL/MariaDB the
-    /// session's `innodb_lock_wait_timeout`, set before each transaction in whole seconds
-    /// (rounded up) and left on the pooled connection afterwards. Not on SQLite (use its
-    /// `busy_timeout`).
-    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
-        self.lock_timeout = Some(timeout);
-        self
-    }
+        /// Lock wait timeout: `SET LOCAL lock_timeout` on PostgreSQL; on MySQL/MariaDB the
+        /// session's `innodb_lock_wait_timeout`, set before each transaction in whole seconds
+        /// (rounded up) and left on the pooled connection afterwards. Not on SQLite (use its
+        /// `busy_timeout`).
+        fn lock_timeout(timeout: Duration) => Some(lock_timeout);
 
-    /// Time limit of one attempt's handler. When it passes the handler is cancelled, its
-    /// connection closed (so the server rolls back) and the client gets `503`. A statement
-    /// already running keeps running on the server until it ends: pair this with
-    /// [`statement_timeout`](Self::statement_timeout) on PostgreSQL.
-    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
-        self.transaction_timeout = Some(timeout);
-        self
-    }
+        /// Time limit of one attempt's handler. When it passes the handler is cancelled, its
+        /// connection closed (so the server rolls back) and the client gets `503`. A statement
+        /// already running keeps running on the server until it ends: pair this with
+        /// [`statement_timeout`](Self::statement_timeout) on PostgreSQL.
+        fn transaction_timeout(timeout: Duration) => Some(transaction_timeout);
 
-    /// Time limit of `COMMIT` and of `ROLLBACK` (default 5 s). Past it the connection is
-    /// closed, never pooled: a `COMMIT` that timed out is ambiguous (`502`), a `ROLLBACK` that
-    /// timed out leaves the server to roll back when it sees the connection gone.
-    pub fn end_timeout(mut self, timeout: Duration) -> Self {
-        self.end_timeout = timeout;
-        self
-    }
+        /// Time limit of `COMMIT` and of `ROLLBACK` (default 5 s). Past it the connection is
+        /// closed, never pooled: a `COMMIT` that timed out is ambiguous (`502`), a `ROLLBACK` that
+        /// timed out leaves the server to roll back when it sees the connection gone.
+        fn end_timeout(timeout: Duration) => end_timeout;
 
-    /// Limits the transactions this layer runs at once, adapting the limit to their
-    /// conflicts (default off): each conflict that forces a retry cuts it by a quarter, each
-    /// clean commit raises it by one over the limit, between 1 and `max`. Meant for hot rows
-    /// under `SERIALIZABLE` (many requests writing the same few rows), where fewer at once
-    /// commit more and fewer run out of retries. Only [`TxMode::ReadWrite`] requests count
-    /// and wait: reads do not take the rows' write locks. Waiting for room counts against
-    /// [`retry_deadline`](Self::retry_deadline); past it the request gets `503`.
-    pub fn adaptive_concurrency(mut self, max: Option<usize>) -> Self {
-        self.adaptive_concurrency = max;
-        self
-    }
+        /// Limits the transactions this layer runs at once, adapting the limit to their
+        /// conflicts (default off): each conflict that forces a retry cuts it by a quarter, each
+        /// clean commit raises it by one over the limit, between 1 and `max`. Meant for hot rows
+        /// under `SERIALIZABLE` (many requests writing the same few rows), where fewer at once
+        /// commit more and fewer run out of retries. Only [`TxMode::ReadWrite`] requests count
+        /// and wait: reads do not take the rows' write locks. Waiting for room counts against
+        /// [`retry_deadline`](Self::retry_deadline); past it the request gets `503`.
+        fn adaptive_concurrency(max: Option<usize>) => adaptive_concurrency;
 
-    /// Maximum number of attempts of one request, the first included (default 3; 1 disables
-    /// retry).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
-        self
-    }
+        /// Maximum number of attempts of one request, the first included (default 3; 1 disables
+        /// retry).
+        fn max_attempts(attempts: u32) => max_attempts;
 
-    /// Total time within which a retry may still start (default 10 s).
-    pub fn retry_deadline(mut self, deadline: Duration) -> Self {
-        self.retry_deadline = deadline;
-        self
+        /// Total time within which a retry may still start (default 10 s).
+        fn retry_deadline(deadline: Duration) => retry_deadline;
     }
 
     /// Backoff before the first retry, doubled each time up to `max` (defaults 10 ms and
@@ -334,38 +312,25 @@ impl TxConfig {
         self
     }
 
-    /// Largest request body buffered for replay (default 1 MiB). Bodies of unknown length or
-    /// above the limit are streamed to the handler and their request is never retried.
-    pub fn max_body_size(mut self, bytes: usize) -> Self {
-        self.max_body_size = bytes;
-        self
-    }
+    setters! {
+        /// Largest request body buffered for replay (default 1 MiB). Bodies of unknown length or
+        /// above the limit are streamed to the handler and their request is never retried.
+        fn max_body_size(bytes: usize) => max_body_size;
 
-    /// The `Retry-After` sent with `503` answers (default 1 s, rounded up to whole seconds).
-    pub fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = after;
-        self
-    }
+        /// The `Retry-After` sent with `503` answers (default 1 s, rounded up to whole seconds).
+        fn retry_after(after: Duration) => retry_after;
 
-    /// How SQLite begins transactions (default [`SqliteBegin::Deferred`]).
-    pub fn sqlite_begin(mut self, begin: SqliteBegin) -> Self {
-        self.sqlite_begin = begin;
-        self
-    }
+        /// How SQLite begins transactions (default [`SqliteBegin::Deferred`]).
+        fn sqlite_begin(begin: SqliteBegin) => sqlite_begin;
 
-    /// Retry MySQL/MariaDB error 1205 (lock wait timeout). Turn it on only when the server
-    /// runs with `innodb_rollback_on_timeout=ON`: otherwise only the statement is rolled back
-    /// and replaying the request is wrong, so the default is `false`.
-    pub fn mysql_retry_lock_wait_timeout(mut self, retry: bool) -> Self {
-        self.mysql_retry_lock_wait_timeout = retry;
-        self
-    }
+        /// Retry MySQL/MariaDB error 1205 (lock wait timeout). Turn it on only when the server
+        /// runs with `innodb_rollback_on_timeout=ON`: otherwise only the statement is rolled back
+        /// and replaying the request is wrong, so the default is `false`.
+        fn mysql_retry_lock_wait_timeout(retry: bool) => mysql_retry_lock_wait_timeout;
 
-    /// Statements slower than this through the handle are logged with `tracing` and kept in
-    /// the stats' slow list (default 100 ms).
-    pub fn slow_statement(mut self, threshold: Duration) -> Self {
-        self.slow_statement = threshold;
-        self
+        /// Statements slower than this through the handle are logged with `tracing` and kept in
+        /// the stats' slow list (default 100 ms).
+        fn slow_statement(threshold: Duration) => slow_statement;
     }
 
     pub(crate) fn validate_common(&self) -> Result<(), TxConfigError> {

@@ -110,24 +110,17 @@ impl<S, B> WarmerBuilder<S, B> {
         self
     }
 
-    /// How many requests may be in flight at once (default [`DEFAULT_CONCURRENCY`]); at least 1.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency;
-        self
-    }
+    setters! {
+        /// How many requests may be in flight at once (default [`DEFAULT_CONCURRENCY`]); at least 1.
+        fn concurrency(concurrency: usize) => concurrency;
 
-    /// How long one request may take, its body drained, and one source may take (default
-    /// [`DEFAULT_TIMEOUT`]); not zero.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+        /// How long one request may take, its body drained, and one source may take (default
+        /// [`DEFAULT_TIMEOUT`]); not zero.
+        fn timeout(timeout: Duration) => timeout;
 
-    /// How long [`Warmer::spawn`]'s task waits after a run ends before the next (default none:
-    /// it runs at start-up and then only when [triggered](WarmHandle::trigger)); not zero.
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = Some(interval);
-        self
+        /// How long [`Warmer::spawn`]'s task waits after a run ends before the next (default none:
+        /// it runs at start-up and then only when [triggered](WarmHandle::trigger)); not zero.
+        fn interval(interval: Duration) => Some(interval);
     }
 
     /// The `Host` header given to every request whose URI has no authority and that carries no

@@ -136,25 +136,18 @@ impl Default for MetricsRegistryBuilder {
 }
 
 impl MetricsRegistryBuilder {
-    /// Most distinct route labels kept (default 1000, including the unmatched label). Labels
-    /// beyond it are counted under the unmatched label, so memory stays bounded.
-    pub fn max_routes(mut self, max: usize) -> Self {
-        self.max_routes = max;
-        self
-    }
+    setters! {
+        /// Most distinct route labels kept (default 1000, including the unmatched label). Labels
+        /// beyond it are counted under the unmatched label, so memory stays bounded.
+        fn max_routes(max: usize) => max_routes;
 
-    /// The shared label of requests that matched no route (default `_UNMATCHED`).
-    pub fn unmatched_label(mut self, label: impl Into<String>) -> Self {
-        self.unmatched_label = label.into();
-        self
-    }
+        /// The shared label of requests that matched no route (default `_UNMATCHED`).
+        fn unmatched_label(label: impl Into<String>) => into unmatched_label;
 
-    /// Requests slower than this (until their body finished) are slow: logged with
-    /// `tracing::warn!`, counted and kept in the slow-request log. Default one second; `None`
-    /// turns the global threshold off.
-    pub fn slow_threshold(mut self, threshold: Option<Duration>) -> Self {
-        self.slow_threshold = threshold;
-        self
+        /// Requests slower than this (until their body finished) are slow: logged with
+        /// `tracing::warn!`, counted and kept in the slow-request log. Default one second; `None`
+        /// turns the global threshold off.
+        fn slow_threshold(threshold: Option<Duration>) => slow_threshold;
     }
 
     /// A threshold for one route template, overriding the global one (`None`: never slow).
@@ -167,17 +160,13 @@ impl MetricsRegistryBuilder {
         self
     }
 
-    /// How many of the most recent slow requests are kept (default 100).
-    pub fn slow_log_capacity(mut self, capacity: usize) -> Self {
-        self.slow_log_capacity = capacity;
-        self
-    }
+    setters! {
+        /// How many of the most recent slow requests are kept (default 100).
+        fn slow_log_capacity(capacity: usize) => slow_log_capacity;
 
-    /// Whether measurements also go to the `metrics` facade with OpenTelemetry names (default
-    /// `true`). See [the module docs](crate::metrics#export) for the names and labels.
-    pub fn export(mut self, enabled: bool) -> Self {
-        self.export = enabled;
-        self
+        /// Whether measurements also go to the `metrics` facade with OpenTelemetry names (default
+        /// `true`). See [the module docs](crate::metrics#export) for the names and labels.
+        fn export(enabled: bool) => export;
     }
 
     /// Checks the configuration and builds the registry.

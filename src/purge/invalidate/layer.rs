@@ -89,17 +89,13 @@ impl InvalidateLayer {
         self
     }
 
-    /// Whether to honour the `Cache-Group-Invalidation` header (default: yes).
-    pub fn group_header(mut self, enabled: bool) -> Self {
-        self.group_header = enabled;
-        self
-    }
+    setters! {
+        /// Whether to honour the `Cache-Group-Invalidation` header (default: yes).
+        fn group_header(enabled: bool) => group_header;
 
-    /// Whether to remove `Cache-Group-Invalidation` from the response once read (default: no,
-    /// so caches further out, a CDN, can honour it too, as the draft intends).
-    pub fn strip_group_header(mut self, enabled: bool) -> Self {
-        self.strip_group_header = enabled;
-        self
+        /// Whether to remove `Cache-Group-Invalidation` from the response once read (default: no,
+        /// so caches further out, a CDN, can honour it too, as the draft intends).
+        fn strip_group_header(enabled: bool) => strip_group_header;
     }
 
     /// The purger this layer purges through.

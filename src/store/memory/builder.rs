@@ -38,38 +38,25 @@ impl Default for MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// Total weight the store may hold, in bytes (default 256 MiB).
-    pub fn capacity_bytes(mut self, bytes: u64) -> Self {
-        self.capacity_bytes = bytes;
-        self
-    }
+    setters! {
+        /// Total weight the store may hold, in bytes (default 256 MiB).
+        fn capacity_bytes(bytes: u64) => capacity_bytes;
 
-    /// How many entries to size the index for (default: capacity / 1 KiB).
-    pub fn estimated_items(mut self, items: usize) -> Self {
-        self.estimated_items = Some(items);
-        self
-    }
+        /// How many entries to size the index for (default: capacity / 1 KiB).
+        fn estimated_items(items: usize) => Some(estimated_items);
 
-    /// The limits enforced on keys, values and tags.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
+        /// The limits enforced on keys, values and tags.
+        fn limits(limits: Limits) => limits;
 
-    /// How long a tag purge's invalidation mark is kept at least (default 5 min), so that a
-    /// response fetched before the purge and written after it (stamped with its fetch's start,
-    /// see [`SetOptions::as_of`](crate::store::SetOptions::as_of)) is still hidden: set it above your slowest upstream call.
-    /// Marks are also kept while any entry older than them lives.
-    pub fn mark_retention(mut self, retention: Duration) -> Self {
-        self.mark_retention = retention;
-        self
-    }
+        /// How long a tag purge's invalidation mark is kept at least (default 5 min), so that a
+        /// response fetched before the purge and written after it (stamped with its fetch's start,
+        /// see [`SetOptions::as_of`](crate::store::SetOptions::as_of)) is still hidden: set it above your slowest upstream call.
+        /// Marks are also kept while any entry older than them lives.
+        fn mark_retention(retention: Duration) => mark_retention;
 
-    /// How often the background sweep drops expired entries and compacts the tag index
-    /// (default 10 s; `None` turns it off, leaving expiry on read only).
-    pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
-        self.sweep_interval = interval;
-        self
+        /// How often the background sweep drops expired entries and compacts the tag index
+        /// (default 10 s; `None` turns it off, leaving expiry on read only).
+        fn sweep_interval(interval: Option<Duration>) => sweep_interval;
     }
 
     /// Builds the store. The sweep starts only when called inside a Tokio runtime.

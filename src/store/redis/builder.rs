@@ -32,86 +32,55 @@ pub struct RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
-    /// Namespace prefix of every key (default `strata`). Must not be empty or contain `:`-free
-    /// control characters.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
+    setters! {
+        /// Namespace prefix of every key (default `strata`). Must not be empty or contain `:`-free
+        /// control characters.
+        fn namespace(namespace: impl Into<String>) => into namespace;
 
-    /// Limits enforced on keys, values and tags.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
+        /// Limits enforced on keys, values and tags.
+        fn limits(limits: Limits) => limits;
 
-    /// Bound on every command, connection included (default 500 ms).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+        /// Bound on every command, connection included (default 500 ms).
+        fn timeout(timeout: Duration) => timeout;
 
-    /// Bound on establishing a connection (default 1 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
+        /// Bound on establishing a connection (default 1 s).
+        fn connect_timeout(timeout: Duration) => connect_timeout;
 
-    /// Whether to run the pub/sub backplane (default on). Without it, other instances are not
-    /// told of invalidations and tagged reads re-read their tags' marks every time (two round
-    /// trips), since no push keeps known marks fresh.
-    pub fn backplane(mut self, enabled: bool) -> Self {
-        self.backplane = enabled;
-        self
-    }
+        /// Whether to run the pub/sub backplane (default on). Without it, other instances are not
+        /// told of invalidations and tagged reads re-read their tags' marks every time (two round
+        /// trips), since no push keeps known marks fresh.
+        fn backplane(enabled: bool) => backplane;
 
-    /// How often the backplane pings its connection to notice a dead peer (default 1 s).
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
-        self
-    }
+        /// How often the backplane pings its connection to notice a dead peer (default 1 s).
+        fn ping_interval(interval: Duration) => ping_interval;
 
-    /// Whether writes (`set`, `set_many`) are announced on the backplane (default on), so other
-    /// instances' tiered stores drop their L1 copies of overwritten keys. Turn it off when no
-    /// instance keeps an L1 over this namespace: each write then saves a `PUBLISH` and every
-    /// subscriber a message. Deletes, tag purges, pattern deletes and clears are always
-    /// announced.
-    pub fn publish_writes(mut self, enabled: bool) -> Self {
-        self.publish_writes = enabled;
-        self
-    }
+        /// Whether writes (`set`, `set_many`) are announced on the backplane (default on), so other
+        /// instances' tiered stores drop their L1 copies of overwritten keys. Turn it off when no
+        /// instance keeps an L1 over this namespace: each write then saves a `PUBLISH` and every
+        /// subscriber a message. Deletes, tag purges, pattern deletes and clears are always
+        /// announced.
+        fn publish_writes(enabled: bool) => publish_writes;
 
-    /// How many tags' invalidation marks to remember locally (default 100,000).
-    pub fn known_marks(mut self, capacity: usize) -> Self {
-        self.known_marks = capacity;
-        self
-    }
+        /// How many tags' invalidation marks to remember locally (default 100,000).
+        fn known_marks(capacity: usize) => known_marks;
 
-    /// How long a tag's invalidation mark is kept in Redis (default 7 days): longer than the
-    /// longest entry lifetime you use, so no entry outlives the mark that hides it. The
-    /// background clean-up removes the purged entries long before that.
-    pub fn mark_ttl(mut self, ttl: Duration) -> Self {
-        self.mark_ttl = ttl;
-        self
-    }
+        /// How long a tag's invalidation mark is kept in Redis (default 7 days): longer than the
+        /// longest entry lifetime you use, so no entry outlives the mark that hides it. The
+        /// background clean-up removes the purged entries long before that.
+        fn mark_ttl(ttl: Duration) => mark_ttl;
 
-    /// How often to drop dead members (expired entries) from tag index sets (default 5 min;
-    /// `None` turns it off). Runs in the background.
-    pub fn index_sweep_interval(mut self, interval: Option<Duration>) -> Self {
-        self.index_sweep_interval = interval;
-        self
-    }
+        /// How often to drop dead members (expired entries) from tag index sets (default 5 min;
+        /// `None` turns it off). Runs in the background.
+        fn index_sweep_interval(interval: Option<Duration>) => index_sweep_interval;
 
-    /// The circuit breaker on the store's commands (default: open after
-    /// [`DEFAULT_BREAKER_FAILURES`](crate::store::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
-    /// connection failures, probe after
-    /// [`DEFAULT_BREAKER_COOL_DOWN`](crate::store::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
-    /// and every call then waits out its own timeout. While it is open, calls fail at once
-    /// with [`StoreError::CircuitOpen`](crate::store::StoreError::CircuitOpen): a cache in front passes through to its origin instead
-    /// of waiting on a Redis that hangs.
-    pub fn breaker(mut self, settings: Option<BreakerSettings>) -> Self {
-        self.breaker = settings;
-        self
+        /// The circuit breaker on the store's commands (default: open after
+        /// [`DEFAULT_BREAKER_FAILURES`](crate::store::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
+        /// connection failures, probe after
+        /// [`DEFAULT_BREAKER_COOL_DOWN`](crate::store::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
+        /// and every call then waits out its own timeout. While it is open, calls fail at once
+        /// with [`StoreError::CircuitOpen`](crate::store::StoreError::CircuitOpen): a cache in front passes through to its origin instead
+        /// of waiting on a Redis that hangs.
+        fn breaker(settings: Option<BreakerSettings>) => breaker;
     }
 
     /// Builds the store without contacting Redis.
