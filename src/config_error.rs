@@ -35,6 +35,7 @@ pub trait ConfigErrorKind: fmt::Debug + Copy + Send + Sync + 'static {
 ///     "invalid cache layer configuration: path prefix \"api\" does not start with '/'"
 /// );
 /// ```
+#[derive(Debug)]
 pub struct ConfigError<K> {
     kind: K,
     message: String,
@@ -67,16 +68,6 @@ impl<K: ConfigErrorKind> ConfigError<K> {
     /// What exactly is wrong, for a person (without the "invalid ... configuration" prefix).
     pub fn message(&self) -> &str {
         &self.message
-    }
-}
-
-impl<K: ConfigErrorKind> fmt::Debug for ConfigError<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConfigError")
-            .field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("source", &self.source)
-            .finish()
     }
 }
 

@@ -79,10 +79,14 @@ pub mod guide;
 
 #[macro_use]
 mod macros;
+#[cfg(any(feature = "health", feature = "dashboard"))]
+mod background;
 mod builder;
 mod config_error;
 #[cfg(any(feature = "health", feature = "purge", feature = "dashboard"))]
 mod respond;
+#[cfg(test)]
+mod send_sync_tests;
 
 pub use builder::ServiceBuilderExt;
 pub use config_error::{ConfigError, ConfigErrorKind};

@@ -23,49 +23,44 @@ macro_rules! inner_service_accessors {
     };
 }
 
-/// Builder setters that store their argument in a field, as plain-noun methods taking and
-/// returning `self`. Each entry is the setter's docs, its signature and where the argument
-/// goes: a field path under `self`, `Some(path)` for an optional setting the setter turns
-/// on, or `into path` for an `impl Into<T>` argument. Written once, so a builder reads as the
-/// list of its settings and what each means; setters that check or combine their input are
-/// written out by hand.
+/// Builder setters that store their argument, as plain-noun methods taking and returning
+/// `self`. Each entry is the setter's docs, its signature, and what it does with the argument
+/// to a field path under `self`: `set` it, `some` (store `Some(arg)`: an optional setting the
+/// setter turns on), `into` (convert an `impl Into<T>`), or `extend` (add a list's items,
+/// converted with `Into`). Written once, so a builder reads as the list of its settings and
+/// what each means; setters that check or combine their input are written out by hand.
 #[allow(unused_macros)] // with few features on, no builder may use it
 macro_rules! setters {
     () => {};
     (
         $(#[$attr:meta])*
-        fn $name:ident($arg:ident: $ty:ty) => Some($($field:ident).+);
+        fn $name:ident($arg:ident: $ty:ty) => $how:ident $($field:ident).+;
         $($rest:tt)*
     ) => {
         $(#[$attr])*
         pub fn $name(mut self, $arg: $ty) -> Self {
-            self.$($field).+ = Some($arg);
+            setters!(@$how self.$($field).+, $arg);
             self
         }
         setters!($($rest)*);
     };
-    (
-        $(#[$attr:meta])*
-        fn $name:ident($arg:ident: $ty:ty) => into $($field:ident).+;
-        $($rest:tt)*
-    ) => {
-        $(#[$attr])*
-        pub fn $name(mut self, $arg: $ty) -> Self {
-            self.$($field).+ = $arg.into();
-            self
+    (@set $place:expr, $arg:ident) => { $place = $arg };
+    (@some $place:expr, $arg:ident) => { $place = Some($arg) };
+    (@into $place:expr, $arg:ident) => { $place = $arg.into() };
+    (@extend $place:expr, $arg:ident) => { $place.extend($arg.into_iter().map(Into::into)) };
+}
+
+/// `Debug` for a middleware service that shows its inner service; the settings it shares with
+/// its layer are the layer's to show.
+#[allow(unused_macros)] // with no middleware feature on, nothing uses it
+macro_rules! inner_service_debug {
+    ($service:ident<S $(, $param:ident)*>) => {
+        impl<S: std::fmt::Debug $(, $param)*> std::fmt::Debug for $service<S $(, $param)*> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($service))
+                    .field("inner", &self.inner)
+                    .finish_non_exhaustive()
+            }
         }
-        setters!($($rest)*);
-    };
-    (
-        $(#[$attr:meta])*
-        fn $name:ident($arg:ident: $ty:ty) => $($field:ident).+;
-        $($rest:tt)*
-    ) => {
-        $(#[$attr])*
-        pub fn $name(mut self, $arg: $ty) -> Self {
-            self.$($field).+ = $arg;
-            self
-        }
-        setters!($($rest)*);
     };
 }

@@ -38,6 +38,9 @@ async fn tiered() -> TieredStore {
 async fn cluster() -> RedisStore {
     RedisStore::builder(support::cluster::shared().url())
         .namespace(support::unique("conf"))
+        // A 2,000-key batch is a pipeline per hash slot, up to 2,000 of them at once: on a
+        // loaded two-core CI machine that can overrun the default 500 ms.
+        .timeout(Duration::from_secs(2))
         .build()
         .unwrap()
 }

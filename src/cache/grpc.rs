@@ -72,11 +72,7 @@ pub struct GrpcKeyLayer {
 
 impl GrpcKeyLayer {
     /// Buffers requests to these method paths (`/package.Service/Method`).
-    pub fn new<I, T>(methods: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn new(methods: impl IntoIterator<Item = impl Into<String>>) -> Self {
         GrpcKeyLayer {
             methods: methods.into_iter().map(Into::into).collect(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,

@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::body::CacheBody;
 #[cfg(feature = "purge")]
-use super::key::{KeyConfig, PrimaryKey};
+use super::key::KeyConfig;
 use super::key::{KeyPart, url_tag};
 use super::layer::Ctx;
 use super::serve::Resp;
@@ -76,14 +76,9 @@ impl Invalidator {
         }
     }
 
-    /// The primary key of a GET for `uri` under the cache's key rules.
-    pub fn primary_for(
-        &self,
-        uri: &Uri,
-        headers: &HeaderMap,
-        part: Option<&KeyPart>,
-    ) -> PrimaryKey {
-        self.key.primary_for(uri, headers, part)
+    /// The cache's key rules, to name a URL's entries.
+    pub fn keys(&self) -> &KeyConfig {
+        &self.key
     }
 
     /// [`invalidate_url`] with this cache's state.

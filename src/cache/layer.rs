@@ -182,23 +182,23 @@ impl<St> CacheLayer<St> {
     setters! {
         /// Largest body buffered for storing (default 1 MiB, and never more than the store's value
         /// limit). Larger bodies stream through to the client unchanged and are not stored.
-        fn max_body_size(bytes: usize) => config.max_body_size;
+        fn max_body_size(bytes: usize) => set config.max_body_size;
 
         /// TTL for responses with a cacheable-by-default status and no freshness information of
         /// their own (instead of heuristic freshness).
-        fn default_ttl(ttl: Duration) => Some(config.policy.default_ttl);
+        fn default_ttl(ttl: Duration) => some config.policy.default_ttl;
 
         /// TTL for every storable response, whatever its `Cache-Control` says about freshness
         /// (privacy rules still apply).
-        fn override_ttl(ttl: Duration) => Some(config.policy.override_ttl);
+        fn override_ttl(ttl: Duration) => some config.policy.override_ttl;
 
         /// Whether heuristic freshness (10% of the time since `Last-Modified`, at most a day) is
         /// used where RFC 9111 §4.2.2 allows it. Default on.
-        fn heuristic_freshness(enabled: bool) => config.policy.heuristic;
+        fn heuristic_freshness(enabled: bool) => set config.policy.heuristic;
 
         /// Whether HEAD requests are answered from stored GET responses (default on). GET is
         /// always looked up; other methods always pass through, and only GET responses are stored.
-        fn head(enabled: bool) => config.head;
+        fn head(enabled: bool) => set config.head;
     }
 
     /// Caches only requests whose path starts with one of these prefixes; others pass
@@ -207,11 +207,10 @@ impl<St> CacheLayer<St> {
     /// # Errors
     ///
     /// A [`CacheConfigError`] for a prefix that does not start with `/`.
-    pub fn path_prefixes<I, T>(mut self, prefixes: I) -> Result<Self, CacheConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn path_prefixes(
+        mut self,
+        prefixes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self, CacheConfigError> {
         let prefixes = prefixes
             .into_iter()
             .map(|prefix| path_prefix(prefix.into()))
@@ -223,48 +222,47 @@ impl<St> CacheLayer<St> {
     setters! {
         /// Stale-while-revalidate window for responses that do not give one: within it a stale
         /// entry is served at once and refreshed in the background, once.
-        fn stale_while_revalidate(window: Duration) => Some(config.swr);
+        fn stale_while_revalidate(window: Duration) => some config.swr;
 
         /// Stale-if-error window for responses that do not give one: within it a stale entry is
         /// served when upstream fails, times out or answers 5xx.
-        fn stale_if_error(window: Duration) => Some(config.sie);
+        fn stale_if_error(window: Duration) => some config.sie;
 
         /// How long a stale entry with validators (`ETag`, `Last-Modified`) is kept so upstream
         /// can revalidate it with a `304`. Default 60 s.
-        fn stale_retention(retention: Duration) => config.stale_retention;
+        fn stale_retention(retention: Duration) => set config.stale_retention;
 
         /// Whether concurrent misses on one key send one request upstream. Default on.
-        fn coalesce(enabled: bool) => config.coalesce;
+        fn coalesce(enabled: bool) => set config.coalesce;
 
         /// How long a coalesced request waits for the leader's response before going upstream
         /// itself. Default 10 s.
-        fn coalesce_timeout(timeout: Duration) => config.coalesce_timeout;
+        fn coalesce_timeout(timeout: Duration) => set config.coalesce_timeout;
 
         /// How long a key whose response proved unstorable goes straight upstream, without
         /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; `None` turns it off.
-        fn hit_for_pass(duration: Option<Duration>) => config.hit_for_pass;
+        fn hit_for_pass(duration: Option<Duration>) => set config.hit_for_pass;
 
         /// Shortens each stored TTL by a random amount below `jitter` (at most half the TTL), so
         /// entries stored together do not all expire together. Default none.
-        fn ttl_jitter(jitter: Duration) => config.ttl_jitter;
+        fn ttl_jitter(jitter: Duration) => set config.ttl_jitter;
 
         /// Whether responses carry an RFC 9211 `Cache-Status` header. Default on.
-        fn cache_status(enabled: bool) => config.cache_status;
+        fn cache_status(enabled: bool) => set config.cache_status;
 
         /// Whether `Surrogate-Key` and `Cache-Tag` are removed from responses (and stored
         /// responses) once read. Default on.
-        fn strip_tag_headers(enabled: bool) => config.strip_tag_headers;
+        fn strip_tag_headers(enabled: bool) => set config.strip_tag_headers;
 
         /// Sorts query parameters in the key, so `?a=1&b=2` and `?b=2&a=1` share an entry.
-        fn sort_query(enabled: bool) => config.key.sort_query;
+        fn sort_query(enabled: bool) => set config.key.sort_query;
     }
 
     /// Query parameters left out of the key; a trailing `*` matches a prefix (`utm_*`).
-    pub fn ignore_query_params<I, T>(mut self, params: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn ignore_query_params(
+        mut self,
+        params: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         self.config.key.ignored_params = params.into_iter().map(Into::into).collect();
         self
     }
@@ -276,15 +274,11 @@ impl<St> CacheLayer<St> {
     ///
     /// A [`CacheConfigError`] for a prefix that does not start with `/` or a cookie name that
     /// is not a token.
-    pub fn key_cookies<I, T>(
+    pub fn key_cookies(
         mut self,
         path_prefix: impl Into<String>,
-        cookies: I,
-    ) -> Result<Self, CacheConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+        cookies: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self, CacheConfigError> {
         let prefix = self::path_prefix(path_prefix.into())?;
         let cookies = cookies
             .into_iter()
@@ -347,34 +341,11 @@ impl<St> CacheLayer<St> {
     ///
     /// A [`CacheConfigError`] unless `path` is `/package.Service/Method`.
     pub fn grpc_method(
-        self,
-        path: impl Into<String>,
-        ttl: Duration,
-    ) -> Result<Self, CacheConfigError> {
-        self.add_grpc_method(path.into(), ttl, false)
-    }
-
-    /// Like [`CacheLayer::grpc_method`] for a method whose answer does not depend on who
-    /// calls: calls with credentials are answered from the cache (and stored) too. Mark a
-    /// method public only when its handler ignores the caller.
-    ///
-    /// # Errors
-    ///
-    /// As [`CacheLayer::grpc_method`].
-    pub fn grpc_public_method(
-        self,
-        path: impl Into<String>,
-        ttl: Duration,
-    ) -> Result<Self, CacheConfigError> {
-        self.add_grpc_method(path.into(), ttl, true)
-    }
-
-    fn add_grpc_method(
         mut self,
-        path: String,
+        path: impl Into<String>,
         ttl: Duration,
-        public: bool,
     ) -> Result<Self, CacheConfigError> {
+        let path = path.into();
         // `/package.Service/Method`: two non-empty segments, the service's package optional.
         let valid = path
             .strip_prefix('/')
@@ -392,10 +363,31 @@ impl<St> CacheLayer<St> {
                 format!("gRPC method path {path:?} is not /package.Service/Method"),
             ));
         }
-        self.config
-            .grpc_methods
-            .push(GrpcMethod { path, ttl, public });
+        self.config.grpc_methods.push(GrpcMethod {
+            path,
+            ttl,
+            public: false,
+        });
         Ok(self)
+    }
+
+    /// Like [`CacheLayer::grpc_method`] for a method whose answer does not depend on who
+    /// calls: calls with credentials are answered from the cache (and stored) too. Mark a
+    /// method public only when its handler ignores the caller.
+    ///
+    /// # Errors
+    ///
+    /// As [`CacheLayer::grpc_method`].
+    pub fn grpc_public_method(
+        self,
+        path: impl Into<String>,
+        ttl: Duration,
+    ) -> Result<Self, CacheConfigError> {
+        let mut layer = self.grpc_method(path, ttl)?;
+        if let Some(method) = layer.config.grpc_methods.last_mut() {
+            method.public = true;
+        }
+        Ok(layer)
     }
 
     /// The counters shared by every service this layer makes.

@@ -204,21 +204,3 @@ pub use policy::CacheOverride;
 pub use service::Cache;
 pub use state::CacheStats;
 pub use tags::{CacheTags, MAX_TAG_HEADER_LEN, MAX_TAG_LEN};
-
-#[cfg(all(test, feature = "memory"))]
-mod tests {
-    use super::*;
-    use crate::store::MemoryStore;
-
-    fn assert_send_sync<T: Send + Sync>() {}
-    fn assert_send<T: Send>() {}
-
-    #[test]
-    fn public_types_are_send_and_sync() {
-        assert_send_sync::<CacheLayer<MemoryStore>>();
-        assert_send_sync::<Cache<tower::util::BoxCloneSyncService<(), (), ()>, MemoryStore>>();
-        assert_send::<ResponseFuture<http_body_util::Full<bytes::Bytes>, std::io::Error>>();
-        assert_send::<CacheBody<http_body_util::Full<bytes::Bytes>>>();
-        assert_send_sync::<CacheStats>();
-    }
-}

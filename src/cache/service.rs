@@ -41,13 +41,7 @@ impl<S: Clone, St> Clone for Cache<S, St> {
     }
 }
 
-impl<S: std::fmt::Debug, St> std::fmt::Debug for Cache<S, St> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
+inner_service_debug!(Cache<S, St>);
 
 impl<S, St> Cache<S, St> {
     pub(crate) fn from_parts(inner: S, ctx: Arc<Ctx<St>>) -> Self {

@@ -256,50 +256,53 @@ impl std::fmt::Debug for CacheStats {
     }
 }
 
+/// Read-only accessors, one per counter of [`Shared`], each a relaxed load: the counters are
+/// independent figures for reports, not a consistent snapshot.
+macro_rules! counter_getters {
+    ($($(#[$doc:meta])* $name:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> u64 {
+                self.0.$name.load(Ordering::Relaxed)
+            }
+        )*
+    };
+}
+
 impl CacheStats {
-    /// Requests answered from a fresh stored response.
-    pub fn hits(&self) -> u64 {
-        self.0.hits.load(Ordering::Relaxed)
-    }
-    /// Requests answered from a stale stored response (stale-while-revalidate or
-    /// stale-if-error).
-    pub fn stale_hits(&self) -> u64 {
-        self.0.stale_hits.load(Ordering::Relaxed)
-    }
-    /// Lookups that found nothing usable and went upstream.
-    pub fn misses(&self) -> u64 {
-        self.0.misses.load(Ordering::Relaxed)
-    }
-    /// Responses written to the store.
-    pub fn stores(&self) -> u64 {
-        self.0.stores.load(Ordering::Relaxed)
-    }
-    /// Upstream responses to cacheable requests that were not storable.
-    pub fn not_stored(&self) -> u64 {
-        self.0.not_stored.load(Ordering::Relaxed)
-    }
-    /// Requests that bypassed the cache (method, route, cookies).
-    pub fn bypasses(&self) -> u64 {
-        self.0.bypasses.load(Ordering::Relaxed)
-    }
-    /// Requests answered with the response another request's miss fetched.
-    pub fn coalesced(&self) -> u64 {
-        self.0.coalesced.load(Ordering::Relaxed)
-    }
-    /// Store failures (the layer failed open: the request went upstream).
-    pub fn store_errors(&self) -> u64 {
-        self.0.store_errors.load(Ordering::Relaxed)
-    }
-    /// Stale entries refreshed by a `304 Not Modified` from upstream.
-    pub fn revalidated(&self) -> u64 {
-        self.0.revalidated.load(Ordering::Relaxed)
-    }
-    /// Keys removed after a successful unsafe request.
-    pub fn invalidations(&self) -> u64 {
-        self.0.invalidations.load(Ordering::Relaxed)
-    }
-    /// Tags dropped for being over a limit.
-    pub fn dropped_tags(&self) -> u64 {
-        self.0.dropped_tags.load(Ordering::Relaxed)
+    counter_getters! {
+        /// Requests answered from a fresh stored response.
+        hits;
+
+        /// Requests answered from a stale stored response (stale-while-revalidate or
+        /// stale-if-error).
+        stale_hits;
+
+        /// Lookups that found nothing usable and went upstream.
+        misses;
+
+        /// Responses written to the store.
+        stores;
+
+        /// Upstream responses to cacheable requests that were not storable.
+        not_stored;
+
+        /// Requests that bypassed the cache (method, route, cookies).
+        bypasses;
+
+        /// Requests answered with the response another request's miss fetched.
+        coalesced;
+
+        /// Store failures (the layer failed open: the request went upstream).
+        store_errors;
+
+        /// Stale entries refreshed by a `304 Not Modified` from upstream.
+        revalidated;
+
+        /// Keys removed after a successful unsafe request.
+        invalidations;
+
+        /// Tags dropped for being over a limit.
+        dropped_tags;
     }
 }

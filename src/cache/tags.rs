@@ -31,11 +31,7 @@ pub struct CacheTags(Vec<String>);
 
 impl CacheTags {
     /// The given tags.
-    pub fn new<I, T>(tags: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn new(tags: impl IntoIterator<Item = impl Into<String>>) -> Self {
         CacheTags(tags.into_iter().map(Into::into).collect())
     }
 

@@ -72,25 +72,27 @@ impl PoolBuilder {
     /// The preset's values.
     pub fn new(preset: PoolPreset) -> Self {
         let min = Duration::from_secs(60);
+        // The web preset in full; the others say how they differ from it.
+        let web = Self {
+            max_connections: 10,
+            min_idle: 2,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Some(10 * min),
+            max_lifetime: Some(30 * min),
+            statement_cache: 100,
+            test_before_acquire: true,
+        };
         match preset {
-            PoolPreset::Web => Self {
-                max_connections: 10,
-                min_idle: 2,
-                acquire_timeout: Duration::from_secs(5),
-                idle_timeout: Some(10 * min),
-                max_lifetime: Some(30 * min),
-                statement_cache: 100,
-                test_before_acquire: true,
-            },
+            PoolPreset::Web => web,
+            // Few, long jobs: fewer connections, none kept idle, a longer wait for one.
             PoolPreset::Worker => Self {
                 max_connections: 4,
                 min_idle: 0,
                 acquire_timeout: Duration::from_secs(30),
                 idle_timeout: Some(5 * min),
-                max_lifetime: Some(30 * min),
-                statement_cache: 100,
-                test_before_acquire: true,
+                ..web
             },
+            // Short-lived pools: idle connections and old ones go quickly, no ping per acquire.
             PoolPreset::Test => Self {
                 max_connections: 5,
                 min_idle: 0,
@@ -105,26 +107,26 @@ impl PoolBuilder {
 
     setters! {
         /// Most open connections.
-        fn max_connections(n: u32) => max_connections;
+        fn max_connections(n: u32) => set max_connections;
 
         /// Connections kept open even when idle.
-        fn min_idle(n: u32) => min_idle;
+        fn min_idle(n: u32) => set min_idle;
 
         /// Longest wait for a connection before `PoolTimedOut`.
-        fn acquire_timeout(d: Duration) => acquire_timeout;
+        fn acquire_timeout(d: Duration) => set acquire_timeout;
 
         /// Idle connections above `min_idle` are closed after this long (`None`: never).
-        fn idle_timeout(d: Option<Duration>) => idle_timeout;
+        fn idle_timeout(d: Option<Duration>) => set idle_timeout;
 
         /// Connections are closed after this age (`None`: never), to pick up server-side
         /// changes and spread reconnects.
-        fn max_lifetime(d: Option<Duration>) => max_lifetime;
+        fn max_lifetime(d: Option<Duration>) => set max_lifetime;
 
         /// Prepared statements cached per connection (`0` turns the cache off).
-        fn statement_cache(n: usize) => statement_cache;
+        fn statement_cache(n: usize) => set statement_cache;
 
         /// Whether a connection is pinged before it is handed out.
-        fn test_before_acquire(yes: bool) => test_before_acquire;
+        fn test_before_acquire(yes: bool) => set test_before_acquire;
     }
 
     /// Checks the values.

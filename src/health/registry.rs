@@ -1,7 +1,7 @@
 //! [`Health`]: the registered checks, their runner and the report.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
@@ -52,10 +52,10 @@ impl Check {
     }
     setters! {
         /// A timeout for this check, instead of [`HealthBuilder::timeout`].
-        fn timeout(timeout: Duration) => Some(timeout);
+        fn timeout(timeout: Duration) => some timeout;
 
         /// A healthy run slower than this is reported as degraded.
-        fn degraded_latency(threshold: Duration) => Some(degraded_latency);
+        fn degraded_latency(threshold: Duration) => some degraded_latency;
     }
 }
 
@@ -97,15 +97,15 @@ impl HealthBuilder {
 
     setters! {
         /// How often [`Health::spawn`]'s background task runs the checks (default 10 s).
-        fn interval(interval: Duration) => interval;
+        fn interval(interval: Duration) => set interval;
 
         /// Default timeout of one check run (default 2 s). A check that has not answered by then is
         /// unhealthy, so readiness answers in about this time even when a dependency hangs.
-        fn timeout(timeout: Duration) => timeout;
+        fn timeout(timeout: Duration) => set timeout;
 
         /// Results older than this are refreshed when readiness is asked (default: interval plus
         /// timeout, so with the background task running readiness never waits).
-        fn max_age(max_age: Duration) => Some(max_age);
+        fn max_age(max_age: Duration) => some max_age;
     }
 
     /// Checks the configuration and builds the health registry.
@@ -298,17 +298,9 @@ impl Health {
     ///
     /// Outside a Tokio runtime.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let period = self.inner.interval;
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                let _running = inner.run_lock.lock().await;
-                inner.run().await;
-            }
+        crate::background::spawn_every(&self.inner, self.inner.interval, |inner| async move {
+            let _running = inner.run_lock.lock().await;
+            inner.run().await;
         })
     }
 

@@ -44,11 +44,11 @@ impl<DB: Database> PoolCheck<DB> {
     }
     setters! {
         /// Timeout of the acquire and of the `SELECT 1` (each).
-        fn timeout(timeout: Duration) => timeout;
+        fn timeout(timeout: Duration) => set timeout;
 
         /// Utilisation (in use / max connections, `0.0..=1.0`) from which the pool is degraded.
         /// Values above 1 never degrade.
-        fn degraded_utilisation(ratio: f64) => degraded_utilisation;
+        fn degraded_utilisation(ratio: f64) => set degraded_utilisation;
     }
 }
 

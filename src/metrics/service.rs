@@ -19,13 +19,7 @@ pub struct Metrics<S> {
     pub(crate) state: Arc<LayerState>,
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for Metrics<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
+inner_service_debug!(Metrics<S>);
 
 impl<S> Metrics<S> {
     inner_service_accessors!();

@@ -98,7 +98,7 @@ impl CachePurger {
         headers: &HeaderMap,
         part: Option<&KeyPart>,
     ) -> Result<u64, PurgeError> {
-        let key = self.invalidator.primary_for(uri, headers, part);
+        let key = self.invalidator.keys().primary_for(uri, headers, part);
         // The cache's own invalidation (every variant, and the in-process state of the URL),
         // with this purger's mode, stats and dependencies.
         self.purger.purge_key(key.store_key()).await

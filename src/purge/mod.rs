@@ -146,22 +146,3 @@ pub use purger::{
 };
 pub use rules::{EventRule, Rule, RuleError};
 pub use service::Purge;
-
-#[cfg(all(test, feature = "memory"))]
-mod tests {
-    use super::*;
-
-    fn assert_send_sync<T: Send + Sync>() {}
-    fn assert_send<T: Send>() {}
-
-    #[test]
-    fn public_types_are_send_and_sync() {
-        type Inner = tower::util::BoxCloneSyncService<(), (), ()>;
-        assert_send_sync::<PurgeLayer>();
-        assert_send_sync::<Purge<Inner>>();
-        assert_send_sync::<Purger>();
-        assert_send_sync::<CachePurger>();
-        assert_send::<ResponseFuture<std::future::Ready<()>>>();
-        assert_send::<PurgeBody<http_body_util::Full<bytes::Bytes>>>();
-    }
-}

@@ -326,24 +326,12 @@ impl Rule {
         }
     }
 
-    /// Adds tags to purge (templates over the route's parameters).
-    pub fn purge_tags<I, T>(mut self, tags: I) -> Rule
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.tags.extend(tags.into_iter().map(Into::into));
-        self
-    }
+    setters! {
+        /// Adds tags to purge (templates over the route's parameters).
+        fn purge_tags(tags: impl IntoIterator<Item = impl Into<String>>) => extend tags;
 
-    /// Adds store keys to purge (templates over the route's parameters).
-    pub fn purge_keys<I, T>(mut self, keys: I) -> Rule
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.keys.extend(tags_into(keys));
-        self
+        /// Adds store keys to purge (templates over the route's parameters).
+        fn purge_keys(keys: impl IntoIterator<Item = impl Into<String>>) => extend keys;
     }
 
     pub(crate) fn compile(self) -> Result<CompiledRule, RuleError> {
@@ -374,14 +362,6 @@ impl Rule {
             route,
         })
     }
-}
-
-fn tags_into<I, T>(items: I) -> impl Iterator<Item = String>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<String>,
-{
-    items.into_iter().map(Into::into)
 }
 
 /// What a rule (or several) asks to purge for one request or event.
@@ -475,24 +455,12 @@ impl EventRule {
         }
     }
 
-    /// Adds tags to purge (templates over the payload's fields).
-    pub fn purge_tags<I, T>(mut self, tags: I) -> EventRule
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.tags.extend(tags_into(tags));
-        self
-    }
+    setters! {
+        /// Adds tags to purge (templates over the payload's fields).
+        fn purge_tags(tags: impl IntoIterator<Item = impl Into<String>>) => extend tags;
 
-    /// Adds store keys to purge (templates over the payload's fields).
-    pub fn purge_keys<I, T>(mut self, keys: I) -> EventRule
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.keys.extend(tags_into(keys));
-        self
+        /// Adds store keys to purge (templates over the payload's fields).
+        fn purge_keys(keys: impl IntoIterator<Item = impl Into<String>>) => extend keys;
     }
 
     pub(crate) fn compile(self) -> Result<CompiledEventRule, RuleError> {

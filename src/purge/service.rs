@@ -38,13 +38,7 @@ impl<S: Clone> Clone for Purge<S> {
     }
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for Purge<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Purge")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
+inner_service_debug!(Purge<S>);
 
 impl<S> Purge<S> {
     pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {

@@ -369,21 +369,17 @@ impl SetOptions {
 
     setters! {
         /// Sets how long the entry is fresh.
-        fn ttl(ttl: Duration) => Some(ttl);
+        fn ttl(ttl: Duration) => some ttl;
 
         /// Sets or clears the TTL.
-        fn ttl_opt(ttl: Option<Duration>) => ttl;
+        fn ttl_opt(ttl: Option<Duration>) => set ttl;
 
         /// Sets how long the entry may be served stale after its TTL (only with a TTL).
-        fn grace(grace: Duration) => grace;
+        fn grace(grace: Duration) => set grace;
     }
 
     /// Sets the entry's tags.
-    pub fn tags<I, T>(mut self, tags: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn tags(mut self, tags: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.tags = tags.into_iter().map(Into::into).collect();
         self
     }
@@ -522,16 +518,21 @@ impl Limits {
         self.check_entry(value, options)
     }
 
-    /// [`Limits::check_set`] for every item of a batch, so none is written unless all pass.
+    /// A batch's entries, once [`Limits::check_set`] passed for every item: none is written
+    /// unless all pass.
     #[cfg(any(feature = "memory", feature = "redis"))]
-    pub(crate) fn check_set_many(
+    pub(crate) fn checked_entries<'k>(
         &self,
-        items: &[(&str, Bytes)],
+        items: &[(&'k str, Bytes)],
         options: &SetOptions,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(&'k str, Entry)>, StoreError> {
         items
             .iter()
-            .try_for_each(|(key, value)| self.check_set(key, value, options))
+            .try_for_each(|(key, value)| self.check_set(key, value, options))?;
+        Ok(items
+            .iter()
+            .map(|(key, value)| (*key, Entry::new(value.clone(), options)))
+            .collect())
     }
 
     /// Checks one tag: non-empty, within the length limit, no whitespace or control characters

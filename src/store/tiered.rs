@@ -92,10 +92,10 @@ impl TieredStoreBuilder {
     setters! {
         /// Longest time an entry stays in L1 (default 60 s; `None`: as long as in L2). A shorter
         /// L1 TTL bounds how stale an instance can be if it ever misses a backplane message.
-        fn l1_ttl(ttl: Option<Duration>) => l1_ttl;
+        fn l1_ttl(ttl: Option<Duration>) => set l1_ttl;
 
         /// How long an L1 miss waits for L2 before it counts as a miss (default 50 ms).
-        fn soft_timeout(timeout: Duration) => soft_timeout;
+        fn soft_timeout(timeout: Duration) => set soft_timeout;
     }
 
     /// Builds the store and starts applying the backplane's invalidations to L1.
@@ -600,11 +600,7 @@ impl StoreExt for TieredStore {
         items: &[(&str, Bytes)],
         options: &SetOptions,
     ) -> Result<(), StoreError> {
-        self.inner.l2.limits().check_set_many(items, options)?;
-        let entries: Vec<(&str, Entry)> = items
-            .iter()
-            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
-            .collect();
+        let entries = self.inner.l2.limits().checked_entries(items, options)?;
         let mut written = Ok(());
         if !entries.is_empty() {
             let began = self.inner.pending.now();

@@ -117,11 +117,11 @@ impl<S: Store + Clone> TypedCache<S> {
 
     setters! {
         /// Sets the options used by [`TypedCache::set_default`].
-        fn default_options(options: SetOptions) => defaults;
+        fn default_options(options: SetOptions) => set defaults;
 
         /// Compress values of at least this many bytes (feature `compression`; ignored without
         /// it). `usize::MAX` turns compression off.
-        fn compress_above(bytes: usize) => compress_above;
+        fn compress_above(bytes: usize) => set compress_above;
     }
 
     /// The underlying store.

@@ -265,27 +265,27 @@ impl TxConfig {
         ///
         /// Queries run on the pool directly, not through the handle, need `.persistent(false)`
         /// themselves (or, outside a transaction, no parameters).
-        fn transaction_pooling(on: bool) => transaction_pooling;
+        fn transaction_pooling(on: bool) => set transaction_pooling;
 
         /// Per-statement timeout (`SET LOCAL statement_timeout` on PostgreSQL). PostgreSQL only.
-        fn statement_timeout(timeout: Duration) => Some(statement_timeout);
+        fn statement_timeout(timeout: Duration) => some statement_timeout;
 
         /// Lock wait timeout: `SET LOCAL lock_timeout` on PostgreSQL; on MySQL/MariaDB the
         /// session's `innodb_lock_wait_timeout`, set before each transaction in whole seconds
         /// (rounded up) and left on the pooled connection afterwards. Not on SQLite (use its
         /// `busy_timeout`).
-        fn lock_timeout(timeout: Duration) => Some(lock_timeout);
+        fn lock_timeout(timeout: Duration) => some lock_timeout;
 
         /// Time limit of one attempt's handler. When it passes the handler is cancelled, its
         /// connection closed (so the server rolls back) and the client gets `503`. A statement
         /// already running keeps running on the server until it ends: pair this with
         /// [`statement_timeout`](Self::statement_timeout) on PostgreSQL.
-        fn transaction_timeout(timeout: Duration) => Some(transaction_timeout);
+        fn transaction_timeout(timeout: Duration) => some transaction_timeout;
 
         /// Time limit of `COMMIT` and of `ROLLBACK` (default 5 s). Past it the connection is
         /// closed, never pooled: a `COMMIT` that timed out is ambiguous (`502`), a `ROLLBACK` that
         /// timed out leaves the server to roll back when it sees the connection gone.
-        fn end_timeout(timeout: Duration) => end_timeout;
+        fn end_timeout(timeout: Duration) => set end_timeout;
 
         /// Limits the transactions this layer runs at once, adapting the limit to their
         /// conflicts (default off): each conflict that forces a retry cuts it by a quarter, each
@@ -294,14 +294,14 @@ impl TxConfig {
         /// commit more and fewer run out of retries. Only [`TxMode::ReadWrite`] requests count
         /// and wait: reads do not take the rows' write locks. Waiting for room counts against
         /// [`retry_deadline`](Self::retry_deadline); past it the request gets `503`.
-        fn adaptive_concurrency(max: Option<usize>) => adaptive_concurrency;
+        fn adaptive_concurrency(max: Option<usize>) => set adaptive_concurrency;
 
         /// Maximum number of attempts of one request, the first included (default 3; 1 disables
         /// retry).
-        fn max_attempts(attempts: u32) => max_attempts;
+        fn max_attempts(attempts: u32) => set max_attempts;
 
         /// Total time within which a retry may still start (default 10 s).
-        fn retry_deadline(deadline: Duration) => retry_deadline;
+        fn retry_deadline(deadline: Duration) => set retry_deadline;
     }
 
     /// Backoff before the first retry, doubled each time up to `max` (defaults 10 ms and
@@ -315,22 +315,22 @@ impl TxConfig {
     setters! {
         /// Largest request body buffered for replay (default 1 MiB). Bodies of unknown length or
         /// above the limit are streamed to the handler and their request is never retried.
-        fn max_body_size(bytes: usize) => max_body_size;
+        fn max_body_size(bytes: usize) => set max_body_size;
 
         /// The `Retry-After` sent with `503` answers (default 1 s, rounded up to whole seconds).
-        fn retry_after(after: Duration) => retry_after;
+        fn retry_after(after: Duration) => set retry_after;
 
         /// How SQLite begins transactions (default [`SqliteBegin::Deferred`]).
-        fn sqlite_begin(begin: SqliteBegin) => sqlite_begin;
+        fn sqlite_begin(begin: SqliteBegin) => set sqlite_begin;
 
         /// Retry MySQL/MariaDB error 1205 (lock wait timeout). Turn it on only when the server
         /// runs with `innodb_rollback_on_timeout=ON`: otherwise only the statement is rolled back
         /// and replaying the request is wrong, so the default is `false`.
-        fn mysql_retry_lock_wait_timeout(retry: bool) => mysql_retry_lock_wait_timeout;
+        fn mysql_retry_lock_wait_timeout(retry: bool) => set mysql_retry_lock_wait_timeout;
 
         /// Statements slower than this through the handle are logged with `tracing` and kept in
         /// the stats' slow list (default 100 ms).
-        fn slow_statement(threshold: Duration) => slow_statement;
+        fn slow_statement(threshold: Duration) => set slow_statement;
     }
 
     pub(crate) fn validate_common(&self) -> Result<(), TxConfigError> {

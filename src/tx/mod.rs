@@ -248,29 +248,3 @@ pub fn log_slow_statements<O: sqlx::ConnectOptions>(
 ) -> O {
     options.log_slow_statements(log::LevelFilter::Warn, threshold)
 }
-
-#[cfg(all(test, feature = "sqlite"))]
-mod tests {
-    use super::*;
-
-    fn assert_send_sync<T: Send + Sync>() {}
-    fn assert_send<T: Send>() {}
-
-    #[test]
-    fn public_types_are_send_and_sync() {
-        type Svc = tower::util::BoxCloneSyncService<
-            http::Request<TxBody<String>>,
-            http::Response<String>,
-            std::convert::Infallible,
-        >;
-        assert_send_sync::<TxLayer<sqlx::Sqlite>>();
-        assert_send_sync::<Tx<Svc, sqlx::Sqlite, DefaultPolicy>>();
-        assert_send_sync::<TxHandle<sqlx::Sqlite>>();
-        assert_send_sync::<AfterCommit>();
-        assert_send_sync::<TxStats>();
-        assert_send::<ResponseFuture<String, std::convert::Infallible>>();
-        assert_send::<TxResponseBody<String>>();
-        assert_send::<TxConn<'static, sqlx::Sqlite>>();
-        assert_send_sync::<TxStatsSnapshot>();
-    }
-}

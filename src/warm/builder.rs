@@ -112,15 +112,15 @@ impl<S, B> WarmerBuilder<S, B> {
 
     setters! {
         /// How many requests may be in flight at once (default [`DEFAULT_CONCURRENCY`]); at least 1.
-        fn concurrency(concurrency: usize) => concurrency;
+        fn concurrency(concurrency: usize) => set concurrency;
 
         /// How long one request may take, its body drained, and one source may take (default
         /// [`DEFAULT_TIMEOUT`]); not zero.
-        fn timeout(timeout: Duration) => timeout;
+        fn timeout(timeout: Duration) => set timeout;
 
         /// How long [`Warmer::spawn`]'s task waits after a run ends before the next (default none:
         /// it runs at start-up and then only when [triggered](WarmHandle::trigger)); not zero.
-        fn interval(interval: Duration) => Some(interval);
+        fn interval(interval: Duration) => some interval;
     }
 
     /// The `Host` header given to every request whose URI has no authority and that carries no

@@ -20,23 +20,12 @@ use super::*;
 ///
 /// An invalid URI or header is reported by [`WarmerBuilder::build`] (or, from a source, counted
 /// as a source failure), never by a panic.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WarmRequest {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     error: Option<String>,
-}
-
-impl fmt::Debug for WarmRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WarmRequest")
-            .field("method", &self.method)
-            .field("uri", &self.uri)
-            .field("headers", &self.headers)
-            .field("error", &self.error)
-            .finish()
-    }
 }
 
 impl WarmRequest {

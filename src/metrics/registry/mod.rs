@@ -139,7 +139,7 @@ impl MetricsRegistryBuilder {
     setters! {
         /// Most distinct route labels kept (default 1000, including the unmatched label). Labels
         /// beyond it are counted under the unmatched label, so memory stays bounded.
-        fn max_routes(max: usize) => max_routes;
+        fn max_routes(max: usize) => set max_routes;
 
         /// The shared label of requests that matched no route (default `_UNMATCHED`).
         fn unmatched_label(label: impl Into<String>) => into unmatched_label;
@@ -147,7 +147,7 @@ impl MetricsRegistryBuilder {
         /// Requests slower than this (until their body finished) are slow: logged with
         /// `tracing::warn!`, counted and kept in the slow-request log. Default one second; `None`
         /// turns the global threshold off.
-        fn slow_threshold(threshold: Option<Duration>) => slow_threshold;
+        fn slow_threshold(threshold: Option<Duration>) => set slow_threshold;
     }
 
     /// A threshold for one route template, overriding the global one (`None`: never slow).
@@ -162,11 +162,11 @@ impl MetricsRegistryBuilder {
 
     setters! {
         /// How many of the most recent slow requests are kept (default 100).
-        fn slow_log_capacity(capacity: usize) => slow_log_capacity;
+        fn slow_log_capacity(capacity: usize) => set slow_log_capacity;
 
         /// Whether measurements also go to the `metrics` facade with OpenTelemetry names (default
         /// `true`). See [the module docs](crate::metrics#export) for the names and labels.
-        fn export(enabled: bool) => export;
+        fn export(enabled: bool) => set export;
     }
 
     /// Checks the configuration and builds the registry.

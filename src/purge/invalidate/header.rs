@@ -31,11 +31,7 @@ pub struct Invalidation {
 
 impl Invalidation {
     /// Purge these tags.
-    pub fn tags<I, T>(tags: I) -> Invalidation
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn tags(tags: impl IntoIterator<Item = impl Into<String>>) -> Invalidation {
         Invalidation {
             tags: tags.into_iter().map(Into::into).collect(),
             keys: Vec::new(),
@@ -43,11 +39,7 @@ impl Invalidation {
     }
 
     /// Purge these store keys.
-    pub fn keys<I, T>(keys: I) -> Invalidation
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn keys(keys: impl IntoIterator<Item = impl Into<String>>) -> Invalidation {
         Invalidation {
             tags: Vec::new(),
             keys: keys.into_iter().map(Into::into).collect(),
@@ -55,11 +47,7 @@ impl Invalidation {
     }
 
     /// Also purge these store keys.
-    pub fn and_keys<I, T>(mut self, keys: I) -> Invalidation
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn and_keys(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Invalidation {
         self.keys.extend(keys.into_iter().map(Into::into));
         self
     }

@@ -91,11 +91,11 @@ impl InvalidateLayer {
 
     setters! {
         /// Whether to honour the `Cache-Group-Invalidation` header (default: yes).
-        fn group_header(enabled: bool) => group_header;
+        fn group_header(enabled: bool) => set group_header;
 
         /// Whether to remove `Cache-Group-Invalidation` from the response once read (default: no,
         /// so caches further out, a CDN, can honour it too, as the draft intends).
-        fn strip_group_header(enabled: bool) => strip_group_header;
+        fn strip_group_header(enabled: bool) => set strip_group_header;
     }
 
     /// The purger this layer purges through.

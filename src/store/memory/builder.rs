@@ -40,23 +40,23 @@ impl Default for MemoryStoreBuilder {
 impl MemoryStoreBuilder {
     setters! {
         /// Total weight the store may hold, in bytes (default 256 MiB).
-        fn capacity_bytes(bytes: u64) => capacity_bytes;
+        fn capacity_bytes(bytes: u64) => set capacity_bytes;
 
         /// How many entries to size the index for (default: capacity / 1 KiB).
-        fn estimated_items(items: usize) => Some(estimated_items);
+        fn estimated_items(items: usize) => some estimated_items;
 
         /// The limits enforced on keys, values and tags.
-        fn limits(limits: Limits) => limits;
+        fn limits(limits: Limits) => set limits;
 
         /// How long a tag purge's invalidation mark is kept at least (default 5 min), so that a
         /// response fetched before the purge and written after it (stamped with its fetch's start,
         /// see [`SetOptions::as_of`](crate::store::SetOptions::as_of)) is still hidden: set it above your slowest upstream call.
         /// Marks are also kept while any entry older than them lives.
-        fn mark_retention(retention: Duration) => mark_retention;
+        fn mark_retention(retention: Duration) => set mark_retention;
 
         /// How often the background sweep drops expired entries and compacts the tag index
         /// (default 10 s; `None` turns it off, leaving expiry on read only).
-        fn sweep_interval(interval: Option<Duration>) => sweep_interval;
+        fn sweep_interval(interval: Option<Duration>) => set sweep_interval;
     }
 
     /// Builds the store. The sweep starts only when called inside a Tokio runtime.

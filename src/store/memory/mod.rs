@@ -593,9 +593,8 @@ impl StoreExt for MemoryStore {
         items: &[(&str, Bytes)],
         options: &SetOptions,
     ) -> Result<(), StoreError> {
-        self.inner.limits.check_set_many(items, options)?;
-        for (key, value) in items {
-            self.insert_entry(key, Entry::new(value.clone(), options), None);
+        for (key, entry) in self.inner.limits.checked_entries(items, options)? {
+            self.insert_entry(key, entry, None);
         }
         Ok(())
     }

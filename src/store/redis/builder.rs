@@ -38,40 +38,40 @@ impl RedisStoreBuilder {
         fn namespace(namespace: impl Into<String>) => into namespace;
 
         /// Limits enforced on keys, values and tags.
-        fn limits(limits: Limits) => limits;
+        fn limits(limits: Limits) => set limits;
 
         /// Bound on every command, connection included (default 500 ms).
-        fn timeout(timeout: Duration) => timeout;
+        fn timeout(timeout: Duration) => set timeout;
 
         /// Bound on establishing a connection (default 1 s).
-        fn connect_timeout(timeout: Duration) => connect_timeout;
+        fn connect_timeout(timeout: Duration) => set connect_timeout;
 
         /// Whether to run the pub/sub backplane (default on). Without it, other instances are not
         /// told of invalidations and tagged reads re-read their tags' marks every time (two round
         /// trips), since no push keeps known marks fresh.
-        fn backplane(enabled: bool) => backplane;
+        fn backplane(enabled: bool) => set backplane;
 
         /// How often the backplane pings its connection to notice a dead peer (default 1 s).
-        fn ping_interval(interval: Duration) => ping_interval;
+        fn ping_interval(interval: Duration) => set ping_interval;
 
         /// Whether writes (`set`, `set_many`) are announced on the backplane (default on), so other
         /// instances' tiered stores drop their L1 copies of overwritten keys. Turn it off when no
         /// instance keeps an L1 over this namespace: each write then saves a `PUBLISH` and every
         /// subscriber a message. Deletes, tag purges, pattern deletes and clears are always
         /// announced.
-        fn publish_writes(enabled: bool) => publish_writes;
+        fn publish_writes(enabled: bool) => set publish_writes;
 
         /// How many tags' invalidation marks to remember locally (default 100,000).
-        fn known_marks(capacity: usize) => known_marks;
+        fn known_marks(capacity: usize) => set known_marks;
 
         /// How long a tag's invalidation mark is kept in Redis (default 7 days): longer than the
         /// longest entry lifetime you use, so no entry outlives the mark that hides it. The
         /// background clean-up removes the purged entries long before that.
-        fn mark_ttl(ttl: Duration) => mark_ttl;
+        fn mark_ttl(ttl: Duration) => set mark_ttl;
 
         /// How often to drop dead members (expired entries) from tag index sets (default 5 min;
         /// `None` turns it off). Runs in the background.
-        fn index_sweep_interval(interval: Option<Duration>) => index_sweep_interval;
+        fn index_sweep_interval(interval: Option<Duration>) => set index_sweep_interval;
 
         /// The circuit breaker on the store's commands (default: open after
         /// [`DEFAULT_BREAKER_FAILURES`](crate::store::DEFAULT_BREAKER_FAILURES) consecutive timeouts or
@@ -80,7 +80,7 @@ impl RedisStoreBuilder {
         /// and every call then waits out its own timeout. While it is open, calls fail at once
         /// with [`StoreError::CircuitOpen`](crate::store::StoreError::CircuitOpen): a cache in front passes through to its origin instead
         /// of waiting on a Redis that hangs.
-        fn breaker(settings: Option<BreakerSettings>) => breaker;
+        fn breaker(settings: Option<BreakerSettings>) => set breaker;
     }
 
     /// Builds the store without contacting Redis.

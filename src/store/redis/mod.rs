@@ -418,6 +418,9 @@ impl RedisStore {
 
     /// Writes a prepared entry (the tiered store hands over entries it already built).
     pub(crate) async fn set_entries(&self, items: &[(&str, Entry)]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
         let mut pipe = Batch::new();
         // MULTI only where an entry and its index memberships must land together.
         if items.iter().any(|(_, e)| !e.tags().is_empty()) {
@@ -641,15 +644,8 @@ impl StoreExt for RedisStore {
         items: &[(&str, Bytes)],
         options: &SetOptions,
     ) -> Result<(), StoreError> {
-        self.inner.limits.check_set_many(items, options)?;
-        if items.is_empty() {
-            return Ok(());
-        }
-        let entries: Vec<(&str, Entry)> = items
-            .iter()
-            .map(|(k, v)| (*k, Entry::new(v.clone(), options)))
-            .collect();
-        self.set_entries(&entries).await
+        self.set_entries(&self.inner.limits.checked_entries(items, options)?)
+            .await
     }
 
     async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, StoreError> {
