@@ -326,9 +326,10 @@ pub trait Store: Send + Sync + 'static {
 /// - counters and sets default to [`StoreError::Unsupported`]: they cannot be built atomically
 ///   from the core.
 ///
-/// The response cache needs none of this except for [`CacheLayer::distributed_lease`], which
-/// takes its lease with [`StoreExt::incr`]; the typed cache and [`BoxStore`] need the trait
-/// implemented (it may be empty).
+/// The response cache and the typed cache need none of this, except for
+/// [`CacheLayer::distributed_lease`], which takes its lease with [`StoreExt::incr`]. A
+/// [`BoxStore`], and so a `Purger` and [`StoreConfig::build`], need the trait implemented (it
+/// may be empty).
 ///
 /// [`CacheLayer::distributed_lease`]: crate::cache::CacheLayer::distributed_lease
 pub trait StoreExt: Store {
