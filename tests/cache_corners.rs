@@ -906,52 +906,12 @@ async fn a_lease_is_released_when_the_response_cannot_be_stored() {
     );
 }
 
-/// A store that writes only the core `Store` (forwarding to a memory store) and takes the
-/// provided `StoreExt`, whose counters answer `Unsupported`.
-#[derive(Clone)]
-struct NoCounters(tower_strata::store::MemoryStore);
-
-impl tower_strata::store::Store for NoCounters {
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<tower_strata::store::Entry>, tower_strata::store::StoreError> {
-        self.0.get(key).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        options: &tower_strata::store::SetOptions,
-    ) -> Result<(), tower_strata::store::StoreError> {
-        self.0.set(key, value, options).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, tower_strata::store::StoreError> {
-        self.0.delete(key).await
-    }
-    async fn delete_tag(&self, tag: &str) -> Result<u64, tower_strata::store::StoreError> {
-        self.0.delete_tag(tag).await
-    }
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, tower_strata::store::StoreError> {
-        self.0.delete_matching(pattern).await
-    }
-    async fn clear(&self) -> Result<u64, tower_strata::store::StoreError> {
-        self.0.clear().await
-    }
-    fn stats(&self) -> tower_strata::store::StoreStats {
-        self.0.stats()
-    }
-    fn limits(&self) -> tower_strata::store::Limits {
-        self.0.limits()
-    }
-}
-
-impl tower_strata::store::StoreExt for NoCounters {}
-
 #[tokio::test]
 async fn a_lease_on_a_store_without_counters_fails_open() {
     let (up, calls) = upstream(|_, _| response(200, &[("cache-control", "max-age=60")], "x"));
-    let layer = CacheLayer::new(NoCounters(store())).distributed_lease(Duration::from_secs(30));
+    // Its counters are the provided ones: `Unsupported`.
+    let store = support::core_only::CoreOnly(store());
+    let layer = CacheLayer::new(store).distributed_lease(Duration::from_secs(30));
     let stats = layer.stats();
     let svc = ServiceBuilder::new().layer(layer).service(up);
     let (first, body) = send(&svc, get("http://h/a")).await;

@@ -610,42 +610,9 @@ conformance!(cluster);
 #[cfg(feature = "redis-cluster")]
 conformance!(tiered_cluster);
 
-/// A backend that writes only what `Store` requires (here by forwarding to a memory store) and
-/// takes every provided method, `StoreExt` included.
-#[derive(Clone)]
-struct CoreOnly(MemoryStore);
-
-impl Store for CoreOnly {
-    async fn get(&self, key: &str) -> Result<Option<tower_strata::store::Entry>, StoreError> {
-        self.0.get(key).await
-    }
-    async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
-        self.0.set(key, value, options).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.0.delete(key).await
-    }
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.0.delete_tag(tag).await
-    }
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        self.0.delete_matching(pattern).await
-    }
-    async fn clear(&self) -> Result<u64, StoreError> {
-        self.0.clear().await
-    }
-    fn stats(&self) -> tower_strata::store::StoreStats {
-        self.0.stats()
-    }
-    fn limits(&self) -> tower_strata::store::Limits {
-        self.0.limits()
-    }
-}
-
-impl StoreExt for CoreOnly {}
-
 #[tokio::test]
 async fn a_backend_writing_only_the_core_gets_batches_and_refuses_counters_and_sets() {
+    use support::core_only::CoreOnly;
     let store = CoreOnly(MemoryStore::new(1 << 20));
     let opts = SetOptions::new().ttl(Duration::from_secs(60)).tags(["t"]);
     store

@@ -4,6 +4,8 @@
 pub mod cache_http;
 #[cfg(feature = "redis-cluster")]
 pub mod cluster;
+#[cfg(feature = "memory")]
+pub mod core_only;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
