@@ -38,16 +38,12 @@ impl crate::ConfigErrorKind for CacheConfigErrorKind {
     const COMPONENT: &'static str = "cache layer";
 }
 
-fn refuse(kind: CacheConfigErrorKind, message: String) -> CacheConfigError {
-    CacheConfigError::new(kind, message)
-}
-
 /// Path prefixes must start with `/`: request paths always do.
 fn path_prefix(prefix: String) -> Result<String, CacheConfigError> {
     if prefix.starts_with('/') {
         Ok(prefix)
     } else {
-        Err(refuse(
+        Err(CacheConfigError::new(
             CacheConfigErrorKind::PathPrefix,
             format!("path prefix {prefix:?} does not start with '/'"),
         ))
@@ -291,7 +287,7 @@ impl<St> CacheLayer<St> {
                 if token {
                     Ok(name)
                 } else {
-                    Err(refuse(
+                    Err(CacheConfigError::new(
                         CacheConfigErrorKind::Cookie,
                         format!("cookie name {name:?} is not a token"),
                     ))
@@ -316,7 +312,7 @@ impl<St> CacheLayer<St> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
         if !valid {
-            return Err(refuse(
+            return Err(CacheConfigError::new(
                 CacheConfigErrorKind::Scheme,
                 format!("{scheme:?} is not a URI scheme"),
             ));
@@ -358,7 +354,7 @@ impl<St> CacheLayer<St> {
                     && !service.starts_with('.')
             });
         if !valid {
-            return Err(refuse(
+            return Err(CacheConfigError::new(
                 CacheConfigErrorKind::GrpcMethod,
                 format!("gRPC method path {path:?} is not /package.Service/Method"),
             ));

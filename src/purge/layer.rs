@@ -6,8 +6,6 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::auth::Authorize;
-#[cfg(doc)]
-use super::auth::BearerToken;
 use super::limit::{Bucket, RateLimit};
 use super::service::Purge;
 use super::{CachePurger, Purger};
@@ -41,8 +39,8 @@ impl From<Purger> for PurgeHandle {
 }
 
 /// A purge or invalidation configuration that cannot work: a
-/// [`ConfigError`](crate::ConfigError) of [`PurgeConfigErrorKind`], from [`PurgeLayer`],
-/// [`RateLimit::new`], [`InvalidateLayer::rule`](super::InvalidateLayer::rule) and
+/// [`ConfigError`](crate::ConfigError) of [`PurgeConfigErrorKind`], from
+/// [`BearerToken::new`](super::BearerToken::new), [`RateLimit::new`], [`InvalidateLayer::rule`](super::InvalidateLayer::rule) and
 /// [`InvalidationBusBuilder::build`](super::InvalidationBusBuilder::build).
 pub type PurgeConfigError = crate::ConfigError<PurgeConfigErrorKind>;
 
@@ -81,8 +79,8 @@ impl From<super::RuleError> for PurgeConfigError {
 /// Answers `PURGE <url>` and `POST /_cache/purge` in front of a service; see the
 /// [module docs](super#purging-over-http).
 ///
-/// There is no unprotected constructor: [`PurgeLayer::new`] takes a [`BearerToken`] or an
-/// [`Authorize`] policy.
+/// There is no unprotected constructor: [`PurgeLayer::new`] takes a
+/// [`BearerToken`](super::BearerToken) or an [`Authorize`] policy.
 /// Cheap to clone; every service it makes (and its clones) share one rate limit.
 #[derive(Clone)]
 pub struct PurgeLayer {
@@ -116,10 +114,10 @@ impl std::fmt::Debug for PurgeLayer {
 }
 
 impl PurgeLayer {
-    /// A purge layer that lets through the requests `authorizer` allows — a [`BearerToken`]
-    /// or the app's own [`Authorize`] policy — with the defaults: `PURGE <url>` on,
-    /// [`DEFAULT_PURGE_PATH`], bodies up to [`DEFAULT_MAX_PURGE_BODY`] read within 5 s,
-    /// [`RateLimit::DEFAULT`].
+    /// A purge layer that lets through the requests `authorizer` allows — a
+    /// [`BearerToken`](super::BearerToken) or the app's own [`Authorize`] policy — with the
+    /// defaults: `PURGE <url>` on, [`DEFAULT_PURGE_PATH`], bodies up to
+    /// [`DEFAULT_MAX_PURGE_BODY`] read within 5 s, [`RateLimit::DEFAULT`].
     pub fn new(purger: impl Into<PurgeHandle>, authorizer: impl Authorize) -> Self {
         let limit = RateLimit::DEFAULT;
         PurgeLayer {
