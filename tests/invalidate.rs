@@ -623,9 +623,7 @@ mod redis {
         let b = bus_on(store_b.clone(), &unique("inv_tiered_bus_b"));
         let _ = b;
         let ok = eventually(Duration::from_secs(10), || async {
-            a.connected()
-                && store_a.l2().backplane_connected()
-                && store_b.l2().backplane_connected()
+            a.connected() && store_a.l1_in_use() && store_b.l1_in_use()
         })
         .await;
         assert!(ok.is_some());

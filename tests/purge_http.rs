@@ -714,7 +714,7 @@ async fn a_purge_sent_to_one_instance_reaches_the_other_within_100ms() {
     let ns = unique("two_apps");
     let (store_a, store_b) = (tiered(&ns), tiered(&ns));
     let ok = eventually(Duration::from_secs(10), || async {
-        store_a.l2().backplane_connected() && store_b.l2().backplane_connected()
+        store_a.l1_in_use() && store_b.l1_in_use()
     })
     .await;
     assert!(ok.is_some(), "backplanes subscribed");

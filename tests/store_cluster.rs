@@ -170,7 +170,7 @@ async fn the_backplane_resubscribes_when_its_shard_comes_back() {
             .unwrap()
     };
     let (a, b) = (tiered(), tiered());
-    let both = || async { a.l2().backplane_connected() && b.l2().backplane_connected() };
+    let both = || async { a.l1_in_use() && b.l1_in_use() };
     assert!(
         eventually(Duration::from_secs(10), both).await.is_some(),
         "both subscribed"

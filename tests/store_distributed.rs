@@ -35,7 +35,8 @@ fn tiered_with(url: &str, namespace: &str, timeout: Duration) -> TieredStore {
 
 async fn wait_subscribed(stores: &[&TieredStore]) {
     let ok = eventually(Duration::from_secs(10), || async {
-        stores.iter().all(|s| s.l2().backplane_connected())
+        // Subscribed, and the subscription's resync applied: L1 takes copies from here on.
+        stores.iter().all(|s| s.l1_in_use())
     })
     .await;
     assert!(ok.is_some(), "backplanes subscribed");

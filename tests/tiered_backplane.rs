@@ -46,7 +46,7 @@ fn on_its_own_runtime(
 
 async fn both_subscribed(a: &TieredStore, b: &TieredStore) {
     let up = eventually(Duration::from_secs(10), || async {
-        a.l2().backplane_connected() && b.l2().backplane_connected()
+        a.l1_in_use() && b.l1_in_use()
     })
     .await;
     assert!(up.is_some(), "the backplanes did not subscribe");

@@ -258,6 +258,15 @@ impl TieredStore {
         &self.inner.l2
     }
 
+    /// Whether L1 answers reads now: the backplane is subscribed and L1 was dropped since that
+    /// subscription began, so it missed no invalidation (or Redis is unreachable for every
+    /// instance: the breaker is open). While it is `false` — right after start-up, and after a
+    /// lost subscription until the next one's resync — reads go to Redis and L1 takes no new
+    /// copies.
+    pub fn l1_in_use(&self) -> bool {
+        self.l1_trusted()
+    }
+
     /// Invalidations that did not reach Redis and wait to be replayed when the backplane is
     /// back (keys and tags, the last per key winning), and how many were dropped because
     /// 10,000 wait already. Until its invalidation has
