@@ -7,6 +7,7 @@ use http::Method;
 use tower_layer::Layer;
 
 use super::coalesce::DistributedLease;
+use super::directives::is_tchar;
 #[cfg(feature = "purge")]
 use super::invalidate::Invalidator;
 use super::key::KeyConfig;
@@ -280,10 +281,7 @@ impl<St> CacheLayer<St> {
             .into_iter()
             .map(|name| {
                 let name = name.into();
-                let token = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                let token = !name.is_empty() && name.bytes().all(is_tchar);
                 if token {
                     Ok(name)
                 } else {
