@@ -79,7 +79,7 @@ pub mod guide;
 
 #[macro_use]
 mod macros;
-#[cfg(any(feature = "health", feature = "dashboard"))]
+#[cfg(any(feature = "health", feature = "dashboard", feature = "memory"))]
 mod background;
 mod builder;
 mod config_error;

@@ -1,7 +1,7 @@
 //! [`MemoryStoreBuilder`], and the background sweep a store starts.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use quick_cache::DefaultHashBuilder;
@@ -93,22 +93,14 @@ impl MemoryStoreBuilder {
         if let (Some(interval), Ok(handle)) =
             (self.sweep_interval, tokio::runtime::Handle::try_current())
         {
-            handle.spawn(sweep_forever(Arc::downgrade(&store.inner), interval));
+            // The first sweep after one interval: a new store has nothing to sweep.
+            handle.spawn(crate::background::tick_while_alive(
+                Arc::downgrade(&store.inner),
+                tokio::time::Instant::now() + interval,
+                interval,
+                |inner| async move { MemoryStore { inner }.sweep() },
+            ));
         }
         store
-    }
-}
-
-pub(super) async fn sweep_forever(inner: Weak<Inner>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        // Holding only a weak reference lets the store drop, which ends the sweep.
-        match inner.upgrade() {
-            Some(inner) => MemoryStore { inner }.sweep(),
-            None => return,
-        }
     }
 }
