@@ -472,6 +472,32 @@ mod redis {
             .unwrap()
     }
 
+    #[tokio::test]
+    async fn a_bad_namespace_or_url_is_refused_with_the_store_error_as_source() {
+        use tower_strata::store::{StoreConfigError, StoreConfigErrorKind};
+        let build = |url: &str, namespace: &str| {
+            InvalidationBus::builder(Purger::new(MemoryStore::new(1 << 20)))
+                .redis(url)
+                .namespace(namespace)
+                .build()
+                .unwrap_err()
+        };
+        let store_kind = |e: &tower_strata::purge::PurgeConfigError| {
+            std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<StoreConfigError>())
+                .map(StoreConfigError::kind)
+        };
+        let namespace = build(&redis_url(), "bad\nname");
+        assert_eq!(namespace.kind(), PurgeConfigErrorKind::Namespace);
+        assert_eq!(
+            store_kind(&namespace),
+            Some(StoreConfigErrorKind::Namespace)
+        );
+        let url = build("nonsense://x", &unique("bus_url"));
+        assert_eq!(url.kind(), PurgeConfigErrorKind::Url);
+        assert_eq!(store_kind(&url), Some(StoreConfigErrorKind::Url));
+    }
+
     async fn wait_connected(buses: &[&InvalidationBus]) {
         let ok = eventually(Duration::from_secs(10), || async {
             buses.iter().all(|b| b.connected())

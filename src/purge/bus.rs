@@ -340,7 +340,7 @@ mod remote {
     use serde::{Deserialize, Serialize};
     use tokio::sync::oneshot;
 
-    use crate::store::redis::{Target, Timeouts};
+    use crate::store::redis::{Target, Timeouts, check_namespace};
     use crate::store::subscriber::{self, SubscribeConfig, Subscriber};
 
     use super::{BusError, Core, PurgeConfigError, RedisSettings, Remote};
@@ -367,15 +367,14 @@ mod remote {
         settings: RedisSettings,
         core: Arc<Core>,
     ) -> Result<Remote, PurgeConfigError> {
-        if settings.namespace.is_empty() || settings.namespace.chars().any(char::is_control) {
-            return Err(PurgeConfigError::new(
-                PurgeConfigErrorKind::Namespace,
-                format!(
-                    "invalidation bus namespace {:?} must be non-empty and free of control characters",
-                    settings.namespace
-                ),
-            ));
-        }
+        // The store's checks and errors, under this module's kinds, with the store's as source.
+        let refused = |kind: PurgeConfigErrorKind| {
+            move |e: crate::store::StoreConfigError| {
+                PurgeConfigError::new(kind, format!("invalidation bus: {}", e.message()))
+                    .with_source(e)
+            }
+        };
+        check_namespace(&settings.namespace).map_err(refused(PurgeConfigErrorKind::Namespace))?;
         if settings.timeout.is_zero()
             || settings.connect_timeout.is_zero()
             || settings.ping_interval.is_zero()
@@ -391,9 +390,7 @@ mod remote {
                 "the Redis invalidation bus must be built inside a Tokio runtime",
             )
         })?;
-        let bad_url = |e: crate::store::StoreConfigError| {
-            PurgeConfigError::new(PurgeConfigErrorKind::Url, e.message().to_owned()).with_source(e)
-        };
+        let bad_url = refused(PurgeConfigErrorKind::Url);
         let target = Target::parse(&settings.url).map_err(bad_url)?;
         let conn = target
             .connect_lazily(Timeouts {

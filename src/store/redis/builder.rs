@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{Inner, RedisStore, Target, Timeouts, raise_mark};
+use super::{Inner, RedisStore, Target, Timeouts, check_namespace, raise_mark};
 use crate::store::backplane::{BusOp, BusShared, Listener};
 use crate::store::breaker::{Breaker, BreakerSettings};
 use crate::store::marks::TagMarks;
@@ -90,15 +90,7 @@ impl RedisStoreBuilder {
     /// A [`StoreConfigError`] for an invalid URL, namespace or setting, or when not called
     /// inside a Tokio runtime.
     pub fn build(self) -> Result<RedisStore, StoreConfigError> {
-        if self.namespace.is_empty() || self.namespace.chars().any(char::is_control) {
-            return Err(StoreConfigError::new(
-                StoreConfigErrorKind::Namespace,
-                format!(
-                    "namespace {:?} must be non-empty and free of control characters",
-                    self.namespace
-                ),
-            ));
-        }
+        check_namespace(&self.namespace)?;
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(StoreConfigError::new(
                 StoreConfigErrorKind::Setting,

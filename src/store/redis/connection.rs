@@ -18,6 +18,18 @@ use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
 
 use crate::store::{StoreConfigError, StoreConfigErrorKind};
 
+/// Refuses a key namespace that is empty or holds a control character: the store's and the
+/// invalidation bus's keys and channels are named under it.
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), StoreConfigError> {
+    if namespace.is_empty() || namespace.chars().any(char::is_control) {
+        return Err(StoreConfigError::new(
+            StoreConfigErrorKind::Namespace,
+            format!("namespace {namespace:?} must be non-empty and free of control characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// A URL that cannot be used, with redis-rs's reason as the source.
 fn bad_url(message: String, source: Option<redis::RedisError>) -> StoreConfigError {
     let err = StoreConfigError::new(StoreConfigErrorKind::Url, message);

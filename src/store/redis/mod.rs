@@ -30,7 +30,7 @@ mod scripts;
 pub use self::builder::RedisStoreBuilder;
 #[cfg(feature = "health")]
 pub use self::check::BreakerCheck;
-pub(crate) use self::connection::{Batch, RedisConn, ScanNode, Target, Timeouts};
+pub(crate) use self::connection::{Batch, RedisConn, ScanNode, Target, Timeouts, check_namespace};
 #[cfg(feature = "redis-cluster")]
 pub(crate) use self::connection::{channel_route, cluster_client};
 use self::scripts::INCR_WITH_TTL;
