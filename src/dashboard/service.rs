@@ -212,6 +212,7 @@ impl Dashboard {
     pub fn bearer_token(self, token: &str) -> Result<Self, DashboardConfigError> {
         let token = crate::purge::BearerToken::new(token).map_err(|e| {
             DashboardConfigError::new(DashboardConfigErrorKind::Token, e.message().to_owned())
+                .with_source(e)
         })?;
         Ok(self.authorize(token))
     }
