@@ -15,9 +15,7 @@ use http::{Method, Request, Response, Uri};
 use tower_service::Service;
 
 use super::body::CacheBody;
-#[cfg(feature = "purge")]
-use super::key::KeyConfig;
-use super::key::{KeyPart, url_tag};
+use super::key::{KeyConfig, KeyPart, url_tag};
 use super::layer::Ctx;
 use super::serve::Resp;
 use super::state::Shared;
@@ -119,14 +117,19 @@ where
     let status = response.status();
     if status.is_success() || status.is_redirection() {
         let key_config = &ctx.config.key;
-        let mut targets = vec![key_config.primary_for(&uri, &headers, part.as_ref())];
+        let mut targets = Vec::with_capacity(3);
+        targets.extend(key_config.primary_for(&uri, &headers, part.as_ref()).ok());
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = response
                 .headers()
                 .get(&name)
-                .and_then(|v| same_host_target(&uri, &headers, v))
+                .and_then(|v| same_host_target(key_config, &uri, &headers, v))
             {
-                targets.push(key_config.primary_for(&target, &headers, part.as_ref()));
+                targets.extend(
+                    key_config
+                        .primary_for(&target, &headers, part.as_ref())
+                        .ok(),
+                );
             }
         }
         for target in targets {
@@ -143,22 +146,21 @@ where
     Ok(response.map(CacheBody::passthrough))
 }
 
-fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-}
-
 /// A `Location`-style target on the request's host, as a URI the key can be built from.
-fn same_host_target(uri: &Uri, headers: &HeaderMap, value: &HeaderValue) -> Option<Uri> {
+/// Hosts are compared in their normalised form, so `http://EXAMPLE.com:80/b` is on
+/// `example.com`.
+fn same_host_target(
+    keys: &KeyConfig,
+    uri: &Uri,
+    headers: &HeaderMap,
+    value: &HeaderValue,
+) -> Option<Uri> {
     let target: Uri = value.to_str().ok()?.parse().ok()?;
     match target.authority() {
-        Some(authority) => {
-            let host = request_host(uri, headers)?;
-            authority
-                .as_str()
-                .eq_ignore_ascii_case(host)
-                .then_some(target)
+        Some(_) => {
+            let host = keys.authority(uri, headers).ok()?;
+            let named = keys.authority(&target, &HeaderMap::new()).ok()?;
+            (named == host).then_some(target)
         }
         None if target.path().starts_with('/') => {
             let mut parts = uri.clone().into_parts();
@@ -175,10 +177,25 @@ mod tests {
 
     #[test]
     fn location_targets() {
+        let keys = KeyConfig {
+            default_scheme: "http".into(),
+            ..KeyConfig::default()
+        };
+        let same_host_target = |uri: &Uri, headers: &HeaderMap, value: &HeaderValue| {
+            same_host_target(&keys, uri, headers, value)
+        };
         let uri: Uri = "/a".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("example.com"));
         let same = same_host_target(&uri, &headers, &HeaderValue::from_static("/b?x=1")).unwrap();
+        assert!(
+            same_host_target(
+                &uri,
+                &headers,
+                &HeaderValue::from_static("http://EXAMPLE.com:80/c")
+            )
+            .is_some()
+        );
         assert_eq!(same.path_and_query().unwrap().as_str(), "/b?x=1");
         assert!(
             same_host_target(
