@@ -239,3 +239,128 @@ async fn a_304_naming_a_new_etag_fetches_the_whole_response_once() {
     let (conditional, _) = send(&svc, with(get("http://h/e"), "if-none-match", "\"b\"")).await;
     assert_eq!(conditional.status(), StatusCode::NOT_MODIFIED);
 }
+
+/// An origin whose `PUT /d` changes `/d` on a task of its own (as a separate server would: it
+/// does not stop when its client leaves) after `delay`; `GET /d` answers the current value,
+/// cacheable for a minute, tagged `d`. The flag says the write happened.
+fn writing_origin(
+    delay: std::time::Duration,
+) -> (
+    impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let value = Arc::new(std::sync::Mutex::new("old"));
+    let written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = written.clone();
+    let origin = tower::service_fn(move |request: Request<Body>| {
+        let value = value.clone();
+        let flag = flag.clone();
+        async move {
+            if request.method() == http::Method::PUT {
+                let write = tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    *value.lock().unwrap() = "new";
+                    flag.store(true, Ordering::SeqCst);
+                });
+                let _ = write.await;
+                return Ok::<_, Infallible>(Response::new(Body::from("written")));
+            }
+            let mut response = Response::new(Body::from(*value.lock().unwrap()));
+            let headers = response.headers_mut();
+            headers.insert("cache-control", "max-age=60".parse().unwrap());
+            headers.insert("cache-tag", "d".parse().unwrap());
+            Ok(response)
+        }
+    });
+    (origin, written)
+}
+
+/// Sends `PUT /d` on a raw connection and closes it before the answer.
+async fn put_and_hang_up(addr: SocketAddr) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PUT /d HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(stream);
+}
+
+async fn wait_for(flag: &std::sync::atomic::AtomicBool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !flag.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The invalidation follows the origin's answer.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_write_whose_client_hangs_up_still_invalidates() {
+    let (origin, written) = writing_origin(std::time::Duration::from_millis(300));
+    let cached = ServiceBuilder::new()
+        .layer(CacheLayer::new(MemoryStore::new(1 << 20)))
+        .service(origin)
+        .map_response(|r| r.map(Body::new));
+    let addr = serve(cached).await;
+    let get = || raw(addr, "GET /d HTTP/1.1\r\nHost: h");
+    assert_eq!(get().await, (200, "old".to_owned()));
+    assert_eq!(get().await, (200, "old".to_owned()), "a hit");
+
+    put_and_hang_up(addr).await;
+    wait_for(&written).await;
+    assert_eq!(get().await, (200, "new".to_owned()));
+}
+
+#[tokio::test]
+async fn an_invalidation_rule_fires_when_its_client_hangs_up() {
+    use tower_strata::purge::{InvalidateLayer, Purger, Rule};
+    let (origin, written) = writing_origin(std::time::Duration::from_millis(300));
+    let store = Arc::new(MemoryStore::new(1 << 20));
+    // The rule purges the tag `d`; the cache's own invalidation of `PUT /d`'s URL is kept
+    // out of the way by putting the write on another path the rule names.
+    let invalidate = InvalidateLayer::new(Purger::new(store.clone()))
+        .rule(Rule::on([http::Method::PUT], "/d").purge_tags(["d"]))
+        .unwrap();
+    let stats = invalidate.clone();
+    let app = ServiceBuilder::new()
+        .map_response(|r: Response<Body>| r)
+        .layer(invalidate)
+        .service(origin);
+    // The cache in front answers GETs; PUTs bypass it to reach only the rule.
+    let cache = ServiceBuilder::new()
+        .layer(CacheLayer::new(store.clone()))
+        .service(app.clone())
+        .map_response(|r| r.map(Body::new));
+    let front = tower::service_fn(move |request: Request<Body>| {
+        let (cache, app) = (cache.clone(), app.clone());
+        async move {
+            if request.method() == http::Method::PUT {
+                app.oneshot(request).await
+            } else {
+                cache.oneshot(request).await
+            }
+        }
+    });
+    let addr = serve(front).await;
+    let get = || raw(addr, "GET /d HTTP/1.1\r\nHost: h");
+    assert_eq!(get().await, (200, "old".to_owned()));
+    assert_eq!(get().await, (200, "old".to_owned()), "a hit");
+
+    put_and_hang_up(addr).await;
+    wait_for(&written).await;
+    assert_eq!(stats.stats().rule_firings, 1);
+    assert_eq!(get().await, (200, "new".to_owned()));
+}

@@ -54,7 +54,7 @@ impl<S, St> Cache<S, St> {
 impl<S, St, B, RB> Service<Request<B>> for Cache<S, St>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
     B: Default + Send + 'static,
@@ -87,7 +87,7 @@ async fn handle<S, St, B, RB>(
 ) -> Result<Resp<RB>, S::Error>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
     B: Default + Send + 'static,
