@@ -364,3 +364,163 @@ async fn an_invalidation_rule_fires_when_its_client_hangs_up() {
     assert_eq!(stats.stats().rule_firings, 1);
     assert_eq!(get().await, (200, "new".to_owned()));
 }
+
+#[tokio::test]
+async fn a_flood_of_invalidations_neither_stops_storing_nor_leaves_marks() {
+    // One slow fill of /slow, and 12,000 successful POSTs to other URLs while it runs: more
+    // than the invalidation memory used to hold, after which every fill in flight was
+    // silently dropped.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (gate, counter) = (release.clone(), calls.clone());
+    let origin = tower::service_fn(move |request: Request<Body>| {
+        let (gate, counter) = (gate.clone(), counter.clone());
+        async move {
+            if request.uri().path() == "/slow" {
+                counter.fetch_add(1, Ordering::SeqCst);
+                gate.notified().await;
+            }
+            let mut response = Response::new(Body::from("ok"));
+            response
+                .headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let store = MemoryStore::new(1 << 20);
+    let cache = CacheLayer::new(store.clone());
+    let stats = cache.stats();
+    let svc = ServiceBuilder::new().layer(cache).service(origin);
+    let slow = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            let request = Request::get("http://h/slow").body(Body::empty()).unwrap();
+            let response = svc.oneshot(request).await.unwrap();
+            let status = status(&response);
+            let _ = response.into_body().collect().await;
+            status
+        }
+    });
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..12_000 {
+        let post = Request::post(format!("http://h/posts/{i}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = svc.clone().oneshot(post).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    release.notify_one();
+    let answered = slow.await.unwrap();
+    assert!(answered.contains("stored"), "{answered}");
+    // The write lands in the background.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stats.stores() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fill was never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let again = Request::get("http://h/slow").body(Body::empty()).unwrap();
+    let response = svc.clone().oneshot(again).await.unwrap();
+    assert!(status(&response).contains("hit"), "{}", status(&response));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.invalidations(), 12_000);
+    // Nothing was stored under those URLs: nothing to hide, so no mark.
+    assert_eq!(store.mark_count(), 0);
+}
+
+#[tokio::test]
+async fn memory_marks_stay_within_their_bound() {
+    use tower_strata::store::{SetOptions, Store};
+    // A 1 MiB store keeps at most 1,024 marks.
+    let store = MemoryStore::new(1 << 20);
+    let old = SetOptions::new()
+        .ttl(std::time::Duration::from_secs(60))
+        .tags(["t-old"]);
+    store
+        .set("old", Bytes::from_static(b"o"), &old)
+        .await
+        .unwrap();
+    for i in 0..5_000 {
+        store.delete_tag(&format!("t{i}")).await.unwrap();
+    }
+    assert!(store.mark_count() <= 1_024, "{}", store.mark_count());
+    // Entries older than the marks that were folded away count as purged (a miss, never a
+    // stale hit); entries written after are kept.
+    assert!(store.get("old").await.unwrap().is_none());
+    let new = SetOptions::new()
+        .ttl(std::time::Duration::from_secs(60))
+        .tags(["t0"]);
+    store
+        .set("new", Bytes::from_static(b"n"), &new)
+        .await
+        .unwrap();
+    assert!(store.get("new").await.unwrap().is_some());
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_marks_live_as_long_as_what_they_hide() {
+    use std::time::{Duration, SystemTime};
+    use tower_strata::store::{RedisStore, SetOptions, Store};
+    let namespace = support::unique("marks");
+    let store = RedisStore::builder(support::redis_url())
+        .namespace(&namespace)
+        .mark_retention(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let client = redis::Client::open(support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pttl = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let mark = |tag: &str| format!("{namespace}:m:{tag}");
+
+    // A tag with nothing stored: its mark only covers fetches in flight.
+    store.delete_tag("empty").await.unwrap();
+    let ttl = pttl(mark("empty")).await;
+    assert!((1..=3_000).contains(&ttl), "{ttl}");
+
+    // A tag with an entry of a minute: the mark hides it for as long as it can live.
+    let minute = SetOptions::new()
+        .ttl(Duration::from_secs(60))
+        .tags(["full"]);
+    store
+        .set("k", Bytes::from_static(b"v"), &minute)
+        .await
+        .unwrap();
+    store.delete_tag("full").await.unwrap();
+    let ttl = pttl(mark("full")).await;
+    assert!((50_000..=60_000).contains(&ttl), "{ttl}");
+
+    // A fill that began before the purge and lands after it extends the mark to its own
+    // lifetime, and stays hidden.
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let late = SetOptions::new()
+        .ttl(Duration::from_secs(120))
+        .tags(["empty"])
+        .as_of(before);
+    store
+        .set("late", Bytes::from_static(b"old"), &late)
+        .await
+        .unwrap();
+    let ttl = pttl(mark("empty")).await;
+    assert!(ttl > 100_000, "{ttl}");
+    assert!(store.get("late").await.unwrap().is_none());
+    let _ = redis::cmd("EVAL")
+        .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
+        .arg(0)
+        .arg(format!("{namespace}:*"))
+        .query_async::<()>(&mut conn)
+        .await;
+}

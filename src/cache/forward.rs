@@ -116,7 +116,7 @@ where
 
     let mut request_headers = request.headers().clone();
     let mut request_time = SystemTime::now();
-    let generation = ctx.shared.generation();
+    let fill = ctx.shared.start_fill(primary);
     let result = call_upstream(&mut svc, request, config.upstream_timeout).await;
     let mut response_time = SystemTime::now();
     let stale = miss.stale;
@@ -157,7 +157,7 @@ where
                 request_headers: &request_headers,
                 request_time,
                 response_time,
-                generation,
+                fill: &fill,
             };
             match revalidate::merge_304(&ctx, found, &parts, &fetched).await {
                 Revalidation::Validated(refreshed) => {
@@ -193,7 +193,7 @@ where
         request_headers: &request_headers,
         request_time,
         response_time,
-        generation,
+        fill: &fill,
     };
 
     let (mut parts, body) = response.into_parts();
@@ -256,7 +256,7 @@ where
         variant: admission.variant,
         freshness: admission.freshness,
         grpc: false,
-        generation,
+        fill,
         lease,
     };
     let mut response =

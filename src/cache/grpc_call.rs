@@ -87,7 +87,7 @@ where
         Err(()) => return fail_open(&ctx, &mut svc, request).await,
     }
     Shared::count(&ctx.shared.misses);
-    let generation = ctx.shared.generation();
+    let fill = ctx.shared.start_fill(key.store_key());
     let fetched_at = SystemTime::now();
     let response = svc.call(request).await?;
     let (mut parts, body) = response.into_parts();
@@ -128,7 +128,7 @@ where
             must_revalidate: true,
         },
         grpc: true,
-        generation,
+        fill,
         lease: None,
     };
     let limit = body_limit(&ctx);

@@ -25,15 +25,24 @@ use crate::store::{PurgeMode, Store, StoreError};
 /// `primary`: the entry under the key itself (a response, or the `Vary` index) and every
 /// variant, which carry the URL's internal tag. Returns how many entries went.
 ///
-/// Cost: one key purge and one tag purge, sent together, whatever the number of variants.
+/// Variants are reachable only through the index, which outlives them, so the variants' tag
+/// is purged only when the key held something: a URL with nothing stored (most targets of
+/// `POST`) costs one key purge and leaves no invalidation mark behind. A variant written
+/// while its index is not yet there belongs to a fill in flight, which the caller's
+/// [`Shared::forget`] makes undo itself.
+///
+/// Cost: one key purge, and one tag purge after it when the key held an entry, whatever the
+/// number of variants.
 pub(crate) async fn remove_url<St: Store + ?Sized>(
     store: &St,
     primary: &str,
     mode: PurgeMode,
 ) -> Result<u64, StoreError> {
-    let tag = url_tag(primary);
-    let (own, variants) = tokio::join!(store.purge_key(primary, mode), store.purge_tag(&tag, mode));
-    Ok(u64::from(own?) + variants?)
+    if !store.purge_key(primary, mode).await? {
+        return Ok(0);
+    }
+    let variants = store.purge_tag(&url_tag(primary), mode).await?;
+    Ok(1 + variants)
 }
 
 /// [`remove_url`], after forgetting what this process knows of the URL: a miss in flight on

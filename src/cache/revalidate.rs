@@ -118,7 +118,7 @@ pub(crate) async fn merge_304<St: Store>(
                 tags: found.tags().to_vec(),
                 fetched_at: fetched.request_time,
             };
-            write_fresh(ctx, &placement, &record, fetched.generation, || false).await;
+            write_fresh(ctx, &placement, &record, fetched.fill, || false).await;
             Shared::count(&ctx.shared.revalidated);
             Revalidation::Validated(Found {
                 record: Arc::new(record),
@@ -249,13 +249,13 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
             unconditional.headers_mut().remove(name);
         }
         let request_time = SystemTime::now();
-        let generation = ctx.shared.generation();
+        let fill = ctx.shared.start_fill(primary);
         let timeout = ctx.config.upstream_timeout;
         let mut response = match call_upstream(&mut svc, refresh, timeout).await {
             Upstream::Done(Ok(response)) => response,
             _ => return, // keep serving stale
         };
-        if ctx.shared.invalidated_since(primary, generation) {
+        if fill.is_invalidated() {
             return; // invalidated meanwhile: the refresh must not bring it back
         }
         let fetched = Fetched {
@@ -263,7 +263,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
             request_headers: &request_headers,
             request_time,
             response_time: SystemTime::now(),
-            generation,
+            fill: &fill,
         };
         if response.status() == StatusCode::NOT_MODIFIED {
             let (parts, _) = response.into_parts();
@@ -275,7 +275,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
                 Upstream::Done(Ok(response)) => response,
                 _ => return, // keep serving stale
             };
-            if ctx.shared.invalidated_since(primary, generation) {
+            if fill.is_invalidated() {
                 return;
             }
         }
@@ -321,7 +321,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
                 tags,
                 fetched_at: request_time,
             };
-            write_fresh(&ctx, &placement, &record, generation, || false).await;
+            write_fresh(&ctx, &placement, &record, &fill, || false).await;
         }
     });
 }

@@ -51,19 +51,55 @@ pub(crate) struct Shared {
     pub invalidations: AtomicU64,
     pub dropped_tags: AtomicU64,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
-    /// Bumped by every invalidation; `invalidated` records the value per key, so a store write
-    /// can tell whether its key was invalidated after its response was fetched.
-    generation: AtomicU64,
-    invalidated: Mutex<Invalidated>,
+    /// The fetches in flight whose responses may be stored, by primary key: an invalidation
+    /// of the URL marks each of them, so its write is dropped (or undone). What is kept is
+    /// one flag per fetch in flight, whatever the number of invalidations.
+    fills: Mutex<HashMap<String, Vec<Arc<FillState>>>>,
     passes: Mutex<HashMap<String, Instant>>,
     refreshing: Mutex<HashSet<String>>,
 }
 
-/// The recent invalidations, per key, and the generation below which they were forgotten.
+/// One fetch whose response may be stored: whether its URL was invalidated since it began.
 #[derive(Default)]
-pub(crate) struct Invalidated {
-    keys: HashMap<String, u64>,
-    floor: u64,
+pub(crate) struct FillState {
+    invalidated: AtomicBool,
+}
+
+/// A fetch in flight, registered under its URL's primary key until dropped (see
+/// [`Shared::start_fill`]).
+pub(crate) struct Fill {
+    shared: Arc<Shared>,
+    primary: String,
+    state: Arc<FillState>,
+}
+
+impl Fill {
+    /// Whether the URL was invalidated since this fetch began: then what it fetched must not
+    /// be stored (or must be undone if it was).
+    pub fn is_invalidated(&self) -> bool {
+        self.state.invalidated.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let mut fills = self.shared.fills.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(states) = fills.get_mut(&self.primary) {
+            states.retain(|s| !Arc::ptr_eq(s, &self.state));
+            if states.is_empty() {
+                fills.remove(&self.primary);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Fill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fill")
+            .field("primary", &self.primary)
+            .field("invalidated", &self.is_invalidated())
+            .finish()
+    }
 }
 
 /// Most keys remembered for hit-for-pass at once.
@@ -113,40 +149,39 @@ impl Shared {
     }
 
     /// Forgets what this process knows of the URL with primary key `primary`, which is being
-    /// invalidated: its misses in flight are detached (see [`Shared::cancel`]), a store write
-    /// of it still running undoes itself ([`Shared::invalidated_since`]), and its
+    /// invalidated: its misses in flight are detached (see [`Shared::cancel`]), every fetch
+    /// of it in flight will not be stored (or undoes its write, see [`Fill`]), and its
     /// hit-for-pass marker goes.
     pub fn forget(&self, primary: &str) {
         self.unpass(primary);
         self.cancel(primary);
-        self.invalidate(primary);
-    }
-
-    /// The current invalidation generation.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    /// Records that `key` was invalidated now.
-    fn invalidate(&self, key: &str) {
-        let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
-        if invalidated.keys.len() >= MAX_PASSES {
-            // Forget all but the most recent invalidations, and remember how far back the
-            // memory now goes: a fetch older than that may have missed one, and is treated as
-            // invalidated.
-            let keep_from = now.saturating_sub((MAX_PASSES as u64) / 2);
-            invalidated.keys.retain(|_, g| *g > keep_from);
-            invalidated.floor = invalidated.floor.max(keep_from);
+        let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+        for state in fills.get(primary).into_iter().flatten() {
+            state.invalidated.store(true, Ordering::SeqCst);
         }
-        invalidated.keys.insert(key.to_owned(), now);
     }
 
-    /// Whether `key` was invalidated after generation `since` (or may have been: `since` is
-    /// older than what is remembered).
-    pub fn invalidated_since(&self, key: &str, since: u64) -> bool {
-        let invalidated = self.invalidated.lock().unwrap_or_else(|e| e.into_inner());
-        since < invalidated.floor || invalidated.keys.get(key).is_some_and(|g| *g > since)
+    /// Registers a fetch of the URL with primary key `primary` whose response may be stored:
+    /// an invalidation of the URL from now on marks it. Call before the request goes upstream.
+    pub fn start_fill(self: &Arc<Self>, primary: &str) -> Fill {
+        let state = Arc::new(FillState::default());
+        let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+        fills
+            .entry(primary.to_owned())
+            .or_default()
+            .push(state.clone());
+        Fill {
+            shared: self.clone(),
+            primary: primary.to_owned(),
+            state,
+        }
+    }
+
+    /// How many fetches are registered now (for tests: the registry empties as they end).
+    #[cfg(test)]
+    pub fn fills_in_flight(&self) -> usize {
+        let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+        fills.values().map(Vec::len).sum()
     }
 
     pub fn is_pass(&self, key: &str) -> bool {

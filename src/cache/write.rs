@@ -19,7 +19,7 @@ use super::layer::Ctx;
 use super::policy::{self, CacheOverride, Directives, Exchange, Freshness, MAX_DELTA};
 use super::record::{self, Record};
 use super::serve::cache_status_name;
-use super::state::{FlightGuard, Outcome, Provenance, Shared};
+use super::state::{Fill, FlightGuard, Outcome, Provenance, Shared};
 use crate::store::{PurgeMode, SetOptions, Store};
 
 /// The request side of an upstream exchange: what the storage decision needs of it.
@@ -30,8 +30,8 @@ pub(crate) struct Fetched<'a> {
     pub request_headers: &'a HeaderMap,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
-    /// The invalidation generation when the request went upstream (see [`write_fresh`]).
-    pub generation: u64,
+    /// The fetch, registered before the request went upstream (see [`write_fresh`]).
+    pub fill: &'a Fill,
 }
 
 /// A response the cache may store: how, and under which variant.
@@ -278,7 +278,7 @@ pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Rec
     }
 }
 
-/// [`write`], unless the URL was invalidated since `generation` (or `cancelled` says the
+/// [`write`], unless the URL was invalidated since the `fill` began (or `cancelled` says the
 /// fetch was detached), and undone, every variant, if an invalidation lands while the write
 /// is in flight: what was fetched before an invalidation must never be stored after it.
 /// Every store write of a fetched response goes through here (misses, `304` merges,
@@ -287,11 +287,11 @@ pub(crate) async fn write_fresh<St: Store>(
     ctx: &Ctx<St>,
     at: &Placement,
     record: &Record,
-    generation: u64,
+    fill: &Fill,
     cancelled: impl Fn() -> bool,
 ) -> bool {
     let primary = at.key.store_key();
-    let stale = || cancelled() || ctx.shared.invalidated_since(primary, generation);
+    let stale = || cancelled() || fill.is_invalidated();
     if stale() {
         return false;
     }
@@ -314,8 +314,8 @@ pub(crate) struct StoreOnFinish<St: Store> {
     pub freshness: Freshness,
     /// Store only when the trailers carry `grpc-status: 0`.
     pub grpc: bool,
-    /// The invalidation generation when the response was requested.
-    pub generation: u64,
+    /// The fetch, registered before the response was requested.
+    pub fill: Fill,
     /// The cross-instance lease this miss holds, released once the response is stored (or
     /// when this is dropped unstored).
     pub lease: Option<Lease<St>>,
@@ -346,9 +346,8 @@ impl<St: Store> Finish for StoreOnFinish<St> {
             return;
         }
         let record = Arc::new(record);
-        let primary = this.placement.key.store_key();
         let detached = this.guard.as_ref().is_some_and(FlightGuard::is_cancelled)
-            || this.ctx.shared.invalidated_since(primary, this.generation);
+            || this.fill.is_invalidated();
         if detached {
             // Invalidated while in flight: neither stored nor handed to the waiters, who go
             // upstream themselves when the guard drops.
@@ -368,12 +367,12 @@ impl<St: Store> Finish for StoreOnFinish<St> {
         };
         let ctx = this.ctx;
         let guard = this.guard;
-        let generation = this.generation;
+        let fill = this.fill;
         let placement = this.placement;
         let lease = this.lease;
         runtime.spawn(async move {
             let detached = || guard.as_ref().is_some_and(FlightGuard::is_cancelled);
-            write_fresh(&ctx, &placement, &record, generation, detached).await;
+            write_fresh(&ctx, &placement, &record, &fill, detached).await;
             drop(lease);
             // Requests arriving until now were answered from the published record.
             drop(guard);

@@ -1,6 +1,6 @@
 //! [`MemoryStoreBuilder`], and the background sweep a store starts.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use crate::store::stats::Counters;
 
 use super::slot::{IndexLifecycle, SlotWeighter};
 use super::tags::MARK_RETENTION;
-use super::tags::{Marks, TagIndex};
+use super::tags::{Marks, TagIndex, max_marks};
 use super::{Inner, MemoryStore};
 
 /// Builds a [`MemoryStore`].
@@ -84,6 +84,8 @@ impl MemoryStoreBuilder {
                     map: RwLock::default(),
                     len: AtomicUsize::new(0),
                     retention: self.mark_retention,
+                    max: max_marks(self.capacity_bytes),
+                    floor: AtomicU64::new(0),
                 },
                 counters,
                 limits: self.limits,

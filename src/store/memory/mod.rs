@@ -122,6 +122,11 @@ impl MemoryStore {
         self.inner.index.memberships.load(Relaxed)
     }
 
+    /// How many invalidation marks the store keeps now (bounded: see `MemoryStoreBuilder`).
+    pub fn mark_count(&self) -> usize {
+        self.inner.marks.len()
+    }
+
     /// Drops expired entries, compacts the tag index and forgets invalidation marks no live
     /// entry needs. Runs in the background on an interval; call it to run it now.
     pub fn sweep(&self) {

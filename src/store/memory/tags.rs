@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -88,11 +88,33 @@ impl TagIndex {
 /// missed (a race between an eviction and a re-set of the same key, or a fetch that began
 /// before the purge and is written after it, see [`SetOptions::as_of`]) are still hidden by
 /// the mark. The sweep drops marks older than every live tagged entry and older than
-/// [`MARK_RETENTION`], so they stay bounded.
+/// [`MARK_RETENTION`].
+///
+/// Their number is bounded too, as part of the store's memory budget ([`max_marks`]): past
+/// the bound the older half is replaced by one floor, a time before which every tagged entry
+/// counts as purged. That errs towards a miss (never a stale hit), touches only entries
+/// stored before the floor, and leaves later fills alone, so no flood of purges makes the
+/// store keep nothing.
 pub(super) struct Marks {
     pub(super) map: RwLock<HashMap<String, TagMarks>>,
     pub(super) len: AtomicUsize,
     pub(super) retention: Duration,
+    /// Most marks kept at once.
+    pub(super) max: usize,
+    /// Tagged entries stored at or before this time (microseconds) count as hard-purged: the
+    /// latest of the marks dropped for the bound. 0: none.
+    pub(super) floor: AtomicU64,
+}
+
+/// What one mark costs, about (the tag, its two times, the map's share): for the bound.
+const MARK_BYTES: u64 = 128;
+
+/// The most marks a store of `capacity_bytes` keeps: a sixteenth of its budget, and at least
+/// a thousand.
+pub(super) fn max_marks(capacity_bytes: u64) -> usize {
+    usize::try_from(capacity_bytes / 16 / MARK_BYTES)
+        .unwrap_or(usize::MAX)
+        .max(1024)
 }
 
 /// Marks are kept at least this long after their purge by default, so a slow fetch that began
@@ -109,12 +131,43 @@ impl Marks {
         } else {
             mark.hard = mark.hard.max(at);
         }
+        if map.len() > self.max {
+            self.shed(&mut map);
+        }
         self.len.store(map.len(), Relaxed);
+    }
+
+    /// Keeps the newer half of the marks, folding the older half into the floor.
+    fn shed(&self, map: &mut HashMap<String, TagMarks>) {
+        let mut times: Vec<u64> = map.values().map(|m| m.latest()).collect();
+        let middle = times.len() / 2;
+        let (_, cut, _) = times.select_nth_unstable(middle);
+        let cut = *cut;
+        let mut floor = 0;
+        map.retain(|_, m| {
+            let keep = m.latest() > cut;
+            if !keep {
+                floor = floor.max(m.latest());
+            }
+            keep
+        });
+        self.floor.fetch_max(floor, Relaxed);
+    }
+
+    fn below_floor(&self, stored: u64) -> bool {
+        let floor = self.floor.load(Relaxed);
+        floor != 0 && stored <= floor
     }
 
     /// What the marks of the entry's tags say of it.
     pub(super) fn check(&self, entry: &Entry) -> Verdict {
-        if entry.tags().is_empty() || self.len.load(Relaxed) == 0 {
+        if entry.tags().is_empty() {
+            return Verdict::Valid;
+        }
+        if self.below_floor(entry.stored_at_micros()) {
+            return Verdict::Invalid;
+        }
+        if self.len.load(Relaxed) == 0 {
             return Verdict::Valid;
         }
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +182,13 @@ impl Marks {
 
     /// Whether a purge at or after `since` (microseconds) covers one of `tags`.
     pub(super) fn purged_since(&self, tags: &[String], since: u64) -> bool {
-        if tags.is_empty() || self.len.load(Relaxed) == 0 {
+        if tags.is_empty() {
+            return false;
+        }
+        if self.below_floor(since) {
+            return true;
+        }
+        if self.len.load(Relaxed) == 0 {
             return false;
         }
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -153,6 +212,11 @@ impl Marks {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.clear();
         self.len.store(0, Relaxed);
+    }
+
+    /// How many marks are kept now.
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Relaxed)
     }
 }
 

@@ -26,6 +26,7 @@ pub struct RedisStoreBuilder {
     ping_interval: Duration,
     known_marks: usize,
     mark_ttl: Duration,
+    mark_retention: Duration,
     index_sweep_interval: Option<Duration>,
     publish_writes: bool,
     breaker: Option<BreakerSettings>,
@@ -64,10 +65,16 @@ impl RedisStoreBuilder {
         /// How many tags' invalidation marks to remember locally (default 100,000).
         fn known_marks(capacity: usize) => set known_marks;
 
-        /// How long a tag's invalidation mark is kept in Redis (default 7 days): longer than the
-        /// longest entry lifetime you use, so no entry outlives the mark that hides it. The
-        /// background clean-up removes the purged entries long before that.
+        /// The longest a tag's invalidation mark is kept in Redis (default 7 days). A mark
+        /// lives as long as the entries it hides can: the tag's index at the purge, and any
+        /// entry of the tag written later (a fill that began before the purge) extends it to
+        /// its own lifetime; without either it lives [`mark_retention`](Self::mark_retention).
         fn mark_ttl(ttl: Duration) => set mark_ttl;
+
+        /// The shortest a tag's invalidation mark is kept in Redis (default 5 minutes): how long
+        /// a fetch that began before a purge may take to write its entry, which the mark then
+        /// hides. Marks of tags with nothing stored expire after this.
+        fn mark_retention(retention: Duration) => set mark_retention;
 
         /// How often to drop dead members (expired entries) from tag index sets (default 5 min;
         /// `None` turns it off). Runs in the background.
@@ -158,6 +165,7 @@ impl RedisStoreBuilder {
                 limits: self.limits,
                 timeout: self.timeout,
                 mark_ttl: self.mark_ttl,
+                mark_retention: self.mark_retention.min(self.mark_ttl),
                 publish_writes: self.publish_writes,
                 counters: Counters::default(),
                 breaker: self
@@ -206,6 +214,7 @@ impl RedisStore {
             ping_interval: Duration::from_secs(1),
             known_marks: 100_000,
             mark_ttl: Duration::from_secs(7 * 24 * 3600),
+            mark_retention: Duration::from_secs(300),
             index_sweep_interval: Some(Duration::from_secs(300)),
             publish_writes: true,
             breaker: Some(BreakerSettings::default()),

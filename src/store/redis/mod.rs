@@ -81,6 +81,8 @@ struct Inner {
     limits: Limits,
     timeout: Duration,
     mark_ttl: Duration,
+    /// The shortest life of a mark (see `RedisStoreBuilder::mark_retention`).
+    mark_retention: Duration,
     publish_writes: bool,
     counters: Counters,
     breaker: Option<Breaker>,
@@ -404,10 +406,16 @@ impl RedisStore {
             pipe.cmd("SADD").arg(&index).arg(key).ignore();
             match retention_ms {
                 // The index set lives as long as its longest-lived member: NX sets a TTL on a
-                // new set, GT extends it.
+                // new set, GT extends it. A mark the tag has lives as long as this entry too
+                // (GT: never shortened; a missing mark is left missing): an entry fetched
+                // before a purge and written after it stays hidden for all its life.
                 Some(ms) => {
                     pipe.cmd("PEXPIRE").arg(&index).arg(ms).arg("NX").ignore();
                     pipe.cmd("PEXPIRE").arg(&index).arg(ms).arg("GT").ignore();
+                    let ms = ms.min(self.inner.mark_ttl.as_millis() as u64);
+                    for mark in [self.mark_key(tag), self.soft_mark_key(tag)] {
+                        pipe.cmd("PEXPIRE").arg(mark).arg(ms).arg("GT").ignore();
+                    }
                 }
                 None => {
                     pipe.cmd("PERSIST").arg(&index).ignore();

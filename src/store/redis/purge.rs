@@ -65,13 +65,17 @@ impl RedisStore {
         };
         // A plain SET: two purges racing from machines whose clocks disagree can leave the
         // earlier time in Redis. Each instance's known marks only ever rise (`raise_mark`).
+        // The mark first lives the retention (fetches in flight); when the tag has entries it
+        // is then extended to their lifetime, the index's.
+        let retention_ms = self.inner.mark_retention.as_millis().max(1) as u64;
         pipe.cmd("SET")
-            .arg(mark_key)
+            .arg(&mark_key)
             .arg(at)
             .arg("PX")
-            .arg(self.inner.mark_ttl.as_millis().max(1) as u64)
+            .arg(retention_ms)
             .ignore();
         pipe.cmd("SCARD").arg(self.index_key(tag));
+        pipe.cmd("PTTL").arg(self.index_key(tag));
         self.publish(
             &mut pipe,
             BusOp::Tags {
@@ -80,8 +84,26 @@ impl RedisStore {
                 soft,
             },
         );
-        let ((count,), reached): ((u64,), u64) = self.run_publishing("purge tag", &pipe).await?;
+        let ((count, index_ttl_ms), reached): ((u64, i64), u64) =
+            self.run_publishing("purge tag", &pipe).await?;
         raise_mark(&self.inner.marks, tag, TagMarks::at(at, soft));
+        if count > 0 {
+            // -1: entries without expiry; the cap bounds the mark all the same.
+            let cap = self.inner.mark_ttl.as_millis().max(1) as u64;
+            let lifetime = u64::try_from(index_ttl_ms).map_or(cap, |ms| ms.min(cap));
+            if lifetime > retention_ms {
+                let mut conn = self.inner.conn.clone();
+                self.run(
+                    "purge tag",
+                    redis::cmd("PEXPIRE")
+                        .arg(&mark_key)
+                        .arg(lifetime)
+                        .arg("GT")
+                        .query_async::<i64>(&mut conn),
+                )
+                .await?;
+            }
+        }
         self.fence(reached).await;
         if soft {
             return Ok(count);
