@@ -13,6 +13,7 @@ use super::forward::Miss;
 use super::key::{self, store_key, vary_names};
 use super::layer::Ctx;
 use super::lookup::{Found, lookup};
+use super::outage::StoreOp;
 use super::serve::{Resp, serve};
 use super::state::{FlightGuard, Join, Outcome, Shared};
 use crate::store::{Store, StoreError, StoreExt};
@@ -129,8 +130,10 @@ pub(crate) async fn coalesce<St: Store, RB>(
                 // A purge since the leader began fetching (a writer committed meanwhile)
                 // makes its response out of date for this request, which may have started
                 // after the write returned: go upstream instead. A store error counts as
-                // purged.
+                // purged. With the store failing, purges in this process still detach the
+                // flight (see `Shared::forget`), and the others cannot be read.
                 if !provenance.tags.is_empty()
+                    && !miss.store_failed
                     && !matches!(
                         ctx.store
                             .purged_since(&provenance.tags, provenance.fetched_at)
@@ -185,7 +188,7 @@ async fn lead<St: Store, RB>(
         Shared::count(&ctx.shared.hits);
         return Coalesced::Served(serve(ctx, &found, method, headers, "hit"));
     }
-    let Some(lease) = &config.lease else {
+    let Some(lease) = config.lease.as_ref().filter(|_| !miss.store_failed) else {
         return Coalesced::Lead(guard, None);
     };
     let lease_ttl = lease.ttl;
@@ -200,8 +203,7 @@ async fn lead<St: Store, RB>(
         }
         Ok(_) => {}
         Err(error) => {
-            Shared::count(&ctx.shared.store_errors);
-            tracing::warn!(%error, "cache lease failed; going upstream");
+            ctx.shared.store_failed(StoreOp::Lease, &error);
             return Coalesced::Lead(guard, None);
         }
     }

@@ -30,6 +30,10 @@ pub(crate) struct Miss {
     pub stale: Option<Found>,
     /// The store was read and had nothing: worth a second look once this request leads.
     pub looked_up: bool,
+    /// The store failed the lookup: the miss still coalesces with the others in this process
+    /// (a failing store must not multiply origin calls), but neither looks again, takes the
+    /// lease nor writes what it fetched.
+    pub store_failed: bool,
     /// The `Vary` names the primary key's index gave, if it held one.
     pub vary: Option<Vec<HeaderName>>,
 }
@@ -204,6 +208,8 @@ where
     );
     let fwd = if stale.is_some() {
         "fwd=stale"
+    } else if miss.store_failed {
+        "fwd=miss; detail=store-error"
     } else {
         "fwd=miss"
     };
@@ -240,6 +246,7 @@ where
         }
     };
     let known_size = body.size_hint().exact().is_some();
+    let write = !miss.store_failed;
     let finish = StoreOnFinish {
         ctx: ctx.clone(),
         guard,
@@ -256,12 +263,13 @@ where
         variant: admission.variant,
         freshness: admission.freshness,
         grpc: false,
+        write,
         fill,
         lease,
     };
     let mut response =
         Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
-    let status = if known_size {
+    let status = if known_size && write {
         format!("{fwd}; stored")
     } else {
         fwd.to_owned()

@@ -128,6 +128,7 @@ where
             must_revalidate: true,
         },
         grpc: true,
+        write: true,
         fill,
         lease: None,
     };

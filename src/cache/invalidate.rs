@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use super::body::CacheBody;
 use super::key::{KeyConfig, KeyPart, url_tag};
 use super::layer::Ctx;
+use super::outage::StoreOp;
 use super::serve::Resp;
 use super::state::Shared;
 use crate::store::{PurgeMode, Store, StoreError};
@@ -165,10 +166,7 @@ where
             let key = target.store_key();
             match invalidate_url(&*ctx.store, &ctx.shared, key, PurgeMode::Hard).await {
                 Ok(_) => Shared::count(&ctx.shared.invalidations),
-                Err(error) => {
-                    Shared::count(&ctx.shared.store_errors);
-                    tracing::warn!(%error, key, "cache invalidation failed");
-                }
+                Err(error) => ctx.shared.store_failed(StoreOp::Invalidate, &error),
             }
         }
         result

@@ -7,9 +7,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::key::{self, PrimaryKey, store_key, variant_identity};
 use super::layer::Ctx;
+use super::outage::StoreOp;
 use super::record::{self, Record, Stored};
 use super::serve::cache_status_name;
-use super::state::{Provenance, Shared};
+use super::state::Provenance;
 use crate::store::{Entry, Store};
 
 /// A stored response found for a request.
@@ -221,8 +222,14 @@ fn decoded_response(entry: &Entry, key: &str) -> Option<Arc<Record>> {
 }
 
 async fn get<St: Store>(ctx: &Ctx<St>, key: &str) -> Result<Option<Entry>, ()> {
-    ctx.store.get(key).await.map_err(|error| {
-        Shared::count(&ctx.shared.store_errors);
-        tracing::warn!(%error, key, "cache store read failed; passing through");
-    })
+    match ctx.store.get(key).await {
+        Ok(entry) => {
+            ctx.shared.store_answered();
+            Ok(entry)
+        }
+        Err(error) => {
+            ctx.shared.store_failed(StoreOp::Read, &error);
+            Err(())
+        }
+    }
 }

@@ -185,6 +185,7 @@ pub(crate) mod invalidate;
 pub(crate) mod key;
 pub(crate) mod layer;
 mod lookup;
+mod outage;
 mod policy;
 mod record;
 mod revalidate;

@@ -16,6 +16,7 @@ use super::invalidate::invalidate_url;
 use super::key::{PrimaryKey, vary_names};
 use super::layer::Ctx;
 use super::lookup::{Found, lookup};
+use super::outage::StoreOp;
 use super::record::Record;
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
@@ -302,8 +303,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
                 if let Err(error) =
                     invalidate_url(&*ctx.store, &ctx.shared, primary, PurgeMode::Hard).await
                 {
-                    Shared::count(&ctx.shared.store_errors);
-                    tracing::warn!(%error, key = primary, "cache invalidation failed");
+                    ctx.shared.store_failed(StoreOp::Invalidate, &error);
                 }
                 return;
             }

@@ -21,7 +21,7 @@ use super::layer::Ctx;
 use super::lookup::lookup;
 use super::policy::Directives;
 use super::revalidate::spawn_refresh;
-use super::serve::{Resp, fail_open, finish_passthrough, hit_status, invalid_authority, serve};
+use super::serve::{Resp, finish_passthrough, hit_status, invalid_authority, serve};
 use super::state::Shared;
 use crate::store::Store;
 
@@ -148,7 +148,17 @@ where
     } else {
         match lookup(&ctx, &key, request.headers()).await {
             Ok(look) => look,
-            Err(()) => return fail_open(&ctx, &mut svc, request).await,
+            Err(()) => {
+                // Fail open, but still one origin call for concurrent misses of the URL.
+                let miss = Miss {
+                    key,
+                    stale: None,
+                    looked_up: false,
+                    store_failed: true,
+                    vary: None,
+                };
+                return Box::pin(forward(ctx, svc, request, miss)).await;
+            }
         }
     };
     let Some(found) = look.found else {
@@ -157,6 +167,7 @@ where
             key,
             stale: None,
             looked_up: !skip_lookup,
+            store_failed: false,
             vary: look.vary,
         };
         return Box::pin(forward(ctx, svc, request, miss)).await;
@@ -182,6 +193,7 @@ where
         key,
         stale: Some(found),
         looked_up: false,
+        store_failed: false,
         vary: look.vary,
     };
     Box::pin(forward(ctx, svc, request, miss)).await

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::outage::{Outage, StoreOp};
 use super::record::Record;
 
 /// What a coalesced miss ended with.
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub revalidated: AtomicU64,
     pub invalidations: AtomicU64,
     pub dropped_tags: AtomicU64,
+    /// The store's failures, for the operator (see [`Outage`]).
+    pub outage: Outage,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     /// The fetches in flight whose responses may be stored, by primary key: an invalidation
     /// of the URL marks each of them, so its write is dropped (or undone). What is kept is
@@ -113,6 +116,18 @@ pub(crate) enum Join {
 impl Shared {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed store call and reports it to the operator (rate-limited: see
+    /// [`Outage`]). Every step's store failure goes through here.
+    pub fn store_failed(&self, op: StoreOp, error: &dyn std::fmt::Display) {
+        Self::count(&self.store_errors);
+        self.outage.failed(op, error);
+    }
+
+    /// Reports a store call that succeeded (the end of an outage, if there was one).
+    pub fn store_answered(&self) {
+        self.outage.succeeded();
     }
 
     /// Joins the in-flight miss on `key` (the primary key, or a variant's key when the

@@ -16,6 +16,7 @@ use super::coalesce::Lease;
 use super::invalidate;
 use super::key::{self, PrimaryKey, store_key, vary_names};
 use super::layer::Ctx;
+use super::outage::StoreOp;
 use super::policy::{self, CacheOverride, Directives, Exchange, Freshness, MAX_DELTA};
 use super::record::{self, Record};
 use super::serve::cache_status_name;
@@ -267,12 +268,12 @@ pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Rec
     match result {
         Ok(()) => {
             Shared::count(&ctx.shared.stores);
+            ctx.shared.store_answered();
             ctx.shared.unpass(primary);
             true
         }
         Err(error) => {
-            Shared::count(&ctx.shared.store_errors);
-            tracing::warn!(%error, key = primary, "cache store write failed");
+            ctx.shared.store_failed(StoreOp::Write, &error);
             false
         }
     }
@@ -314,6 +315,9 @@ pub(crate) struct StoreOnFinish<St: Store> {
     pub freshness: Freshness,
     /// Store only when the trailers carry `grpc-status: 0`.
     pub grpc: bool,
+    /// Write to the store; `false` hands the response to the coalesced waiters only (the
+    /// store failed this miss's lookup).
+    pub write: bool,
     /// The fetch, registered before the response was requested.
     pub fill: Fill,
     /// The cross-instance lease this miss holds, released once the response is stored (or
@@ -361,6 +365,9 @@ impl<St: Store> Finish for StoreOnFinish<St> {
                     tags: this.placement.tags.iter().cloned().collect(),
                 },
             ));
+        }
+        if !this.write {
+            return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;

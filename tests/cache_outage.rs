@@ -1,0 +1,85 @@
+//! The cache while its Redis hangs (a private `redis-server` stopped with SIGSTOP): concurrent
+//! misses still make one origin call. (Its logs are checked in `cache_outage_logs.rs`, alone
+//! in its process: `tracing` caches which events a subscriber wants per process.)
+#![cfg(all(feature = "memory", feature = "redis"))]
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_strata::cache::CacheLayer;
+use tower_strata::store::RedisStore;
+
+use support::PrivateRedis;
+
+/// An origin that takes `delay` and counts its calls; cacheable for a minute.
+fn slow_origin(
+    delay: Duration,
+) -> (
+    impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let origin = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            let mut response = Response::new(Full::new(Bytes::from_static(b"page")));
+            response
+                .headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (origin, calls)
+}
+
+fn store(redis: &PrivateRedis) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .namespace(support::unique("outage"))
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_does_not_switch_coalescing_off() {
+    let redis = PrivateRedis::start();
+    let (origin, calls) = slow_origin(Duration::from_millis(300));
+    let svc = ServiceBuilder::new()
+        .layer(CacheLayer::new(store(&redis)))
+        .service(origin);
+    redis.pause();
+    let gets = (0..50).map(|_| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let request = Request::get("http://h/cold").body(Full::default()).unwrap();
+            let response = svc.oneshot(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        })
+    });
+    for body in futures_util::future::join_all(gets).await {
+        assert_eq!(body.unwrap(), Bytes::from_static(b"page"));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one origin call for 50 misses"
+    );
+    redis.resume();
+}
