@@ -140,10 +140,13 @@ fn layer_benches(c: &mut Criterion) {
     });
 }
 
+/// The request body the services below take: hyper's, boxed (the cache needs `Default`).
+type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
 /// Serves `svc` over HTTP/1 on a loopback port.
 async fn serve<S, B>(svc: S) -> SocketAddr
 where
-    S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<ReqBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -157,7 +160,11 @@ where
         while let Ok((stream, _)) = listener.accept().await {
             let svc = svc.clone();
             tokio::spawn(async move {
-                let hyper_svc = hyper::service::service_fn(move |r| svc.clone().oneshot(r));
+                // The cache asks for a request body it can make empty (`Default`).
+                let hyper_svc =
+                    hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
+                        svc.clone().oneshot(r.map(BodyExt::boxed_unsync))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), hyper_svc)
                     .await;
@@ -208,17 +215,15 @@ fn proxy_load(c: &mut Criterion) {
         .unwrap();
     let (origin_addr, proxy_addr) = rt.block_on(async {
         let body = page();
-        let origin_addr = serve(tower::service_fn(
-            move |_r: Request<hyper::body::Incoming>| {
-                let body = body.clone();
-                async move {
-                    let mut r = Response::new(Full::new(body));
-                    r.headers_mut()
-                        .insert("cache-control", "max-age=3600".parse().unwrap());
-                    Ok::<_, Infallible>(r)
-                }
-            },
-        ))
+        let origin_addr = serve(tower::service_fn(move |_r: Request<ReqBody>| {
+            let body = body.clone();
+            async move {
+                let mut r = Response::new(Full::new(body));
+                r.headers_mut()
+                    .insert("cache-control", "max-age=3600".parse().unwrap());
+                Ok::<_, Infallible>(r)
+            }
+        }))
         .await;
         let upstream_client: Client<_, ProxyBody> =
             Client::builder(TokioExecutor::new()).build_http();
@@ -231,15 +236,13 @@ fn proxy_load(c: &mut Criterion) {
         let cached = ServiceBuilder::new()
             .layer(CacheLayer::new(MemoryStore::new(64 << 20)))
             .service(upstream);
-        let proxy_addr = serve(tower::service_fn(
-            move |r: Request<hyper::body::Incoming>| {
-                let cached = cached.clone();
-                async move {
-                    let r = cached.oneshot(r.map(|b| b.boxed_unsync())).await.unwrap();
-                    Ok::<_, Infallible>(r)
-                }
-            },
-        ))
+        let proxy_addr = serve(tower::service_fn(move |r: Request<ReqBody>| {
+            let cached = cached.clone();
+            async move {
+                let r = cached.oneshot(r.map(|b| b.boxed_unsync())).await.unwrap();
+                Ok::<_, Infallible>(r)
+            }
+        }))
         .await;
         (origin_addr, proxy_addr)
     });

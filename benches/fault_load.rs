@@ -37,16 +37,19 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The request body the services below take: hyper's, boxed (the cache needs `Default`).
+type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
 /// The service behind the cache: a product page, cacheable for a minute.
 fn origin() -> impl Service<
-    Request<hyper::body::Incoming>,
+    Request<ReqBody>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
     Future = impl Send,
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
+    tower::service_fn(|req: Request<ReqBody>| async move {
         let body = format!(
             "{{\"path\":\"{}\",\"name\":\"product\",\"description\":\"{}\"}}",
             req.uri().path(),
@@ -62,7 +65,7 @@ fn origin() -> impl Service<
 
 async fn serve<S, B>(svc: S) -> SocketAddr
 where
-    S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<ReqBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -77,7 +80,11 @@ where
             let _ = stream.set_nodelay(true);
             let svc = svc.clone();
             tokio::spawn(async move {
-                let hyper_svc = hyper::service::service_fn(move |r| svc.clone().oneshot(r));
+                // The cache asks for a request body it can make empty (`Default`).
+                let hyper_svc =
+                    hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
+                        svc.clone().oneshot(r.map(BodyExt::boxed_unsync))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), hyper_svc)
                     .await;

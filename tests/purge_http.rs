@@ -314,7 +314,7 @@ async fn json_purges_by_tag_key_and_pattern<St: StoreExt>(store: St) {
     let answer = send(
         &app,
         purge_json(
-            r#"{"regexes":["^c:GET http://h/page v:.*=(fr|de)$"]}"#,
+            r#"{"regexes":["^c:GET http://h/page v:.*=2:(fr|de)$"]}"#,
             bearer(),
         ),
     )

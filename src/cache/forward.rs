@@ -59,6 +59,14 @@ where
     }
 }
 
+/// The answer when upstream did not answer within the upstream timeout.
+fn timed_out<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    add_status(ctx, response.headers_mut(), "fwd=miss; detail=timeout");
+    response
+}
+
 /// A miss, or a stale entry that must be revalidated: go upstream (leading or joining a
 /// coalesced miss), then store what may be stored.
 pub(crate) async fn forward<S, St, B, RB>(
@@ -70,6 +78,7 @@ pub(crate) async fn forward<S, St, B, RB>(
 where
     S: Service<Request<B>, Response = Response<RB>>,
     St: Store,
+    B: Default,
     RB: Body<Data = Bytes> + Send + 'static,
 {
     let config = &ctx.config;
@@ -91,24 +100,28 @@ where
     Shared::count(&ctx.shared.misses);
 
     // Revalidate a stale entry with its validators; the client's own conditionals are
-    // answered from the entry once the origin has validated it.
+    // answered from the entry once the origin has validated it. The client's request is kept
+    // (without its body: a GET's body means nothing, RFC 9110 §9.3.1) in case the `304`
+    // validates nothing and the request must go again, unconditionally.
     let mut client_headers = None;
+    let mut unconditional = None;
     if let Some(found) = &miss.stale
         && method == Method::GET
         && revalidate::has_validators(&found.record)
     {
         client_headers = Some(request.headers().clone());
+        unconditional = Some(revalidate::copy_without_body(&request));
         revalidate::conditional_headers(request.headers_mut(), &found.record);
     }
 
-    let request_headers = request.headers().clone();
-    let request_time = SystemTime::now();
+    let mut request_headers = request.headers().clone();
+    let mut request_time = SystemTime::now();
     let generation = ctx.shared.generation();
     let result = call_upstream(&mut svc, request, config.upstream_timeout).await;
-    let response_time = SystemTime::now();
+    let mut response_time = SystemTime::now();
     let stale = miss.stale;
 
-    let response = match result {
+    let mut response = match result {
         Upstream::Done(Ok(response)) => response,
         Upstream::Done(Err(error)) => {
             return match stale.filter(|f| f.within_sie(&ctx)) {
@@ -124,21 +137,9 @@ where
         Upstream::TimedOut => {
             return Ok(match stale.filter(|f| f.within_sie(&ctx)) {
                 Some(found) => serve_stale_on_error(&ctx, &found, &method, &request_headers),
-                None => {
-                    let mut response = Response::new(CacheBody::empty());
-                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                    add_status(&ctx, response.headers_mut(), "fwd=miss; detail=timeout");
-                    response
-                }
+                None => timed_out(&ctx),
             });
         }
-    };
-    let fetched = Fetched {
-        key: &miss.key,
-        request_headers: &request_headers,
-        request_time,
-        response_time,
-        generation,
     };
 
     if let Some(found) = &stale {
@@ -146,26 +147,54 @@ where
             return Ok(serve_stale_on_error(&ctx, found, &method, &request_headers));
         }
         if response.status() == StatusCode::NOT_MODIFIED
-            && let Some(client_headers) = client_headers
+            && let (Some(client_headers), Some(unconditional)) = (client_headers, unconditional)
         {
             // The origin answered the cache's own validators: the client asked for the whole
             // response (or its own conditional), never for this `304`.
-            drop(guard);
             let (parts, _) = response.into_parts();
-            return Ok(
-                match revalidate::merge_304(&ctx, found, &parts, &fetched).await {
-                    Revalidation::Validated(refreshed) => serve(
+            let fetched = Fetched {
+                key: &miss.key,
+                request_headers: &request_headers,
+                request_time,
+                response_time,
+                generation,
+            };
+            match revalidate::merge_304(&ctx, found, &parts, &fetched).await {
+                Revalidation::Validated(refreshed) => {
+                    drop(guard);
+                    return Ok(serve(
                         &ctx,
                         &refreshed,
                         &method,
                         &client_headers,
                         "fwd=stale; fwd-status=304",
-                    ),
-                    Revalidation::Mismatch => revalidate::mismatch(&ctx),
-                },
-            );
+                    ));
+                }
+                Revalidation::Mismatch => {
+                    // RFC 9111 §4.3.4: the `304` selects no stored response, so it updates
+                    // none. Ask once more, unconditionally; that answer is served and stored
+                    // like any miss's.
+                    request_headers = client_headers;
+                    request_time = SystemTime::now();
+                    response = match call_upstream(&mut svc, unconditional, config.upstream_timeout)
+                        .await
+                    {
+                        Upstream::Done(Ok(response)) => response,
+                        Upstream::Done(Err(error)) => return Err(error),
+                        Upstream::TimedOut => return Ok(timed_out(&ctx)),
+                    };
+                    response_time = SystemTime::now();
+                }
+            }
         }
     }
+    let fetched = Fetched {
+        key: &miss.key,
+        request_headers: &request_headers,
+        request_time,
+        response_time,
+        generation,
+    };
 
     let (mut parts, body) = response.into_parts();
     let tags = extract_tags(

@@ -16,7 +16,7 @@ use super::key::{self, GrpcMessage, PrimaryKey};
 use super::layer::{Ctx, GrpcMethod};
 use super::lookup::lookup;
 use super::policy::Freshness;
-use super::serve::{Resp, add_status, fail_open, serve};
+use super::serve::{Resp, add_status, fail_open, invalid_authority, serve};
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
 use super::write::{Placement, StoreOnFinish, body_limit, stored_headers};
@@ -68,7 +68,9 @@ where
         .unwrap_or_default();
     // The URL's identity (scheme, host, method path, key part) with the message in place of
     // the method.
-    let base = ctx.config.key.identity(&request);
+    let Ok(base) = ctx.config.key.identity(&request) else {
+        return Ok(invalid_authority(&ctx));
+    };
     let key = PrimaryKey::from_identity(&format!(
         "GRPC{} m={message}",
         base.strip_prefix("GET").unwrap_or(&base)

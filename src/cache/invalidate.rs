@@ -7,17 +7,15 @@
 //! of a miss invalidated in flight, a refresh that finds the page no longer cacheable,
 //! `PURGE`, URL, key and JSON purges.
 
-#[cfg(feature = "purge")]
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::body::CacheBody;
-#[cfg(feature = "purge")]
-use super::key::KeyConfig;
-use super::key::{KeyPart, url_tag};
+use super::key::{KeyConfig, KeyPart, url_tag};
 use super::layer::Ctx;
 use super::serve::Resp;
 use super::state::Shared;
@@ -103,30 +101,55 @@ pub(crate) fn is_safe(method: &Method) -> bool {
 
 /// A successful request with an unsafe method invalidates its URI and its `Location` and
 /// `Content-Location` on the same host (RFC 9111 §4.4), every variant of each.
+///
+/// The call upstream runs to its end even when the client leaves (the response future is
+/// dropped): a write the origin performs after its client hung up still invalidates. An
+/// outcome the cache cannot know (the call failed, or never answered because it panicked)
+/// invalidates the request's URI as a success would; only an answer that says the request
+/// failed (4xx, 5xx, 1xx) leaves the cache alone.
 pub(crate) async fn unsafe_request<S, St, B, RB>(
-    ctx: &Ctx<St>,
+    ctx: &Arc<Ctx<St>>,
     mut svc: S,
     request: Request<B>,
 ) -> Result<Resp<RB>, S::Error>
 where
     S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     St: Store,
+    RB: Send + 'static,
 {
     let uri = request.uri().clone();
     let headers = request.headers().clone();
     let part = request.extensions().get::<KeyPart>().cloned();
-    let response = svc.call(request).await?;
-    let status = response.status();
-    if status.is_success() || status.is_redirection() {
+    let call = svc.call(request);
+    let ctx = ctx.clone();
+    let write = async move {
+        let result = call.await;
         let key_config = &ctx.config.key;
-        let mut targets = vec![key_config.primary_for(&uri, &headers, part.as_ref())];
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(target) = response
-                .headers()
-                .get(&name)
-                .and_then(|v| same_host_target(&uri, &headers, v))
-            {
-                targets.push(key_config.primary_for(&target, &headers, part.as_ref()));
+        let mut targets = Vec::with_capacity(3);
+        let changed = match &result {
+            Ok(response) => response.status().is_success() || response.status().is_redirection(),
+            Err(_) => true,
+        };
+        if changed {
+            targets.extend(key_config.primary_for(&uri, &headers, part.as_ref()).ok());
+        }
+        if let Ok(response) = &result
+            && changed
+        {
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(target) = response
+                    .headers()
+                    .get(&name)
+                    .and_then(|v| same_host_target(key_config, &uri, &headers, v))
+                {
+                    targets.extend(
+                        key_config
+                            .primary_for(&target, &headers, part.as_ref())
+                            .ok(),
+                    );
+                }
             }
         }
         for target in targets {
@@ -139,26 +162,35 @@ where
                 }
             }
         }
-    }
-    Ok(response.map(CacheBody::passthrough))
-}
-
-fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        result
+    };
+    let result = match tokio::runtime::Handle::try_current() {
+        // Detached, so that dropping this future (the client hung up) does not cancel it.
+        Ok(runtime) => match runtime.spawn(write.in_current_span()).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => panic!("the write's task was cancelled: {error}"),
+        },
+        Err(_) => write.await,
+    };
+    Ok(result?.map(CacheBody::passthrough))
 }
 
 /// A `Location`-style target on the request's host, as a URI the key can be built from.
-fn same_host_target(uri: &Uri, headers: &HeaderMap, value: &HeaderValue) -> Option<Uri> {
+/// Hosts are compared in their normalised form, so `http://EXAMPLE.com:80/b` is on
+/// `example.com`.
+fn same_host_target(
+    keys: &KeyConfig,
+    uri: &Uri,
+    headers: &HeaderMap,
+    value: &HeaderValue,
+) -> Option<Uri> {
     let target: Uri = value.to_str().ok()?.parse().ok()?;
     match target.authority() {
-        Some(authority) => {
-            let host = request_host(uri, headers)?;
-            authority
-                .as_str()
-                .eq_ignore_ascii_case(host)
-                .then_some(target)
+        Some(_) => {
+            let host = keys.authority(uri, headers).ok()?;
+            let named = keys.authority(&target, &HeaderMap::new()).ok()?;
+            (named == host).then_some(target)
         }
         None if target.path().starts_with('/') => {
             let mut parts = uri.clone().into_parts();
@@ -175,10 +207,25 @@ mod tests {
 
     #[test]
     fn location_targets() {
+        let keys = KeyConfig {
+            default_scheme: "http".into(),
+            ..KeyConfig::default()
+        };
+        let same_host_target = |uri: &Uri, headers: &HeaderMap, value: &HeaderValue| {
+            same_host_target(&keys, uri, headers, value)
+        };
         let uri: Uri = "/a".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("example.com"));
         let same = same_host_target(&uri, &headers, &HeaderValue::from_static("/b?x=1")).unwrap();
+        assert!(
+            same_host_target(
+                &uri,
+                &headers,
+                &HeaderValue::from_static("http://EXAMPLE.com:80/c")
+            )
+            .is_some()
+        );
         assert_eq!(same.path_and_query().unwrap().as_str(), "/b?x=1");
         assert!(
             same_host_target(

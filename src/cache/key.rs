@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
 
+use super::authority::{self, InvalidAuthority};
+
 /// An app-supplied part of the cache key (tenant, locale), attached as a request extension by
 /// a layer or middleware in front of the cache.
 ///
@@ -74,7 +76,11 @@ impl KeyConfig {
 
     /// The primary identity of a request: what a stored GET response for it is filed under.
     /// HEAD shares GET's identity.
-    pub fn identity<B>(&self, request: &Request<B>) -> String {
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidAuthority`] when the request's authority cannot be keyed.
+    pub fn identity<B>(&self, request: &Request<B>) -> Result<String, InvalidAuthority> {
         self.identity_for(
             request.uri(),
             request.headers(),
@@ -83,14 +89,19 @@ impl KeyConfig {
     }
 
     /// The identity of a GET for `uri` in the context of a request's headers and key part.
-    pub fn identity_for(&self, uri: &Uri, headers: &HeaderMap, part: Option<&KeyPart>) -> String {
+    pub fn identity_for(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        part: Option<&KeyPart>,
+    ) -> Result<String, InvalidAuthority> {
         let mut out = String::with_capacity(64);
-        self.write_identity(&mut out, uri, headers, part);
-        out
+        self.write_identity(&mut out, uri, headers, part)?;
+        Ok(out)
     }
 
     /// The request's primary key, identity and store key in one buffer.
-    pub fn primary<B>(&self, request: &Request<B>) -> PrimaryKey {
+    pub fn primary<B>(&self, request: &Request<B>) -> Result<PrimaryKey, InvalidAuthority> {
         self.primary_for(
             request.uri(),
             request.headers(),
@@ -99,21 +110,23 @@ impl KeyConfig {
     }
 
     /// [`KeyConfig::primary`] for a GET of `uri` in the context of a request's headers and
-    /// key part.
+    /// key part: the one way a URL is named, whether to look it up, store it, purge it or
+    /// invalidate it.
     pub fn primary_for(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         part: Option<&KeyPart>,
-    ) -> PrimaryKey {
+    ) -> Result<PrimaryKey, InvalidAuthority> {
         let mut buf = String::with_capacity(96);
         buf.push_str(PLAIN_PREFIX);
-        self.write_identity(&mut buf, uri, headers, part);
-        PrimaryKey::from_buffer(buf)
+        self.write_identity(&mut buf, uri, headers, part)?;
+        Ok(PrimaryKey::from_buffer(buf))
     }
 
     /// The request's primary store key built in `buffer` (cleared first), when it is a plain
-    /// one (`"c:"` and the identity); `None` when it would be hashed.
+    /// one (`"c:"` and the identity); `None` when it would be hashed or the request's
+    /// authority is invalid.
     pub fn plain_primary<'b, B>(
         &self,
         buffer: &'b mut String,
@@ -126,35 +139,41 @@ impl KeyConfig {
             request.uri(),
             request.headers(),
             request.extensions().get::<KeyPart>(),
-        );
+        )
+        .ok()?;
         let identity = &buffer[PLAIN_PREFIX.len()..];
         (identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control))
             .then_some(buffer.as_str())
     }
 
+    /// The scheme a request's key names: the URI's, else the configured one.
+    fn scheme<'a>(&'a self, uri: &'a Uri) -> &'a str {
+        uri.scheme_str().unwrap_or(&self.default_scheme)
+    }
+
+    /// The normalised authority a request's key names (see [`super::authority`]).
+    pub fn authority(&self, uri: &Uri, headers: &HeaderMap) -> Result<String, InvalidAuthority> {
+        authority::request_authority(self.scheme(uri), uri, headers)
+    }
+
     /// Appends the identity of a GET for `uri` to `out`.
+    ///
+    /// The fields are joined so that no value of one can spell another: the URL comes first
+    /// and holds no space (the authority is checked, a URI's path and query cannot), and every
+    /// field after it is a space, its name and a length-prefixed value (`k=5:acme1`), so a key
+    /// part, a cookie or a `Vary` value cannot forge the fields that follow it.
     fn write_identity(
         &self,
         out: &mut String,
         uri: &Uri,
         headers: &HeaderMap,
         part: Option<&KeyPart>,
-    ) {
-        let scheme = uri.scheme_str().unwrap_or(&self.default_scheme);
-        let host = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-            .unwrap_or_default();
+    ) -> Result<(), InvalidAuthority> {
+        let scheme = self.scheme(uri);
         out.push_str("GET ");
-        out.push_str(scheme);
+        push_lower(out, scheme);
         out.push_str("://");
-        // Host names are case-insensitive; most requests already send lower case.
-        if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            out.push_str(&host.to_ascii_lowercase());
-        } else {
-            out.push_str(host);
-        }
+        authority::write_request_authority(out, scheme, uri, headers)?;
         out.push_str(uri.path());
         if let Some(query) = uri.query() {
             if !self.sort_query && self.ignored_params.is_empty() {
@@ -170,7 +189,7 @@ impl KeyConfig {
         }
         if let Some(part) = part {
             out.push_str(" k=");
-            out.push_str(part.as_str());
+            push_counted(out, part.as_str());
         }
         if let Some(names) = self.cookie_route(uri.path())
             && !names.is_empty()
@@ -178,9 +197,13 @@ impl KeyConfig {
             out.push_str(" c=");
             for name in names {
                 let value = cookie_value(headers, name).unwrap_or_default();
-                let _ = write!(out, "{name}={value};");
+                out.push_str(name);
+                out.push('=');
+                push_counted(out, &value);
+                out.push(';');
             }
         }
+        Ok(())
     }
 
     fn normalise_query(&self, query: &str) -> String {
@@ -225,6 +248,17 @@ impl KeyConfig {
     }
 }
 
+/// Appends `value` behind its length in bytes (`5:acme1`): a key field that no value of
+/// another field can spell.
+fn push_counted(out: &mut String, value: &str) {
+    let _ = write!(out, "{}:", value.len());
+    out.push_str(value);
+}
+
+fn push_lower(out: &mut String, s: &str) {
+    out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+}
+
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -267,49 +301,62 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
 pub(crate) fn variant_identity(primary: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
     let mut out = String::with_capacity(primary.len() + 32);
     out.push_str(primary);
+    let mut value = String::new();
     for name in names {
+        value.clear();
+        normalised_values(&mut value, name, headers);
         out.push_str(" v:");
         out.push_str(name.as_str());
         out.push('=');
-        let fold_case = CASE_INSENSITIVE_VALUES.contains(&name.as_str());
-        let mut first = true;
-        for value in headers.get_all(name) {
-            // Non-UTF-8 values are hex-encoded so different bytes never compare equal.
-            let Ok(value) = value.to_str() else {
-                if !first {
-                    out.push(',');
-                }
-                first = false;
-                for b in value.as_bytes() {
-                    let _ = write!(out, "%{b:02x}");
-                }
+        push_counted(&mut out, &value);
+    }
+    out
+}
+
+/// The request's values of one `Vary` header, normalised, into `out`.
+fn normalised_values(out: &mut String, name: &HeaderName, headers: &HeaderMap) {
+    let fold_case = CASE_INSENSITIVE_VALUES.contains(&name.as_str());
+    let mut first = true;
+    for value in headers.get_all(name) {
+        // Non-UTF-8 values are percent-encoded (and `%` in text values is too), so different
+        // bytes never compare equal.
+        let Ok(value) = value.to_str() else {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            for b in value.as_bytes() {
+                let _ = write!(out, "%{b:02x}");
+            }
+            continue;
+        };
+        for element in value.split(',') {
+            let element = element.trim();
+            if element.is_empty() {
                 continue;
-            };
-            for element in value.split(',') {
-                let element = element.trim();
-                if element.is_empty() {
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let mut space = false;
+            for c in element.chars() {
+                if c == ' ' || c == '\t' {
+                    space = true;
                     continue;
                 }
-                if !first {
-                    out.push(',');
+                if space {
+                    out.push(' ');
+                    space = false;
                 }
-                first = false;
-                let mut space = false;
-                for c in element.chars() {
-                    if c == ' ' || c == '\t' {
-                        space = true;
-                        continue;
-                    }
-                    if space {
-                        out.push(' ');
-                        space = false;
-                    }
-                    out.push(if fold_case { c.to_ascii_lowercase() } else { c });
+                match c {
+                    '%' => out.push_str("%25"),
+                    c if fold_case => out.push(c.to_ascii_lowercase()),
+                    c => out.push(c),
                 }
             }
         }
     }
-    out
 }
 
 /// Request fields whose values are case-insensitive tokens, so a `Vary` on them keys on the
@@ -433,8 +480,8 @@ mod tests {
             .header("host", "b.example")
             .body(())
             .unwrap();
-        assert_eq!(c.identity(&a), "GET http://a.example/p?x=1");
-        assert_eq!(c.identity(&b), "GET http://b.example/p?x=1");
+        assert_eq!(c.identity(&a).unwrap(), "GET http://a.example/p?x=1");
+        assert_eq!(c.identity(&b).unwrap(), "GET http://b.example/p?x=1");
         let head = Request::head("http://a.example/p?x=1").body(()).unwrap();
         assert_eq!(c.identity(&head), c.identity(&a));
     }
@@ -447,7 +494,7 @@ mod tests {
         let a = Request::get("http://h/p?b=2&utm_source=x&a=1&fbclid=9")
             .body(())
             .unwrap();
-        assert_eq!(c.identity(&a), "GET http://h/p?a=1&b=2");
+        assert_eq!(c.identity(&a).unwrap(), "GET http://h/p?a=1&b=2");
     }
 
     #[test]
@@ -459,7 +506,10 @@ mod tests {
             .body(())
             .unwrap();
         r.extensions_mut().insert(KeyPart::new("t1"));
-        assert_eq!(c.identity(&r), "GET http://h/i18n/x k=t1 c=lang=fr;");
+        assert_eq!(
+            c.identity(&r).unwrap(),
+            "GET http://h/i18n/x k=2:t1 c=lang=2:fr;"
+        );
         assert!(c.cookie_route("/other").is_none());
     }
 
@@ -477,9 +527,9 @@ mod tests {
         let c = config();
         for uri in ["http://h/a?x=1", &format!("http://h/{}", "y".repeat(300))] {
             let r = Request::get(uri).body(()).unwrap();
-            let key = c.primary(&r);
-            assert_eq!(key.identity(), c.identity(&r));
-            assert_eq!(key.store_key(), store_key(&c.identity(&r)));
+            let key = c.primary(&r).unwrap();
+            assert_eq!(key.identity(), c.identity(&r).unwrap());
+            assert_eq!(key.store_key(), store_key(&c.identity(&r).unwrap()));
             assert!(is_cache_key(key.store_key()));
         }
     }
@@ -502,6 +552,64 @@ mod tests {
         assert_ne!(
             variant_identity("p", &names, &a),
             variant_identity("p", &names, &b)
+        );
+    }
+
+    #[test]
+    fn hosts_are_checked_and_normalised_before_keying() {
+        let c = config();
+        let with_host = |host: &str| {
+            Request::get("/app.js")
+                .header("host", host)
+                .body(())
+                .unwrap()
+        };
+        // A host that spells a path must not name another URL's entry.
+        assert!(c.identity(&with_host("127.0.0.1:8080/static")).is_err());
+        let mut buffer = String::new();
+        assert!(c.plain_primary(&mut buffer, &with_host("a/b")).is_none());
+        let plain = c.identity(&with_host("example.com")).unwrap();
+        for same in ["EXAMPLE.com:80", "example.com.", "Example.Com:"] {
+            assert_eq!(c.identity(&with_host(same)).unwrap(), plain, "{same}");
+        }
+        assert_ne!(c.identity(&with_host("example.com:8080")).unwrap(), plain);
+    }
+
+    #[test]
+    fn no_key_field_can_spell_another() {
+        let mut c = config();
+        c.cookie_routes = vec![("/i18n".into(), vec!["lang".into()])];
+        // A key part that spells the cookie field, against the real cookie.
+        let mut forged = Request::get("http://h/i18n/x").body(()).unwrap();
+        forged
+            .extensions_mut()
+            .insert(KeyPart::new("t1 c=lang=fr;"));
+        let mut real = Request::get("http://h/i18n/x")
+            .header("cookie", "lang=fr")
+            .body(())
+            .unwrap();
+        real.extensions_mut().insert(KeyPart::new("t1"));
+        assert_ne!(c.identity(&forged).unwrap(), c.identity(&real).unwrap());
+        // One Vary value that spells the next, against both values sent.
+        let names = [header::ACCEPT, HeaderName::from_static("x-b")];
+        let mut one = HeaderMap::new();
+        one.insert(header::ACCEPT, "a v:x-b=b".parse().unwrap());
+        one.insert("x-b", "c".parse().unwrap());
+        let mut two = HeaderMap::new();
+        two.insert(header::ACCEPT, "a".parse().unwrap());
+        two.insert("x-b", "b v:x-b=c".parse().unwrap());
+        assert_ne!(
+            variant_identity("p", &names, &one),
+            variant_identity("p", &names, &two)
+        );
+        // Bytes that are not text never equal their percent-encoding as text.
+        let mut raw = HeaderMap::new();
+        raw.insert(header::ACCEPT, HeaderValue::from_bytes(b"\xff").unwrap());
+        let mut text = HeaderMap::new();
+        text.insert(header::ACCEPT, "%ff".parse().unwrap());
+        assert_ne!(
+            variant_identity("p", &names[..1], &raw),
+            variant_identity("p", &names[..1], &text)
         );
     }
 

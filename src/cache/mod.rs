@@ -171,6 +171,7 @@
 //! (configuration), `state` (what a layer's services share, and [`CacheStats`]), `key`,
 //! `directives` (the field grammar), `policy` (the RFC 9111 rules), `record` (the stored format), `body`, `future`, `tags`.
 
+mod authority;
 mod body;
 mod coalesce;
 mod directives;

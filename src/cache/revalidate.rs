@@ -11,14 +11,12 @@ use http::{Method, Request, Response, StatusCode, response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::CacheBody;
 use super::forward::{Upstream, call_upstream};
 use super::invalidate::invalidate_url;
 use super::key::{PrimaryKey, vary_names};
 use super::layer::Ctx;
 use super::lookup::{Found, lookup};
 use super::record::Record;
-use super::serve::{Resp, add_status};
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
 use super::write::{
@@ -152,18 +150,16 @@ fn weak_tag(tag: &HeaderValue) -> &[u8] {
     tag.strip_prefix(b"W/").unwrap_or(tag)
 }
 
-/// The answer when the origin's `304` does not validate the stored response: the request
-/// that went upstream was the cache's own, so there is no whole response to give.
-pub(crate) fn mismatch<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
-    tracing::warn!("origin answered the cache's revalidation with a 304 for another entity tag");
-    let mut response = Response::new(CacheBody::empty());
-    *response.status_mut() = StatusCode::BAD_GATEWAY;
-    add_status(
-        ctx,
-        response.headers_mut(),
-        "fwd=stale; fwd-status=304; detail=mismatched-validator",
-    );
-    response
+/// A copy of `request` with an empty body, for a second upstream call when a `304` validated
+/// nothing. A GET's body has no meaning (RFC 9110 §9.3.1), so nothing is lost.
+pub(crate) fn copy_without_body<B: Default>(request: &Request<B>) -> Request<B> {
+    let mut copy = Request::new(B::default());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
 }
 
 /// Request fields that carry credentials: a background refresh, made on behalf of every
@@ -218,7 +214,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
     S::Future: Send,
     S::Error: Send + 'static,
     St: Store,
-    B: Send + 'static,
+    B: Default + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -248,9 +244,14 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
         {
             return;
         }
+        let mut unconditional = copy_without_body(&refresh);
+        for name in &CONDITIONALS {
+            unconditional.headers_mut().remove(name);
+        }
         let request_time = SystemTime::now();
         let generation = ctx.shared.generation();
-        let response = match call_upstream(&mut svc, refresh, ctx.config.upstream_timeout).await {
+        let timeout = ctx.config.upstream_timeout;
+        let mut response = match call_upstream(&mut svc, refresh, timeout).await {
             Upstream::Done(Ok(response)) => response,
             _ => return, // keep serving stale
         };
@@ -266,8 +267,17 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
         };
         if response.status() == StatusCode::NOT_MODIFIED {
             let (parts, _) = response.into_parts();
-            merge_304(&ctx, &found, &parts, &fetched).await;
-            return;
+            if let Revalidation::Validated(_) = merge_304(&ctx, &found, &parts, &fetched).await {
+                return;
+            }
+            // The `304` validated nothing (RFC 9111 §4.3.4): fetch the whole response once.
+            response = match call_upstream(&mut svc, unconditional, timeout).await {
+                Upstream::Done(Ok(response)) => response,
+                _ => return, // keep serving stale
+            };
+            if ctx.shared.invalidated_since(primary, generation) {
+                return;
+            }
         }
         if response.status().is_server_error() {
             return; // keep serving stale

@@ -28,6 +28,23 @@ pub(crate) fn add_status<St>(ctx: &Ctx<St>, headers: &mut HeaderMap, value: &str
     }
 }
 
+/// The answer to a request whose authority (URI or `Host`) is not a valid `host[:port]`:
+/// `400`, before the cache keys it or the service sees it (RFC 9112 §3.2), so no client can
+/// file a response under another URL's key.
+pub(crate) fn invalid_authority<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
+    let mut response = Response::new(CacheBody::stored(
+        bytes::Bytes::from_static(b"invalid Host: expected host[:port]\n"),
+        None,
+    ));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    add_status(ctx, response.headers_mut(), "detail=invalid-host");
+    response
+}
+
 /// Fails open: the store is down or slow, so the request goes upstream without caching.
 pub(crate) async fn fail_open<S, St, B, RB>(
     ctx: &Ctx<St>,

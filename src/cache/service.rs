@@ -21,7 +21,7 @@ use super::layer::Ctx;
 use super::lookup::lookup;
 use super::policy::Directives;
 use super::revalidate::spawn_refresh;
-use super::serve::{Resp, fail_open, finish_passthrough, hit_status, serve};
+use super::serve::{Resp, fail_open, finish_passthrough, hit_status, invalid_authority, serve};
 use super::state::Shared;
 use crate::store::Store;
 
@@ -54,10 +54,10 @@ impl<S, St> Cache<S, St> {
 impl<S, St, B, RB> Service<Request<B>> for Cache<S, St>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
-    B: Send + 'static,
+    B: Default + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<CacheBody<RB>>;
@@ -87,12 +87,21 @@ async fn handle<S, St, B, RB>(
 ) -> Result<Resp<RB>, S::Error>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     S::Error: Send + 'static,
     St: Store,
-    B: Send + 'static,
+    B: Default + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
 {
+    // Every path keys, purges or invalidates by the request's authority: one check for all.
+    if ctx
+        .config
+        .key
+        .authority(request.uri(), request.headers())
+        .is_err()
+    {
+        return Ok(invalid_authority(&ctx));
+    }
     if grpc_call::is_grpc(request.headers()) {
         return match grpc_call::cacheable_method(&ctx, &request) {
             Some(method) => {
@@ -130,7 +139,9 @@ where
             .headers()
             .get(header::PRAGMA)
             .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
-    let key = config.key.primary(&request);
+    let Ok(key) = config.key.primary(&request) else {
+        return Ok(invalid_authority(&ctx));
+    };
 
     let look = if skip_lookup {
         Default::default()

@@ -80,7 +80,8 @@ impl CachePurger {
     ///
     /// # Errors
     ///
-    /// The store's error; the in-process bookkeeping was done all the same.
+    /// [`PurgeError::InvalidHost`] when the URI's authority (or `Host`) is not a valid
+    /// `host[:port]`; the store's error, the in-process bookkeeping done all the same.
     pub async fn purge_url(&self, uri: &Uri, headers: &HeaderMap) -> Result<u64, PurgeError> {
         self.purge_url_with_part(uri, headers, None).await
     }
@@ -91,14 +92,18 @@ impl CachePurger {
     ///
     /// # Errors
     ///
-    /// The store's error.
+    /// As [`CachePurger::purge_url`].
     pub async fn purge_url_with_part(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         part: Option<&KeyPart>,
     ) -> Result<u64, PurgeError> {
-        let key = self.invalidator.keys().primary_for(uri, headers, part);
+        let key = self
+            .invalidator
+            .keys()
+            .primary_for(uri, headers, part)
+            .map_err(|_| PurgeError::InvalidHost)?;
         // The cache's own invalidation (every variant, and the in-process state of the URL),
         // with this purger's mode, stats and dependencies.
         self.purger.purge_key(key.store_key()).await

@@ -76,6 +76,10 @@ pub enum PurgeError {
         /// The limit that was reached.
         limit: usize,
     },
+    /// The URL to purge names no valid `host[:port]` (in its authority or `Host`), so it
+    /// names no cached response; nothing was purged.
+    #[error("the URL's host is not a valid host[:port]; nothing purged")]
+    InvalidHost,
 }
 
 /// A key or a tag: what a dependency links (see [`Purger::depend`]).

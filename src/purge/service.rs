@@ -329,6 +329,7 @@ fn failure(e: PurgeError, principal: &str, peer: &str, what: &str) -> Response<F
     let client_error = matches!(
         &e,
         PurgeError::TooManyDependants { .. }
+            | PurgeError::InvalidHost
             | PurgeError::Store(
                 StoreError::InvalidPattern { .. }
                     | StoreError::InvalidKey { .. }

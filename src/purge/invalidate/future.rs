@@ -42,7 +42,7 @@ pin_project! {
         Calling {
             #[pin]
             future: F,
-            pending: Option<Box<Pending>>,
+            pending: Unresolved,
         },
         Purging {
             purge: PurgeFuture,
@@ -62,7 +62,7 @@ impl<F, B> ResponseFuture<F, B> {
         ResponseFuture {
             state: State::Calling {
                 future,
-                pending: None,
+                pending: Unresolved(None),
             },
         }
     }
@@ -71,7 +71,7 @@ impl<F, B> ResponseFuture<F, B> {
         ResponseFuture {
             state: State::Calling {
                 future,
-                pending: Some(Box::new(pending)),
+                pending: Unresolved(Some(Box::new(pending))),
             },
         }
     }
@@ -87,8 +87,9 @@ where
         loop {
             match self.as_mut().project().state.project() {
                 StateProj::Calling { future, pending } => {
+                    // An error leaves `pending` unresolved: its drop purges.
                     let mut response = ready!(future.poll(cx))?;
-                    let Some(pending) = pending.take() else {
+                    let Some(pending) = pending.0.take() else {
                         return Poll::Ready(Ok(response));
                     };
                     let Some(purge) = decide(*pending, &mut response) else {
@@ -106,6 +107,43 @@ where
                 }
             }
         }
+    }
+}
+
+/// A request's purge whose response is not known yet. Dropped so (the client hung up and the
+/// response future with it, or the service failed), the outcome is unknown and the write may
+/// have happened: the rules' own targets are purged as if it had succeeded, in the
+/// background. What only a response names (`Cache-Group-Invalidation`, an `Invalidation`
+/// extension) is not known, so not purged.
+pub(crate) struct Unresolved(Option<Box<Pending>>);
+
+impl Drop for Unresolved {
+    fn drop(&mut self) {
+        let Some(pending) = self.0.take() else {
+            return;
+        };
+        let Pending {
+            layer,
+            targets,
+            fired,
+            origin,
+            ..
+        } = *pending;
+        if targets.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                origin,
+                "invalidation: request dropped outside a runtime; not purged"
+            );
+            return;
+        };
+        let stats = layer.stats.clone();
+        runtime.spawn(async move {
+            Counters::add(&stats.rule_firings, fired);
+            run(layer.purger, targets, stats, origin).await;
+        });
     }
 }
 

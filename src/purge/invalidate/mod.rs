@@ -12,8 +12,12 @@
 //!
 //! # When the purge runs
 //!
-//! Only when the response succeeded (2xx; see [`InvalidateLayer::success`]); never when the
-//! inner service returns an error.
+//! When the response succeeded (2xx; see [`InvalidateLayer::success`]), and when the outcome
+//! cannot be known: the inner service returned an error, or the response future was dropped
+//! before it answered (the client hung up). The write may have happened then, so the rules'
+//! targets are purged as if it had succeeded, in the background (what only a response names,
+//! a `Cache-Group-Invalidation` header or an [`Invalidation`] extension, is not known then).
+//! A response that says the request failed purges nothing.
 //!
 //! - **Inside the transaction layer** (a `tower_strata::tx::AfterCommit` in the request
 //!   extensions, features `postgres`/`mysql`/`sqlite`): the purge is registered as an
