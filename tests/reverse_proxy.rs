@@ -47,9 +47,10 @@ async fn start_proxy(origin: SocketAddr, flags: &[&str]) -> (SocketAddr, Task) {
     (addr, Task(tokio::spawn(proxy::serve(listener, proxy))))
 }
 
-/// An HTTP/1.1 origin that counts its calls. It answers with the forwarding headers it got,
-/// one `name: value` a line, a `Location` built from `X-Forwarded-Host` (as frameworks
-/// build absolute redirects behind a proxy), and one minute of freshness.
+/// An origin (HTTP/1.1, and h2c) that counts its calls. It answers with the forwarding headers
+/// it got, one `name: value` a line, a `Location` built from `X-Forwarded-Host` (as frameworks
+/// build absolute redirects behind a proxy), the HTTP version it was spoken to in
+/// (`Origin-Version`), and one minute of freshness.
 async fn start_origin() -> (SocketAddr, Arc<AtomicUsize>, Task) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -65,10 +66,12 @@ async fn start_origin() -> (SocketAddr, Arc<AtomicUsize>, Task) {
                 counter.fetch_add(1, Ordering::SeqCst);
                 async move { Ok::<_, Infallible>(echo(r)) }
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
         }
     });
     (addr, calls, Task(task))
@@ -98,6 +101,7 @@ fn echo(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         .or(headers.get("host"))
         .map_or("", |h| h.to_str().unwrap());
     Response::builder()
+        .header("origin-version", format!("{:?}", request.version()))
         .header("cache-control", "max-age=60")
         .header("location", format!("http://{host}/landing"))
         .body(Full::new(Bytes::from(body)))
@@ -232,6 +236,7 @@ async fn h2c_and_http1_clients_reach_an_http1_origin() {
         "tower-strata; fwd=miss; stored"
     );
     assert!(body.starts_with(b"GET /h2\n"), "{body:?}");
+    assert_eq!(first.headers()["origin-version"], "HTTP/1.1");
     settle().await;
     let (second, again) = h2_send(&mut send, request()).await;
     assert_eq!(second.status(), 200);
@@ -250,6 +255,23 @@ async fn h2c_and_http1_clients_reach_an_http1_origin() {
     let (posted, body) = h2_send(&mut send, post).await;
     assert_eq!(posted.status(), 200);
     assert!(body.starts_with(b"POST /h2\n"), "{body:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_http2_speaks_h2c_to_the_origin_whatever_the_client_speaks() {
+    let (origin, calls, _origin) = start_origin().await;
+    let (proxy, _proxy) = start_proxy(origin, &["--origin-http2"]).await;
+    let (head, body) = raw(proxy, &get("/h1-to-h2", "")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("origin-version: http/2.0"), "{head}");
+    assert!(body.contains("x-forwarded-host: shop.example"), "{body}");
+    let mut send = h2c(proxy).await;
+    let request = Request::get(format!("http://{proxy}/h2-to-h2"))
+        .body(Full::default())
+        .unwrap();
+    let (response, _) = h2_send(&mut send, request).await;
+    assert_eq!(response.headers()["origin-version"], "HTTP/2.0");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 

@@ -15,7 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
@@ -391,6 +391,10 @@ fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// own. Logs nothing per request: a connection that ends in an error (a client hanging up
 /// mid-request, a malformed request) is logged at debug level.
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Proxy) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's 30 s limit on reading a request's head takes effect only with a timer: without
+    // one, a client sending a byte at a time holds its connection for ever.
+    builder.http1().timer(TokioTimer::new());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -402,7 +406,7 @@ pub async fn serve(listener: tokio::net::TcpListener, proxy: Proxy) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
+        let (proxy, builder) = (proxy.clone(), builder.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut request = request.map(|b| b.boxed_unsync());
@@ -411,7 +415,6 @@ pub async fn serve(listener: tokio::net::TcpListener, proxy: Proxy) {
                 let response = proxy.clone().oneshot(request);
                 async move { Ok::<_, Infallible>(response.await.unwrap_or_else(|e| bad_gateway(&e))) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
