@@ -9,6 +9,10 @@ mod support;
 #[allow(dead_code)]
 #[path = "../examples/reverse_proxy/args.rs"]
 mod args;
+#[path = "../examples/reverse_proxy/forwarded.rs"]
+mod forwarded;
+#[path = "../examples/reverse_proxy/origin.rs"]
+mod origin;
 #[allow(dead_code)]
 #[path = "../examples/reverse_proxy/proxy.rs"]
 mod proxy;

@@ -57,8 +57,13 @@
 //!
 //! It logs its start and problems, never a line per request (`RUST_LOG=debug` adds
 //! connections that end in an error and failed origin requests).
+//!
+//! `args.rs` holds the flags, `proxy.rs` the stack and the accept loop, `forwarded.rs` the
+//! forwarding fields and `origin.rs` the origin client.
 
 mod args;
+mod forwarded;
+mod origin;
 mod proxy;
 
 #[tokio::main]

@@ -3,18 +3,13 @@
 //! loop that serves it over HTTP/1.1 and h2c.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -23,17 +18,14 @@ use tower_strata::purge::{BearerToken, PurgeLayer};
 use tower_strata::store::{BoxStore, MemoryStore};
 
 use crate::args::Args;
+use crate::forwarded;
+use crate::origin::Origin;
 
 /// Request and response bodies between the client connection and the proxy's service.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The whole proxy as one service; its error becomes a `502`.
 pub type Proxy = BoxCloneService<Request<ProxyBody>, Response<ProxyBody>, String>;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Request bodies on their way to the origin (a client's, or one the gRPC buffer rebuilt).
-type OriginBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Builds the proxy from its command line; exits with status 2 on a configuration it cannot
 /// run (as clap does on a malformed flag).
@@ -87,7 +79,7 @@ pub async fn build(args: &Args) -> Proxy {
         grpc_cached(args, layer, origin)
     };
     let trust = args.trust_forwarded;
-    let proxy = ServiceBuilder::new().map_request(move |r| forwarded(r, trust));
+    let proxy = ServiceBuilder::new().map_request(move |r| forwarded::rewrite(r, trust));
     match purge {
         Some(purge) => BoxCloneService::new(proxy.map_response(boxed).layer(purge).service(cached)),
         None => BoxCloneService::new(proxy.service(cached)),
@@ -151,240 +143,6 @@ async fn redis_store(url: &str, l1_bytes: Option<u64>) -> BoxStore {
 async fn redis_store(url: &str, _l1_bytes: Option<u64>) -> BoxStore {
     eprintln!("--store {url}: built without the `redis` feature; add `--features redis`");
     std::process::exit(2);
-}
-
-/// Fields that change which resource or method the origin serves. The cache keys on neither,
-/// so a client could make a URL's stored answer another one's: dropped from every request
-/// (target overrides) or from those the cache answers (method overrides).
-const TARGET_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
-const METHOD_OVERRIDES: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// What the origin is told about the client, set in front of the cache so the cache and the
-/// origin see the same request. By default the client's `Forwarded`, `X-Forwarded-*` and
-/// `X-Real-IP` are dropped and the proxy sets `X-Forwarded-For` (the TCP peer),
-/// `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the client's `Host`). With `trust`
-/// (`--trust-forwarded`) the previous hop's values are kept and the peer is appended to its
-/// `X-Forwarded-For` and `Forwarded`.
-fn forwarded<B>(mut request: Request<B>, trust: bool) -> Request<B> {
-    let peer = request
-        .extensions()
-        .get::<SocketAddr>()
-        .map(|p| p.ip().to_canonical());
-    let host = request.headers().get(header::HOST).cloned().or_else(|| {
-        let authority = request.uri().authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-    let headers = request.headers_mut();
-    for name in TARGET_OVERRIDES {
-        headers.remove(name);
-    }
-    if safe {
-        for name in METHOD_OVERRIDES {
-            headers.remove(name);
-        }
-    }
-    let x_forwarded_for = HeaderName::from_static("x-forwarded-for");
-    let mut chain = if trust {
-        joined(headers, &x_forwarded_for)
-    } else {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| {
-                n.as_str().starts_with("x-forwarded-")
-                    || *n == header::FORWARDED
-                    || *n == "x-real-ip"
-            })
-            .cloned()
-            .collect();
-        for name in names {
-            headers.remove(name);
-        }
-        String::new()
-    };
-    if let Some(peer) = peer {
-        append(&mut chain, &peer.to_string());
-        let mut elements = joined(headers, &header::FORWARDED);
-        if trust && !elements.is_empty() {
-            append(&mut elements, &forwarded_for(peer));
-            set(headers, header::FORWARDED, elements);
-        }
-    }
-    if !chain.is_empty() {
-        set(headers, x_forwarded_for, chain);
-    }
-    headers
-        .entry("x-forwarded-proto")
-        .or_insert(HeaderValue::from_static("http"));
-    if let Some(host) = host {
-        headers.entry("x-forwarded-host").or_insert(host);
-    }
-    request
-}
-
-/// A field's lines joined with `, ` (empty when absent or not visible ASCII).
-fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    values.join(", ")
-}
-
-fn append(list: &mut String, element: &str) {
-    if !list.is_empty() {
-        list.push_str(", ");
-    }
-    list.push_str(element);
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(name, value);
-    }
-}
-
-/// A `Forwarded` element naming `ip` (RFC 7239 §6: IPv6 quoted and bracketed).
-fn forwarded_for(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(ip) => format!("for={ip}"),
-        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
-    }
-}
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// Removes the fields of one connection (RFC 9110 §7.6.1): those listed in `Connection`, and
-/// the hop-by-hop fields; for requests on their way to the origin and its responses alike.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// The origin: a hyper-util client speaking HTTP/1.1, or h2c with prior knowledge.
-#[derive(Clone)]
-struct Origin {
-    client: Client<HttpConnector, OriginBody>,
-    authority: Authority,
-    host: HeaderValue,
-    http2: bool,
-}
-
-impl Origin {
-    fn new(origin: &Uri, http2: bool) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .http2_only(http2)
-            .build(connector);
-        // `args::origin` accepted only URIs with an authority.
-        let authority = origin
-            .authority()
-            .cloned()
-            .expect("origin has an authority");
-        let host = HeaderValue::from_str(authority.as_str()).expect("an authority is a value");
-        Origin {
-            client,
-            authority,
-            host,
-            http2,
-        }
-    }
-
-    /// Sends a request to the origin: its URI on the origin's authority, the version the
-    /// client speaks to the origin (not the one the client spoke to the proxy), no
-    /// hop-by-hop fields either way.
-    fn send<B>(
-        &self,
-        mut request: Request<B>,
-    ) -> impl Future<Output = Result<Response<Incoming>, String>> + Send + use<B>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build();
-        let headers = request.headers_mut();
-        // gRPC needs `TE: trailers`, the one value HTTP/2 allows; the proxy relays trailers,
-        // so it may send it on its own behalf.
-        let trailers = self.http2 && lists(headers, header::TE, "trailers");
-        strip_hop_by_hop(headers);
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        if self.http2 {
-            // `:authority` comes from the URI.
-            headers.remove(header::HOST);
-            *request.version_mut() = Version::HTTP_2;
-        } else {
-            headers.insert(header::HOST, self.host.clone());
-            *request.version_mut() = Version::HTTP_11;
-        }
-        let client = self.client.clone();
-        async move {
-            *request.uri_mut() = uri.map_err(|e| e.to_string())?;
-            let request = request.map(|b| b.map_err(Into::into).boxed_unsync());
-            let mut response = client.request(request).await.map_err(|e| {
-                tracing::debug!(error = %e, "origin request failed");
-                e.to_string()
-            })?;
-            strip_hop_by_hop(response.headers_mut());
-            Ok(response)
-        }
-    }
-}
-
-/// Whether a comma-separated field lists `token`.
-fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(token)
-        })
 }
 
 /// Serves the proxy on `listener` over HTTP/1.1 and h2c, each connection on a task of its
