@@ -167,6 +167,20 @@ async fn client_forwarding_headers_never_reach_the_origin_or_the_cache() {
         "{head}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // In absolute form the request target's authority is the host asked for (RFC 9112
+    // §3.2.2), and the key's: a `Host` that differs cannot choose the origin's answer.
+    let absolute = "GET http://shop.example/account HTTP/1.1\r\nHost: evil.example\r\n\
+        Connection: close\r\n\r\n";
+    let (head, _) = raw(proxy, absolute).await;
+    assert!(head.contains("cache-status: tower-strata; hit"), "{head}");
+    let absolute = absolute.replace("/account", "/other");
+    let (head, body) = raw(proxy, &absolute).await;
+    assert!(
+        head.contains("location: http://shop.example/landing"),
+        "{head}"
+    );
+    assert!(body.contains("x-forwarded-host: shop.example\n"), "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
     // A method override on a write is the application's business: it goes through.
     let post = "POST /account HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n\
         X-HTTP-Method-Override: PUT\r\nConnection: close\r\n\r\n";

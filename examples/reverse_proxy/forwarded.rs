@@ -18,7 +18,7 @@ const METHOD_OVERRIDES: [&str; 3] = [
 /// What the origin is told about the client, set in front of the cache so the cache and the
 /// origin see the same request. By default the client's `Forwarded`, `X-Forwarded-*` and
 /// `X-Real-IP` are dropped and the proxy sets `X-Forwarded-For` (the TCP peer),
-/// `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the client's `Host`). With `trust`
+/// `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the host the client asked for). With `trust`
 /// (`--trust-forwarded`) the previous hop's values are kept and the peer is appended to its
 /// `X-Forwarded-For` and `Forwarded`.
 pub fn rewrite<B>(mut request: Request<B>, trust: bool) -> Request<B> {
@@ -26,10 +26,12 @@ pub fn rewrite<B>(mut request: Request<B>, trust: bool) -> Request<B> {
         .extensions()
         .get::<SocketAddr>()
         .map(|p| p.ip().to_canonical());
-    let host = request.headers().get(header::HOST).cloned().or_else(|| {
-        let authority = request.uri().authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
+    // The host the client asked for, as the cache keys it: the request target's authority
+    // (absolute form, HTTP/2's `:authority`), which RFC 9112 §3.2.2 puts before `Host`.
+    let host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    };
     let safe = matches!(*request.method(), Method::GET | Method::HEAD);
     let headers = request.headers_mut();
     for name in TARGET_OVERRIDES {

@@ -34,7 +34,7 @@
 //! ```
 //!
 //! The origin is told about the client in `X-Forwarded-For` (the TCP peer),
-//! `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the client's `Host`), set by the proxy:
+//! `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the host asked for), set by the proxy:
 //! the client's own `Forwarded`, `X-Forwarded-*` and `X-Real-IP` never reach the origin, so
 //! no client can make it build a stored answer (a redirect's `Location`, say) on a host of
 //! its choosing. Behind a load balancer that every client goes through, `--trust-forwarded`
