@@ -6,6 +6,8 @@ pub mod cache_http;
 pub mod cluster;
 #[cfg(feature = "memory")]
 pub mod core_only;
+#[cfg(feature = "tonic")]
+pub mod grpc_echo;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
