@@ -524,3 +524,27 @@ async fn redis_marks_live_as_long_as_what_they_hide() {
         .query_async::<()>(&mut conn)
         .await;
 }
+
+#[tokio::test]
+async fn the_service_sees_the_host_the_key_took() {
+    // An absolute-form target and another `Host`: the key takes the target's authority
+    // (RFC 9112 §3.2.2), so the service must see it too, not the client's `Host`.
+    let origin = tower::service_fn(|request: Request<Body>| async move {
+        let host = request.headers()["host"].to_str().unwrap().to_owned();
+        let mut response = Response::new(Body::from(host));
+        response
+            .headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    });
+    let svc = ServiceBuilder::new()
+        .layer(CacheLayer::new(MemoryStore::new(1 << 20)))
+        .service(origin);
+    let request = Request::get("http://Shop.example:80/x")
+        .header("host", "evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, Bytes::from("shop.example"));
+}

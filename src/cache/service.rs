@@ -83,7 +83,7 @@ where
 async fn handle<S, St, B, RB>(
     ctx: Arc<Ctx<St>>,
     mut svc: S,
-    request: Request<B>,
+    mut request: Request<B>,
 ) -> Result<Resp<RB>, S::Error>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
@@ -94,13 +94,17 @@ where
     RB: Body<Data = Bytes> + Send + 'static,
 {
     // Every path keys, purges or invalidates by the request's authority: one check for all.
-    if ctx
-        .config
-        .key
-        .authority(request.uri(), request.headers())
-        .is_err()
-    {
+    let Ok(authority) = ctx.config.key.authority(request.uri(), request.headers()) else {
         return Ok(invalid_authority(&ctx));
+    };
+    // An absolute-form target names the host the key took; `Host` must say the same to the
+    // service (RFC 9112 §3.2.2), or an app that reads `Host` builds its answer for another
+    // host than the one it is filed under.
+    if request.uri().authority().is_some()
+        && let Ok(host) = http::HeaderValue::from_str(&authority)
+        && request.headers().get(header::HOST) != Some(&host)
+    {
+        request.headers_mut().insert(header::HOST, host);
     }
     if grpc_call::is_grpc(request.headers()) {
         return match grpc_call::cacheable_method(&ctx, &request) {

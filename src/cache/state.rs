@@ -356,3 +356,29 @@ impl CacheStats {
         dropped_tags;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_marks_only_the_fills_of_its_url_and_fills_unregister() {
+        let shared = Arc::new(Shared::default());
+        let a = shared.start_fill("c:GET http://h/a");
+        let a_again = shared.start_fill("c:GET http://h/a");
+        let b = shared.start_fill("c:GET http://h/b");
+        for i in 0..20_000 {
+            shared.forget(&format!("c:GET http://h/posts/{i}"));
+        }
+        assert!(!a.is_invalidated() && !b.is_invalidated());
+        shared.forget("c:GET http://h/a");
+        assert!(a.is_invalidated() && a_again.is_invalidated());
+        assert!(!b.is_invalidated());
+        // A fill that starts after the invalidation is not marked by it.
+        let later = shared.start_fill("c:GET http://h/a");
+        assert!(!later.is_invalidated());
+        assert_eq!(shared.fills_in_flight(), 4);
+        drop((a, a_again, b, later));
+        assert_eq!(shared.fills_in_flight(), 0);
+    }
+}
