@@ -1,6 +1,8 @@
-//! `Cache-Control`-style directive fields (also `CDN-Cache-Control`, `Surrogate-Control`), parsed
-//! with the RFC 9111 §5.2 grammar: a field that does not parse completely is flagged, never
-//! half-read.
+//! Cache directive fields: `Cache-Control` with the RFC 9111 §5.2 grammar, where a field that
+//! does not parse completely is flagged, never half-read; and the targeted fields
+//! (`CDN-Cache-Control`, `Surrogate-Control`), which are Structured Fields Dictionaries
+//! (RFC 9213 §2.1, RFC 9651) read with the `sfv` crate, where an invalid field is ignored as
+//! a whole.
 
 use std::time::Duration;
 
@@ -34,6 +36,56 @@ pub(crate) struct Directives {
 }
 
 impl Directives {
+    /// Parses a targeted cache-control field (`CDN-Cache-Control`, `Surrogate-Control`): every
+    /// line of `name`, together, as one Structured Fields Dictionary. `None` when the field is
+    /// absent or invalid, so `Cache-Control` governs (RFC 9213 §2.1): a field that is not a
+    /// Dictionary (`max-age=10, &&&`, a space around `=`, an upper-case key), or a known
+    /// directive of the wrong type (`max-age="10"`, `no-store=1`). Unknown directives and
+    /// parameters are ignored.
+    pub fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut lines = headers.get_all(name).iter().peekable();
+        lines.peek()?;
+        let mut dictionary = sfv::Dictionary::new();
+        for line in lines {
+            sfv::Parser::new(line.as_bytes())
+                .parse_dictionary_with_visitor(&mut dictionary)
+                .ok()?;
+        }
+        let mut d = Directives {
+            present: true,
+            ..Directives::default()
+        };
+        for (key, entry) in &dictionary {
+            let item = match entry {
+                sfv::ListEntry::Item(item) => Some(&item.bare_item),
+                // `private` and `no-cache` may name fields; the whole response is meant here.
+                sfv::ListEntry::InnerList(_) => None,
+            };
+            let seconds = || {
+                let value = i64::from(item?.as_integer()?);
+                u64::try_from(value).ok().map(|s| s.min(MAX_DELTA_SECONDS))
+            };
+            let flag = |field_names_allowed: bool| match item {
+                Some(bare) => bare.as_boolean(),
+                None => field_names_allowed.then_some(true),
+            };
+            match key.as_str() {
+                "max-age" => d.max_age = Some(seconds()?),
+                "s-maxage" => d.s_maxage = Some(seconds()?),
+                "stale-while-revalidate" => d.swr = Some(seconds()?),
+                "stale-if-error" => d.sie = Some(seconds()?),
+                "no-store" => d.no_store = flag(false)?,
+                "no-cache" => d.no_cache = flag(true)?,
+                "private" => d.private = flag(true)?,
+                "public" => d.public = flag(false)?,
+                "must-revalidate" => d.must_revalidate = flag(false)?,
+                "proxy-revalidate" => d.proxy_revalidate = flag(false)?,
+                _ => {}
+            }
+        }
+        Some(d)
+    }
+
     /// Parses every value of `name` in `headers` with the RFC 9111 §5.2 grammar
     /// (`#( token [ "=" ( token / quoted-string ) ] )`). Unknown directives are ignored; a
     /// malformed delta-seconds value makes the response stale at once (`max-age`) or is
@@ -216,6 +268,38 @@ pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 mod tests {
     use super::*;
     use http::header;
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries_ignored_whole_when_invalid() {
+        let cdn = HeaderName::from_static("cdn-cache-control");
+        let parse = |lines: &[&str]| {
+            let pairs: Vec<(&str, &str)> =
+                lines.iter().map(|l| ("cdn-cache-control", *l)).collect();
+            Directives::parse_targeted(&headers(&pairs), &cdn)
+        };
+        for invalid in [
+            &["max-age=10000, &&&&&"][..],
+            &["max-age=\"10000\""],
+            &["max-age =100"],
+            &["max-age= 100"],
+            &["MaX-aGe=3600"],
+            &["max-age=1.5"],
+            &["max-age=-1"],
+            &["no-store=1"],
+            &["max-age=60", "&"],
+            &["max-age=60,"],
+        ] {
+            assert_eq!(parse(invalid), None, "{invalid:?}");
+        }
+        assert_eq!(parse(&[]), None);
+        let d = parse(&["max-age=60, foobar", "stale-while-revalidate=5;x=1"]).unwrap();
+        assert_eq!((d.max_age, d.swr, d.no_store), (Some(60), Some(5), false));
+        let d = parse(&["no-store, private=(\"set-cookie\")"]).unwrap();
+        assert!(d.no_store && d.private);
+        let d = parse(&["no-store=?0, max-age=99999999999"]).unwrap();
+        assert!(!d.no_store);
+        assert_eq!(d.max_age, Some(MAX_DELTA_SECONDS));
+    }
 
     #[test]
     fn malformed_fields_are_flagged_and_well_formed_ones_are_not() {
