@@ -466,3 +466,42 @@ async fn clients_hanging_up_on_a_real_server_are_cancelled() {
     assert!(s.latency.max >= Duration::from_millis(200));
     server.abort();
 }
+
+#[tokio::test]
+async fn a_grpc_content_type_does_not_make_client_paths_into_route_labels() {
+    let reg = registry();
+    let app = app(&reg);
+    let grpc = |uri: String| {
+        Request::post(uri)
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // `/a.B/cN` has the shape of a gRPC method, and no gRPC service answers it.
+    for i in 0..200u32 {
+        let res = app
+            .clone()
+            .oneshot(grpc(format!("/a.B/c{i}")))
+            .await
+            .unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    // A declared route keeps its label whatever content type the client sends.
+    let res = app
+        .clone()
+        .oneshot(grpc("/users/7".to_owned()))
+        .await
+        .unwrap();
+    res.into_body().collect().await.unwrap();
+    let mut routes = reg.routes();
+    routes.sort();
+    assert_eq!(routes, ["/users/{id}", "_UNMATCHED"], "{routes:?}");
+    let unmatched = reg
+        .route_snapshot("_UNMATCHED", &Method::POST, Window::OneMinute)
+        .unwrap();
+    assert_eq!(
+        (unmatched.count, unmatched.errors),
+        (200, 0),
+        "404s, not gRPC errors"
+    );
+}

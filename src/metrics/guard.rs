@@ -29,7 +29,12 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
 #[derive(Debug)]
 pub(crate) enum Route {
     Id(u32),
-    Pending(Box<str>),
+    /// A gRPC path not yet seen answered by a gRPC service: labelled `grpc_path` once the
+    /// response shows one did, else `otherwise` (the declared route, or unmatched).
+    Pending {
+        grpc_path: Box<str>,
+        otherwise: u32,
+    },
 }
 
 /// Lives from the call until the response body finished or was dropped; moved from the future
@@ -77,6 +82,9 @@ impl Guard {
     pub(crate) fn head(&mut self, status: StatusCode, headers: &HeaderMap, now: Instant) {
         self.head = Some(now.saturating_duration_since(self.start));
         self.status = Some(status);
+        // A gRPC call is one a gRPC service answered (its responses, errors included, carry a
+        // gRPC content type): a client's `content-type` alone makes no gRPC route or status.
+        self.grpc = self.grpc && super::route::is_grpc(headers);
         // Trailers-only responses carry the status in the headers.
         if self.grpc
             && let Some(code) = grpc_status(headers)
@@ -147,7 +155,16 @@ impl Drop for Guard {
         } else {
             match &self.route {
                 Route::Id(id) => *id,
-                Route::Pending(name) => self.handle.shared.route_id(name),
+                Route::Pending {
+                    grpc_path,
+                    otherwise,
+                } => {
+                    if self.grpc && self.status.is_some() {
+                        self.handle.shared.route_id(grpc_path)
+                    } else {
+                        *otherwise
+                    }
+                }
             }
         };
         let sample = Sample {

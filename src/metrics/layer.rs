@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use super::guard::{Guard, Route};
 use super::registry::{MetricsRegistry, UNMATCHED};
-use super::route::{RequestInfo, RouteLabel, default_route, is_grpc, method_index};
+use super::route::{RequestInfo, RouteLabel, declared_route, grpc_route, is_grpc, method_index};
 use super::service::Metrics;
 
 /// Records every request into a [`MetricsRegistry`] (and the `metrics` facade). Makes
@@ -96,19 +96,24 @@ impl LayerState {
         }
         let grpc = is_grpc(req.headers());
         let info = RequestInfo::new(req);
-        let route = default_route(&info, grpc).or_else(|| {
+        let declared = declared_route(&info).or_else(|| {
             self.route_label
                 .as_ref()
                 .and_then(|label| label.route_label(&info))
         });
         let shared = self.registry.shared();
-        let route = match route {
-            None => Route::Id(UNMATCHED),
-            Some(route) if grpc => match shared.cached_route_id(&route) {
+        let declared = declared.map_or(UNMATCHED, |route| shared.route_id(&route));
+        // A gRPC path is the client's spelling until a gRPC service answers it (a response
+        // with a gRPC content type, not UNIMPLEMENTED): only then does it become a label.
+        let route = match grpc_route(path).filter(|_| grpc) {
+            Some(path) => match shared.cached_route_id(path) {
                 Some(id) => Route::Id(id),
-                None => Route::Pending(route.into()),
+                None => Route::Pending {
+                    grpc_path: path.into(),
+                    otherwise: declared,
+                },
             },
-            Some(route) => Route::Id(shared.route_id(&route)),
+            None => Route::Id(declared),
         };
         Some(Guard::start(
             self.registry.handle(),

@@ -19,8 +19,10 @@
 //! The `http.route` label is a route template, never the raw path, so the number of series stays
 //! bounded:
 //!
-//! 1. for gRPC calls (`content-type: application/grpc`), the `/package.Service/Method` path;
-//!    calls answered `UNIMPLEMENTED` are counted as unmatched, as their path is the client's;
+//! 1. for gRPC calls, the `/package.Service/Method` path, once a gRPC service answered it (a
+//!    response with a gRPC content type, not `UNIMPLEMENTED`): until then the path is the
+//!    client's, so a request that only claims `content-type: application/grpc` gets the label
+//!    of the route it matched (or the unmatched one) and no client can fill the route table;
 //! 2. axum's [`MatchedPath`](https://docs.rs/axum/latest/axum/extract/struct.MatchedPath.html)
 //!    (feature `axum`): add the layer with `Router::layer`, after the routes and merges, so that
 //!    it runs after routing and also wraps the fallback (a layer around the whole router from

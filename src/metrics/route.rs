@@ -74,15 +74,14 @@ pub(crate) fn grpc_route(path: &str) -> Option<&str> {
     (valid(service) && valid(method)).then_some(path)
 }
 
-/// The built-in route labels: gRPC path, then axum's `MatchedPath`.
-pub(crate) fn default_route<'a>(req: &RequestInfo<'a>, grpc: bool) -> Option<Cow<'a, str>> {
-    if grpc && let Some(route) = grpc_route(req.uri.path()) {
-        return Some(Cow::Borrowed(route));
-    }
+/// The route the application declared for a request: axum's `MatchedPath`. (A gRPC path is
+/// the client's until the response shows a gRPC service answered it: see `Route::Pending`.)
+pub(crate) fn declared_route<'a>(req: &RequestInfo<'a>) -> Option<Cow<'a, str>> {
     #[cfg(feature = "axum")]
     if let Some(matched) = super::axum::matched_path(req.extensions) {
         return Some(Cow::Borrowed(matched));
     }
+    let _ = req;
     None
 }
 
