@@ -31,6 +31,9 @@ pub(crate) struct Directives {
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
+    /// RFC 9111 §5.2.2.3: store only if this cache implements the status code's caching
+    /// rules; it then overrides `no-store`.
+    pub must_understand: bool,
     pub swr: Option<u64>,
     pub sie: Option<u64>,
 }
@@ -80,6 +83,7 @@ impl Directives {
                 "public" => d.public = flag(false)?,
                 "must-revalidate" => d.must_revalidate = flag(false)?,
                 "proxy-revalidate" => d.proxy_revalidate = flag(false)?,
+                "must-understand" => d.must_understand = flag(false)?,
                 _ => {}
             }
         }
@@ -124,6 +128,7 @@ impl Directives {
                     "public" => d.public = true,
                     "must-revalidate" => d.must_revalidate = true,
                     "proxy-revalidate" => d.proxy_revalidate = true,
+                    "must-understand" => d.must_understand = true,
                     "stale-while-revalidate" => d.swr = secs(),
                     "stale-if-error" => d.sie = secs(),
                     _ => {}

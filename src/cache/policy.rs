@@ -89,6 +89,12 @@ pub(crate) fn cacheable_by_default(status: StatusCode) -> bool {
     )
 }
 
+/// Status codes whose caching rules this cache implements (for `must-understand`): the
+/// heuristically cacheable ones, and the redirects it stores with explicit freshness.
+fn understood(status: StatusCode) -> bool {
+    cacheable_by_default(status) || matches!(status.as_u16(), 302 | 303 | 307)
+}
+
 /// The directives that govern this cache: `CDN-Cache-Control` (RFC 9213), then
 /// `Surrogate-Control`, then `Cache-Control`. Returns whether a targeted field was used (then
 /// `Expires` is ignored too).
@@ -153,13 +159,19 @@ pub(crate) fn decide(config: &PolicyConfig, x: &Exchange<'_>) -> Result<Freshnes
     if cc.malformed || general.malformed {
         return Err("malformed cache directives");
     }
-    if cc.no_store {
+    // RFC 9111 §5.2.2.3: `must-understand` limits storing to caches that implement the status
+    // code's caching rules, and for those it overrides `no-store`.
+    let must_understand = cc.must_understand || general.must_understand;
+    if must_understand && !understood(x.status) {
+        return Err("must-understand with a status this cache does not implement");
+    }
+    if cc.no_store && !must_understand {
         return Err("no-store");
     }
     // RFC 9213 §2.1: a targeted field that gives this cache freshness governs it, so the
     // general `no-store` (meant for browsers) does not apply here. `private` does: a targeted
     // field can give this tier a TTL, never make one user's response shared.
-    if general.no_store && !(targeted && cc.is_fresh()) {
+    if general.no_store && !must_understand && !(targeted && cc.is_fresh()) {
         return Err("no-store");
     }
     if cc.private || general.private {
@@ -292,8 +304,34 @@ pub(crate) fn parse_http_date(text: &str) -> Option<SystemTime> {
         }
     }
     let fixed = fixed.replace("Gmt", "GMT");
-    httpdate::parse_http_date(&fixed).ok()
+    if let Ok(t) = httpdate::parse_http_date(&fixed) {
+        return Some(t);
+    }
+    // The day name repeats what the date says; a wrong one (`Thu Aug  8 02:01:18 2050`, a
+    // Monday) is no reason to drop the date (RFC 9110 §5.6.7: be robust in parsing).
+    let (day, rest) = fixed.split_at(fixed.find([',', ' '])?);
+    if !WEEKDAYS
+        .iter()
+        .any(|(short, full)| day == *short || day == *full)
+    {
+        return None;
+    }
+    let long = day.len() > 3;
+    WEEKDAYS.iter().find_map(|(short, full)| {
+        let name = if long { full } else { short };
+        httpdate::parse_http_date(&format!("{name}{rest}")).ok()
+    })
 }
+
+const WEEKDAYS: [(&str, &str); 7] = [
+    ("Mon", "Monday"),
+    ("Tue", "Tuesday"),
+    ("Wed", "Wednesday"),
+    ("Thu", "Thursday"),
+    ("Fri", "Friday"),
+    ("Sat", "Saturday"),
+    ("Sun", "Sunday"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -345,10 +383,15 @@ mod tests {
             "SUNDAY, 06-NOV-94 08:49:37 GMT",
             "Sun Nov  6 08:49:37 1994",
             "sun nov  6 08:49:37 1994",
+            // A wrong day name does not lose the date.
+            "Thu Nov  6 08:49:37 1994",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Friday, 06-Nov-94 08:49:37 GMT",
         ] {
             assert_eq!(parse_http_date(text), Some(want), "{text}");
         }
         assert_eq!(parse_http_date("0"), None);
+        assert_eq!(parse_http_date("Xyz, 06 Nov 1994 08:49:37 GMT"), None);
     }
 
     #[test]
@@ -356,6 +399,20 @@ mod tests {
         // (status, response headers, request carried Authorization, storable)
         let cases = [
             (200, &[(CC, "max-age=60")][..], false, true),
+            // must-understand: a status this cache implements overrides no-store; another
+            // is not stored.
+            (
+                200,
+                &[(CC, "max-age=60, no-store, must-understand")],
+                false,
+                true,
+            ),
+            (
+                599,
+                &[(CC, "max-age=60, no-store, must-understand")],
+                false,
+                false,
+            ),
             (200, &[(CC, "no-store, max-age=60")], false, false),
             (200, &[(CC, "private, max-age=60")], false, false),
             (
