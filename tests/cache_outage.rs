@@ -5,49 +5,18 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
 use tower_strata::store::RedisStore;
 
 use support::PrivateRedis;
-
-/// An origin that takes `delay` and counts its calls; cacheable for a minute.
-fn slow_origin(
-    delay: Duration,
-) -> (
-    impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static,
-    Arc<AtomicUsize>,
-) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let origin = tower::service_fn(move |_request: Request<Full<Bytes>>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            tokio::time::sleep(delay).await;
-            let mut response = Response::new(Full::new(Bytes::from_static(b"page")));
-            response
-                .headers_mut()
-                .insert("cache-control", "max-age=60".parse().unwrap());
-            Ok::<_, Infallible>(response)
-        }
-    });
-    (origin, calls)
-}
+use support::cache_http::slow_upstream;
 
 fn store(redis: &PrivateRedis) -> RedisStore {
     RedisStore::builder(redis.url())
@@ -60,7 +29,7 @@ fn store(redis: &PrivateRedis) -> RedisStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_store_does_not_switch_coalescing_off() {
     let redis = PrivateRedis::start();
-    let (origin, calls) = slow_origin(Duration::from_millis(300));
+    let (origin, calls) = slow_upstream(Duration::from_millis(300));
     let svc = ServiceBuilder::new()
         .layer(CacheLayer::new(store(&redis)))
         .service(origin);

@@ -6,49 +6,18 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
 use tower_strata::store::RedisStore;
 
 use support::PrivateRedis;
-
-/// An origin that takes `delay` and counts its calls; cacheable for a minute.
-fn slow_origin(
-    delay: Duration,
-) -> (
-    impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static,
-    Arc<AtomicUsize>,
-) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let origin = tower::service_fn(move |_request: Request<Full<Bytes>>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            tokio::time::sleep(delay).await;
-            let mut response = Response::new(Full::new(Bytes::from_static(b"page")));
-            response
-                .headers_mut()
-                .insert("cache-control", "max-age=60".parse().unwrap());
-            Ok::<_, Infallible>(response)
-        }
-    });
-    (origin, calls)
-}
+use support::cache_http::slow_upstream;
+use support::logs::Captured;
 
 fn store(redis: &PrivateRedis) -> RedisStore {
     RedisStore::builder(redis.url())
@@ -56,29 +25,6 @@ fn store(redis: &PrivateRedis) -> RedisStore {
         .timeout(Duration::from_millis(100))
         .build()
         .unwrap()
-}
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 #[tokio::test]
@@ -92,7 +38,7 @@ async fn an_outage_under_load_logs_a_few_lines_not_one_per_request() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let redis = PrivateRedis::start();
-    let (origin, calls) = slow_origin(Duration::from_millis(1));
+    let (origin, calls) = slow_upstream(Duration::from_millis(1));
     let svc = ServiceBuilder::new()
         .layer(CacheLayer::new(store(&redis)))
         .service(origin);
@@ -122,7 +68,7 @@ async fn an_outage_under_load_logs_a_few_lines_not_one_per_request() {
         .unwrap();
     let _ = svc.clone().oneshot(request).await.unwrap();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let lines = text.lines().count();
     eprintln!("outage log ({lines} lines):\n{text}");
     // The cache's first line and its last, the breaker's transitions (about two a second while

@@ -2,7 +2,6 @@
 //! so a thread-scoped subscriber can miss events while other tests run in parallel.
 #![cfg(all(feature = "metrics", feature = "axum"))]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,18 +12,9 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+mod support;
 
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::logs::Captured;
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn slow_requests_warn_count_and_are_kept() {
@@ -75,7 +65,7 @@ async fn slow_requests_warn_count_and_are_kept() {
     assert_eq!(slow[0].duration, Duration::from_millis(150));
     assert_eq!(slow[0].status, Some(200));
     assert_eq!(slow[1].route, "/fast");
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("slow request"), "{log}");
     assert!(log.contains("route=/sleep/{ms}"), "{log}");

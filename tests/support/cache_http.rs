@@ -59,6 +59,29 @@ where
     (svc, calls)
 }
 
+/// An upstream that takes `delay`, counts its calls and answers `page`, cacheable for a
+/// minute.
+pub fn slow_upstream(
+    delay: std::time::Duration,
+) -> (
+    impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = tower::service_fn(move |_req: Req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(response(200, &[("cache-control", "max-age=60")], "page"))
+        }
+    });
+    (svc, calls)
+}
+
 pub async fn body<B>(r: Response<B>) -> Bytes
 where
     B: http_body::Body,

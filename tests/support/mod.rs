@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod core_only;
 #[cfg(feature = "tonic")]
 pub mod grpc_echo;
+pub mod logs;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
