@@ -66,10 +66,14 @@
 //! else `Surrogate-Control`, replace `Cache-Control` and `Expires` for this cache's freshness,
 //! so an app can give this tier a TTL browsers never see: when such a field gives this cache
 //! freshness, `Cache-Control: no-store` (meant for browsers) does not stop it storing
-//! (RFC 9213 §2.1), but `private` in `Cache-Control` still does. Directive fields are parsed
-//! with the RFC 9111 grammar; one that does not parse completely (an unbalanced quote, a stray
-//! character) forbids storing, and on a request bypasses the cache. Delta-seconds above 2^31
-//! count as 2^31; an `Age` that is not one valid number makes the response stale. On top:
+//! (RFC 9213 §2.1), but `private` in `Cache-Control` still does. The targeted fields are
+//! Structured Fields Dictionaries: one that does not parse, or gives a known directive the
+//! wrong type (`max-age="10"`), is ignored whole and `Cache-Control` governs. `Cache-Control`
+//! is parsed with the RFC 9111 grammar; a field that does not parse completely (an unbalanced
+//! quote, a stray character) forbids storing, and on a request bypasses the cache.
+//! `must-understand` stores a response whose status this cache implements despite
+//! `no-store`, and no other. Delta-seconds above 2^31 count as 2^31; `Age` is its first member,
+//! and one that is not a valid number is ignored. On top:
 //! [`CacheLayer::default_ttl`] for responses that say nothing, [`CacheLayer::override_ttl`],
 //! [`CacheLayer::path_prefixes`], [`CacheLayer::head`], and a per-response [`CacheOverride`]
 //! extension.
@@ -85,7 +89,14 @@
 //!
 //! Method (HEAD is served from a stored GET), scheme, host (so one host cannot poison
 //! another's entries), path and query (optionally sorted, with ignored parameters), the
-//! [`KeyPart`] request extension and key cookies. With `Vary`, the primary key holds a small
+//! [`KeyPart`] request extension and key cookies. The host is the request target's authority,
+//! else `Host`, and must be a valid `host[:port]`: a request naming anything else (a `/`, `?`,
+//! `@`, whitespace, an empty host, two `Host` lines) is answered `400` before it is keyed or
+//! reaches the service, so no client can file a response under another URL. Hosts are
+//! normalised (lower case, no trailing dot, no default port) for keying, purging and
+//! invalidating alike, and `Host` is set to the target's authority when the request named one,
+//! so the service sees the host the key took. Every field after the URL is length-prefixed, so
+//! no key part, cookie or `Vary` value can spell the next. With `Vary`, the primary key holds a small
 //! record naming the headers, and each variant lives under a key that adds the request's values
 //! of them. Long keys are hashed; every record carries its full identity and a read compares
 //! it, so a hash collision is a miss, never a wrong response.
@@ -103,7 +114,16 @@
 //! A successful request with any method not known as safe (`POST`, `PUT`, `PATCH`, `DELETE`,
 //! `M-SEARCH`, ...) removes every stored response of its URI and of its `Location` and
 //! `Content-Location` on the same host (RFC 9111 §4.4): the plain entry, or the `Vary` index
-//! and every variant. Purges of a URL or of a cache key (`purge`) use the same operation.
+//! and every variant. Purges of a URL or of a cache key (`purge`) use the same operation. The
+//! call upstream of such a request runs to its end even if the client hangs up, and an
+//! outcome the cache cannot know (the call failed) invalidates as a success would. A `304`
+//! that validates nothing (it names another `ETag`) is followed by one unconditional request,
+//! whose answer is served and stored.
+//!
+//! A fetch whose response may be stored registers under its URL while in flight; an
+//! invalidation of the URL marks those fetches, whose writes are then dropped or undone. The
+//! cost is one flag per fetch in flight, whatever the number of invalidations, so no burst of
+//! writes makes the cache stop storing.
 //!
 //! # Concurrency: coalescing, stale serving, hit-for-pass
 //!
@@ -131,7 +151,11 @@
 //! # Failure
 //!
 //! A store error (Redis down, a timeout) never fails a request: the layer goes upstream and
-//! counts it in [`CacheStats::store_errors`].
+//! counts it in [`CacheStats::store_errors`]. Concurrent misses of one URL still coalesce in
+//! the process (one origin call), without the lease and without writing what they fetched.
+//! Store failures are logged as an outage, not per request: a line when the store starts
+//! failing, a summary at most every 10 s while it lasts (requests passed through, writes
+//! dropped, invalidations and leases failed), and a line when it answers again.
 //!
 //! # What clients see
 //!
@@ -169,7 +193,17 @@
 //! `Age`, `Cache-Status`, `304`, ranges), `invalidate` (removing every stored response of a
 //! URL, and the unsafe methods that call it) and `grpc_call`. Beside them: `layer`
 //! (configuration), `state` (what a layer's services share, and [`CacheStats`]), `key`,
-//! `directives` (the field grammar), `policy` (the RFC 9111 rules), `record` (the stored format), `body`, `future`, `tags`.
+//! `authority` (checking and normalising the host a key names), `outage` (what the cache logs
+//! while its store fails), `directives` (the field grammar), `policy` (the RFC 9111 rules),
+//! `record` (the stored format), `body`, `future`, `tags`.
+//!
+//! # Request bodies and services
+//!
+//! The [`Cache`] service asks `Default` of request bodies (axum's and tonic's `Body`, `Full`,
+//! `Empty` and `UnsyncBoxBody` have it; hyper's `Incoming` does not, box it with
+//! `BodyExt::boxed_unsync`): a GET is repeated without its body, which means nothing, when a
+//! revalidation's `304` validates nothing. It asks `'static` of the inner service's future, so
+//! the call upstream of an unsafe request outlives a client that hangs up.
 
 mod authority;
 mod body;
