@@ -8,6 +8,7 @@
 //! `PURGE`, URL, key and JSON purges.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri};
@@ -19,6 +20,7 @@ use super::key::{KeyConfig, KeyPart, url_tag};
 use super::layer::Ctx;
 use super::outage::StoreOp;
 use super::serve::Resp;
+use super::stamp;
 use super::state::Shared;
 use crate::store::{PurgeMode, Store, StoreError};
 
@@ -46,16 +48,19 @@ pub(crate) async fn remove_url<St: Store + ?Sized>(
     Ok(1 + variants)
 }
 
-/// [`remove_url`], after forgetting what this process knows of the URL: a miss in flight on
-/// it is not stored (nor handed to its waiters), a background write of it undoes itself, and
-/// its hit-for-pass marker goes.
+/// [`remove_url`], after forgetting what this process knows of the URL (a miss in flight on
+/// it is not stored nor handed to its waiters, a background write of it undoes itself, its
+/// hit-for-pass marker goes) and stamping the URL invalidated for `window` in the store, so
+/// that fetches in flight on other instances are not stored either (see [`stamp`]).
 pub(crate) async fn invalidate_url<St: Store + ?Sized>(
     store: &St,
     shared: &Shared,
     primary: &str,
     mode: PurgeMode,
+    window: Duration,
 ) -> Result<u64, StoreError> {
     shared.forget(primary);
+    stamp::write(store, primary, window).await?;
     remove_url(store, primary, mode).await
 }
 
@@ -66,6 +71,8 @@ pub(crate) async fn invalidate_url<St: Store + ?Sized>(
 pub(crate) struct Invalidator {
     key: Arc<KeyConfig>,
     shared: Arc<Shared>,
+    /// How long an invalidation's stamp lives (the layer's fill window).
+    fill_window: Duration,
 }
 
 #[cfg(feature = "purge")]
@@ -77,10 +84,11 @@ impl std::fmt::Debug for Invalidator {
 
 #[cfg(feature = "purge")]
 impl Invalidator {
-    pub(crate) fn new(key: KeyConfig, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(key: KeyConfig, shared: Arc<Shared>, fill_window: Duration) -> Self {
         Invalidator {
             key: Arc::new(key),
             shared,
+            fill_window,
         }
     }
 
@@ -96,7 +104,7 @@ impl Invalidator {
         primary: &str,
         mode: PurgeMode,
     ) -> Result<u64, StoreError> {
-        invalidate_url(store, &self.shared, primary, mode).await
+        invalidate_url(store, &self.shared, primary, mode, self.fill_window).await
     }
 }
 
@@ -164,7 +172,8 @@ where
         }
         for target in targets {
             let key = target.store_key();
-            match invalidate_url(&*ctx.store, &ctx.shared, key, PurgeMode::Hard).await {
+            let window = ctx.config.fill_window();
+            match invalidate_url(&*ctx.store, &ctx.shared, key, PurgeMode::Hard, window).await {
                 Ok(_) => Shared::count(&ctx.shared.invalidations),
                 Err(error) => ctx.shared.store_failed(StoreOp::Invalidate, &error),
             }

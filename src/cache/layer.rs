@@ -129,6 +129,14 @@ impl<St: StoreExt> CacheLayer<St> {
 }
 
 impl Config {
+    /// How long a fetch may be in flight, so how long an invalidation's stamp must hide it
+    /// from other instances (see `stamp`): twice the upstream timeout, or five minutes without
+    /// one.
+    pub(crate) fn fill_window(&self) -> Duration {
+        self.upstream_timeout
+            .map_or(Duration::from_secs(300), |t| t.saturating_mul(2))
+    }
+
     /// Whether a request with this method is looked up in the cache at all.
     pub(crate) fn looks_up(&self, method: &Method) -> bool {
         method == Method::GET || (self.head && method == Method::HEAD)
@@ -404,7 +412,11 @@ impl<St> CacheLayer<St> {
     /// (`purge::CachePurger`).
     #[cfg(feature = "purge")]
     pub(crate) fn invalidator(&self) -> Invalidator {
-        Invalidator::new(self.config.key.clone(), self.shared.clone())
+        Invalidator::new(
+            self.config.key.clone(),
+            self.shared.clone(),
+            self.config.fill_window(),
+        )
     }
 }
 

@@ -225,6 +225,7 @@ mod record;
 mod revalidate;
 mod serve;
 mod service;
+mod stamp;
 pub(crate) mod state;
 mod tags;
 mod write;

@@ -300,8 +300,14 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
             Err(reason) => {
                 // No longer cacheable: stop serving the old response, every variant of it.
                 tracing::debug!(key = primary, reason, "refreshed response not storable");
-                if let Err(error) =
-                    invalidate_url(&*ctx.store, &ctx.shared, primary, PurgeMode::Hard).await
+                if let Err(error) = invalidate_url(
+                    &*ctx.store,
+                    &ctx.shared,
+                    primary,
+                    PurgeMode::Hard,
+                    ctx.config.fill_window(),
+                )
+                .await
                 {
                     ctx.shared.store_failed(StoreOp::Invalidate, &error);
                 }

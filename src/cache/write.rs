@@ -20,6 +20,7 @@ use super::outage::StoreOp;
 use super::policy::{self, CacheOverride, Directives, Exchange, Freshness, MAX_DELTA};
 use super::record::{self, Record};
 use super::serve::cache_status_name;
+use super::stamp;
 use super::state::{Fill, FlightGuard, Outcome, Provenance, Shared};
 use crate::store::{PurgeMode, SetOptions, Store};
 
@@ -292,12 +293,19 @@ pub(crate) async fn write_fresh<St: Store>(
     cancelled: impl Fn() -> bool,
 ) -> bool {
     let primary = at.key.store_key();
-    let stale = || cancelled() || fill.is_invalidated();
-    if stale() {
+    // Invalidated in this process (the fill is marked), or on another instance sharing the
+    // store (its stamp is newer than the fetch): checked before the write, and again after it
+    // to undo a write that raced the invalidation.
+    let stale = async || {
+        cancelled()
+            || fill.is_invalidated()
+            || stamp::newer_than(&*ctx.store, primary, at.fetched_at).await
+    };
+    if stale().await {
         return false;
     }
     let stored = write(ctx, at, record).await;
-    if stale() {
+    if stale().await {
         let _ = invalidate::remove_url(&*ctx.store, primary, PurgeMode::Hard).await;
         return false;
     }
