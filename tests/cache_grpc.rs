@@ -103,3 +103,31 @@ async fn marked_grpc_methods_are_cached_by_message_and_only_on_status_ok() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_grpc_miss_is_bounded_by_the_upstream_timeout() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_strata::cache::GrpcMessage;
+    let slow = tower::service_fn(|_request: http::Request<Full<Bytes>>| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+    });
+    let cache = CacheLayer::new(MemoryStore::new(1 << 20))
+        .upstream_timeout(Duration::from_millis(100))
+        .grpc_method("/test.Echo/Say", Duration::from_secs(60))
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(cache).service(slow);
+    let mut request = http::Request::post("http://h/test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(GrpcMessage(Bytes::from_static(b"\0\0\0\0\0")));
+    let started = std::time::Instant::now();
+    let response = svc.oneshot(request).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+}

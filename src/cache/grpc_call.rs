@@ -12,11 +12,12 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::body::CacheBody;
+use super::forward::{Upstream, call_upstream};
 use super::key::{self, GrpcMessage, PrimaryKey};
 use super::layer::{Ctx, GrpcMethod};
 use super::lookup::lookup;
 use super::policy::Freshness;
-use super::serve::{Resp, add_status, fail_open, invalid_authority, serve};
+use super::serve::{Resp, add_status, invalid_authority, serve};
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
 use super::write::{Placement, StoreOnFinish, body_limit, stored_headers};
@@ -48,8 +49,26 @@ pub(crate) fn cacheable_method<'a, St, B>(
         .then_some(method)
 }
 
-/// Answers a cacheable gRPC call from the store, or forwards it and stores a successful
-/// answer.
+/// The answer to a gRPC call upstream did not answer within the upstream timeout: a
+/// trailers-only `DEADLINE_EXCEEDED`, which gRPC clients understand (an HTTP `504` they do not).
+fn deadline_exceeded<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
+    let mut response = Response::new(CacheBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    headers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("upstream%20timed%20out"),
+    );
+    add_status(ctx, headers, "fwd=miss; detail=timeout");
+    response
+}
+
+/// Answers a cacheable gRPC call from the store, or forwards it (within the upstream timeout)
+/// and stores a successful answer.
 pub(crate) async fn grpc_request<S, St, B, RB>(
     ctx: Arc<Ctx<St>>,
     mut svc: S,
@@ -75,7 +94,8 @@ where
         "GRPC{} m={message}",
         base.strip_prefix("GET").unwrap_or(&base)
     ));
-    match lookup(&ctx, &key, request.headers()).await {
+    // A store that fails the lookup is left out: the call goes upstream, nothing is written.
+    let store_failed = match lookup(&ctx, &key, request.headers()).await {
         Ok(look) => {
             if let Some(found) = look.found
                 && !found.is_stale()
@@ -83,13 +103,22 @@ where
                 Shared::count(&ctx.shared.hits);
                 return Ok(serve(&ctx, &found, &Method::POST, request.headers(), "hit"));
             }
+            false
         }
-        Err(()) => return fail_open(&ctx, &mut svc, request).await,
-    }
+        Err(()) => true,
+    };
+    let fwd = if store_failed {
+        "fwd=miss; detail=store-error"
+    } else {
+        "fwd=miss"
+    };
     Shared::count(&ctx.shared.misses);
     let fill = ctx.shared.start_fill(key.store_key());
     let fetched_at = SystemTime::now();
-    let response = svc.call(request).await?;
+    let response = match call_upstream(&mut svc, request, ctx.config.upstream_timeout).await {
+        Upstream::Done(result) => result?,
+        Upstream::TimedOut => return Ok(deadline_exceeded(&ctx)),
+    };
     let (mut parts, body) = response.into_parts();
     let storable = parts.status == StatusCode::OK
         && is_grpc(&parts.headers)
@@ -100,10 +129,10 @@ where
         &mut parts.headers,
         parts.extensions.get::<CacheTags>(),
     );
-    if !storable || ttl.is_zero() {
+    if !storable || ttl.is_zero() || store_failed {
         Shared::count(&ctx.shared.not_stored);
         let mut response = Response::from_parts(parts, CacheBody::passthrough(body));
-        add_status(&ctx, response.headers_mut(), "fwd=miss");
+        add_status(&ctx, response.headers_mut(), fwd);
         return Ok(response);
     }
     let finish = StoreOnFinish {

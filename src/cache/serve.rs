@@ -45,23 +45,6 @@ pub(crate) fn invalid_authority<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
     response
 }
 
-/// Fails open: the store is down or slow, so the request goes upstream without caching.
-pub(crate) async fn fail_open<S, St, B, RB>(
-    ctx: &Ctx<St>,
-    svc: &mut S,
-    request: http::Request<B>,
-) -> Result<Resp<RB>, S::Error>
-where
-    S: tower_service::Service<http::Request<B>, Response = Response<RB>>,
-{
-    let response = svc.call(request).await?;
-    Ok(finish_passthrough(
-        ctx,
-        response,
-        "fwd=miss; detail=store-error",
-    ))
-}
-
 pub(crate) fn finish_passthrough<St, RB>(
     ctx: &Ctx<St>,
     response: Response<RB>,
