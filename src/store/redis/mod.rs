@@ -6,6 +6,7 @@
 //! - `builder.rs`: [`RedisStoreBuilder`], and the tasks a store starts;
 //! - `connection.rs`: one server or a Cluster behind one connection type, batches split per
 //!   slot;
+//! - `cluster.rs`: a Cluster node by node: the slot map, a connection and a breaker per node;
 //! - `purge.rs`: tag, soft and pattern purges and their announcement;
 //! - `cleanup.rs`: the background clean-up of tag index sets;
 //! - `check.rs`: the server version check and the breaker's health check;
@@ -23,6 +24,8 @@ use tokio::sync::oneshot;
 mod builder;
 mod check;
 mod cleanup;
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod connection;
 mod purge;
 mod scripts;
@@ -57,7 +60,12 @@ const SCAN_COUNT: usize = 1000;
 /// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`, or its
 ///   Cluster connection), connected lazily: building the store never blocks on Redis.
 /// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
-///   [`StoreError::Timeout`], never a hung request.
+///   [`StoreError::Timeout`], never a hung request. A read ([`Store::get`],
+///   [`StoreExt::get_many`]) gives up sooner, after the read soft timeout (default 50 ms,
+///   [`RedisStoreBuilder::read_soft_timeout`]), and its call finishes in the background, so
+///   the circuit breaker still learns of a Redis that hangs.
+/// - A circuit breaker (one per node on a Cluster) fails calls at once after a run of
+///   timeouts; a background `PING` probes it after each cool-down and closes it.
 /// - Batches are pipelines: [`StoreExt::get_many`](crate::store::StoreExt::get_many) and [`StoreExt::set_many`](crate::store::StoreExt::set_many) cost one round trip.
 /// - An entry is written together with its tag-index memberships in one `MULTI`.
 /// - Tag purges are constant-cost invalidation marks; see the [module docs](super) for the
@@ -80,6 +88,7 @@ struct Inner {
     prefix: String,
     limits: Limits,
     timeout: Duration,
+    read_soft_timeout: Option<Duration>,
     mark_ttl: Duration,
     publish_writes: bool,
     counters: Counters,
@@ -227,19 +236,28 @@ impl RedisStore {
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        // The ticket goes with this future: dropped unanswered (a cancelled request), a
-        // probe's ticket gives the probe back.
         let ticket = match self.inner.breaker.as_ref().map(Breaker::admit) {
             Some(Err(_)) => return Err(StoreError::CircuitOpen { op }),
             Some(Ok(ticket)) => Some(ticket),
             None => None,
         };
-        let (result, backend_down) = match tokio::time::timeout(self.inner.timeout, call).await {
+        // On a Cluster each node call is bounded by the timeout under its node's breaker; this
+        // bound leaves room for them (and a redirection) so that they, not it, fire first.
+        let bound = if self.inner.conn.is_cluster() {
+            self.inner.timeout * 2 + Duration::from_millis(50)
+        } else {
+            self.inner.timeout
+        };
+        let (result, backend_down) = match tokio::time::timeout(bound, call).await {
             Ok(Ok(value)) => {
                 if let Some(ticket) = ticket {
                     ticket.success();
                 }
                 return Ok(value);
+            }
+            #[cfg(feature = "redis-cluster")]
+            Ok(Err(e)) if cluster::is_circuit_open(&e) => {
+                return Err(StoreError::CircuitOpen { op });
             }
             Ok(Err(e)) if e.is_timeout() => (
                 StoreError::Timeout {
@@ -250,10 +268,7 @@ impl RedisStore {
             ),
             Ok(Err(e)) => {
                 // An answer (a script or type error) says the server is there.
-                let down = e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error();
+                let down = connection::backend_down(&e);
                 (StoreError::backend(op, e), down)
             }
             Err(_) => (
@@ -275,9 +290,88 @@ impl RedisStore {
         Err(result)
     }
 
-    /// The state of the circuit breaker on the store's commands (`None` when turned off).
+    /// The state of the circuit breaker on the store's commands (`None` when turned off). On a
+    /// Cluster, the worst of its masters' breakers: `Open` when one master's is open, though
+    /// the other masters' slots still answer ([`StoreStats::nodes`] has each).
     pub fn breaker_state(&self) -> Option<BreakerState> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.breaker_state();
+        }
         self.inner.breaker.as_ref().map(Breaker::state)
+    }
+
+    /// Calls refused by the breakers, and how many times they opened.
+    pub(crate) fn breaker_counts(&self) -> (u64, u64) {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.breaker_counts();
+        }
+        self.inner
+            .breaker
+            .as_ref()
+            .map_or((0, 0), |b| (b.rejected(), b.opened()))
+    }
+
+    /// Each Cluster master's breaker, by address (empty on a server).
+    pub(crate) fn node_states(&self) -> Vec<(String, BreakerState)> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.master_states();
+        }
+        Vec::new()
+    }
+
+    /// Changes each time the breaker closes (a server's; `None` on a Cluster or without one).
+    #[cfg(feature = "memory")]
+    pub(crate) fn breaker_closings(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.breaker.as_ref().map(Breaker::closings)
+    }
+
+    /// The background probe: once an open breaker's cool-down has passed, a `PING` under its
+    /// probe ticket, whose answer closes it (on a Cluster, each node's, and the slot map is
+    /// asked for again). No caller's request is ever the probe.
+    async fn probe(&self) {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            cluster.probe().await;
+            return;
+        }
+        let Some(ticket) = self.inner.breaker.as_ref().and_then(Breaker::probe) else {
+            return;
+        };
+        let mut conn = self.inner.conn.clone();
+        let ping = redis::cmd("PING");
+        let pong = ping.query_async::<redis::Value>(&mut conn);
+        match tokio::time::timeout(self.inner.timeout, pong).await {
+            Ok(Ok(_)) => ticket.success(),
+            Ok(Err(e)) if !connection::backend_down(&e) => ticket.success(),
+            _ => ticket.failure(),
+        }
+    }
+
+    /// Runs a read under the read soft timeout: past it the caller gets
+    /// [`StoreError::Timeout`] (and goes to its origin) while the call finishes in the
+    /// background, so the breaker still learns whether Redis answers.
+    async fn soft_bounded<T, Fut>(&self, op: &'static str, read: Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(soft) = self.inner.read_soft_timeout else {
+            return read.await;
+        };
+        let mut read = Box::pin(read);
+        tokio::select! {
+            biased;
+            result = &mut read => result,
+            () = tokio::time::sleep(soft) => {
+                tokio::spawn(read);
+                let e = StoreError::Timeout { op, after: soft };
+                self.inner.counters.error(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Queues the backplane publish of `op` as the batch's last command, when there is a
@@ -471,9 +565,9 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.limits.check_key(key)?;
+impl RedisStore {
+    /// [`Store::get`] without the read soft timeout.
+    async fn read_one(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let mut conn = self.inner.conn.clone();
         let raw: Option<Vec<u8>> = self
             .run(
@@ -486,6 +580,43 @@ impl Store for RedisStore {
         self.count_reads(&found);
         let [found] = found;
         Ok(found)
+    }
+
+    /// [`StoreExt::get_many`] without the read soft timeout (a tiered store applies its own).
+    /// On a Cluster, the keys of a master that fails read as misses as long as another
+    /// master answered.
+    pub(crate) async fn read_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
+        // Cluster would refuse across slots.
+        let mut pipe = Batch::new();
+        pipe.partial();
+        for key in keys {
+            pipe.cmd("GET").arg(self.key(key));
+        }
+        let mut conn = self.inner.conn.clone();
+        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
+        let mut found = raws
+            .into_iter()
+            .map(|raw| self.decode(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.filter_invalidated(&mut found).await?;
+        self.count_reads(&found);
+        Ok(found)
+    }
+}
+
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.limits.check_key(key)?;
+        let (store, key) = (self.clone(), key.to_owned());
+        self.soft_bounded("get", async move { store.read_one(&key).await })
+            .await
     }
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
@@ -602,10 +733,9 @@ impl Store for RedisStore {
 
     fn stats(&self) -> StoreStats {
         let mut stats = self.inner.counters.snapshot();
-        if let Some(breaker) = &self.inner.breaker {
-            stats.breaker = Some(breaker.state());
-            stats.rejected = breaker.rejected();
-        }
+        stats.breaker = self.breaker_state();
+        stats.rejected = self.breaker_counts().0;
+        stats.nodes = self.node_states().into_iter().collect();
         stats
     }
 
@@ -619,24 +749,13 @@ impl StoreExt for RedisStore {
         for key in keys {
             self.inner.limits.check_key(key)?;
         }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
-        // Cluster would refuse across slots.
-        let mut pipe = Batch::new();
-        for key in keys {
-            pipe.cmd("GET").arg(self.key(key));
-        }
-        let mut conn = self.inner.conn.clone();
-        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
-        let mut found = raws
-            .into_iter()
-            .map(|raw| self.decode(raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.filter_invalidated(&mut found).await?;
-        self.count_reads(&found);
-        Ok(found)
+        let store = self.clone();
+        let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.soft_bounded("get_many", async move {
+            let keys: Vec<&str> = owned.iter().map(String::as_str).collect();
+            store.read_many(&keys).await
+        })
+        .await
     }
 
     async fn set_many(
