@@ -44,8 +44,8 @@ impl RedisStoreBuilder {
         /// Bound on every command, connection included (default 500 ms).
         fn timeout(timeout: Duration) => set timeout;
 
-        /// How long a read ([`Store::get`](crate::store::Store::get),
-        /// [`StoreExt::get_many`](crate::store::StoreExt::get_many)) waits before it gives up with
+        /// How long a lookup ([`Store::get`](crate::store::Store::get), what a cache asks on
+        /// each request; batches are not bounded by it) waits before it gives up with
         /// [`StoreError::Timeout`](crate::store::StoreError::Timeout) (default 50 ms; `None`:
         /// the command timeout). A cache in front then passes through to its origin, while the
         /// call finishes in the background under the command timeout, so the circuit breaker

@@ -23,6 +23,10 @@ use super::connection::{Timeouts, backend_down, routing_key};
 use crate::store::breaker::{Breaker, BreakerSettings};
 use crate::store::stats::BreakerState;
 
+/// The indices of a batch's commands that go together, and the slot they hash to (`None`:
+/// no key).
+pub(crate) type SlotGroup = (Option<u16>, Vec<usize>);
+
 /// Hash slots of a Cluster.
 const SLOTS: u16 = 16384;
 /// Least time between two slot-map refreshes while a node fails.
@@ -387,6 +391,28 @@ impl Cluster {
             .master_of(slot)
             .cloned()
             .ok_or_else(|| no_node(slot))
+    }
+
+    /// Slot groups of a batch merged per master (each keeps its first slot, to route by): a
+    /// batch of many keys costs one pipeline per master, not one per slot. Groups with no
+    /// slot, or whose master is not known, stay as they are.
+    pub(crate) async fn by_master(&self, groups: Vec<SlotGroup>) -> Vec<SlotGroup> {
+        let mut merged: Vec<(SlotGroup, Option<Arc<Node>>)> = Vec::new();
+        for (slot, indices) in groups {
+            let master = match slot {
+                Some(slot) => self.master_of(slot).await.ok(),
+                None => None,
+            };
+            let same = merged.iter_mut().find(|(_, m)| match (m, &master) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            });
+            match same {
+                Some(((_, group), _)) => group.extend(indices),
+                None => merged.push(((slot, indices), master)),
+            }
+        }
+        merged.into_iter().map(|(group, _)| group).collect()
     }
 
     /// Every master, for a walk of the whole keyspace.

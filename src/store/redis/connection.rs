@@ -258,9 +258,13 @@ impl RedisConn {
             RedisConn::Server(conn) => batch.pipeline(0..batch.cmds.len()).query_async(conn).await,
             #[cfg(feature = "redis-cluster")]
             RedisConn::Cluster(cluster) => {
-                let groups = batch.slot_groups();
-                // One pipeline per slot, each to its master, all in flight at once; each keeps
-                // every reply so they can be put back in the batch's order.
+                let mut groups = batch.slot_groups();
+                if !batch.atomic {
+                    // Without MULTI, one pipeline per master carries all its slots' commands.
+                    groups = cluster.by_master(groups).await;
+                }
+                // One pipeline per slot (or master), each to its master, all in flight at
+                // once; each keeps every reply so they can be put back in the batch's order.
                 let cluster = &*cluster;
                 let sends = groups.iter().map(|(slot, indices)| {
                     let pipe = batch.pipeline_keeping_all(indices);

@@ -60,8 +60,8 @@ const SCAN_COUNT: usize = 1000;
 /// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`, or its
 ///   Cluster connection), connected lazily: building the store never blocks on Redis.
 /// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
-///   [`StoreError::Timeout`], never a hung request. A read ([`Store::get`],
-///   [`StoreExt::get_many`]) gives up sooner, after the read soft timeout (default 50 ms,
+///   [`StoreError::Timeout`], never a hung request. A lookup ([`Store::get`], what a cache
+///   asks on each request) gives up sooner, after the read soft timeout (default 50 ms,
 ///   [`RedisStoreBuilder::read_soft_timeout`]), and its call finishes in the background, so
 ///   the circuit breaker still learns of a Redis that hangs.
 /// - A circuit breaker (one per node on a Cluster) fails calls at once after a run of
@@ -582,9 +582,8 @@ impl RedisStore {
         Ok(found)
     }
 
-    /// [`StoreExt::get_many`] without the read soft timeout (a tiered store applies its own).
-    /// On a Cluster, the keys of a master that fails read as misses as long as another
-    /// master answered.
+    /// [`StoreExt::get_many`]. On a Cluster, the keys of a master that fails read as misses
+    /// as long as another master answered.
     pub(crate) async fn read_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
         for key in keys {
             self.inner.limits.check_key(key)?;
@@ -746,16 +745,7 @@ impl Store for RedisStore {
 
 impl StoreExt for RedisStore {
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
-        let store = self.clone();
-        let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        self.soft_bounded("get_many", async move {
-            let keys: Vec<&str> = owned.iter().map(String::as_str).collect();
-            store.read_many(&keys).await
-        })
-        .await
+        self.read_many(keys).await
     }
 
     async fn set_many(
