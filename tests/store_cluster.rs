@@ -524,3 +524,31 @@ async fn a_batch_across_masters_fails_only_for_the_hung_one() {
         assert_eq!(found.is_some(), !victim, "healthy masters' keys are found");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_follows_its_shard_to_the_promoted_replica_while_the_old_master_hangs() {
+    let cluster = PrivateCluster::start_replicated();
+    let ns = unique("bus_failover");
+    let tiered = TieredStore::builder(MemoryStore::new(16 << 20), store_on(&cluster, &ns))
+        .build()
+        .unwrap();
+    let up = eventually(Duration::from_secs(10), || async { tiered.l1_in_use() }).await;
+    assert!(up.is_some(), "subscribed");
+    let shard = cluster.master_of(&format!("{ns}:bus"));
+    cluster.signal(shard, "STOP");
+    let lost = eventually(Duration::from_secs(5), || async {
+        !tiered.l2().backplane_connected()
+    })
+    .await;
+    let back = eventually(Duration::from_secs(20), || async {
+        tiered.l2().backplane_connected()
+    })
+    .await;
+    cluster.signal(shard, "CONT");
+    assert!(lost.is_some(), "the hung shard was noticed");
+    assert!(
+        back.is_some(),
+        "subscribed again at the promoted replica while the old master hung"
+    );
+    eprintln!("subscribed again {back:?} after the loss was noticed");
+}

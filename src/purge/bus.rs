@@ -411,6 +411,7 @@ mod remote {
             SubscribeConfig {
                 connect_timeout: settings.connect_timeout,
                 ping_interval: settings.ping_interval,
+                conn: Some(conn.clone()),
             },
             stop,
             Listener {

@@ -163,6 +163,7 @@ impl RedisStoreBuilder {
                 SubscribeConfig {
                     connect_timeout: self.connect_timeout,
                     ping_interval: self.ping_interval,
+                    conn: Some(conn.clone()),
                 },
                 rx,
                 listener,

@@ -612,6 +612,26 @@ impl Cluster {
         }
     }
 
+    /// Node URLs to seed a new client with: the masters whose breakers are closed, after
+    /// asking for the slot map again (a failover may have happened), then the other nodes
+    /// that answer.
+    pub(crate) async fn live_seeds(&self) -> Vec<String> {
+        let _ = self.refresh(REFRESH_WHILE_FAILING).await;
+        let masters = self.topology().masters();
+        let others: Vec<Arc<Node>> = {
+            let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes.values().cloned().collect()
+        };
+        let mut seeds: Vec<String> = Vec::new();
+        for node in masters.iter().chain(&others) {
+            let url = format!("{}{}", self.url_prefix, node.address());
+            if !node.is_open() && !seeds.contains(&url) {
+                seeds.push(url);
+            }
+        }
+        seeds
+    }
+
     /// The masters and the state of their breakers, by address.
     pub(crate) fn master_states(&self) -> Vec<(String, BreakerState)> {
         self.topology()

@@ -57,8 +57,9 @@ const SCAN_COUNT: usize = 1000;
 /// `redis-cluster`; see [`RedisStore::builder`] for the URLs and the [module
 /// docs](super#redis-key-layout-and-cluster-slots) for what runs where).
 ///
-/// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`, or its
-///   Cluster connection), connected lazily: building the store never blocks on Redis.
+/// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`; on a
+///   Cluster one per node, see the [module docs](super#redis-key-layout-and-cluster-slots)),
+///   connected lazily: building the store never blocks on Redis.
 /// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
 ///   [`StoreError::Timeout`], never a hung request. A lookup ([`Store::get`], what a cache
 ///   asks on each request) gives up sooner, after the read soft timeout (default 50 ms,
