@@ -151,7 +151,6 @@ impl Breaker {
     }
 
     /// Whether it is open (or half-open): calls are refused.
-    #[cfg(feature = "redis-cluster")]
     pub(crate) fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
     }

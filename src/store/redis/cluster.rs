@@ -415,6 +415,18 @@ impl Cluster {
         merged.into_iter().map(|(group, _)| group).collect()
     }
 
+    /// Whether the breaker of the master that serves `key` (as far as the slot map knows)
+    /// refuses a call now; a refusal is counted.
+    pub(crate) fn refuses(&self, key: &[u8]) -> bool {
+        let topology = self.topology();
+        let Some(node) = topology.master_of(slot(key)) else {
+            return false;
+        };
+        node.breaker
+            .as_ref()
+            .is_some_and(|b| b.is_open() && b.admit().is_err())
+    }
+
     /// Every master, for a walk of the whole keyspace.
     pub(crate) async fn masters(&self) -> RedisResult<Vec<Arc<Node>>> {
         if self.topology().ranges.is_empty() {

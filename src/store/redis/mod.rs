@@ -351,6 +351,27 @@ impl RedisStore {
         }
     }
 
+    /// Refuses a call on `key` at once when its breaker (the store's, or on a Cluster its
+    /// master's) is open, before anything is built for it: no encoding, no boxed future, no
+    /// timer. `run` refuses the same calls; this only makes the refusal cheap on the paths a
+    /// cache takes for every request (a lookup, a write).
+    fn shed(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return match cluster.refuses(self.key(key).as_bytes()) {
+                true => Err(StoreError::CircuitOpen { op }),
+                false => Ok(()),
+            };
+        }
+        let _ = key;
+        match &self.inner.breaker {
+            Some(breaker) if breaker.is_open() && breaker.admit().is_err() => {
+                Err(StoreError::CircuitOpen { op })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Runs a read under the read soft timeout: past it the caller gets
     /// [`StoreError::Timeout`] (and goes to its origin) while the call finishes in the
     /// background, so the breaker still learns whether Redis answers.
@@ -516,6 +537,9 @@ impl RedisStore {
         if items.is_empty() {
             return Ok(());
         }
+        if let [(key, _)] = items {
+            self.shed("set", key)?;
+        }
         let mut pipe = Batch::new();
         // MULTI only where an entry and its index memberships must land together.
         if items.iter().any(|(_, e)| !e.tags().is_empty()) {
@@ -614,6 +638,7 @@ impl RedisStore {
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.limits.check_key(key)?;
+        self.shed("get", key)?;
         let (store, key) = (self.clone(), key.to_owned());
         self.soft_bounded("get", async move { store.read_one(&key).await })
             .await
@@ -621,6 +646,7 @@ impl Store for RedisStore {
 
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
         self.inner.limits.check_set(key, &value, options)?;
+        self.shed("set", key)?;
         self.set_entries(&[(key, Entry::new(value, options))]).await
     }
 
