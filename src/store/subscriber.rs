@@ -47,6 +47,7 @@ pub(crate) struct SubscribeConfig {
     pub ping_interval: Duration,
     /// The store's (or bus's) connection: on a Cluster, its slot map says which masters
     /// answer when the subscription is renewed.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
     pub conn: Option<super::redis::RedisConn>,
 }
 

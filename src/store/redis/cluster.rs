@@ -19,46 +19,18 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
 
-use super::connection::{Timeouts, backend_down, routing_key};
+use super::routing::{Timeouts, backend_down, routing_key, slot};
 use crate::store::breaker::{Breaker, BreakerSettings};
 use crate::store::stats::BreakerState;
 
-/// The indices of a batch's commands that go together, and the slot they hash to (`None`:
-/// no key).
-pub(crate) type SlotGroup = (Option<u16>, Vec<usize>);
-
-/// Hash slots of a Cluster.
-const SLOTS: u16 = 16384;
 /// Least time between two slot-map refreshes while a node fails.
 const REFRESH_WHILE_FAILING: Duration = Duration::from_millis(250);
 /// Time between two slot-map refreshes otherwise.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
-/// The hash slot of a key: CRC16 (XMODEM) of its hash tag (`{...}`, when not empty) or of
-/// the whole key, modulo 16,384.
-pub(crate) fn slot(key: &[u8]) -> u16 {
-    let hashed = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let len = rest.iter().position(|&b| b == b'}')?;
-            (len > 0).then(|| &rest[..len])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in hashed {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % SLOTS
-}
+/// The indices of a batch's commands that go together, and the slot they hash to (`None`:
+/// no key).
+pub(crate) type SlotGroup = (Option<u16>, Vec<usize>);
 
 /// One node: its address, connection and breaker.
 pub(crate) struct Node {
@@ -686,16 +658,6 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_are_redis_s() {
-        // `CLUSTER KEYSLOT` of each, from a real server.
-        assert_eq!(slot(b"foo"), 12182);
-        assert_eq!(slot(b"hello"), 866);
-        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
-        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
-        assert_eq!(slot(b"{}x"), slot(b"{}x"));
-    }
 
     #[test]
     fn a_node_url_splits_into_prefix_and_address() {

@@ -21,17 +21,11 @@ use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
 
 #[cfg(feature = "redis-cluster")]
 use super::cluster::Cluster;
+#[cfg(feature = "redis-cluster")]
+use super::routing::routing_key;
+pub(crate) use super::routing::{Timeouts, backend_down};
 use crate::store::breaker::BreakerSettings;
 use crate::store::{StoreConfigError, StoreConfigErrorKind};
-
-/// Whether an error says the server is not there (a lost or refused connection), rather than
-/// that it answered with an error (a script or type error: the server is there).
-pub(crate) fn backend_down(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-}
 
 /// Refuses a key namespace that is empty or holds a control character: the store's and the
 /// invalidation bus's keys and channels are named under it.
@@ -62,13 +56,6 @@ pub(crate) enum Target {
     /// `redis-cluster://host:port,host:port,...` (`rediss-cluster://` with TLS): the node URLs.
     #[cfg(feature = "redis-cluster")]
     Cluster(Vec<String>),
-}
-
-/// How long to wait for a connection and for each answer.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timeouts {
-    pub connect: Duration,
-    pub response: Duration,
 }
 
 impl Target {
@@ -362,7 +349,7 @@ impl RedisConn {
             RedisConn::Cluster(cluster) => {
                 let mut cmd = redis::cmd("PUBSUB");
                 cmd.arg("SHARDNUMSUB").arg(channel);
-                let slot = super::cluster::slot(channel.as_bytes());
+                let slot = super::routing::slot(channel.as_bytes());
                 let reply = cluster.command_at(slot, &cmd).await?;
                 let (_, count): (String, u64) = FromRedisValue::from_redis_value(reply)?;
                 Ok(count)
@@ -482,7 +469,7 @@ impl Batch {
                 keyless.push(index);
                 continue;
             };
-            let slot = Some(super::cluster::slot(&key));
+            let slot = Some(super::routing::slot(&key));
             match groups.iter_mut().find(|(s, _)| *s == slot) {
                 Some((_, group)) => group.push(index),
                 None => groups.push((slot, vec![index])),
@@ -499,27 +486,6 @@ impl Batch {
         }
         groups
     }
-}
-
-/// The key a command is routed by: its first argument, or for `EVAL`/`EVALSHA` the first key
-/// after the key count (`None` when it has none).
-#[cfg(feature = "redis-cluster")]
-pub(crate) fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .filter_map(|arg| match arg {
-            redis::Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        })
-        .collect();
-    let name = args.first()?;
-    if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
-        let count: u64 = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
-        return (count > 0)
-            .then(|| args.get(3).map(|k| k.to_vec()))
-            .flatten();
-    }
-    args.get(1).map(|k| k.to_vec())
 }
 
 #[cfg(all(test, feature = "redis-cluster"))]

@@ -7,6 +7,7 @@
 //! - `connection.rs`: one server or a Cluster behind one connection type, batches split per
 //!   slot;
 //! - `cluster.rs`: a Cluster node by node: the slot map, a connection and a breaker per node;
+//! - `routing.rs`: what both share: timeouts, errors that mean "down", a command's slot;
 //! - `purge.rs`: tag, soft and pattern purges and their announcement;
 //! - `cleanup.rs`: the background clean-up of tag index sets;
 //! - `check.rs`: the server version check and the breaker's health check;
@@ -28,6 +29,7 @@ mod cleanup;
 mod cluster;
 mod connection;
 mod purge;
+mod routing;
 mod scripts;
 
 pub use self::builder::RedisStoreBuilder;
