@@ -188,11 +188,13 @@ impl RedisStoreBuilder {
                 _shutdown: shutdown,
             }),
         };
-        if let Some(settings) = self.breaker {
+        if self.breaker.is_some() || store.inner.conn.is_cluster() {
             // The breakers' probe (and on a Cluster the slot map's refresh): a few times per
             // cool-down, so an open breaker is probed soon after its cool-down ends.
-            let period = (settings.cool_down / 4)
-                .clamp(Duration::from_millis(10), Duration::from_millis(250));
+            let period = self.breaker.map_or(Duration::from_millis(250), |settings| {
+                (settings.cool_down / 4)
+                    .clamp(Duration::from_millis(10), Duration::from_millis(250))
+            });
             handle.spawn(crate::background::tick_while_alive(
                 Arc::downgrade(&store.inner),
                 tokio::time::Instant::now() + period,
