@@ -1,7 +1,9 @@
 //! Fault load run: the response cache on a Redis store (alone, and tiered behind a memory L1)
 //! under a steady load while its `redis-server` (one of this run's own, on a free loopback
 //! port) is hung with SIGSTOP, resumed, killed and restarted. Each phase is compared with the
-//! same load sent to the service with no cache at all, measured in the same run.
+//! same load sent to the service with no cache at all, measured in the same moments: the
+//! clients take 100 ms turns between the service alone, the cache on the Redis store and the
+//! cache on the tiered store, so each target has a third of every phase.
 //!
 //! With the feature `redis-cluster`, a last phase runs the cache on a Redis Cluster of its own
 //! (three masters with a replica each, `cluster-node-timeout 2000`) and hangs one master
@@ -11,7 +13,7 @@
 //!
 //! ```text
 //! cargo bench --bench fault_load --features memory,redis
-//! FAULT_CLIENTS=16 FAULT_PHASE_SECS=4 cargo bench --bench fault_load --features memory,redis
+//! FAULT_CLIENTS=16 FAULT_PHASE_SECS=6 cargo bench --bench fault_load --features memory,redis
 //! cargo bench --bench fault_load --features memory,redis,redis-cluster
 //! ```
 //!
@@ -157,14 +159,25 @@ struct Phase {
     first_hit: Option<Duration>,
 }
 
+/// The targets, each its own server: the service alone, and the cache on each store.
+const TARGETS: [&str; 3] = ["no cache", "redis", "tiered"];
+
+/// One target's turn: the clients move from target to target every slice, so the service alone
+/// and the caches are measured in the same moments of the same run, not one after the other
+/// (on shared cores, the service alone measured a third apart from one window to the next).
+const SLICE_MS: u128 = 100;
+
 struct Recorder {
     phase: AtomicUsize,
     started: Mutex<Instant>,
-    phases: Vec<Mutex<Phase>>,
+    /// Per phase, per target.
+    phases: Vec<Vec<Mutex<Phase>>>,
     stop: AtomicBool,
+    /// Slices are counted from here.
+    epoch: Instant,
 }
 
-async fn drive(addr: SocketAddr, clients: usize, recorder: Arc<Recorder>) {
+async fn drive(addrs: [SocketAddr; 3], clients: usize, recorder: Arc<Recorder>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let sent = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
@@ -175,6 +188,9 @@ async fn drive(addr: SocketAddr, clients: usize, recorder: Arc<Recorder>) {
                 while !recorder.stop.load(Ordering::Relaxed) {
                     id = (id + 7) % KEYS;
                     sent.fetch_add(1, Ordering::Relaxed);
+                    let target =
+                        (recorder.epoch.elapsed().as_millis() / SLICE_MS) as usize % TARGETS.len();
+                    let addr = addrs[target];
                     let uri = format!("http://{addr}/products/{id}").parse().unwrap();
                     let phase = recorder.phase.load(Ordering::Relaxed);
                     let began = Instant::now();
@@ -190,7 +206,7 @@ async fn drive(addr: SocketAddr, clients: usize, recorder: Arc<Recorder>) {
                     })
                     .await;
                     let took = began.elapsed();
-                    let mut p = recorder.phases[phase].lock().unwrap();
+                    let mut p = recorder.phases[phase][target].lock().unwrap();
                     match answer {
                         Ok(Ok((true, hit))) => {
                             p.latencies_us.push(took.as_micros() as u64);
@@ -240,73 +256,80 @@ const PHASES: [&str; 5] = [
     "Redis restarted",
 ];
 
-async fn run_target(
-    target: &'static str,
-    store: Option<BoxStore>,
+/// Serves the three targets, primes the caches, and runs the phases with the clients taking
+/// turns between the targets; every fault hits both caches' Redis at once.
+async fn run_all(
+    stores: [Option<BoxStore>; 3],
     redis: &mut Redis,
     clients: usize,
     phase_secs: f64,
 ) -> Vec<Row> {
-    let addr = match store {
-        Some(store) => {
-            let layer = CacheLayer::new(store).upstream_timeout(Duration::from_secs(10));
-            serve(ServiceBuilder::new().layer(layer).service(origin())).await
-        }
-        None => serve(origin()).await,
-    };
-    // Prime the cache: every key once.
+    let mut addrs = Vec::new();
+    for store in stores {
+        addrs.push(match store {
+            Some(store) => {
+                let layer = CacheLayer::new(store).upstream_timeout(Duration::from_secs(10));
+                serve(ServiceBuilder::new().layer(layer).service(origin())).await
+            }
+            None => serve(origin()).await,
+        });
+    }
+    let addrs: [SocketAddr; 3] = addrs.try_into().expect("three targets");
+    // Prime the caches: every key once.
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    for id in 0..KEYS {
-        let r = client
-            .get(format!("http://{addr}/products/{id}").parse().unwrap())
-            .await
-            .unwrap();
-        r.into_body().collect().await.unwrap();
+    for addr in &addrs[1..] {
+        for id in 0..KEYS {
+            let r = client
+                .get(format!("http://{addr}/products/{id}").parse().unwrap())
+                .await
+                .unwrap();
+            r.into_body().collect().await.unwrap();
+        }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let recorder = Arc::new(Recorder {
         phase: AtomicUsize::new(0),
         started: Mutex::new(Instant::now()),
-        phases: (0..PHASES.len()).map(|_| Mutex::default()).collect(),
+        phases: (0..PHASES.len())
+            .map(|_| (0..TARGETS.len()).map(|_| Mutex::default()).collect())
+            .collect(),
         stop: AtomicBool::new(false),
+        epoch: Instant::now(),
     });
-    let load = tokio::spawn(drive(addr, clients, recorder.clone()));
+    let load = tokio::spawn(drive(addrs, clients, recorder.clone()));
     let mut rows = Vec::new();
     for (i, name) in PHASES.iter().enumerate() {
-        if store_is_set(target) {
-            match i {
-                1 => redis.signal("-STOP"),
-                2 => redis.signal("-CONT"),
-                3 => redis.kill(),
-                4 => *redis = Redis::start(redis.port),
-                _ => {}
-            }
+        match i {
+            1 => redis.signal("-STOP"),
+            2 => redis.signal("-CONT"),
+            3 => redis.kill(),
+            4 => *redis = Redis::start(redis.port),
+            _ => {}
         }
         *recorder.started.lock().unwrap() = Instant::now();
         recorder.phase.store(i, Ordering::Relaxed);
         let began = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(phase_secs)).await;
-        let elapsed = began.elapsed().as_secs_f64();
-        let mut p = std::mem::take(&mut *recorder.phases[i].lock().unwrap());
-        p.latencies_us.sort_unstable();
-        rows.push(Row {
-            target,
-            phase: name,
-            rps: p.latencies_us.len() as f64 / elapsed,
-            p50: percentile(&p.latencies_us, 0.5),
-            p99: percentile(&p.latencies_us, 0.99),
-            failures: p.failures,
-            hits: p.hits,
-            first_hit: p.first_hit,
-        });
+        // Each target had a third of the phase.
+        let turn = began.elapsed().as_secs_f64() / TARGETS.len() as f64;
+        for (t, target) in TARGETS.iter().enumerate() {
+            let mut p = std::mem::take(&mut *recorder.phases[i][t].lock().unwrap());
+            p.latencies_us.sort_unstable();
+            rows.push(Row {
+                target,
+                phase: name,
+                rps: p.latencies_us.len() as f64 / turn,
+                p50: percentile(&p.latencies_us, 0.5),
+                p99: percentile(&p.latencies_us, 0.99),
+                failures: p.failures,
+                hits: p.hits,
+                first_hit: p.first_hit,
+            });
+        }
     }
     recorder.stop.store(true, Ordering::Relaxed);
     let _ = load.await;
     rows
-}
-
-fn store_is_set(target: &str) -> bool {
-    target != "no cache"
 }
 
 #[cfg(feature = "redis-cluster")]
@@ -507,7 +530,7 @@ async fn cluster_phase(clients: usize) {
 
 fn main() {
     let clients: usize = env_or("FAULT_CLIENTS", 16);
-    let phase_secs: f64 = env_or("FAULT_PHASE_SECS", 4.0);
+    let phase_secs: f64 = env_or("FAULT_PHASE_SECS", 6.0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -532,22 +555,15 @@ fn main() {
                 .build()
                 .unwrap()
         };
-        rows.extend(run_target("no cache", None, &mut redis, clients, phase_secs).await);
-        let store = BoxStore::new(redis_store());
-        rows.extend(run_target("redis", Some(store), &mut redis, clients, phase_secs).await);
         let tiered = TieredStore::try_new(MemoryStore::new(64 << 20), redis_store()).unwrap();
         // The tiered store wants its backplane subscribed before it trusts L1.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        rows.extend(
-            run_target(
-                "tiered",
-                Some(BoxStore::new(tiered)),
-                &mut redis,
-                clients,
-                phase_secs,
-            )
-            .await,
-        );
+        let stores = [
+            None,
+            Some(BoxStore::new(redis_store())),
+            Some(BoxStore::new(tiered)),
+        ];
+        rows.extend(run_all(stores, &mut redis, clients, phase_secs).await);
     });
     #[cfg(feature = "redis-cluster")]
     runtime.block_on(cluster_phase(clients));
@@ -555,9 +571,10 @@ fn main() {
         return;
     }
     println!(
-        "\nFault load run: {clients} keep-alive clients, {KEYS} keys, {phase_secs} s per phase, \
-         2 tokio threads (server and clients share them); Redis command timeout 500 ms, \
-         breaker 3 failures / 1 s.\n"
+        "\nFault load run: {clients} keep-alive clients, {KEYS} keys, {phase_secs} s per phase \
+         (the clients take {SLICE_MS} ms turns between the three targets, so each had a third \
+         of it), 2 tokio threads (server and clients share them); Redis command timeout \
+         500 ms, read soft timeout 50 ms, breaker 3 failures / 1 s.\n"
     );
     println!(
         "| phase | target | req/s | vs no cache | p50 | p99 | p99 - no cache | failed | hits | first hit |"
