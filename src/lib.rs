@@ -79,7 +79,12 @@ pub mod guide;
 
 #[macro_use]
 mod macros;
-#[cfg(any(feature = "health", feature = "dashboard", feature = "memory"))]
+#[cfg(any(
+    feature = "health",
+    feature = "dashboard",
+    feature = "memory",
+    feature = "redis"
+))]
 mod background;
 mod builder;
 mod config_error;

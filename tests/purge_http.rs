@@ -843,3 +843,54 @@ async fn every_purge_and_refusal_is_logged_with_who_what_and_how_many() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_all_with_redis_hung_answers_503_and_the_old_body_never_comes_back() {
+    use tower_strata::store::BreakerSettings;
+    let redis = support::PrivateRedis::start();
+    let l2 = RedisStore::builder(redis.url())
+        .namespace(unique("purge_hung"))
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .ping_interval(Duration::from_millis(100))
+        .breaker(Some(BreakerSettings {
+            failures: 3,
+            cool_down: Duration::from_millis(300),
+        }))
+        .build()
+        .unwrap();
+    let store = TieredStore::try_new(MemoryStore::new(16 << 20), l2).unwrap();
+    let up = eventually(Duration::from_secs(5), || async { store.l1_in_use() }).await;
+    assert!(up.is_some());
+    let app = app(store.clone());
+    let old = send(&app, get_req("http://h/products/1", None)).await.body;
+    let stored = eventually(Duration::from_secs(5), || async {
+        send(&app, get_req("http://h/products/1", None))
+            .await
+            .is_stored_hit()
+    })
+    .await;
+    assert!(stored.is_some());
+
+    redis.pause();
+    let answer = send(&app, purge_json(r#"{"all":true}"#, bearer())).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a purge-all that did not reach Redis is not a success: {}",
+        answer.body
+    );
+    let during = send(&app, get_req("http://h/products/1", None)).await;
+    assert_ne!(during.body, old, "the old body is served while Redis hangs");
+    redis.resume();
+    let replayed = eventually(Duration::from_secs(5), || async {
+        store.pending_invalidations().0 == 0
+    })
+    .await;
+    assert!(replayed.is_some(), "the purge-all was never replayed");
+    let after = send(&app, get_req("http://h/products/1", None)).await;
+    assert_ne!(
+        after.body, old,
+        "the old body came back once Redis answered"
+    );
+}

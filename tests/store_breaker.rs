@@ -1,6 +1,7 @@
 //! The Redis store's circuit breaker against a real `redis-server` of the test's own, hung
 //! with SIGSTOP and killed with SIGKILL: after a few timeouts calls fail at once, a cache in
-//! front passes through, the health check says degraded, and a probe closes it again.
+//! front passes through, the health check says degraded, and the background probe closes it
+//! again; reads give up after the read soft timeout.
 #![cfg(all(feature = "redis", feature = "memory", feature = "health"))]
 
 mod support;
@@ -25,6 +26,7 @@ fn store(redis: &PrivateRedis) -> RedisStore {
     RedisStore::builder(redis.url())
         .namespace(unique("breaker"))
         .timeout(TIMEOUT)
+        .read_soft_timeout(None)
         .connect_timeout(TIMEOUT)
         .backplane(false)
         .breaker(Some(BreakerSettings {
@@ -87,23 +89,32 @@ async fn a_hung_redis_opens_the_breaker_and_a_probe_closes_it() {
     );
     assert_eq!(health(&store).await, Status::Degraded);
 
-    // Still hung after the cool-down: the probe times out and re-opens it.
+    // Still hung after the cool-down: the probe is the store's own background PING, never a
+    // caller's request, so every call still fails at once.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert!(matches!(
-        store.get("k").await,
-        Err(StoreError::Timeout { .. })
-    ));
-    assert!(matches!(
-        store.get("k").await,
-        Err(StoreError::CircuitOpen { .. })
-    ));
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            store.get("k").await,
+            Err(StoreError::CircuitOpen { .. })
+        ));
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "a caller waited for the probe: {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_ne!(store.breaker_state(), Some(BreakerState::Closed));
 
+    // Back: the probe closes it without any call from us.
     redis.resume();
-    let closed = eventually(Duration::from_secs(10), || async {
-        matches!(store.get("k").await, Ok(Some(_)))
+    let closed = eventually(Duration::from_secs(5), || async {
+        store.breaker_state() == Some(BreakerState::Closed)
     })
     .await;
     assert!(closed.is_some(), "{:?}", store.stats());
+    assert!(matches!(store.get("k").await, Ok(Some(_))));
     assert_eq!(store.breaker_state(), Some(BreakerState::Closed));
     assert_eq!(health(&store).await, Status::Healthy);
 }
@@ -122,7 +133,7 @@ async fn a_killed_redis_opens_it_and_a_restarted_one_closes_it() {
     assert_eq!(store.breaker_state(), Some(BreakerState::Open));
     let _restarted = PrivateRedis::start_on(port);
     let closed = eventually(Duration::from_secs(10), || async {
-        store.get("k").await.is_ok()
+        store.breaker_state() == Some(BreakerState::Closed)
     })
     .await;
     assert!(closed.is_some(), "{:?}", store.stats());
@@ -265,4 +276,110 @@ async fn an_invalidation_that_missed_a_hung_redis_is_replayed_when_it_answers() 
         a.l2().get("k").await.unwrap().is_none(),
         "Redis no longer has it"
     );
+}
+
+#[tokio::test]
+async fn a_read_on_a_hung_redis_gives_up_after_the_soft_timeout_and_the_breaker_still_learns() {
+    let redis = PrivateRedis::start();
+    let store = RedisStore::builder(redis.url())
+        .namespace(unique("soft"))
+        .timeout(TIMEOUT)
+        .read_soft_timeout(Some(Duration::from_millis(30)))
+        .connect_timeout(TIMEOUT)
+        .backplane(false)
+        .breaker(Some(BreakerSettings {
+            failures: 3,
+            cool_down: Duration::from_secs(60),
+        }))
+        .build()
+        .unwrap();
+    store
+        .set("k", Bytes::from_static(b"v"), &SetOptions::new())
+        .await
+        .unwrap();
+    redis.pause();
+    // Each read gives up after 30 ms, not the 200 ms command timeout; the calls go on in the
+    // background, time out, and open the breaker.
+    let mut slowest = Duration::ZERO;
+    let mut opened = false;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let began = std::time::Instant::now();
+        let read = store.get("k").await;
+        slowest = slowest.max(began.elapsed());
+        if matches!(read, Err(StoreError::CircuitOpen { .. })) {
+            opened = true;
+            break;
+        }
+        assert!(matches!(read, Err(StoreError::Timeout { .. })), "{read:?}");
+    }
+    assert!(opened, "the breaker never opened: {:?}", store.stats());
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a read waited {slowest:?}, past the soft timeout"
+    );
+    assert_eq!(store.breaker_state(), Some(BreakerState::Open));
+    redis.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_store_whose_l1_answers_everything_closes_its_breaker_when_redis_is_back() {
+    use tower_strata::store::{MemoryStore, TieredStore};
+    let redis = PrivateRedis::start();
+    let l2 = RedisStore::builder(redis.url())
+        .namespace(unique("tier_probe"))
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .ping_interval(Duration::from_millis(100))
+        .breaker(Some(BreakerSettings {
+            failures: 3,
+            cool_down: Duration::from_millis(300),
+        }))
+        .build()
+        .unwrap();
+    let tiered = TieredStore::try_new(MemoryStore::new(1 << 20), l2).unwrap();
+    let up = eventually(Duration::from_secs(5), || async { tiered.l1_in_use() }).await;
+    assert!(up.is_some());
+    let options = SetOptions::new().ttl(Duration::from_secs(60));
+    tiered
+        .set("k", Bytes::from_static(b"v"), &options)
+        .await
+        .unwrap();
+    let open_it = || async {
+        // L1 misses go to Redis and open the breaker; from then on L1 answers.
+        let opened = eventually(Duration::from_secs(5), || async {
+            let _ = tiered.get("missing").await;
+            tiered.l2().breaker_state() == Some(BreakerState::Open)
+        })
+        .await;
+        assert!(opened.is_some(), "{:?}", tiered.l2().stats());
+    };
+    redis.pause();
+    open_it().await;
+    redis.resume();
+    // Only L1 hits from here: nothing of ours reaches Redis, and yet the breaker closes.
+    let closed = eventually(Duration::from_secs(3), || async {
+        // An L1 hit while the breaker is open: no call to Redis.
+        let _ = tiered.get("k").await;
+        tiered.l2().breaker_state() == Some(BreakerState::Closed)
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "the breaker stayed {:?}",
+        tiered.l2().breaker_state()
+    );
+
+    // Again, with an invalidation waiting: it is replayed as soon as the breaker closes.
+    redis.pause();
+    open_it().await;
+    assert!(tiered.delete("gone").await.is_err());
+    assert_eq!(tiered.pending_invalidations().0, 1);
+    redis.resume();
+    let replayed = eventually(Duration::from_secs(3), || async {
+        tiered.pending_invalidations().0 == 0
+    })
+    .await;
+    assert!(replayed.is_some(), "the invalidation was not replayed");
+    eprintln!("breaker closed {closed:?} after resume; replayed {replayed:?} after resume");
 }

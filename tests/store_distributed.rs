@@ -219,11 +219,13 @@ async fn redis_dies_tiered_serves_from_l1_and_recovers() {
 async fn a_hung_redis_times_out_every_call() {
     let silent = SilentServer::start();
     let bound = Duration::from_millis(200);
-    // Without the circuit breaker, which would refuse calls after three timeouts: this test
-    // is about the bound on each call (`tests/store_breaker.rs` tests the breaker).
+    // Without the circuit breaker, which would refuse calls after three timeouts, nor the read
+    // soft timeout, whose reads give up sooner: this test is about the bound on each call
+    // (`tests/store_breaker.rs` tests both).
     let store = RedisStore::builder(silent.url())
         .namespace(support::unique("hang"))
         .timeout(bound)
+        .read_soft_timeout(None)
         .connect_timeout(bound)
         .breaker(None)
         .build()

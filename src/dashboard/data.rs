@@ -196,6 +196,16 @@ pub struct StoreData {
     pub bytes: Option<u64>,
     /// Per-tier figures of a tiered store (`"l1"`, `"l2"`).
     pub tiers: BTreeMap<String, StoreData>,
+    /// The circuit breaker's state (`closed`, `open`, `half_open`), for stores that have one;
+    /// on a Redis Cluster, the worst of its masters'.
+    #[serde(default)]
+    pub breaker: Option<String>,
+    /// On a Redis Cluster, each master's breaker state, by `host:port`.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, String>,
+    /// For a tiered store, whether its L1 answers reads now.
+    #[serde(default)]
+    pub l1_in_use: Option<bool>,
 }
 
 impl From<crate::store::StoreStats> for StoreData {
@@ -218,6 +228,13 @@ impl From<crate::store::StoreStats> for StoreData {
                 .into_iter()
                 .map(|(name, tier)| (name.to_owned(), tier.into()))
                 .collect(),
+            breaker: s.breaker.map(|b| b.as_str().to_owned()),
+            nodes: s
+                .nodes
+                .into_iter()
+                .map(|(address, state)| (address, state.as_str().to_owned()))
+                .collect(),
+            l1_in_use: s.l1_in_use,
         }
     }
 }

@@ -21,7 +21,8 @@
 //!
 //! - [`PoolCheck`] (features `postgres`, `mysql`, `sqlite`): a sqlx pool's size, idle and in-use
 //!   connections, utilisation, acquire wait, acquire timeouts and a `SELECT 1` round trip.
-//! - [`RedisCheck`] (feature `redis`): a `PING` round trip, connected or not.
+//! - [`RedisCheck`] (feature `redis`): a `PING` round trip, connected or not; on a Redis Cluster
+//!   ([`RedisCheck::cluster`]) one per node, each reported.
 //! - [`stats_check`]: any `Fn() -> impl Serialize` snapshot, so other modules' statistics (cache
 //!   hit rates, transaction and purge stats, the metrics registry's latency report) are
 //!   registered by the app without this module knowing them.

@@ -393,10 +393,13 @@ mod remote {
         let bad_url = refused(PurgeConfigErrorKind::Url);
         let target = Target::parse(&settings.url).map_err(bad_url)?;
         let conn = target
-            .connect_lazily(Timeouts {
-                connect: settings.connect_timeout,
-                response: settings.timeout,
-            })
+            .connect_lazily(
+                Timeouts {
+                    connect: settings.connect_timeout,
+                    response: settings.timeout,
+                },
+                None,
+            )
             .map_err(bad_url)?;
         let instance = rand::random();
         let channel = format!("{}:events", settings.namespace);
@@ -408,6 +411,7 @@ mod remote {
             SubscribeConfig {
                 connect_timeout: settings.connect_timeout,
                 ping_interval: settings.ping_interval,
+                conn: Some(conn.clone()),
             },
             stop,
             Listener {

@@ -1,7 +1,9 @@
 //! A circuit breaker for a remote store's connection: after a run of failures it opens and
 //! every call fails at once, instead of each request waiting out the command timeout of a
-//! Redis that hangs or is gone; after a cool-down one probe call goes through (half-open) and
-//! its success closes it.
+//! Redis that hangs or is gone. After each cool-down the store's background task sends one
+//! probe (a `PING`; half-open), whose success closes it: no caller's request is ever the
+//! probe, so no caller waits out a timeout for it, and a store nobody calls (a tiered store
+//! whose L1 answers every read) still notices that Redis is back.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use super::stats::BreakerState;
 /// Default consecutive failures (timeouts, connection errors) that open a breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 
-/// Default time an open breaker waits before letting one probe call through.
+/// Default time an open breaker waits before its background probe.
 pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(1);
 
 /// When a store's circuit breaker opens and how long it stays open (see the
@@ -23,7 +25,7 @@ pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(1);
 pub struct BreakerSettings {
     /// Consecutive failures that open the breaker (at least 1).
     pub failures: u32,
-    /// How long it stays open before one probe call goes through.
+    /// How long it stays open before the background probe (a `PING`) tries the backend.
     pub cool_down: Duration,
 }
 
@@ -39,7 +41,7 @@ impl Default for BreakerSettings {
 /// A lock-free circuit breaker; see the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Breaker {
-    name: &'static str,
+    name: String,
     settings: BreakerSettings,
     /// Consecutive failures while closed.
     failures: AtomicU32,
@@ -52,6 +54,8 @@ pub(crate) struct Breaker {
     rejected: AtomicU64,
     /// Times it opened.
     opened: AtomicU64,
+    /// Counts the times it closed, for whoever waits for the backend to be back.
+    closed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why a call was refused.
@@ -100,46 +104,61 @@ fn now_micros() -> u64 {
 }
 
 impl Breaker {
-    pub(crate) fn new(name: &'static str, settings: BreakerSettings) -> Self {
+    pub(crate) fn new(name: impl Into<String>, settings: BreakerSettings) -> Self {
         Breaker {
-            name,
+            name: name.into(),
             settings,
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
             opened: AtomicU64::new(0),
+            closed: tokio::sync::watch::Sender::new(0),
         }
     }
 
-    /// Whether a call may go out now: always while closed; while open, only the one probe
-    /// once the cool-down has passed. The ticket reports the call's outcome; dropped without
-    /// one (its future was cancelled), a probe's ticket gives the probe back, so the breaker
-    /// can never wait forever for an answer nobody will bring.
+    /// Whether a call may go out now: while closed. While open every call is refused at once;
+    /// only [`probe`](Self::probe) tries the backend. The ticket reports the call's outcome.
     pub(crate) fn admit(&self) -> Result<Ticket<'_>, Refused> {
-        let until = self.open_until.load(Ordering::Acquire);
-        if until == 0 {
+        if self.open_until.load(Ordering::Acquire) == 0 {
             return Ok(Ticket {
                 breaker: self,
                 probe: false,
                 done: false,
             });
         }
-        if now_micros() >= until
-            && self
-                .probing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            tracing::info!(breaker = self.name, "circuit half-open: one probe call");
-            return Ok(Ticket {
-                breaker: self,
-                probe: true,
-                done: false,
-            });
-        }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         Err(Refused)
+    }
+
+    /// The probe's ticket, when the breaker is open, its cool-down has passed and no probe is
+    /// on its way; the store's background task then sends a `PING` under it. Dropped without
+    /// an outcome (its future was cancelled), the ticket gives the probe back, so the breaker
+    /// can never wait forever for an answer nobody will bring.
+    pub(crate) fn probe(&self) -> Option<Ticket<'_>> {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 || now_micros() < until {
+            return None;
+        }
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(Ticket {
+            breaker: self,
+            probe: true,
+            done: false,
+        })
+    }
+
+    /// Whether it is open (or half-open): calls are refused.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+
+    /// Changes each time the breaker closes.
+    #[cfg(any(test, feature = "memory"))]
+    pub(crate) fn closings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.closed.subscribe()
     }
 
     /// A call went through. While closed, it ends a run of failures; while open, only the
@@ -153,9 +172,10 @@ impl Breaker {
             self.open_until.store(0, Ordering::Release);
             self.probing.store(false, Ordering::Release);
             tracing::info!(
-                breaker = self.name,
+                breaker = self.name.as_str(),
                 "circuit closed: the backend answers again"
             );
+            self.closed.send_modify(|n| *n += 1);
         }
     }
 
@@ -165,11 +185,12 @@ impl Breaker {
     fn failure(&self, probe: bool) {
         if self.open_until.load(Ordering::Acquire) != 0 {
             if probe {
+                // Once per cool-down for as long as the outage lasts: not worth a warning each.
                 self.reopen();
-                tracing::warn!(
-                    breaker = self.name,
+                tracing::debug!(
+                    breaker = self.name.as_str(),
                     cool_down_ms = self.settings.cool_down.as_millis() as u64,
-                    "circuit re-opened: the probe call failed"
+                    "circuit stays open: the probe failed"
                 );
             }
             return;
@@ -188,7 +209,7 @@ impl Breaker {
         {
             self.opened.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                breaker = self.name,
+                breaker = self.name.as_str(),
                 failures,
                 cool_down_ms = self.settings.cool_down.as_millis() as u64,
                 "circuit opened: calls fail at once until a probe succeeds"
@@ -224,7 +245,6 @@ impl Breaker {
         self.rejected.load(Ordering::Relaxed)
     }
 
-    #[cfg(any(test, feature = "health"))]
     pub(crate) fn opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
     }
@@ -271,11 +291,14 @@ mod tests {
             fail(&b);
         }
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        let probe = b.admit().expect("the probe");
-        assert!(b.admit().is_err(), "only one probe at a time");
+        assert!(b.admit().is_err(), "no caller is the probe");
+        let probe = b.probe().expect("the probe");
+        assert!(b.probe().is_none(), "only one probe at a time");
         probe.failure();
-        let probe = b.admit().expect("a new probe after the (zero) cool-down");
+        let probe = b.probe().expect("a new probe after the (zero) cool-down");
+        let closings = b.closings();
         probe.success();
+        assert!(closings.has_changed().unwrap(), "its closing is told");
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.admit().is_ok() && b.admit().is_ok());
     }
@@ -287,8 +310,8 @@ mod tests {
         for _ in 0..3 {
             fail(&b);
         }
-        drop(b.admit().expect("the probe")); // its caller went away
-        let probe = b.admit().expect("the probe is not lost with its caller");
+        drop(b.probe().expect("the probe")); // its caller went away
+        let probe = b.probe().expect("the probe is not lost with its caller");
         straggler.success(); // admitted before it opened: proves nothing about now
         assert_ne!(b.state(), BreakerState::Closed);
         probe.success();

@@ -115,9 +115,19 @@
 //!   shard: when its master is lost or the slot moves, the store hears of it, distrusts its
 //!   local copies and subscribes again.
 //!
-//! One circuit breaker covers the whole Cluster: a dead master opens it for every slot, and a
-//! cache in front passes through to its origin until the probe gets through. A hit costs one
-//! round trip either way; the bench `cache_layer` measures the difference.
+//! The store sees a Cluster node by node: its own slot map (`CLUSTER SLOTS`), one connection
+//! and one circuit breaker per master. A master that hangs or dies opens its own breaker and
+//! turns off its own slots only (a cache in front passes through to its origin for them);
+//! the other masters' keys keep answering, and a batch that spans masters answers nil for the
+//! failed master's reads only. When a node times out, while a breaker is open and every few
+//! seconds otherwise, the slot map is asked again of the nodes that answer, so once the
+//! cluster has promoted a replica its slots go there, even while the old master still hangs.
+//! A hit costs one round trip either way; the bench `cache_layer` measures the difference.
+//!
+//! With Redis's default `cluster-require-full-coverage yes`, from the moment the cluster
+//! flags a lost master `FAIL` until its replica is promoted, every node refuses every key
+//! (`CLUSTERDOWN`) and no client can help it; `cluster-require-full-coverage no` keeps the
+//! other masters serving through that window.
 
 #[cfg(feature = "redis")]
 mod config;

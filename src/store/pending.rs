@@ -3,6 +3,10 @@
 //! anything read (FusionCache's auto-recovery is the model). Until a key's invalidation has
 //! reached Redis, this instance reads it as a miss: neither its L1 copy nor Redis's copy,
 //! which the failed invalidation should have removed, may be served.
+//!
+//! A purge-all (a `clear`) that missed Redis is kept too, as one mark: every entry stored
+//! before it reads as a miss until it is replayed. Past [`MAX_PENDING`] queued keys and tags,
+//! nothing is dropped: the queue folds into such a purge-all of the namespace.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -10,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{Entry, PurgeMode, RedisStore, Store};
 
-/// Most invalidations kept at once; past it new ones are dropped and counted.
+/// Most key and tag invalidations kept at once; past it the queue becomes one purge-all.
 pub(crate) const MAX_PENDING: usize = 10_000;
 
 /// Every queued invalidation carries the sequence number it was queued with, so a write or a
@@ -22,6 +26,25 @@ struct Queue {
     /// Tag -> the latest purge (microseconds since the epoch), whether it was soft, and when
     /// it was queued (sequence).
     tags: HashMap<String, (u64, bool, u64)>,
+    /// A purge-all: when it was made (microseconds since the epoch) and queued (sequence).
+    all: Option<(u64, u64)>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.tags.is_empty() && self.all.is_none()
+    }
+}
+
+/// What queueing an invalidation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Queued {
+    /// It waits on its own.
+    Kept,
+    /// The queue was full: it and everything else became one purge-all of the namespace. The
+    /// caller drops its L1 (as on a lost subscription): the purge-all hides what L1 holds.
+    Overflowed,
 }
 
 /// The invalidations waiting for Redis.
@@ -30,7 +53,10 @@ pub(crate) struct Pending {
     queue: Mutex<Queue>,
     /// Something is queued: the read path's check costs one load when nothing is.
     any: AtomicBool,
-    dropped: AtomicU64,
+    /// A purge-all waits: L1 is not trusted until it has reached Redis.
+    clearing: AtomicBool,
+    /// Times the queue overflowed into a purge-all.
+    overflows: AtomicU64,
     /// A task retries the queue.
     retrying: AtomicBool,
     /// The last sequence number handed out.
@@ -42,16 +68,40 @@ impl Pending {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn full(&self, queue: &Queue) -> bool {
+    /// Folds a full queue into one purge-all made now: nothing queued is lost, everything
+    /// stored before now reads as a miss until Redis has it.
+    fn overflow(&self, queue: &mut Queue) -> Queued {
         if queue.keys.len() + queue.tags.len() < MAX_PENDING {
-            return false;
+            return Queued::Kept;
         }
-        self.dropped.fetch_add(1, Relaxed);
-        tracing::error!(
+        self.overflows.fetch_add(1, Relaxed);
+        tracing::warn!(
             max = MAX_PENDING,
-            "tiered store: too many invalidations waiting for Redis; dropping one"
+            "tiered store: too many invalidations waiting for Redis; \
+             queueing a purge-all of the namespace instead"
         );
-        true
+        queue.keys.clear();
+        queue.tags.clear();
+        self.queue_all(queue, super::entry::now_micros());
+        Queued::Overflowed
+    }
+
+    fn queue_all(&self, queue: &mut Queue, at: u64) {
+        let at = queue.all.map_or(at, |(before, _)| before.max(at));
+        queue.all = Some((at, self.next()));
+        self.clearing.store(true, Relaxed);
+        self.any.store(true, Relaxed);
+    }
+
+    /// A purge-all (made at `at`, microseconds since the epoch) that did not reach Redis.
+    pub(crate) fn all(&self, at: u64) {
+        let mut queue = self.lock();
+        self.queue_all(&mut queue, at);
+    }
+
+    /// Whether a purge-all waits for Redis.
+    pub(crate) fn clearing(&self) -> bool {
+        self.clearing.load(Relaxed)
     }
 
     /// The sequence as of now: a write records it before it goes to Redis (see
@@ -65,20 +115,21 @@ impl Pending {
     }
 
     /// A key invalidation that did not reach Redis.
-    pub(crate) fn key(&self, key: &str, mode: PurgeMode) {
+    pub(crate) fn key(&self, key: &str, mode: PurgeMode) -> Queued {
         let mut queue = self.lock();
-        if !queue.keys.contains_key(key) && self.full(&queue) {
-            return;
+        if !queue.keys.contains_key(key) && self.overflow(&mut queue) == Queued::Overflowed {
+            return Queued::Overflowed;
         }
         queue.keys.insert(key.to_owned(), (mode, self.next()));
         self.any.store(true, Relaxed);
+        Queued::Kept
     }
 
     /// A tag purge that did not reach Redis.
-    pub(crate) fn tag(&self, tag: &str, at: u64, soft: bool) {
+    pub(crate) fn tag(&self, tag: &str, at: u64, soft: bool) -> Queued {
         let mut queue = self.lock();
-        if !queue.tags.contains_key(tag) && self.full(&queue) {
-            return;
+        if !queue.tags.contains_key(tag) && self.overflow(&mut queue) == Queued::Overflowed {
+            return Queued::Overflowed;
         }
         let seq = self.next();
         let slot = queue.tags.entry(tag.to_owned()).or_insert((at, soft, seq));
@@ -86,6 +137,7 @@ impl Pending {
             *slot = (at, soft, seq);
         }
         self.any.store(true, Relaxed);
+        Queued::Kept
     }
 
     /// A write of `key` that began at sequence `began` reached Redis: it supersedes an
@@ -104,25 +156,27 @@ impl Pending {
         self.any.load(Relaxed) && self.lock().keys.contains_key(key)
     }
 
-    /// Whether a waiting tag purge covers `entry` (it was stored before the purge).
+    /// Whether a waiting purge-all or tag purge covers `entry` (it was stored before it).
     pub(crate) fn hides(&self, entry: &Entry) -> bool {
-        if !self.any.load(Relaxed) || entry.tags().is_empty() {
+        if !self.any.load(Relaxed) {
             return false;
         }
         let queue = self.lock();
         let stored = entry.stored_at_micros();
-        entry
-            .tags()
-            .iter()
-            .any(|tag| queue.tags.get(tag).is_some_and(|(at, _, _)| *at >= stored))
+        queue.all.is_some_and(|(at, _)| at >= stored)
+            || entry
+                .tags()
+                .iter()
+                .any(|tag| queue.tags.get(tag).is_some_and(|(at, _, _)| *at >= stored))
     }
 
-    /// How many invalidations wait, and how many were dropped for lack of room.
+    /// How many invalidations wait (a purge-all counts one), and how many times the queue
+    /// overflowed into a purge-all.
     pub(crate) fn counts(&self) -> (u64, u64) {
         let queue = self.lock();
         (
-            (queue.keys.len() + queue.tags.len()) as u64,
-            self.dropped.load(Relaxed),
+            (queue.keys.len() + queue.tags.len() + usize::from(queue.all.is_some())) as u64,
+            self.overflows.load(Relaxed),
         )
     }
 
@@ -161,15 +215,32 @@ impl Pending {
         if !self.any.load(Relaxed) {
             return 0;
         }
-        let (keys, tags) = {
+        let (all, keys, tags) = {
             let queue = self.lock();
             (
+                queue.all,
                 queue.keys.clone().into_iter().collect::<Vec<_>>(),
                 queue.tags.clone().into_iter().collect::<Vec<_>>(),
             )
         };
         // Removed only when unchanged since the snapshot: one queued meanwhile stays.
         let mut sent = 0;
+        if let Some((_, seq)) = all {
+            if l2.clear().await.is_err() {
+                // The rest would not reach a Redis that refused this either; and until the
+                // purge-all is there, it hides what they would.
+                return 0;
+            }
+            let mut queue = self.lock();
+            if queue.all.is_some_and(|(_, now)| now == seq) {
+                queue.all = None;
+                self.clearing.store(false, Relaxed);
+            }
+            // What was queued before it is done with it.
+            queue.keys.retain(|_, (_, queued)| *queued > seq);
+            queue.tags.retain(|_, (_, _, queued)| *queued > seq);
+            sent += 1;
+        }
         for (key, (mode, seq)) in keys {
             if l2.purge_key(&key, mode).await.is_ok() {
                 let mut queue = self.lock();
@@ -189,7 +260,7 @@ impl Pending {
             }
         }
         let queue = self.lock();
-        if queue.keys.is_empty() && queue.tags.is_empty() {
+        if queue.is_empty() {
             self.any.store(false, Relaxed);
         }
         if sent > 0 {
@@ -214,7 +285,7 @@ mod tests {
         let entry = Entry::new(Bytes::new(), &SetOptions::new().tags(["t"]));
         assert!(!pending.hides(&entry) && !pending.holds_key("k"));
         let began = pending.now();
-        pending.key("k", PurgeMode::Hard);
+        let _ = pending.key("k", PurgeMode::Hard);
         assert!(pending.holds_key("k"));
         pending.written("k", began);
         assert!(
@@ -226,20 +297,28 @@ mod tests {
             !pending.holds_key("k"),
             "a write that began after it supersedes it"
         );
-        pending.tag("t", entry.stored_at_micros() + 1, false);
+        let _ = pending.tag("t", entry.stored_at_micros() + 1, false);
         assert!(pending.hides(&entry));
         let other = Entry::new(Bytes::new(), &SetOptions::new().tags(["u"]));
-        pending.tag("u", other.stored_at_micros() - 1, false);
+        let _ = pending.tag("u", other.stored_at_micros() - 1, false);
         assert!(!pending.hides(&other), "stored after the purge");
         assert_eq!(pending.counts(), (2, 0));
     }
 
     #[test]
-    fn the_queue_is_bounded() {
+    fn a_full_queue_becomes_a_purge_all_that_hides_everything_older() {
         let pending = Pending::default();
-        for i in 0..MAX_PENDING + 10 {
-            pending.key(&format!("k{i}"), PurgeMode::Hard);
+        let old = Entry::new(Bytes::new(), &SetOptions::new());
+        for i in 0..MAX_PENDING {
+            assert_eq!(pending.key(&format!("k{i}"), PurgeMode::Hard), Queued::Kept);
         }
-        assert_eq!(pending.counts(), (MAX_PENDING as u64, 10));
+        assert!(!pending.hides(&old) && !pending.clearing());
+        assert_eq!(pending.key("one more", PurgeMode::Hard), Queued::Overflowed);
+        assert_eq!(pending.counts(), (1, 1), "one purge-all waits");
+        assert!(pending.clearing());
+        assert!(pending.hides(&old), "stored before the purge-all");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let new = Entry::new(Bytes::new(), &SetOptions::new());
+        assert!(!pending.hides(&new), "stored after it");
     }
 }

@@ -45,6 +45,12 @@ pub struct StoreStats {
     /// Per-tier statistics of a tiered store (`"l1"`, `"l2"`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tiers: BTreeMap<&'static str, StoreStats>,
+    /// On a Redis Cluster, the state of each master's circuit breaker, by `host:port`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, BreakerState>,
+    /// For a tiered store, whether its L1 answers reads now (see `TieredStore::l1_in_use`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l1_in_use: Option<bool>,
 }
 
 #[cfg(any(feature = "memory", feature = "redis"))]
@@ -70,8 +76,19 @@ pub enum BreakerState {
     Closed,
     /// Calls fail at once until the cool-down has passed.
     Open,
-    /// The cool-down has passed: one probe call is (or may be) on its way.
+    /// The cool-down has passed: the background probe is (or may be) on its way.
     HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
 }
 
 /// Lock-free counters behind [`StoreStats`].

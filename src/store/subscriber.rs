@@ -10,7 +10,10 @@
 //!   with every subscriber on that shard a publisher can count them (`PUBSUB SHARDNUMSUB`),
 //!   which the store's write fence relies on. The owner is pinged through the same connection;
 //!   a lost connection or a moved slot (`sunsubscribe`) is reported, and the subscription
-//!   renewed with the same back-off.
+//!   renewed with the same back-off, on a new client seeded with the masters that answer now
+//!   (from the store's own slot map): redis-rs learns of a failover only from `MOVED` or a
+//!   dropped connection, so a client that kept its map would go on subscribing at a master
+//!   that hangs after its replica took over.
 //!
 //! Every (re)subscription is reported as [`Subscriber::subscribed`]: what was published while
 //! the listener was away is lost, so local copies must be dropped.
@@ -36,12 +39,16 @@ pub(crate) trait Subscriber: Send + 'static {
 }
 
 /// Settings of a subscription.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub(crate) struct SubscribeConfig {
     /// Bound on connecting, subscribing and each ping.
     pub connect_timeout: Duration,
     /// How often to ping.
     pub ping_interval: Duration,
+    /// The store's (or bus's) connection: on a Cluster, its slot map says which masters
+    /// answer when the subscription is renewed.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
+    pub conn: Option<super::redis::RedisConn>,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -155,20 +162,31 @@ async fn listen_cluster(
         connect: config.connect_timeout,
         response: config.connect_timeout,
     };
-    let (push, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-    let client = match cluster_client(&nodes, timeouts, Some(push)) {
-        Ok(client) => client,
+    // A client seeded with `seeds`, and the channel its pushes arrive on.
+    let connect = |seeds: &[String]| {
+        let (push, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let client = cluster_client(seeds, timeouts, Some(push))?;
+        let conn = client.get_pending_async_connection_with_config(
+            redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(timeouts.connect)
+                .set_response_timeout(timeouts.response),
+        );
+        Ok::<_, redis::RedisError>((conn, pushes))
+    };
+    let (mut conn, mut pushes) = match connect(&nodes) {
+        Ok(connected) => connected,
         Err(e) => {
             // The URL was checked when the store was built; this is not expected.
             tracing::error!(channel, error = %e, "subscriber: no Cluster client, not listening");
             return;
         }
     };
-    let mut conn = client.get_pending_async_connection_with_config(
-        redis::cluster::ClusterConfig::new()
-            .set_connection_timeout(timeouts.connect)
-            .set_response_timeout(timeouts.response),
-    );
+    let router = match &config.conn {
+        Some(super::redis::RedisConn::Cluster(router)) => Some(router.clone()),
+        _ => None,
+    };
+    // Set when the subscription was lost: the next attempt starts from a new client.
+    let mut renew = false;
     let mut subscribed = false;
     let mut backoff = FIRST_BACKOFF;
     let mut next_try = tokio::time::Instant::now();
@@ -193,6 +211,7 @@ async fn listen_cluster(
                     PushKind::Disconnection | PushKind::SUnsubscribe if subscribed => {
                         tracing::warn!(channel, "subscriber: sharded subscription lost");
                         subscribed = false;
+                        renew = true;
                         next_try = tokio::time::Instant::now() + backoff;
                         subscriber.lost();
                     }
@@ -208,11 +227,23 @@ async fn listen_cluster(
                 if !matches!(pong, Ok(Ok(_))) {
                     tracing::warn!(channel, "subscriber: ping of the channel's shard failed");
                     subscribed = false;
+                    renew = true;
                     next_try = tokio::time::Instant::now() + backoff;
                     subscriber.lost();
                 }
             }
             _ = tokio::time::sleep_until(next_try), if !subscribed => {
+                if renew && let Some(router) = &router {
+                    // Seeded with the masters that answer now, so its slot map is theirs.
+                    let seeds = router.live_seeds().await;
+                    match connect(if seeds.is_empty() { &nodes } else { &seeds }) {
+                        Ok((new_conn, new_pushes)) => {
+                            (conn, pushes) = (new_conn, new_pushes);
+                            renew = false;
+                        }
+                        Err(e) => tracing::debug!(channel, error = %e, "subscriber: new Cluster client failed"),
+                    }
+                }
                 // Subscribing again on a connection that is still subscribed is harmless: the
                 // server confirms again.
                 let done = tokio::time::timeout(config.connect_timeout, conn.ssubscribe(channel.as_str())).await;

@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::backplane::{BusEvent, BusOp};
 use super::entry::now_micros;
-use super::pending::Pending;
+use super::pending::{Pending, Queued};
 use super::stats::{BreakerState, Counters};
 use super::{
     Entry, KeyPattern, Limits, MemoryStore, PurgeMode, RedisStore, SetOptions, Store,
@@ -34,9 +34,11 @@ use super::{
 ///   it cannot serve the old value from L1 after it returned.
 /// - **Redis down** (its circuit breaker open): reads keep working on L1. Writes go to L1 and
 ///   return the error: they did not reach Redis. Invalidations (deletes, key and tag purges)
-///   apply to L1, return the error, and are kept (per key and tag, the last one winning,
-///   bounded) and replayed when the backplane is back; until then this instance reads those
-///   keys as misses ([`TieredStore::pending_invalidations`]).
+///   apply to L1, return the error, and are kept (per key and tag, the last one winning) and
+///   replayed when Redis answers again; until then this instance reads those keys as misses
+///   ([`TieredStore::pending_invalidations`]). A [`Store::clear`] that missed Redis is kept
+///   the same way, hiding every entry stored before it; a pattern purge that missed it is
+///   reported, not kept.
 ///
 /// Cloning is cheap; clones share both tiers.
 #[derive(Clone)]
@@ -161,8 +163,32 @@ async fn apply_invalidations(
     epoch: Arc<AtomicU64>,
     replay: Replay,
 ) {
+    // The subscription may have come up before `events` was made (the Redis store subscribes
+    // as soon as it is built, and a caller may await something in between): its `Resync` is
+    // then gone, and without this L1 would stay distrusted until the next resubscription.
+    // `events` was made first, so a subscription that begins from here on still sends one.
+    if replay.l2.backplane_connected() {
+        resync(&l1, &replay);
+    }
+    let mut closings = replay.l2.breaker_closings();
     loop {
-        let event = events.recv().await;
+        let event = tokio::select! {
+            event = events.recv() => event,
+            // The breaker's background probe found Redis back: send it what waits at once, not
+            // at the next retry (an instance whose L1 answers every read sends nothing else).
+            Some(Ok(())) = async {
+                match closings.as_mut() {
+                    Some(closings) => Some(closings.changed().await),
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (pending, l2) = (replay.pending.clone(), replay.l2.clone());
+                tokio::spawn(async move {
+                    pending.replay(&l2).await;
+                });
+                continue;
+            }
+        };
         // Bump first: a fill that read L2 before this point must not land after the removal.
         epoch.fetch_add(1, Relaxed);
         match event {
@@ -203,17 +229,7 @@ async fn apply_invalidations(
             }
             // Subscribed again: Redis answers. Drop what L1 may have missed, and send Redis
             // the invalidations it missed from this instance.
-            Ok(BusEvent::Resync) => {
-                // The number first, then the drop: a subscription that began meanwhile has a
-                // higher number, and L1 stays distrusted until its own `Resync`.
-                let subscription = replay.l2.backplane_subscriptions();
-                l1.remove_all();
-                replay.synced.store(subscription, Relaxed);
-                let (pending, l2) = (replay.pending.clone(), replay.l2.clone());
-                tokio::spawn(async move {
-                    pending.replay(&l2).await;
-                });
-            }
+            Ok(BusEvent::Resync) => resync(&l1, &replay),
             // The epoch bump above cancels fills in flight; reads stop trusting L1 through the
             // store's connection flag (see `TieredStore::l1_trusted`), and the `Resync` that
             // follows the new subscription drops it. Kept meanwhile: if Redis is down
@@ -226,6 +242,20 @@ async fn apply_invalidations(
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// A subscription began: drop what L1 may have missed, trust it from now on, and send Redis
+/// the invalidations it missed from this instance.
+fn resync(l1: &MemoryStore, replay: &Replay) {
+    // The number first, then the drop: a subscription that began meanwhile has a higher
+    // number, and L1 stays distrusted until its own `Resync`.
+    let subscription = replay.l2.backplane_subscriptions();
+    l1.remove_all();
+    replay.synced.store(subscription, Relaxed);
+    let (pending, l2) = (replay.pending.clone(), replay.l2.clone());
+    tokio::spawn(async move {
+        pending.replay(&l2).await;
+    });
 }
 
 impl TieredStore {
@@ -267,10 +297,12 @@ impl TieredStore {
         self.l1_trusted()
     }
 
-    /// Invalidations that did not reach Redis and wait to be replayed when the backplane is
-    /// back (keys and tags, the last per key winning), and how many were dropped because
-    /// 10,000 wait already. Until its invalidation has
-    /// reached Redis, a key reads as a miss on this instance.
+    /// Invalidations that did not reach Redis and wait to be replayed when it answers again
+    /// (keys and tags, the last per key winning, and a purge-all counting one), and how many
+    /// times the queue overflowed. Until its invalidation has reached Redis, a key reads as a
+    /// miss on this instance. Past 10,000 waiting keys and tags nothing is dropped: L1 is
+    /// dropped and the queue becomes one purge-all of the namespace, under which every entry
+    /// stored before it reads as a miss (and L1 stays out of use) until it is replayed.
     pub fn pending_invalidations(&self) -> (u64, u64) {
         self.inner.pending.counts()
     }
@@ -291,6 +323,15 @@ impl TieredStore {
         })
     }
 
+    /// An invalidation was queued for replay: make sure it is retried, and drop L1 when the
+    /// queue overflowed into a purge-all (which hides what L1 holds until it is replayed).
+    fn queued(&self, queued: Queued) {
+        if queued == Queued::Overflowed {
+            self.inner.l1.remove_all();
+        }
+        self.inner.pending.retry_in_background(&self.inner.l2);
+    }
+
     /// Counts an L2 failure and passes it on.
     fn report<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         result.inspect_err(|e| self.inner.counters.error(e))
@@ -303,13 +344,16 @@ impl TieredStore {
     /// from that moment until it has resubscribed and dropped L1, reads go to L2 and nothing
     /// new is put in L1.
     fn l1_trusted(&self) -> bool {
+        // A purge-all waits for Redis (the queue overflowed, or a clear missed it): L1 was
+        // dropped and stays out of use until it has been replayed.
+        !self.inner.pending.clearing()
         // Connected, and L1 dropped since this subscription began (the `Resync` applied).
-        (self.inner.l2.backplane_connected()
+        && ((self.inner.l2.backplane_connected()
             && self.inner.synced.load(Relaxed) == self.inner.l2.backplane_subscriptions())
             || matches!(
                 self.inner.l2.breaker_state(),
                 Some(BreakerState::Open | BreakerState::HalfOpen)
-            )
+            ))
     }
 
     /// Puts an entry this instance wrote in L1, or drops L1's copy of the key when L1 may not
@@ -369,7 +413,7 @@ impl TieredStore {
         let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         let mut call = Box::pin(async move {
             let keys: Vec<&str> = owned.iter().map(String::as_str).collect();
-            l2.get_many(&keys).await
+            l2.read_many(&keys).await
         });
         let result = tokio::select! {
             biased;
@@ -463,8 +507,7 @@ impl Store for TieredStore {
         // A delete that did not reach Redis is not done: kept for replay, and reported.
         let remote = self.inner.l2.delete(key).await;
         if remote.is_err() {
-            self.inner.pending.key(key, PurgeMode::Hard);
-            self.inner.pending.retry_in_background(&self.inner.l2);
+            self.queued(self.inner.pending.key(key, PurgeMode::Hard));
         }
         let remote = self.report(remote)?;
         Counters::add(&self.inner.counters.deletes, u64::from(local || remote));
@@ -477,8 +520,7 @@ impl Store for TieredStore {
         let local = self.inner.l1.purge_tag_at(tag, at);
         let remote = self.inner.l2.purge_tag_at(tag, at, false).await;
         if remote.is_err() {
-            self.inner.pending.tag(tag, at, false);
-            self.inner.pending.retry_in_background(&self.inner.l2);
+            self.queued(self.inner.pending.tag(tag, at, false));
         }
         self.report(remote).map(|remote| local.max(remote))
     }
@@ -486,8 +528,9 @@ impl Store for TieredStore {
     async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
         let parsed = KeyPattern::glob(pattern)?;
         let local = self.inner.l1.purge_matching_local(&parsed, PurgeMode::Hard);
+        // Not absorbed: the keys are still in Redis for every instance.
         let remote = self.inner.l2.delete_matching(pattern).await;
-        Ok(local.max(self.absorb(remote, 0)))
+        self.report(remote).map(|remote| local.max(remote))
     }
 
     // The purge methods apply locally, then report an L2 failure instead of absorbing it like
@@ -513,8 +556,7 @@ impl Store for TieredStore {
         let local = self.inner.l1.remove_local(key);
         let remote = self.inner.l2.purge_key(key, mode).await;
         if remote.is_err() {
-            self.inner.pending.key(key, mode);
-            self.inner.pending.retry_in_background(&self.inner.l2);
+            self.queued(self.inner.pending.key(key, mode));
         }
         self.report(remote).map(|remote| local || remote)
     }
@@ -530,8 +572,7 @@ impl Store for TieredStore {
         };
         let remote = self.inner.l2.purge_tag_at(tag, at, soft).await;
         if remote.is_err() {
-            self.inner.pending.tag(tag, at, soft);
-            self.inner.pending.retry_in_background(&self.inner.l2);
+            self.queued(self.inner.pending.tag(tag, at, soft));
         }
         self.report(remote).map(|remote| local.max(remote))
     }
@@ -547,13 +588,21 @@ impl Store for TieredStore {
     }
 
     async fn clear(&self) -> Result<u64, StoreError> {
+        let at = now_micros();
         let local = self.inner.l1.remove_all();
         let remote = self.inner.l2.clear().await;
-        Ok(local.max(self.absorb(remote, 0)))
+        if remote.is_err() {
+            // Not done: reported, and kept for replay; until then this instance reads
+            // everything stored before it as a miss.
+            self.inner.pending.all(at);
+            self.inner.pending.retry_in_background(&self.inner.l2);
+        }
+        self.report(remote).map(|remote| local.max(remote))
     }
 
     fn stats(&self) -> StoreStats {
         let mut stats = self.inner.counters.snapshot();
+        stats.l1_in_use = Some(self.l1_trusted());
         let l1 = self.inner.l1.stats();
         stats.entries = l1.entries;
         stats.bytes = l1.bytes;

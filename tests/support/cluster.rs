@@ -55,6 +55,19 @@ impl PrivateCluster {
     /// Starts three masters and joins them (16384 slots split three ways, no replicas);
     /// returns once every node reports `cluster_state:ok`.
     pub fn start() -> Self {
+        Self::start_with(0)
+    }
+
+    /// Three masters with one replica each (`cluster-node-timeout 2000`): a master that stops
+    /// is replaced by its replica within a few seconds. Returns once every node reports
+    /// `cluster_state:ok` and every replica is in sync with its master.
+    pub fn start_replicated() -> Self {
+        let cluster = Self::start_with(1);
+        cluster.wait_replicas();
+        cluster
+    }
+
+    fn start_with(replicas: usize) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "strata-cluster-{}-{}",
             std::process::id(),
@@ -66,7 +79,7 @@ impl PrivateCluster {
             dir,
         };
         let mut ports = Vec::new();
-        while ports.len() < 3 {
+        while ports.len() < 3 * (1 + replicas) {
             let port = free_cluster_port();
             if !ports.contains(&port) {
                 ports.push(port);
@@ -90,7 +103,7 @@ impl PrivateCluster {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli is installed");
@@ -245,6 +258,88 @@ impl PrivateCluster {
                 .arg(pid.to_string())
                 .status();
         }
+    }
+
+    /// Waits until every replica reports `master_link_status:up`.
+    fn wait_replicas(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        'wait: while Instant::now() < deadline {
+            for node in &self.nodes {
+                let mut conn = connect(node.port);
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if info.contains("role:slave") && !info.contains("master_link_status:up") {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue 'wait;
+                }
+            }
+            return;
+        }
+        panic!("the replicas did not sync within 30 s");
+    }
+
+    /// The port of the master that serves `key`, asked of the node on `via` (which must
+    /// answer: not a stopped one), with a read timeout.
+    pub fn master_of_via(&self, via: u16, key: &str) -> Option<u16> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{via}")).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .ok()?;
+        let raw: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).ok()?;
+        let redis::Value::Array(ranges) = raw else {
+            return None;
+        };
+        ranges.into_iter().find_map(|range| {
+            let redis::Value::Array(parts) = range else {
+                return None;
+            };
+            let start: u16 = redis::from_redis_value(parts.first()?.clone()).ok()?;
+            let end: u16 = redis::from_redis_value(parts.get(1)?.clone()).ok()?;
+            let redis::Value::Array(master) = parts.get(2)?.clone() else {
+                return None;
+            };
+            let port: u16 = redis::from_redis_value(master.get(1)?.clone()).ok()?;
+            (start..=end).contains(&slot).then_some(port)
+        })
+    }
+
+    /// `cluster_state` (`ok` or `fail`) as the node on `via` sees it.
+    pub fn state_via(&self, via: u16) -> Option<String> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{via}")).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("cluster_state:"))
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// The ports of the masters.
+    pub fn masters(&self) -> Vec<u16> {
+        let mut masters: Vec<u16> = Vec::new();
+        for node in &self.nodes {
+            let mut conn = connect(node.port);
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut conn)
+                .unwrap_or_default();
+            if info.contains("role:master") {
+                masters.push(node.port);
+            }
+        }
+        masters
     }
 
     fn wait_ok(&self) {

@@ -21,6 +21,7 @@ pub struct RedisStoreBuilder {
     namespace: String,
     limits: Limits,
     timeout: Duration,
+    read_soft_timeout: Option<Duration>,
     connect_timeout: Duration,
     backplane: bool,
     ping_interval: Duration,
@@ -43,6 +44,15 @@ impl RedisStoreBuilder {
 
         /// Bound on every command, connection included (default 500 ms).
         fn timeout(timeout: Duration) => set timeout;
+
+        /// How long a lookup ([`Store::get`](crate::store::Store::get), what a cache asks on
+        /// each request; batches are not bounded by it) waits before it gives up with
+        /// [`StoreError::Timeout`](crate::store::StoreError::Timeout) (default 50 ms; `None`:
+        /// the command timeout). A cache in front then passes through to its origin, while the
+        /// call finishes in the background under the command timeout, so the circuit breaker
+        /// still learns that Redis hangs: with Redis hung, requests wait this long, not the
+        /// command timeout, until the breaker opens.
+        fn read_soft_timeout(timeout: Option<Duration>) => set read_soft_timeout;
 
         /// Bound on establishing a connection (default 1 s).
         fn connect_timeout(timeout: Duration) => set connect_timeout;
@@ -86,7 +96,10 @@ impl RedisStoreBuilder {
         /// [`DEFAULT_BREAKER_COOL_DOWN`](crate::store::DEFAULT_BREAKER_COOL_DOWN)); `None` turns it off,
         /// and every call then waits out its own timeout. While it is open, calls fail at once
         /// with [`StoreError::CircuitOpen`](crate::store::StoreError::CircuitOpen): a cache in front passes through to its origin instead
-        /// of waiting on a Redis that hangs.
+        /// of waiting on a Redis that hangs. After each cool-down a background `PING` probes
+        /// Redis and closes it when it answers; no request is ever the probe. On a Cluster
+        /// every node has its own breaker with these settings, so a failed master turns off
+        /// only its own slots.
         fn breaker(settings: Option<BreakerSettings>) => set breaker;
     }
 
@@ -121,7 +134,14 @@ impl RedisStoreBuilder {
             connect: self.connect_timeout,
             response: self.timeout,
         };
-        let conn = target.connect_lazily(timeouts)?;
+        let conn = target.connect_lazily(timeouts, self.breaker)?;
+        // A Cluster's breakers are its nodes'; a server's is the store's.
+        let breaker = match conn.is_cluster() {
+            true => None,
+            false => self
+                .breaker
+                .map(|settings| Breaker::new("redis store", settings)),
+        };
         let marks = Arc::new(quick_cache::sync::Cache::new(self.known_marks.max(16)));
         let prefix = self.namespace.clone();
         let (bus, shutdown) = if self.backplane {
@@ -150,6 +170,7 @@ impl RedisStoreBuilder {
                 SubscribeConfig {
                     connect_timeout: self.connect_timeout,
                     ping_interval: self.ping_interval,
+                    conn: Some(conn.clone()),
                 },
                 rx,
                 listener,
@@ -164,18 +185,31 @@ impl RedisStoreBuilder {
                 prefix,
                 limits: self.limits,
                 timeout: self.timeout,
+                read_soft_timeout: self.read_soft_timeout,
                 mark_ttl: self.mark_ttl,
                 mark_retention: self.mark_retention.min(self.mark_ttl),
                 publish_writes: self.publish_writes,
                 counters: Counters::default(),
-                breaker: self
-                    .breaker
-                    .map(|settings| Breaker::new("redis store", settings)),
+                breaker,
                 marks,
                 bus,
                 _shutdown: shutdown,
             }),
         };
+        if self.breaker.is_some() || store.inner.conn.is_cluster() {
+            // The breakers' probe (and on a Cluster the slot map's refresh): a few times per
+            // cool-down, so an open breaker is probed soon after its cool-down ends.
+            let period = self.breaker.map_or(Duration::from_millis(250), |settings| {
+                (settings.cool_down / 4)
+                    .clamp(Duration::from_millis(10), Duration::from_millis(250))
+            });
+            handle.spawn(crate::background::tick_while_alive(
+                Arc::downgrade(&store.inner),
+                tokio::time::Instant::now() + period,
+                period,
+                |inner| async move { RedisStore { inner }.probe().await },
+            ));
+        }
         if let Some(interval) = self.index_sweep_interval {
             let weak = Arc::downgrade(&store.inner);
             handle.spawn(async move {
@@ -209,6 +243,7 @@ impl RedisStore {
             namespace: "strata".into(),
             limits: Limits::default(),
             timeout: Duration::from_millis(500),
+            read_soft_timeout: Some(Duration::from_millis(50)),
             connect_timeout: Duration::from_secs(1),
             backplane: true,
             ping_interval: Duration::from_secs(1),

@@ -48,8 +48,8 @@ impl RedisStore {
 
 /// A health check of a [`RedisStore`]'s circuit breaker, from [`RedisStore::breaker_check`]:
 /// healthy while closed, degraded (not down: a cache in front passes through to its origin)
-/// while open or probing, with how many calls it refused and how often it opened. It sends
-/// nothing to Redis.
+/// while open or probing, with how many calls it refused and how often it opened; on a
+/// Cluster, with each master's breaker under `nodes`. It sends nothing to Redis.
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 #[derive(Clone, Debug)]
@@ -86,17 +86,32 @@ impl RedisStore {
 impl crate::health::HealthCheck for BreakerCheck {
     fn check(&self) -> crate::health::CheckFuture<'_> {
         use crate::health::CheckOutput;
-        let output = match &self.store.inner.breaker {
+        let output = match self.store.breaker_state() {
             None => CheckOutput::healthy(serde_json::json!({ "breaker": "off" })),
-            Some(breaker) => {
-                let state = breaker.state();
-                let details = serde_json::json!({
+            Some(state) => {
+                let (rejected, opened) = self.store.breaker_counts();
+                let mut details = serde_json::json!({
                     "breaker": state,
-                    "rejected": breaker.rejected(),
-                    "opened": breaker.opened(),
+                    "rejected": rejected,
+                    "opened": opened,
                 });
+                let nodes = self.store.node_states();
+                if !nodes.is_empty() {
+                    // On a Cluster, each master's breaker: one open turns off its slots only.
+                    details["nodes"] = nodes
+                        .iter()
+                        .map(|(address, state)| (address.clone(), serde_json::json!(state)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
                 if state == BreakerState::Closed {
                     CheckOutput::healthy(details)
+                } else if nodes.iter().any(|(_, s)| *s == BreakerState::Closed) {
+                    CheckOutput::degraded(
+                        details,
+                        "circuit to some Redis Cluster masters open: their slots fail at once, \
+                         the cache passes through for them",
+                    )
                 } else {
                     CheckOutput::degraded(
                         details,

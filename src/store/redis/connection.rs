@@ -4,9 +4,12 @@
 //! Everything that differs between the two lives here, so the store's own code is written once:
 //!
 //! - a [`Batch`] of commands is one pipeline on a server; on a Cluster it is split into one
-//!   pipeline per hash slot, sent concurrently, and the replies are put back in order. Nothing
-//!   ever sends a command or pipeline whose keys span slots: a Cluster answers those with
-//!   `CROSSSLOT`, an error, not a non-atomic success;
+//!   pipeline per hash slot, each sent to its slot's master, concurrently, and the replies are
+//!   put back in order. Nothing ever sends a command or pipeline whose keys span slots: a
+//!   Cluster answers those with `CROSSSLOT`, an error, not a non-atomic success. A batch of
+//!   reads marked [`Batch::partial`] answers nil for the part whose node failed, so a hung
+//!   master costs only its own keys;
+//! - on a Cluster every node has its own connection and circuit breaker (see `cluster.rs`);
 //! - `SCAN` walks one server, or every master of a Cluster in turn;
 //! - the backplane publishes with `PUBLISH` on a server and `SPUBLISH` (sharded pub/sub) on a
 //!   Cluster, and counts subscribers with `PUBSUB NUMSUB` or `PUBSUB SHARDNUMSUB`.
@@ -16,6 +19,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
 
+#[cfg(feature = "redis-cluster")]
+use super::cluster::Cluster;
+#[cfg(feature = "redis-cluster")]
+use super::routing::routing_key;
+pub(crate) use super::routing::{Timeouts, backend_down};
+use crate::store::breaker::BreakerSettings;
 use crate::store::{StoreConfigError, StoreConfigErrorKind};
 
 /// Refuses a key namespace that is empty or holds a control character: the store's and the
@@ -47,13 +56,6 @@ pub(crate) enum Target {
     /// `redis-cluster://host:port,host:port,...` (`rediss-cluster://` with TLS): the node URLs.
     #[cfg(feature = "redis-cluster")]
     Cluster(Vec<String>),
-}
-
-/// How long to wait for a connection and for each answer.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timeouts {
-    pub connect: Duration,
-    pub response: Duration,
 }
 
 impl Target {
@@ -116,8 +118,15 @@ impl Target {
     }
 
     /// A connection that connects lazily (building a store never blocks on Redis) and
-    /// reconnects by itself.
-    pub(crate) fn connect_lazily(&self, timeouts: Timeouts) -> Result<RedisConn, StoreConfigError> {
+    /// reconnects by itself. On a Cluster each node gets its own `breaker`, if any; on a server
+    /// the caller keeps one.
+    pub(crate) fn connect_lazily(
+        &self,
+        timeouts: Timeouts,
+        breaker: Option<BreakerSettings>,
+    ) -> Result<RedisConn, StoreConfigError> {
+        #[cfg(not(feature = "redis-cluster"))]
+        let _ = breaker;
         match self {
             Target::Server(client) => {
                 let config = ConnectionManagerConfig::new()
@@ -130,16 +139,9 @@ impl Target {
                     .map_err(|e| bad_url(format!("Redis connection: {e}"), Some(e)))
             }
             #[cfg(feature = "redis-cluster")]
-            Target::Cluster(nodes) => {
-                let client = cluster_client(nodes, timeouts, None)
-                    .map_err(|e| bad_url(format!("Redis Cluster client: {e}"), Some(e)))?;
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(timeouts.connect)
-                    .set_response_timeout(timeouts.response);
-                Ok(RedisConn::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
-            }
+            Target::Cluster(nodes) => Cluster::new(nodes, timeouts, breaker)
+                .map(RedisConn::Cluster)
+                .map_err(|e| bad_url(format!("Redis Cluster client: {e}"), Some(e))),
         }
     }
 }
@@ -173,7 +175,7 @@ pub(crate) fn cluster_client(
 pub(crate) enum RedisConn {
     Server(ConnectionManager),
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(std::sync::Arc<Cluster>),
 }
 
 impl ConnectionLike for RedisConn {
@@ -181,7 +183,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Server(conn) => conn.req_packed_command(cmd),
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(cluster) => Box::pin(cluster.command(cmd)),
         }
     }
 
@@ -194,7 +196,9 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(cluster) => {
+                Box::pin(cluster.packed_commands(pipeline, offset, count))
+            }
         }
     }
 
@@ -202,7 +206,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Server(conn) => conn.get_db(),
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => conn.get_db(),
+            RedisConn::Cluster(_) => 0,
         }
     }
 }
@@ -240,23 +244,33 @@ impl RedisConn {
         match self {
             RedisConn::Server(conn) => batch.pipeline(0..batch.cmds.len()).query_async(conn).await,
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => {
-                let groups = batch.slot_groups();
-                if groups.len() <= 1 {
-                    return batch.pipeline(0..batch.cmds.len()).query_async(conn).await;
+            RedisConn::Cluster(cluster) => {
+                let mut groups = batch.slot_groups();
+                if !batch.atomic {
+                    // Without MULTI, one pipeline per master carries all its slots' commands.
+                    groups = cluster.by_master(groups).await;
                 }
-                // One pipeline per slot, all in flight at once; each keeps every reply so
-                // they can be put back in the batch's order.
-                let sends = groups.iter().map(|indices| {
-                    let mut conn = conn.clone();
+                // One pipeline per slot (or master), each to its master, all in flight at
+                // once; each keeps every reply so they can be put back in the batch's order.
+                let cluster = &*cluster;
+                let sends = groups.iter().map(|(slot, indices)| {
                     let pipe = batch.pipeline_keeping_all(indices);
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    async move { cluster.pipeline(*slot, &pipe).await }
                 });
-                let replies = futures_util::future::try_join_all(sends).await?;
+                let replies = futures_util::future::join_all(sends).await;
+                let answered = replies.iter().filter(|r| r.is_ok()).count();
                 let mut ordered: Vec<Option<Value>> = vec![None; batch.cmds.len()];
-                for (indices, values) in groups.iter().zip(replies) {
-                    for (&index, value) in indices.iter().zip(values) {
-                        ordered[index] = Some(value);
+                for ((_, indices), values) in groups.iter().zip(replies) {
+                    match values {
+                        Ok(values) => {
+                            for (&index, value) in indices.iter().zip(values) {
+                                ordered[index] = Some(value);
+                            }
+                        }
+                        // A partial batch answers nil for a failed node's part, as long as
+                        // some node answered.
+                        Err(_) if batch.partial && answered > 0 => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 let kept: Vec<Value> = ordered
@@ -276,7 +290,15 @@ impl RedisConn {
         match self {
             RedisConn::Server(_) => Ok(vec![ScanNode::Server]),
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => Ok(masters(ask_any_node(conn, "CLUSTER", "SLOTS").await?)),
+            RedisConn::Cluster(cluster) => Ok(cluster
+                .masters()
+                .await?
+                .iter()
+                .map(|node| ScanNode::Master {
+                    host: node.host.clone(),
+                    port: node.port,
+                })
+                .collect()),
         }
     }
 
@@ -296,13 +318,15 @@ impl RedisConn {
             .arg(count);
         match (self, node) {
             #[cfg(feature = "redis-cluster")]
-            (RedisConn::Cluster(conn), ScanNode::Master { host, port }) => {
-                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                let reply = conn.route_command(cmd, routing).await?;
+            (RedisConn::Cluster(cluster), ScanNode::Master { host, port }) => {
+                let node = cluster.known(host, *port).ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::ClusterConnectionNotFound,
+                        "unknown Cluster node",
+                        format!("{host}:{port}"),
+                    ))
+                })?;
+                let reply = cluster.command_on(&node, &cmd).await?;
                 FromRedisValue::from_redis_value(reply).map_err(Into::into)
             }
             (conn, _) => cmd.query_async(conn).await,
@@ -322,10 +346,11 @@ impl RedisConn {
                 Ok(count)
             }
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => {
+            RedisConn::Cluster(cluster) => {
                 let mut cmd = redis::cmd("PUBSUB");
                 cmd.arg("SHARDNUMSUB").arg(channel);
-                let reply = conn.route_command(cmd, channel_route(channel)).await?;
+                let slot = super::routing::slot(channel.as_bytes());
+                let reply = cluster.command_at(slot, &cmd).await?;
                 let (_, count): (String, u64) = FromRedisValue::from_redis_value(reply)?;
                 Ok(count)
             }
@@ -337,27 +362,14 @@ impl RedisConn {
         match self {
             RedisConn::Server(conn) => redis::cmd("INFO").arg("server").query_async(conn).await,
             #[cfg(feature = "redis-cluster")]
-            RedisConn::Cluster(conn) => {
-                let reply = ask_any_node(conn, "INFO", "server").await?;
+            RedisConn::Cluster(cluster) => {
+                let mut cmd = redis::cmd("INFO");
+                cmd.arg("server");
+                let reply = cluster.command_anywhere(&cmd).await?;
                 FromRedisValue::from_redis_value(reply).map_err(Into::into)
             }
         }
     }
-}
-
-/// Sends `command argument` to one Cluster node, any of them: for questions every node
-/// answers alike (the slot map, the server's version).
-#[cfg(feature = "redis-cluster")]
-async fn ask_any_node(
-    conn: &mut redis::cluster_async::ClusterConnection,
-    command: &str,
-    argument: &str,
-) -> RedisResult<Value> {
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-    let mut cmd = redis::cmd(command);
-    cmd.arg(argument);
-    conn.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-        .await
 }
 
 /// The route to the master that owns a sharded channel.
@@ -370,34 +382,6 @@ pub(crate) fn channel_route(channel: &str) -> redis::cluster_routing::RoutingInf
     )))
 }
 
-/// The distinct masters of a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id], ...]]`).
-#[cfg(feature = "redis-cluster")]
-fn masters(slots: Value) -> Vec<ScanNode> {
-    let mut found = Vec::new();
-    let Value::Array(ranges) = slots else {
-        return found;
-    };
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        let Some(Value::Array(master)) = parts.get(2) else {
-            continue;
-        };
-        let host = master
-            .first()
-            .and_then(|v| String::from_redis_value(v.clone()).ok());
-        let port = master
-            .get(1)
-            .and_then(|v| u16::from_redis_value(v.clone()).ok());
-        if let (Some(host), Some(port)) = (host, port) {
-            let node = ScanNode::Master { host, port };
-            if !found.contains(&node) {
-                found.push(node);
-            }
-        }
-    }
-    found
-}
-
 /// Commands sent together: a pipeline on a server; on a Cluster, one pipeline per hash slot.
 /// Built like a [`redis::Pipeline`]: `batch.cmd("GET").arg(key)`, `.ignore()` to leave a
 /// reply out.
@@ -405,6 +389,7 @@ fn masters(slots: Value) -> Vec<ScanNode> {
 pub(crate) struct Batch {
     cmds: Vec<(Cmd, bool)>,
     atomic: bool,
+    partial: bool,
 }
 
 impl Batch {
@@ -416,6 +401,13 @@ impl Batch {
     /// transaction, and the batch as a whole is not atomic.
     pub(crate) fn atomic(&mut self) -> &mut Self {
         self.atomic = true;
+        self
+    }
+
+    /// Reads whose failed part may answer nil: on a Cluster, a node that fails costs only the
+    /// keys it serves, as long as another node answered.
+    pub(crate) fn partial(&mut self) -> &mut Self {
+        self.partial = true;
         self
     }
 
@@ -467,59 +459,33 @@ impl Batch {
     }
 
     /// The commands' indices grouped by hash slot, in order of first appearance. A command
-    /// with no key joins the first group.
+    /// with no key joins the first group (a batch of keyless commands has no slot).
     #[cfg(feature = "redis-cluster")]
-    fn slot_groups(&self) -> Vec<Vec<usize>> {
-        use redis::cluster_routing::Slot;
-        let mut slots: Vec<Option<Slot>> = Vec::new();
-        let mut groups: Vec<Vec<usize>> = Vec::new();
+    fn slot_groups(&self) -> Vec<(Option<u16>, Vec<usize>)> {
+        let mut groups: Vec<(Option<u16>, Vec<usize>)> = Vec::new();
         let mut keyless = Vec::new();
         for (index, (cmd, _)) in self.cmds.iter().enumerate() {
             let Some(key) = routing_key(cmd) else {
                 keyless.push(index);
                 continue;
             };
-            let slot = Some(Slot::for_key(key));
-            match slots.iter().position(|s| *s == slot) {
-                Some(group) => groups[group].push(index),
-                None => {
-                    slots.push(slot);
-                    groups.push(vec![index]);
-                }
+            let slot = Some(super::routing::slot(&key));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, group)) => group.push(index),
+                None => groups.push((slot, vec![index])),
             }
         }
         if !keyless.is_empty() {
             match groups.first_mut() {
-                Some(first) => {
+                Some((_, first)) => {
                     first.extend(keyless);
                     first.sort_unstable();
                 }
-                None => groups.push(keyless),
+                None => groups.push((None, keyless)),
             }
         }
         groups
     }
-}
-
-/// The key a command is routed by: its first argument, or for `EVAL`/`EVALSHA` the first key
-/// after the key count (`None` when it has none).
-#[cfg(feature = "redis-cluster")]
-fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .filter_map(|arg| match arg {
-            redis::Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        })
-        .collect();
-    let name = args.first()?;
-    if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
-        let count: u64 = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
-        return (count > 0)
-            .then(|| args.get(3).map(|k| k.to_vec()))
-            .flatten();
-    }
-    args.get(1).map(|k| k.to_vec())
 }
 
 #[cfg(all(test, feature = "redis-cluster"))]
@@ -556,6 +522,7 @@ mod tests {
         batch.cmd("GET").arg("{a}2");
         batch.cmd("EVAL").arg("return 1").arg(1).arg("{b}2");
         batch.cmd("PING");
-        assert_eq!(batch.slot_groups(), vec![vec![0, 2, 4], vec![1, 3]]);
+        let groups: Vec<Vec<usize>> = batch.slot_groups().into_iter().map(|(_, g)| g).collect();
+        assert_eq!(groups, vec![vec![0, 2, 4], vec![1, 3]]);
     }
 }

@@ -6,6 +6,8 @@
 //! - `builder.rs`: [`RedisStoreBuilder`], and the tasks a store starts;
 //! - `connection.rs`: one server or a Cluster behind one connection type, batches split per
 //!   slot;
+//! - `cluster.rs`: a Cluster node by node: the slot map, a connection and a breaker per node;
+//! - `routing.rs`: what both share: timeouts, errors that mean "down", a command's slot;
 //! - `purge.rs`: tag, soft and pattern purges and their announcement;
 //! - `cleanup.rs`: the background clean-up of tag index sets;
 //! - `check.rs`: the server version check and the breaker's health check;
@@ -23,8 +25,11 @@ use tokio::sync::oneshot;
 mod builder;
 mod check;
 mod cleanup;
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod connection;
 mod purge;
+mod routing;
 mod scripts;
 
 pub use self::builder::RedisStoreBuilder;
@@ -54,10 +59,16 @@ const SCAN_COUNT: usize = 1000;
 /// `redis-cluster`; see [`RedisStore::builder`] for the URLs and the [module
 /// docs](super#redis-key-layout-and-cluster-slots) for what runs where).
 ///
-/// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`, or its
-///   Cluster connection), connected lazily: building the store never blocks on Redis.
+/// - One multiplexed, auto-reconnecting connection (redis-rs's `ConnectionManager`; on a
+///   Cluster one per node, see the [module docs](super#redis-key-layout-and-cluster-slots)),
+///   connected lazily: building the store never blocks on Redis.
 /// - Every command is bounded by the command timeout (default 500 ms): a hung Redis turns into
-///   [`StoreError::Timeout`], never a hung request.
+///   [`StoreError::Timeout`], never a hung request. A lookup ([`Store::get`], what a cache
+///   asks on each request) gives up sooner, after the read soft timeout (default 50 ms,
+///   [`RedisStoreBuilder::read_soft_timeout`]), and its call finishes in the background, so
+///   the circuit breaker still learns of a Redis that hangs.
+/// - A circuit breaker (one per node on a Cluster) fails calls at once after a run of
+///   timeouts; a background `PING` probes it after each cool-down and closes it.
 /// - Batches are pipelines: [`StoreExt::get_many`](crate::store::StoreExt::get_many) and [`StoreExt::set_many`](crate::store::StoreExt::set_many) cost one round trip.
 /// - An entry is written together with its tag-index memberships in one `MULTI`.
 /// - Tag purges are constant-cost invalidation marks; see the [module docs](super) for the
@@ -80,6 +91,7 @@ struct Inner {
     prefix: String,
     limits: Limits,
     timeout: Duration,
+    read_soft_timeout: Option<Duration>,
     mark_ttl: Duration,
     /// The shortest life of a mark (see `RedisStoreBuilder::mark_retention`).
     mark_retention: Duration,
@@ -229,19 +241,28 @@ impl RedisStore {
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        // The ticket goes with this future: dropped unanswered (a cancelled request), a
-        // probe's ticket gives the probe back.
         let ticket = match self.inner.breaker.as_ref().map(Breaker::admit) {
             Some(Err(_)) => return Err(StoreError::CircuitOpen { op }),
             Some(Ok(ticket)) => Some(ticket),
             None => None,
         };
-        let (result, backend_down) = match tokio::time::timeout(self.inner.timeout, call).await {
+        // On a Cluster each node call is bounded by the timeout under its node's breaker; this
+        // bound leaves room for them (and a redirection) so that they, not it, fire first.
+        let bound = if self.inner.conn.is_cluster() {
+            self.inner.timeout * 2 + Duration::from_millis(50)
+        } else {
+            self.inner.timeout
+        };
+        let (result, backend_down) = match tokio::time::timeout(bound, call).await {
             Ok(Ok(value)) => {
                 if let Some(ticket) = ticket {
                     ticket.success();
                 }
                 return Ok(value);
+            }
+            #[cfg(feature = "redis-cluster")]
+            Ok(Err(e)) if cluster::is_circuit_open(&e) => {
+                return Err(StoreError::CircuitOpen { op });
             }
             Ok(Err(e)) if e.is_timeout() => (
                 StoreError::Timeout {
@@ -252,10 +273,7 @@ impl RedisStore {
             ),
             Ok(Err(e)) => {
                 // An answer (a script or type error) says the server is there.
-                let down = e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error();
+                let down = connection::backend_down(&e);
                 (StoreError::backend(op, e), down)
             }
             Err(_) => (
@@ -277,9 +295,109 @@ impl RedisStore {
         Err(result)
     }
 
-    /// The state of the circuit breaker on the store's commands (`None` when turned off).
+    /// The state of the circuit breaker on the store's commands (`None` when turned off). On a
+    /// Cluster, the worst of its masters' breakers: `Open` when one master's is open, though
+    /// the other masters' slots still answer ([`StoreStats::nodes`] has each).
     pub fn breaker_state(&self) -> Option<BreakerState> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.breaker_state();
+        }
         self.inner.breaker.as_ref().map(Breaker::state)
+    }
+
+    /// Calls refused by the breakers, and how many times they opened.
+    pub(crate) fn breaker_counts(&self) -> (u64, u64) {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.breaker_counts();
+        }
+        self.inner
+            .breaker
+            .as_ref()
+            .map_or((0, 0), |b| (b.rejected(), b.opened()))
+    }
+
+    /// Each Cluster master's breaker, by address (empty on a server).
+    pub(crate) fn node_states(&self) -> Vec<(String, BreakerState)> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.master_states();
+        }
+        Vec::new()
+    }
+
+    /// Changes each time the breaker closes (a server's; `None` on a Cluster or without one).
+    #[cfg(feature = "memory")]
+    pub(crate) fn breaker_closings(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.breaker.as_ref().map(Breaker::closings)
+    }
+
+    /// The background probe: once an open breaker's cool-down has passed, a `PING` under its
+    /// probe ticket, whose answer closes it (on a Cluster, each node's, and the slot map is
+    /// asked for again). No caller's request is ever the probe.
+    async fn probe(&self) {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            cluster.probe().await;
+            return;
+        }
+        let Some(ticket) = self.inner.breaker.as_ref().and_then(Breaker::probe) else {
+            return;
+        };
+        let mut conn = self.inner.conn.clone();
+        let ping = redis::cmd("PING");
+        let pong = ping.query_async::<redis::Value>(&mut conn);
+        match tokio::time::timeout(self.inner.timeout, pong).await {
+            Ok(Ok(_)) => ticket.success(),
+            Ok(Err(e)) if !connection::backend_down(&e) => ticket.success(),
+            _ => ticket.failure(),
+        }
+    }
+
+    /// Refuses a call on `key` at once when its breaker (the store's, or on a Cluster its
+    /// master's) is open, before anything is built for it: no encoding, no boxed future, no
+    /// timer. `run` refuses the same calls; this only makes the refusal cheap on the paths a
+    /// cache takes for every request (a lookup, a write).
+    fn shed(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return match cluster.refuses(self.key(key).as_bytes()) {
+                true => Err(StoreError::CircuitOpen { op }),
+                false => Ok(()),
+            };
+        }
+        let _ = key;
+        match &self.inner.breaker {
+            Some(breaker) if breaker.is_open() && breaker.admit().is_err() => {
+                Err(StoreError::CircuitOpen { op })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a read under the read soft timeout: past it the caller gets
+    /// [`StoreError::Timeout`] (and goes to its origin) while the call finishes in the
+    /// background, so the breaker still learns whether Redis answers.
+    async fn soft_bounded<T, Fut>(&self, op: &'static str, read: Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(soft) = self.inner.read_soft_timeout else {
+            return read.await;
+        };
+        let mut read = Box::pin(read);
+        tokio::select! {
+            biased;
+            result = &mut read => result,
+            () = tokio::time::sleep(soft) => {
+                tokio::spawn(read);
+                let e = StoreError::Timeout { op, after: soft };
+                self.inner.counters.error(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Queues the backplane publish of `op` as the batch's last command, when there is a
@@ -429,6 +547,9 @@ impl RedisStore {
         if items.is_empty() {
             return Ok(());
         }
+        if let [(key, _)] = items {
+            self.shed("set", key)?;
+        }
         let mut pipe = Batch::new();
         // MULTI only where an entry and its index memberships must land together.
         if items.iter().any(|(_, e)| !e.tags().is_empty()) {
@@ -479,9 +600,9 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.limits.check_key(key)?;
+impl RedisStore {
+    /// [`Store::get`] without the read soft timeout.
+    async fn read_one(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let mut conn = self.inner.conn.clone();
         let raw: Option<Vec<u8>> = self
             .run(
@@ -496,8 +617,46 @@ impl Store for RedisStore {
         Ok(found)
     }
 
+    /// [`StoreExt::get_many`]. On a Cluster, the keys of a master that fails read as misses
+    /// as long as another master answered.
+    pub(crate) async fn read_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
+        // Cluster would refuse across slots.
+        let mut pipe = Batch::new();
+        pipe.partial();
+        for key in keys {
+            pipe.cmd("GET").arg(self.key(key));
+        }
+        let mut conn = self.inner.conn.clone();
+        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
+        let mut found = raws
+            .into_iter()
+            .map(|raw| self.decode(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.filter_invalidated(&mut found).await?;
+        self.count_reads(&found);
+        Ok(found)
+    }
+}
+
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.limits.check_key(key)?;
+        self.shed("get", key)?;
+        let (store, key) = (self.clone(), key.to_owned());
+        self.soft_bounded("get", async move { store.read_one(&key).await })
+            .await
+    }
+
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
         self.inner.limits.check_set(key, &value, options)?;
+        self.shed("set", key)?;
         self.set_entries(&[(key, Entry::new(value, options))]).await
     }
 
@@ -610,10 +769,9 @@ impl Store for RedisStore {
 
     fn stats(&self) -> StoreStats {
         let mut stats = self.inner.counters.snapshot();
-        if let Some(breaker) = &self.inner.breaker {
-            stats.breaker = Some(breaker.state());
-            stats.rejected = breaker.rejected();
-        }
+        stats.breaker = self.breaker_state();
+        stats.rejected = self.breaker_counts().0;
+        stats.nodes = self.node_states().into_iter().collect();
         stats
     }
 
@@ -624,27 +782,7 @@ impl Store for RedisStore {
 
 impl StoreExt for RedisStore {
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
-        // Cluster would refuse across slots.
-        let mut pipe = Batch::new();
-        for key in keys {
-            pipe.cmd("GET").arg(self.key(key));
-        }
-        let mut conn = self.inner.conn.clone();
-        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
-        let mut found = raws
-            .into_iter()
-            .map(|raw| self.decode(raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.filter_invalidated(&mut found).await?;
-        self.count_reads(&found);
-        Ok(found)
+        self.read_many(keys).await
     }
 
     async fn set_many(
