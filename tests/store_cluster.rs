@@ -333,6 +333,14 @@ async fn a_master_lost(hang: bool) {
         states.values().all(|s| *s == BreakerState::Closed),
         "{states:?}"
     );
+    #[cfg(feature = "dashboard")]
+    {
+        // The dashboard's store part lists them.
+        let data = tower_strata::dashboard::StoreData::from(store.stats());
+        assert_eq!(data.nodes.len(), 3);
+        assert!(data.nodes.contains_key(&format!("127.0.0.1:{victim}")));
+        assert_eq!(data.breaker.as_deref(), Some("closed"));
+    }
 
     if hang {
         cluster.signal(victim, "STOP");

@@ -44,6 +44,13 @@ async fn l1_is_trusted_when_the_subscription_came_up_before_the_tiered_store() {
     let trusted = eventually(Duration::from_secs(2), || async { tiered.l1_in_use() }).await;
     assert!(trusted.is_some(), "L1 never trusted");
     assert_eq!(tiered.stats().l1_in_use, Some(true));
+    #[cfg(feature = "dashboard")]
+    {
+        // The dashboard's store part says so.
+        let data = tower_strata::dashboard::StoreData::from(tiered.stats());
+        assert_eq!(data.l1_in_use, Some(true));
+        assert_eq!(data.tiers["l2"].breaker.as_deref(), Some("closed"));
+    }
     tiered
         .set("k", Bytes::from_static(b"v"), &SetOptions::new())
         .await

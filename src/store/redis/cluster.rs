@@ -93,6 +93,8 @@ pub(crate) struct Cluster {
     /// Held while the slot map is asked for; its value is when it last was (ms since start).
     refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     refreshes: AtomicU64,
+    /// Bumped each time a node's probe closes its breaker.
+    closed: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -214,6 +216,7 @@ impl Cluster {
             topology: RwLock::new(Arc::new(Topology::default())),
             refresh: tokio::sync::Mutex::new(None),
             refreshes: AtomicU64::new(0),
+            closed: tokio::sync::watch::Sender::new(0),
         });
         for (host, port) in addresses {
             cluster.node(&host, port)?;
@@ -581,11 +584,18 @@ impl Cluster {
                 match tokio::time::timeout(timeout, ping.query_async::<Value>(&mut conn)).await {
                     Ok(Ok(_)) => ticket.success(),
                     Ok(Err(e)) if !backend_down(&e) => ticket.success(),
-                    _ => ticket.failure(),
+                    _ => {
+                        ticket.failure();
+                        return false;
+                    }
                 }
+                true
             })
         });
-        futures_util::future::join_all(probes).await;
+        let closed = futures_util::future::join_all(probes).await;
+        if closed.contains(&true) {
+            self.closed.send_modify(|n| *n += 1);
+        }
         let min_age = if failing {
             REFRESH_WHILE_FAILING
         } else {
@@ -614,6 +624,12 @@ impl Cluster {
             }
         }
         seeds
+    }
+
+    /// Changes each time a node's breaker closes.
+    #[cfg(feature = "memory")]
+    pub(crate) fn closings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.closed.subscribe()
     }
 
     /// The masters and the state of their breakers, by address.

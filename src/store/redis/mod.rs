@@ -327,9 +327,14 @@ impl RedisStore {
         Vec::new()
     }
 
-    /// Changes each time the breaker closes (a server's; `None` on a Cluster or without one).
+    /// Changes each time the breaker closes (on a Cluster, any node's; `None` without
+    /// breakers).
     #[cfg(feature = "memory")]
     pub(crate) fn breaker_closings(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConn::Cluster(cluster) = &self.inner.conn {
+            return cluster.closings().into();
+        }
         self.inner.breaker.as_ref().map(Breaker::closings)
     }
 
