@@ -311,6 +311,8 @@ async fn a_master_lost(hang: bool) {
             .await
             .unwrap();
     }
+    // Every key on its replica too before a master is lost (replication is asynchronous).
+    cluster.wait_replicated();
     let victim = cluster.master_of(&format!("{ns}:k:k0"));
     let healthy = *cluster
         .masters()

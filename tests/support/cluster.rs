@@ -34,17 +34,56 @@ impl Node {
 pub struct PrivateCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
+    /// Replicated clusters take turns in a test binary (see [`FailoverTurn`]).
+    _turn: Option<FailoverTurn>,
 }
 
-/// A port that is free, and whose cluster-bus port (`+ 10000`) is free too.
+/// One replicated cluster at a time per test binary: their tests time failovers, and several
+/// six-node clusters electing at once on a two-core machine slow each other past the bounds
+/// they measure. Released when the cluster is dropped.
+struct FailoverTurn;
+
+static FAILOVER_BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl FailoverTurn {
+    fn take() -> Self {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while FAILOVER_BUSY
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 300 s for another replicated cluster"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        FailoverTurn
+    }
+}
+
+impl Drop for FailoverTurn {
+    fn drop(&mut self) {
+        FAILOVER_BUSY.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A port that is free, and whose cluster-bus port (`+ 10000`) is free too, and that no
+/// cluster of this test binary had before: the port of a killed node must not come back as a
+/// node of another test's cluster while clients of the first still know it (they would ask
+/// the stranger for their slot map).
 fn free_cluster_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        if port > 55_000 {
+        if port > 55_000 || handed_out.contains(&port) {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
@@ -62,7 +101,9 @@ impl PrivateCluster {
     /// is replaced by its replica within a few seconds. Returns once every node reports
     /// `cluster_state:ok` and every replica is in sync with its master.
     pub fn start_replicated() -> Self {
-        let cluster = Self::start_with(1);
+        let turn = FailoverTurn::take();
+        let mut cluster = Self::start_with(1);
+        cluster._turn = Some(turn);
         cluster.wait_replicas();
         cluster
     }
@@ -77,6 +118,7 @@ impl PrivateCluster {
         let mut cluster = PrivateCluster {
             nodes: Vec::new(),
             dir,
+            _turn: None,
         };
         let mut ports = Vec::new();
         while ports.len() < 3 * (1 + replicas) {
@@ -327,6 +369,24 @@ impl PrivateCluster {
     }
 
     /// The ports of the masters.
+    /// Waits until every master's replica has acknowledged all its writes so far (`WAIT 1`):
+    /// a test that kills a master must not lose keys written just before to asynchronous
+    /// replication, then blame the client for the misses.
+    pub fn wait_replicated(&self) {
+        for port in self.masters() {
+            let mut conn = connect(port);
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(10_000)
+                .query(&mut conn)
+                .unwrap_or(0);
+            assert!(
+                acked >= 1,
+                "the replica of 127.0.0.1:{port} did not catch up"
+            );
+        }
+    }
+
     pub fn masters(&self) -> Vec<u16> {
         let mut masters: Vec<u16> = Vec::new();
         for node in &self.nodes {
