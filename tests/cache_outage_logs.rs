@@ -61,8 +61,8 @@ async fn an_outage_under_load_logs_a_few_lines_not_one_per_request() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2_000);
     redis.resume();
-    // Once it answers again, the next request says so.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once it has answered for a while (see `QUIET_BEFORE_END`), the next request says so.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let request = Request::get("http://h/after")
         .body(Full::default())
         .unwrap();

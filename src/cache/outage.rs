@@ -14,6 +14,11 @@ use tokio::time::Instant;
 /// The longest the cache stays silent while its store keeps failing.
 pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
+/// How long the store must go without a failure before the outage counts as over. A store
+/// that fails only in part (one Cluster master down, its keys failing and the others
+/// answering) would otherwise start and end an outage on every other request.
+pub(crate) const QUIET_BEFORE_END: Duration = Duration::from_secs(2);
+
 /// What the cache asked of the store when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StoreOp {
@@ -42,12 +47,27 @@ impl StoreOp {
 }
 
 /// Failures since the last line, per operation, and when that line was written.
-#[derive(Default)]
 pub(crate) struct Outage {
     failing: AtomicBool,
     since_report: [AtomicU64; 4],
     total: [AtomicU64; 4],
     last_line: Mutex<Option<Instant>>,
+    /// When the last failure was, in milliseconds after `base`.
+    last_failure: AtomicU64,
+    base: Instant,
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Outage {
+            failing: AtomicBool::new(false),
+            since_report: Default::default(),
+            total: Default::default(),
+            last_line: Mutex::new(None),
+            last_failure: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Outage {
@@ -65,6 +85,7 @@ impl Outage {
         self.since_report[op.index()].fetch_add(1, Relaxed);
         self.total[op.index()].fetch_add(1, Relaxed);
         let now = Instant::now();
+        self.last_failure.store(self.millis(now), Relaxed);
         let started = !self.failing.swap(true, Relaxed);
         let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
         if started {
@@ -92,10 +113,16 @@ impl Outage {
         );
     }
 
-    /// Reports a store call that succeeded: logs the end of an outage, once. One relaxed load
-    /// when there is none.
+    /// Reports a store call that succeeded: logs the end of an outage, once, when the store
+    /// has not failed for [`QUIET_BEFORE_END`]. One relaxed load when there is no outage.
     pub(crate) fn succeeded(&self) {
-        if !self.failing.load(Relaxed) || !self.failing.swap(false, Relaxed) {
+        if !self.failing.load(Relaxed) {
+            return;
+        }
+        let quiet = self
+            .millis(Instant::now())
+            .saturating_sub(self.last_failure.load(Relaxed));
+        if quiet < QUIET_BEFORE_END.as_millis() as u64 || !self.failing.swap(false, Relaxed) {
             return;
         }
         let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,6 +141,10 @@ impl Outage {
             outage_leases_failed = total_leases,
             "cache store answering again"
         );
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn take_since_report(&self) -> [u64; 4] {
@@ -149,6 +180,14 @@ mod tests {
         tokio::time::advance(SUMMARY_EVERY).await;
         outage.failed(StoreOp::Read, &"down");
         assert_eq!(outage.since_report[StoreOp::Write.index()].load(Relaxed), 0);
+        // A store failing in part (one Cluster master): successes between failures do not
+        // end the outage.
+        for _ in 0..100 {
+            outage.succeeded();
+            outage.failed(StoreOp::Read, &"one node down");
+        }
+        assert!(outage.is_failing());
+        tokio::time::advance(QUIET_BEFORE_END).await;
         outage.succeeded();
         assert!(!outage.is_failing());
         assert_eq!(outage.total[StoreOp::Write.index()].load(Relaxed), 0);
