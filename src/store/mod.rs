@@ -73,8 +73,13 @@
 //!   period, so a cache serves it while one request refreshes it. Nothing is removed.
 //! - **Late writes**: a cache stamps an entry with the time its origin fetch *began*
 //!   ([`SetOptions::as_of`]), so a purge made while the fetch was in flight is newer than the
-//!   entry and hides it; the memory store keeps marks for at least five minutes
-//!   ([`MemoryStoreBuilder::mark_retention`]) and Redis for seven days for that reason.
+//!   entry and hides it. Marks therefore live as long as what they may hide: at least five
+//!   minutes for fetches in flight ([`MemoryStoreBuilder::mark_retention`],
+//!   [`RedisStoreBuilder::mark_retention`]), and on Redis as long as the tag's entries (the
+//!   index's TTL at the purge, extended by each entry of the tag written later), at most
+//!   [`RedisStoreBuilder::mark_ttl`]. The memory store keeps at most a sixteenth of its capacity
+//!   in marks; past that the older half folds into one floor before which tagged entries count
+//!   as purged (a miss, never a stale hit).
 //! - Marks compare clocks of different machines: keep them in sync (NTP). A writer whose clock
 //!   runs behind a purger's by more than the time between its write and the purge could see its
 //!   entry survive the purge's mark; the background clean-up removes it all the same.
