@@ -36,6 +36,10 @@
 //!   `SHOP_LOAD_WARMUP` (default 40,000) product reads from 64 concurrent clients, its caches
 //!   kept from rate to rate.
 //!
+//! Each rate's row also gives the CPU this process (load generator, service and proxy; not
+//! PostgreSQL nor Redis) used during it, in cores: where the database is idle and the rate
+//! still fails, that is what ran out.
+//!
 //! A rate passes when it is served at 97 % of the target or more, with p99 under 100 ms and no
 //! error; a stack's capacity is the highest rate that passes. The summary compares each stack
 //! with the baseline at the baseline's capacity.
@@ -172,6 +176,8 @@ struct Row {
     pings: f64,
     busy_mean: f64,
     busy_max: usize,
+    /// CPU this process (load generator, service, proxy) used during the step, in cores.
+    cpu: f64,
 }
 
 impl Row {
@@ -197,6 +203,16 @@ fn hits_and_misses(stats: &CacheStats) -> (u64, u64) {
         stats.hits() + stats.stale_hits() + stats.coalesced(),
         stats.misses(),
     )
+}
+
+/// CPU time this process has used (user and system, from `/proc/self/stat`), if readable.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports in clock ticks of 1/100 s on every common configuration.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// What the service under load is: its address, its cache's counters, the proxy.
@@ -231,6 +247,7 @@ async fn run_step(
     let rt_before = target.proxy.round_trips();
     let pings_before = target.proxy.exchanges().pings;
 
+    let cpu_before = cpu_time();
     let stop = Arc::new(AtomicBool::new(false));
     let samples = sample_busy(target.proxy, stop.clone());
 
@@ -265,6 +282,11 @@ async fn run_step(
         (done, dropped)
     };
     let ((done, dropped), (busy_mean, busy_max)) = tokio::join!(sending, samples);
+    let wall = start.elapsed();
+    let cpu = match (cpu_before, cpu_time()) {
+        (Some(before), Some(after)) => (after - before).as_secs_f64() / wall.as_secs_f64(),
+        _ => f64::NAN,
+    };
 
     let deadline = start + step.secs + P99_LIMIT;
     let mut latencies: Vec<u32> = done
@@ -297,6 +319,7 @@ async fn run_step(
         pings: (target.proxy.exchanges().pings - pings_before) as f64 / sent,
         busy_mean,
         busy_max,
+        cpu,
     }
 }
 
@@ -461,7 +484,7 @@ async fn run_pass(
 
 fn format_row(r: &Row) -> String {
     format!(
-        "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} ({:.2} pings) | {:.1} / {} | {} |",
+        "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} ({:.2} pings) | {:.1} / {} | {:.2} | {} |",
         r.delay_ms,
         r.stack,
         r.caches,
@@ -478,6 +501,7 @@ fn format_row(r: &Row) -> String {
         r.pings,
         r.busy_mean,
         r.busy_max,
+        r.cpu,
         if r.passes() { "yes" } else { "no" },
     )
 }
@@ -668,9 +692,9 @@ fn main() -> Result<(), BoxError> {
         settings.secs.as_secs_f64()
     );
     println!(
-        "| delay ms | stack | caches | target req/s | served req/s | p50 ms | p99 ms | p99.9 ms | errors | hit rate | DB round trips per request | busy DB connections mean / max | passes |"
+        "| delay ms | stack | caches | target req/s | served req/s | p50 ms | p99 ms | p99.9 ms | errors | hit rate | DB round trips per request | busy DB connections mean / max | CPU cores (this process) | passes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!("{}", format_row(row));
     }
