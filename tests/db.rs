@@ -1,6 +1,9 @@
 //! `db` helpers against a real PostgreSQL (`DATABASE_URL`).
 #![cfg(feature = "postgres")]
 
+#[allow(dead_code)] // the shop's load run uses the rest
+#[path = "support/pg_proxy.rs"]
+mod pg_proxy;
 #[path = "support/db.rs"]
 mod support;
 #[path = "support/tx.rs"]
@@ -372,6 +375,58 @@ async fn search_and_aggregates() {
         ]
     );
     drop_table(&pool, &t).await;
+}
+
+/// What a checkout costs each preset, counted at a proxy that tells the round trips apart:
+/// `Web` pings only a connection idle for a minute or more, `Worker` pings each one, `Test`
+/// none. Whatever the preset, sqlx 0.9 pings each connection once more as it goes back to the
+/// pool (off the caller's path, but the connection is busy for that round trip).
+#[tokio::test]
+async fn each_preset_pays_its_documented_round_trips_per_checkout() {
+    let web = || PoolBuilder::new(PoolPreset::Web);
+    let cases = [
+        ("web", web(), 0),
+        ("worker", PoolBuilder::new(PoolPreset::Worker), 1),
+        ("test", PoolBuilder::new(PoolPreset::Test), 0),
+        (
+            "web, idle past the threshold",
+            web().test_after_idle(Some(Duration::ZERO)),
+            1,
+        ),
+        ("web, ping each", web().test_before_acquire(true), 1),
+    ];
+    for (name, builder, checkout_pings) in cases {
+        let (proxy, options) = pg_proxy::PgProxy::in_front_of(&pg_url(), Duration::ZERO)
+            .await
+            .unwrap();
+        let pool: PgPool = builder
+            .max_connections(1)
+            .min_idle(0)
+            .connect_with::<Postgres>(options)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let before = proxy.exchanges();
+            // An unprepared statement: one simple query.
+            sqlx::raw_sql("SELECT 1").execute(&pool).await.unwrap();
+            // The connection is back in the pool once its release ping is answered.
+            let back = tokio::time::timeout(Duration::from_secs(5), async {
+                while pool.num_idle() < pool.size() as usize {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            assert!(back.is_ok(), "{name}: the connection never went back");
+            let cost = proxy.exchanges() - before;
+            let expected = pg_proxy::Exchanges {
+                simple_queries: 1,
+                pings: checkout_pings + 1,
+                ..Default::default()
+            };
+            assert_eq!(cost, expected, "{name}");
+        }
+        pool.close().await;
+    }
 }
 
 #[tokio::test]

@@ -17,6 +17,11 @@ mod support;
 #[allow(dead_code)] // the example and the load run use the rest
 #[path = "../examples/shop/app.rs"]
 mod app;
+#[path = "../examples/shop/cli.rs"]
+mod cli;
+#[allow(dead_code)] // the load run uses the rest
+#[path = "support/pg_proxy.rs"]
+mod pg_proxy;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -51,6 +56,15 @@ async fn fixture(stack: Stack, redis: &str, tweak: impl FnOnce(&mut ShopConfig))
         .connect(&pg_url())
         .await
         .expect("PostgreSQL at DATABASE_URL");
+    fixture_on(pool, stack, redis, tweak).await
+}
+
+async fn fixture_on(
+    pool: PgPool,
+    stack: Stack,
+    redis: &str,
+    tweak: impl FnOnce(&mut ShopConfig),
+) -> Fixture {
     let l2 = RedisStore::builder(redis)
         .namespace(unique("shop"))
         .build()
@@ -212,6 +226,112 @@ async fn a_product_read_is_a_miss_then_a_hit() {
     let forged = f.get("/products?limit=15&cursor=AAAA").await;
     assert_eq!(forged.status, StatusCode::BAD_REQUEST);
     f.drop_schema().await;
+}
+
+/// The contract of the acceptance checks: `shop --listen ADDR --stack metrics-only` parses to
+/// the baseline, which serves a product over HTTP without a cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_only_stack_from_the_command_line_serves_a_product() {
+    let parse = |args: &[&str]| <cli::Args as clap::Parser>::try_parse_from(args);
+    assert_eq!(Stack::from(parse(&["shop"]).unwrap().stack), Stack::Full);
+    assert!(parse(&["shop", "--stack", "everything"]).is_err());
+    let args = parse(&["shop", "--listen", "127.0.0.1:0", "--stack", "metrics-only"]).unwrap();
+    assert_eq!(Stack::from(args.stack), Stack::MetricsOnly);
+
+    let f = fixture(Stack::from(args.stack), &redis_url(), |_| {}).await;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = f.shop.router.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Body>();
+    for _ in 0..2 {
+        let uri = format!("http://{addr}/products/1");
+        let response = client.get(uri.parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // No cache: every read goes to the database, and says nothing of a cache.
+        assert!(!response.headers().contains_key("cache-status"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let product: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(product["id"], 1);
+    }
+    assert!(f.shop.cache.is_none() && f.shop.tx.is_none());
+    server.abort();
+    f.drop_schema().await;
+}
+
+/// With the shop's pool settings a `GET /products/{id}` that misses the cache waits for one
+/// database round trip: one execute of a statement prepared once per connection, no ping at
+/// checkout, no `BEGIN`/`COMMIT`; in the full stack and in the baseline. A hit costs none.
+/// sqlx 0.9 then pings the connection as it goes back to the pool, after the handler let it go:
+/// that round trip is counted, and the response does not wait for it. Counted at a proxy in
+/// front of PostgreSQL that holds each answer for 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_miss_waits_for_one_database_round_trip_and_a_hit_for_none() {
+    const DELAY: Duration = Duration::from_millis(100);
+    for stack in [Stack::Full, Stack::MetricsOnly] {
+        let (proxy, options) = pg_proxy::PgProxy::in_front_of(&pg_url(), DELAY)
+            .await
+            .unwrap();
+        let pool: PgPool = app::pool_builder().connect_with(options).await.unwrap();
+        let f = fixture_on(pool.clone(), stack, &redis_url(), |c| {
+            c.health_interval = Duration::from_secs(3600);
+        })
+        .await;
+        let settled = || {
+            let pool = pool.clone();
+            async move {
+                // The preset keeps two connections open, and every connection is back.
+                let idle = eventually(Duration::from_secs(10), || {
+                    let (size, idle) = (pool.size(), pool.num_idle());
+                    async move { size >= 2 && idle == size as usize }
+                })
+                .await;
+                assert!(idle.is_some(), "the pool never settled");
+            }
+        };
+        settled().await;
+        // Each connection prepares the statement on its first use: one more round trip.
+        for id in 1..=4 {
+            assert_eq!(
+                f.get(&format!("/products/{id}")).await.status,
+                StatusCode::OK
+            );
+        }
+        for id in 5..=8 {
+            settled().await;
+            let before = proxy.exchanges();
+            let started = std::time::Instant::now();
+            let reply = f.get(&format!("/products/{id}")).await;
+            let took = started.elapsed();
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body["id"], id);
+            assert_eq!(reply.is_miss(), stack == Stack::Full, "{stack:?}");
+            assert!(
+                took >= DELAY && took < 2 * DELAY,
+                "{stack:?}: GET /products/{id} took {took:?}, not one round trip"
+            );
+            settled().await;
+            let cost = proxy.exchanges() - before;
+            let one_execute_then_the_release_ping = pg_proxy::Exchanges {
+                executes: 1,
+                pings: 1,
+                ..Default::default()
+            };
+            assert_eq!(
+                cost, one_execute_then_the_release_ping,
+                "{stack:?}: GET /products/{id}"
+            );
+        }
+        if stack == Stack::Full {
+            let before = proxy.exchanges();
+            let started = std::time::Instant::now();
+            assert!(f.get("/products/5").await.is_hit());
+            assert!(started.elapsed() < DELAY);
+            assert_eq!((proxy.exchanges() - before).total(), 0);
+        }
+        f.drop_schema().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

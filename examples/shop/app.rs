@@ -21,7 +21,8 @@ use tower::util::{Either, MapResponseLayer};
 use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::dashboard::Dashboard;
 use tower_strata::db::{
-    CursorKey, CursorRequest, DbError, Ident, KeyKind, KeysetPage, Pager, Sorts,
+    CursorKey, CursorRequest, DbError, Ident, KeyKind, KeysetPage, Pager, PoolBuilder, PoolPreset,
+    Sorts,
 };
 use tower_strata::health::{Check, CheckOutput, Health, PoolCheck, fn_check, stats_check};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry};
@@ -56,6 +57,14 @@ impl Stack {
     }
 }
 
+/// The shop's PostgreSQL pool: the `Web` preset (no ping per checkout, so a read that misses
+/// the cache costs one round trip; see `docs/db.md`), 32 connections, a 2 s wait for one.
+pub fn pool_builder() -> PoolBuilder {
+    PoolBuilder::new(PoolPreset::Web)
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(2))
+}
+
 /// What the shop is built from.
 pub struct ShopConfig {
     /// The PostgreSQL pool (the transaction layer and the health check use it).
@@ -69,8 +78,18 @@ pub struct ShopConfig {
     pub seed_products: u32,
     /// Stock of each seeded product.
     pub seed_stock: i64,
-    /// `max-age` of product responses.
+    /// `max-age` of product responses for clients (`Cache-Control`): browsers and other
+    /// caches the shop cannot purge keep them this long.
     pub max_age: Duration,
+    /// How long the shop's own cache keeps product responses fresh (`Surrogate-Control:
+    /// max-age`, which governs this cache and no other). Writes purge exactly after commit, so
+    /// this only bounds how long a lost purge (or a write that bypassed the shop) can be
+    /// served. See `docs/shop.md`.
+    pub cache_max_age: Duration,
+    /// How long after `cache_max_age` an entry is still served while one background request
+    /// refreshes it (`Surrogate-Control: stale-while-revalidate`), so that no reader waits for
+    /// the database when a popular entry expires.
+    pub cache_stale_while_revalidate: Duration,
     /// Signs keyset cursors: give every instance the same key.
     pub cursor_key: CursorKey,
     /// The metrics registry the metrics layer records into.
@@ -93,7 +112,8 @@ pub struct ShopConfig {
 }
 
 impl ShopConfig {
-    /// The defaults: schema `shop`, 1,000 products with 100 in stock, `max-age=60`, a random
+    /// The defaults: schema `shop`, 1,000 products with 100 in stock, `max-age=60` for
+    /// clients, one hour fresh and a day stale-while-revalidate in the shop's cache, a random
     /// cursor key, a new metrics registry, no `/metrics`, health checks every 5 s, the full
     /// stack.
     pub fn new(pool: PgPool, store: TieredStore) -> Self {
@@ -104,6 +124,8 @@ impl ShopConfig {
             seed_products: 1_000,
             seed_stock: 100,
             max_age: Duration::from_secs(60),
+            cache_max_age: Duration::from_secs(3600),
+            cache_stale_while_revalidate: Duration::from_secs(86_400),
             cursor_key: CursorKey::random(),
             registry: MetricsRegistry::new(),
             metrics_text: None,
@@ -136,8 +158,33 @@ pub struct Shop {
     pub orders_table: String,
     /// The operator's dashboard, served at `/admin/dashboard` (behind the purge token if set).
     pub dashboard: Dashboard,
+    state: Arc<AppState>,
     checks: tokio::task::JoinHandle<()>,
     samples: tokio::task::JoinHandle<()>,
+}
+
+impl Shop {
+    /// Opens `connections` of the pool at once and prepares the product read on each, as in
+    /// a service that has been up a while. The load run warms both stacks' pools so, so that
+    /// neither pays for opening connections (and preparing on them) during a measurement.
+    ///
+    /// # Errors
+    ///
+    /// The database's.
+    pub async fn warm_pool(&self, connections: u32) -> Result<(), sqlx::Error> {
+        let mut held = Vec::new();
+        for _ in 0..connections {
+            held.push(self.state.pool.acquire());
+        }
+        let held = futures_util::future::try_join_all(held).await?;
+        for mut conn in held {
+            sqlx::query(sql(&self.state.sql.get))
+                .bind(1_i64)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Shop {
@@ -211,7 +258,10 @@ struct AppState {
     stack: Stack,
     pager: Pager,
     sql: Sql,
-    max_age: Duration,
+    /// `Cache-Control` of product responses (for clients).
+    cache_control: HeaderValue,
+    /// `Surrogate-Control` of product responses (for the shop's cache).
+    surrogate_control: HeaderValue,
 }
 
 fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -340,15 +390,17 @@ macro_rules! write {
     };
 }
 
-/// A cacheable JSON answer: `Cache-Control: public, max-age=..` and its cache tags.
+/// `Surrogate-Control`: targeted at the shop's cache, which it governs over `Cache-Control`.
+static SURROGATE_CONTROL: header::HeaderName = header::HeaderName::from_static("surrogate-control");
+
+/// A cacheable JSON answer: `Cache-Control: public, max-age=..` for clients,
+/// `Surrogate-Control: max-age=.., stale-while-revalidate=..` for the shop's cache, and its
+/// cache tags.
 fn cacheable(state: &AppState, tags: String, body: impl Serialize) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&format!("public, max-age={}", state.max_age.as_secs()))
-            .expect("ASCII"),
-    );
+    headers.insert(header::CACHE_CONTROL, state.cache_control.clone());
+    headers.insert(SURROGATE_CONTROL.clone(), state.surrogate_control.clone());
     if let Ok(tags) = HeaderValue::from_str(&tags) {
         headers.insert(TAG_HEADER, tags);
     }
@@ -739,7 +791,15 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         stack: config.stack,
         pager,
         sql,
-        max_age: config.max_age,
+        cache_control: HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            config.max_age.as_secs()
+        ))?,
+        surrogate_control: HeaderValue::from_str(&format!(
+            "max-age={}, stale-while-revalidate={}",
+            config.cache_max_age.as_secs(),
+            config.cache_stale_while_revalidate.as_secs()
+        ))?,
     });
     let mut api = Router::new()
         .route("/products", get(list_products).post(create_product))
@@ -800,7 +860,7 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
     // After the last setter: a setter on a dashboard whose only other reference is the
     // sampler's moves it, and the sampler would stop.
     let samples = dashboard.spawn();
-    let api = api.with_state(state);
+    let api = api.with_state(state.clone());
     let metrics = MetricsLayer::new(config.registry.clone())
         .exclude_path("/metrics")
         .exclude_prefix("/health");
@@ -856,6 +916,7 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         products_table: products,
         orders_table: orders,
         dashboard,
+        state,
         checks,
         samples,
     })

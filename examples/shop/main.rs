@@ -4,6 +4,9 @@
 //! cargo run --example shop --features postgres,redis,memory,axum,metrics,health,dashboard -- --listen 127.0.0.1:3000
 //! ```
 //!
+//! `--stack metrics-only` serves the same API as the baseline of the load run (the metrics
+//! layer only: no cache, handlers open their own transactions); `--stack full` is the default.
+//!
 //! Reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), `REDIS_URL`
 //! (default `redis://127.0.0.1:6379`), and optionally `SHOP_SCHEMA` (default `shop`),
 //! `SHOP_PRODUCTS` (products seeded into an empty table, default 1000) and `CURSOR_KEY` (at
@@ -31,31 +34,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use tower_strata::db::CursorKey;
 use tower_strata::metrics::MetricsRegistry;
 use tower_strata::store::{MemoryStore, RedisStore, TieredStore};
 
 #[allow(dead_code)] // the tests and the load run use the rest
 mod app;
+mod cli;
 #[path = "../support/prometheus.rs"]
 mod prometheus;
 
-/// The shop: every tower-strata layer on one axum service over PostgreSQL and Redis (reads DATABASE_URL, REDIS_URL, SHOP_SCHEMA, SHOP_PRODUCTS, CURSOR_KEY, PURGE_TOKEN).
-#[derive(clap::Parser)]
-struct Args {
-    /// The address to serve on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
-    listen: SocketAddr,
-}
-
-fn print_tour(addr: SocketAddr, purge: bool) {
+fn print_tour(addr: SocketAddr, stack: app::Stack, token: bool) {
     let base = format!("http://{addr}");
-    let purge = if purge {
+    // The purge endpoint stands in front of the cache: the baseline has neither.
+    let purge = if stack == app::Stack::Full {
         format!(
             "\n  curl -s -X POST {base}/admin/purge -H \"authorization: Bearer $PURGE_TOKEN\" -H 'content-type: application/json' -d '{{\"tags\":[\"products\"]}}'  # purge by tag\
              \n  curl -s -X PURGE {base}/products/1 -H \"authorization: Bearer $PURGE_TOKEN\"  # purge a URL: the next GET is a miss\
-             \n  curl -i -X PURGE {base}/products/1  # 401 without the token, 403 with a wrong one\
+             \n  curl -i -X PURGE {base}/products/1  # 401 without the token, 403 with a wrong one"
+        )
+    } else {
+        String::new()
+    };
+    let purge = if token {
+        format!(
+            "{purge}\
              \n  curl -s {base}/admin/dashboard/data -H \"authorization: Bearer $PURGE_TOKEN\"  # the dashboard's JSON\
              \n  # the dashboard page: {base}/admin/dashboard (bearer token required)"
         )
@@ -66,7 +70,7 @@ fn print_tour(addr: SocketAddr, purge: bool) {
         )
     };
     println!(
-        r#"shop listening on {base}; try:
+        r#"shop listening on {base} ({stack:?} stack); try:
 
   curl -i {base}/products/1                      # miss, then run it again: hit (Cache-Status)
   curl -s '{base}/products?limit=5&sort=-price'  # a keyset page; pass its next_cursor as &cursor=
@@ -87,7 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let addr = <Args as clap::Parser>::parse().listen;
+    let args = <cli::Args as clap::Parser>::parse();
+    let stack = app::Stack::from(args.stack);
     let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let database_url = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
     let redis_url = env("REDIS_URL", "redis://127.0.0.1:6379");
@@ -103,11 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let scrape = prometheus::install().map_err(|e| e.to_string())?;
     let options: PgConnectOptions = database_url.parse()?;
     let options = tower_strata::tx::log_slow_statements(options, Duration::from_millis(200));
-    let pool = PgPoolOptions::new()
-        .max_connections(32)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_with(options)
-        .await?;
+    let pool = app::pool_builder().connect_with(options).await?;
     // Redis is connected lazily: a Redis that is down shows in /health/ready, not here.
     let l2 = RedisStore::builder(&redis_url).namespace("shop").build()?;
     let store = TieredStore::builder(MemoryStore::new(64 << 20), l2).build()?;
@@ -116,6 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.schema = schema;
     config.seed_products = seed_products;
     config.cursor_key = cursor_key;
+    config.stack = stack;
     config.registry = MetricsRegistry::builder()
         .slow_threshold(Some(Duration::from_millis(250)))
         .build()?;
@@ -124,8 +126,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let purge = config.purge_token.is_some();
     let shop = app::build(config).await?;
 
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    print_tour(listener.local_addr()?, purge);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    print_tour(listener.local_addr()?, stack, purge);
     // With the peer address in the request extensions, purges are logged with who sent them.
     let app = shop
         .router

@@ -14,15 +14,21 @@ type ConnOptions<DB> = <<DB as sqlx::Database>::Connection as Connection>::Optio
 
 /// Starting points for [`PoolBuilder`]; every value can be overridden.
 ///
-/// | preset | max | min idle | acquire timeout | idle timeout | max lifetime | statement cache |
-/// |---|---|---|---|---|---|---|
-/// | `Web` | 10 | 2 | 5 s | 10 min | 30 min | 100 |
-/// | `Worker` | 4 | 0 | 30 s | 5 min | 30 min | 100 |
-/// | `Test` | 5 | 0 | 10 s | 30 s | 5 min | 20 |
+/// | preset | max | min idle | acquire timeout | idle timeout | max lifetime | statement cache | ping at checkout |
+/// |---|---|---|---|---|---|---|---|
+/// | `Web` | 10 | 2 | 5 s | 10 min | 30 min | 100 | only after 60 s idle |
+/// | `Worker` | 4 | 0 | 30 s | 5 min | 30 min | 100 | every checkout |
+/// | `Test` | 5 | 0 | 10 s | 30 s | 5 min | 20 | never |
 ///
 /// `Web` keeps a couple of warm connections and fails fast when the pool is exhausted (the
 /// transaction layer then answers `503`); `Worker` waits longer for fewer connections;
 /// `Test` keeps nothing idle so parallel test suites do not hold server slots.
+///
+/// A ping is one round trip to the database before the connection is handed out. Under load a
+/// `Web` pool hands out connections that were idle for microseconds, so it pings none and a
+/// one-statement read costs one round trip, not two; a connection idle for over a minute (one a
+/// firewall or a pooler may have cut) is pinged first. `docs/db.md` has what each preset costs
+/// per checkout and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum PoolPreset {
@@ -60,6 +66,7 @@ pub struct PoolBuilder {
     max_lifetime: Option<Duration>,
     statement_cache: usize,
     test_before_acquire: bool,
+    test_after_idle: Option<Duration>,
 }
 
 impl Default for PoolBuilder {
@@ -80,16 +87,22 @@ impl PoolBuilder {
             idle_timeout: Some(10 * min),
             max_lifetime: Some(30 * min),
             statement_cache: 100,
-            test_before_acquire: true,
+            // A ping per checkout doubles the round trips of a one-statement read; a
+            // connection that dies in use fails its statement, which the transaction layer
+            // replays (reads) or retries (transactions).
+            test_before_acquire: false,
+            test_after_idle: Some(min),
         };
         match preset {
             PoolPreset::Web => web,
-            // Few, long jobs: fewer connections, none kept idle, a longer wait for one.
+            // Few, long jobs: fewer connections, none kept idle, a longer wait for one; a
+            // ping per checkout is noise against a job that may not be safe to replay.
             PoolPreset::Worker => Self {
                 max_connections: 4,
                 min_idle: 0,
                 acquire_timeout: Duration::from_secs(30),
                 idle_timeout: Some(5 * min),
+                test_before_acquire: true,
                 ..web
             },
             // Short-lived pools: idle connections and old ones go quickly, no ping per acquire.
@@ -100,7 +113,8 @@ impl PoolBuilder {
                 idle_timeout: Some(Duration::from_secs(30)),
                 max_lifetime: Some(5 * min),
                 statement_cache: 20,
-                test_before_acquire: false,
+                test_after_idle: None,
+                ..web
             },
         }
     }
@@ -125,8 +139,12 @@ impl PoolBuilder {
         /// Prepared statements cached per connection (`0` turns the cache off).
         fn statement_cache(n: usize) => set statement_cache;
 
-        /// Whether a connection is pinged before it is handed out.
+        /// Whether every connection is pinged (one round trip) before it is handed out.
         fn test_before_acquire(yes: bool) => set test_before_acquire;
+
+        /// Without [`test_before_acquire`](Self::test_before_acquire), pings only the
+        /// connections that sat idle in the pool at least this long (`None`: never).
+        fn test_after_idle(idle: Option<Duration>) => set test_after_idle;
     }
 
     /// Checks the values.
@@ -165,13 +183,27 @@ impl PoolBuilder {
     /// As [`PoolBuilder::validate`].
     pub fn pool_options<DB: Dialect>(&self) -> Result<PoolOptions<DB>, DbError> {
         self.validate()?;
-        Ok(PoolOptions::<DB>::new()
+        let options = PoolOptions::<DB>::new()
             .max_connections(self.max_connections)
             .min_connections(self.min_idle)
             .acquire_timeout(self.acquire_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
-            .test_before_acquire(self.test_before_acquire))
+            .test_before_acquire(self.test_before_acquire);
+        Ok(match self.test_after_idle {
+            Some(after) if !self.test_before_acquire => {
+                options.before_acquire(move |conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= after {
+                            // An error closes the connection; the pool hands out another.
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
+            }
+            _ => options,
+        })
     }
 
     /// Opens a pool to `url`, with one connection made to check it.
