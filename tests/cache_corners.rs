@@ -978,3 +978,29 @@ async fn an_invalid_targeted_field_is_ignored_and_cache_control_governs() {
     send(&svc, get("http://h/a")).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn surrogate_control_is_this_caches_and_never_passed_on() {
+    let (up, calls) = upstream(|n, _| {
+        response(
+            200,
+            &[
+                ("cache-control", "public, max-age=0"),
+                ("surrogate-control", "max-age=600"),
+            ],
+            format!("{n}"),
+        )
+    });
+    let svc = layered(CacheLayer::new(store()), up);
+    let (miss, _) = send(&svc, get("http://h/a")).await;
+    let (hit, _) = send(&svc, get("http://h/a")).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "stored for this cache's 600 s"
+    );
+    for r in [&miss, &hit] {
+        assert!(!r.headers().contains_key("surrogate-control"), "{r:?}");
+        assert_eq!(r.headers()["cache-control"], "public, max-age=0");
+    }
+}

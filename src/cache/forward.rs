@@ -231,6 +231,9 @@ where
     } else {
         Err("method is not GET")
     };
+    // `Surrogate-Control` is this cache's (Edge Architecture Specification): read by `admit`,
+    // never passed on, so a CDN in front does not take this tier's TTL.
+    parts.headers.remove(&super::policy::SURROGATE_CONTROL);
     let admission = match admitted {
         Ok(admission) => admission,
         Err(reason) => {

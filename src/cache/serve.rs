@@ -51,6 +51,10 @@ pub(crate) fn finish_passthrough<St, RB>(
     status: &str,
 ) -> Resp<RB> {
     let mut response = response.map(CacheBody::passthrough);
+    // Targeted at this cache, never passed on (see `forward`).
+    response
+        .headers_mut()
+        .remove(&super::policy::SURROGATE_CONTROL);
     if ctx.config.strip_tag_headers {
         response.headers_mut().remove(&super::tags::SURROGATE_KEY);
         response.headers_mut().remove(&super::tags::CACHE_TAG);
