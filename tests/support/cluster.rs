@@ -369,21 +369,41 @@ impl PrivateCluster {
     }
 
     /// The ports of the masters.
-    /// Waits until every master's replica has acknowledged all its writes so far (`WAIT 1`):
-    /// a test that kills a master must not lose keys written just before to asynchronous
-    /// replication, then blame the client for the misses.
+    /// Waits until every master's replica has all the master's writes so far (its replication
+    /// offset has reached the master's): a test that kills a master must not lose keys written
+    /// just before to asynchronous replication, then blame the client for the misses. (`WAIT`
+    /// would not do: it waits only for the writes of the connection that sends it.)
     pub fn wait_replicated(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
         for port in self.masters() {
-            let mut conn = connect(port);
-            let acked: i64 = redis::cmd("WAIT")
-                .arg(1)
-                .arg(10_000)
-                .query(&mut conn)
-                .unwrap_or(0);
-            assert!(
-                acked >= 1,
-                "the replica of 127.0.0.1:{port} did not catch up"
-            );
+            loop {
+                let mut conn = connect(port);
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                let field = |line: &str, name: &str| -> Option<u64> {
+                    line.split(',')
+                        .find_map(|kv| kv.trim().strip_prefix(name))
+                        .and_then(|v| v.trim().parse().ok())
+                };
+                let master = info.lines().find_map(|l| field(l, "master_repl_offset:"));
+                let replica = info
+                    .lines()
+                    .filter(|l| l.starts_with("slave"))
+                    .filter_map(|l| field(l.split_once(':')?.1, "offset="))
+                    .max();
+                if let (Some(master), Some(replica)) = (master, replica)
+                    && replica >= master
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the replica of 127.0.0.1:{port} did not catch up: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
