@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::store::entry::micros;
 use crate::store::{SetOptions, Store, StoreError};
 
 /// The store key of the stamp of the URL whose primary store key is `primary`. Its own key
@@ -24,11 +25,6 @@ fn stamp_key(primary: &str) -> String {
     key.push_str("i:");
     key.push_str(primary);
     key
-}
-
-fn micros(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Records that the URL is invalidated now, for `window` (how long a fetch may be in flight).
