@@ -13,25 +13,16 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
-use tower_strata::store::RedisStore;
 
 use support::PrivateRedis;
 use support::cache_http::slow_upstream;
-
-fn store(redis: &PrivateRedis) -> RedisStore {
-    RedisStore::builder(redis.url())
-        .namespace(support::unique("outage"))
-        .timeout(Duration::from_millis(100))
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_store_does_not_switch_coalescing_off() {
     let redis = PrivateRedis::start();
     let (origin, calls) = slow_upstream(Duration::from_millis(300));
     let svc = ServiceBuilder::new()
-        .layer(CacheLayer::new(store(&redis)))
+        .layer(CacheLayer::new(redis.store(Duration::from_millis(100))))
         .service(origin);
     redis.pause();
     let gets = (0..50).map(|_| {

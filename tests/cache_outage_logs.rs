@@ -13,19 +13,10 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::CacheLayer;
-use tower_strata::store::RedisStore;
 
 use support::PrivateRedis;
 use support::cache_http::slow_upstream;
 use support::logs::Captured;
-
-fn store(redis: &PrivateRedis) -> RedisStore {
-    RedisStore::builder(redis.url())
-        .namespace(support::unique("outage"))
-        .timeout(Duration::from_millis(100))
-        .build()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn an_outage_under_load_logs_a_few_lines_not_one_per_request() {
@@ -40,7 +31,7 @@ async fn an_outage_under_load_logs_a_few_lines_not_one_per_request() {
     let redis = PrivateRedis::start();
     let (origin, calls) = slow_upstream(Duration::from_millis(1));
     let svc = ServiceBuilder::new()
-        .layer(CacheLayer::new(store(&redis)))
+        .layer(CacheLayer::new(redis.store(Duration::from_millis(100))))
         .service(origin);
     redis.pause();
     // 2,000 requests over distinct URLs (each a miss and a write with a healthy store), 50

@@ -81,6 +81,16 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A store on this server, in a namespace of its own, whose commands time out after
+    /// `timeout`.
+    pub fn store(&self, timeout: Duration) -> tower_strata::store::RedisStore {
+        tower_strata::store::RedisStore::builder(self.url())
+            .namespace(unique("private"))
+            .timeout(timeout)
+            .build()
+            .unwrap()
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
