@@ -275,7 +275,9 @@ async fn run_all(
     for store in stores {
         addrs.push(match store {
             Some(store) => {
-                let layer = CacheLayer::new(store).upstream_timeout(Duration::from_secs(10));
+                let layer = CacheLayer::new(store)
+                    .upstream_timeout(Duration::from_secs(10))
+                    .unwrap();
                 serve(ServiceBuilder::new().layer(layer).service(origin())).await
             }
             None => serve(origin()).await,
@@ -364,7 +366,9 @@ async fn cluster_phase(clients: usize) {
         .namespace(&ns)
         .build()
         .unwrap();
-    let layer = CacheLayer::new(store.clone()).upstream_timeout(Duration::from_secs(10));
+    let layer = CacheLayer::new(store.clone())
+        .upstream_timeout(Duration::from_secs(10))
+        .unwrap();
     let addr = serve(ServiceBuilder::new().layer(layer).service(origin())).await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for id in 0..KEYS {

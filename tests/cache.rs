@@ -695,7 +695,9 @@ async fn coalesced_waiters_give_up_after_the_timeout() {
         }
     });
     let svc = layered(
-        CacheLayer::new(store()).coalesce_timeout(Duration::from_secs(2)),
+        CacheLayer::new(store())
+            .coalesce_timeout(Duration::from_secs(2))
+            .unwrap(),
         up,
     );
     let leader = tokio::spawn(svc.clone().oneshot(get("http://h/slow")));
@@ -731,7 +733,9 @@ async fn hit_for_pass_sends_later_requests_straight_upstream() {
     let svc = layered(
         CacheLayer::new(store())
             .hit_for_pass(Some(Duration::from_secs(60)))
-            .coalesce_timeout(Duration::from_secs(30)),
+            .unwrap()
+            .coalesce_timeout(Duration::from_secs(30))
+            .unwrap(),
         up,
     );
     send(&svc, get("http://h/p")).await;
@@ -900,7 +904,9 @@ async fn stale_if_error_covers_upstream_timeouts() {
         }
     });
     let svc = layered(
-        CacheLayer::new(store()).upstream_timeout(Duration::from_secs(1)),
+        CacheLayer::new(store())
+            .upstream_timeout(Duration::from_secs(1))
+            .unwrap(),
         up,
     );
     send(&svc, get("http://h/a")).await;

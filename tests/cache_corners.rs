@@ -901,7 +901,11 @@ async fn a_lease_is_released_when_the_response_cannot_be_stored() {
     let (up, _) = upstream(|_, _| response(200, &[("cache-control", "no-store")], "x"));
     let shared = std::sync::Arc::new(store());
     let svc = ServiceBuilder::new()
-        .layer(CacheLayer::new(shared.clone()).distributed_lease(Duration::from_secs(30)))
+        .layer(
+            CacheLayer::new(shared.clone())
+                .distributed_lease(Duration::from_secs(30))
+                .unwrap(),
+        )
         .service(up);
     send(&svc, get("http://h/a")).await;
     for _ in 0..20 {
@@ -921,7 +925,9 @@ async fn a_lease_on_a_store_without_counters_fails_open() {
     let (up, calls) = upstream(|_, _| response(200, &[("cache-control", "max-age=60")], "x"));
     // Its counters are the provided ones: `Unsupported`.
     let store = support::core_only::CoreOnly(store());
-    let layer = CacheLayer::new(store).distributed_lease(Duration::from_secs(30));
+    let layer = CacheLayer::new(store)
+        .distributed_lease(Duration::from_secs(30))
+        .unwrap();
     let stats = layer.stats();
     let svc = ServiceBuilder::new().layer(layer).service(up);
     let (first, body) = send(&svc, get("http://h/a")).await;

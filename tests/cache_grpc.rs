@@ -116,6 +116,7 @@ async fn a_grpc_miss_is_bounded_by_the_upstream_timeout() {
     });
     let cache = CacheLayer::new(MemoryStore::new(1 << 20))
         .upstream_timeout(Duration::from_millis(100))
+        .unwrap()
         .grpc_method("/test.Echo/Say", Duration::from_secs(60))
         .unwrap();
     let svc = ServiceBuilder::new().layer(cache).service(slow);

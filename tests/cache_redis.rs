@@ -256,7 +256,11 @@ async fn a_redis_lease_coalesces_misses_across_instances_on(url: &str) {
     let instances: Vec<_> = (0..2)
         .map(|_| {
             ServiceBuilder::new()
-                .layer(CacheLayer::new(store.clone()).distributed_lease(Duration::from_secs(5)))
+                .layer(
+                    CacheLayer::new(store.clone())
+                        .distributed_lease(Duration::from_secs(5))
+                        .unwrap(),
+                )
                 .service(up.clone())
         })
         .collect();

@@ -20,12 +20,17 @@ use tower_strata::store::{BoxStore, MemoryStore};
 use crate::args::Args;
 use crate::forwarded;
 use crate::origin::Origin;
+use tower_strata::cache::BoxError;
 
-/// Request and response bodies between the client connection and the proxy's service.
+/// Request bodies between the client connection and the proxy's service.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// Response bodies: the cache's (a stored body, the origin's, or a fill shared with other
+/// clients, whose errors are the cache's `BoxError`).
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
 /// The whole proxy as one service; its error becomes a `502`.
-pub type Proxy = BoxCloneService<Request<ProxyBody>, Response<ProxyBody>, String>;
+pub type Proxy = BoxCloneService<Request<ProxyBody>, Response<ResponseBody>, String>;
 
 /// Builds the proxy from its command line; exits with status 2 on a configuration it cannot
 /// run (as clap does on a malformed flag).
@@ -45,7 +50,9 @@ pub async fn build(args: &Args) -> Proxy {
     } else {
         redis_store(&args.store, args.l1_bytes).await
     };
-    let mut layer = CacheLayer::new(store).upstream_timeout(Duration::from_secs(60));
+    let mut layer = CacheLayer::new(store)
+        .upstream_timeout(Duration::from_secs(60))
+        .expect("a positive timeout");
     if let Some(max) = args.max_body {
         layer = layer.max_body_size(max);
     }
@@ -183,14 +190,14 @@ pub async fn serve(listener: tokio::net::TcpListener, proxy: Proxy) {
     }
 }
 
-fn boxed<B>(response: Response<B>) -> Response<ProxyBody>
+fn boxed<B>(response: Response<B>) -> Response<ResponseBody>
 where
-    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
 {
     response.map(|b| b.boxed_unsync())
 }
 
-fn bad_gateway(e: &str) -> Response<ProxyBody> {
+fn bad_gateway(e: &str) -> Response<ResponseBody> {
     let body = http_body_util::Full::new(Bytes::from(format!("bad gateway: {e}\n")))
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();

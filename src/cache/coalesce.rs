@@ -3,76 +3,21 @@
 //! lease, instances sharing a store coalesce too.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use http::HeaderMap;
 use http::Method;
+use http::header::{self, HeaderMap};
 
-use super::forward::Miss;
+use super::body::Resp;
+use super::conditional::has_conditionals;
+use super::ctx::Ctx;
 use super::key::{self, store_key, vary_names};
-use super::layer::Ctx;
-use super::lookup::{Found, lookup};
+use super::lease::{LEASE_POLL, Lease};
+use super::lookup::{Found, Miss, lookup};
 use super::outage::StoreOp;
-use super::serve::{Resp, serve};
-use super::state::{FlightGuard, Join, Outcome, Shared};
-use crate::store::{Store, StoreError, StoreExt};
-
-/// How often an instance waiting on another instance's lease polls the store.
-const LEASE_POLL: Duration = Duration::from_millis(25);
-
-type TakeLease = dyn Fn(String) -> BoxFuture<'static, Result<i64, StoreError>> + Send + Sync;
-
-/// The distributed lease's settings: its TTL, and how to take it. Taking it needs the store's
-/// counters ([`StoreExt::incr`]), so it is captured here, when the lease is configured, and
-/// the rest of the cache needs only the core [`Store`]. A boxed future is fine here: a lease is
-/// taken on a miss, next to a round trip to the store and one upstream.
-#[derive(Clone)]
-pub(crate) struct DistributedLease {
-    pub ttl: Duration,
-    take: Arc<TakeLease>,
-}
-
-impl DistributedLease {
-    pub fn new<St: StoreExt>(store: Arc<St>, ttl: Duration) -> Self {
-        let take = move |key: String| -> BoxFuture<'static, Result<i64, StoreError>> {
-            let store = store.clone();
-            Box::pin(async move { store.incr(&key, 1, Some(ttl)).await })
-        };
-        DistributedLease {
-            ttl,
-            take: Arc::new(take),
-        }
-    }
-}
-
-impl std::fmt::Debug for DistributedLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DistributedLease")
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The cross-instance lease a leading miss holds (a store counter other instances see):
-/// released when dropped, whichever way the miss ends (stored, not storable, cancelled,
-/// failed), so other instances never wait out its TTL for nothing.
-pub(crate) struct Lease<St: Store> {
-    ctx: Arc<Ctx<St>>,
-    key: String,
-}
-
-impl<St: Store> Drop for Lease<St> {
-    fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // it expires with its TTL
-        };
-        let (ctx, key) = (self.ctx.clone(), std::mem::take(&mut self.key));
-        runtime.spawn(async move {
-            let _ = ctx.store.delete(&key).await;
-        });
-    }
-}
+use super::serve::{serve, serve_streaming};
+use super::state::{FlightGuard, Handover, Join};
+use super::status::{Coalescing, Outcome, StaleReason};
+use crate::store::Store;
 
 /// What joining the misses in flight came to.
 pub(crate) enum Coalesced<RB, St: Store> {
@@ -94,7 +39,7 @@ pub(crate) async fn coalesce<St: Store, RB>(
 ) -> Coalesced<RB, St> {
     let primary = miss.key.store_key();
     let identity = miss.key.identity();
-    let plain = !super::revalidate::has_conditionals(headers);
+    let plain = !has_conditionals(headers);
     let mut flight = match &miss.vary {
         Some(names) => store_key(&key::variant_identity(identity, names, headers)),
         None => primary.to_owned(),
@@ -107,25 +52,33 @@ pub(crate) async fn coalesce<St: Store, RB>(
             // A conditional request with nothing stored: its response is the client's own.
             Join::Leader(_) => return Coalesced::Alone,
             Join::Waiter(mut rx) => {
+                // A response can be served as it streams, except to a range request, which
+                // needs its length: that one waits for the whole response.
+                let streams = !headers.contains_key(header::RANGE);
                 // In a block of its own: the watch guard must be gone before the next await.
                 let handed = {
-                    let waited = tokio::time::timeout(
-                        ctx.config.coalesce_timeout,
-                        rx.wait_for(Option::is_some),
-                    )
-                    .await;
+                    let ready = |handover: &Option<Handover>| match handover {
+                        None => false,
+                        Some(Handover::Streaming(_)) => streams,
+                        Some(_) => true,
+                    };
+                    let waited =
+                        tokio::time::timeout(ctx.config.coalesce_timeout, rx.wait_for(ready)).await;
                     match waited {
-                        Ok(Ok(outcome)) => match &*outcome {
-                            Some(Outcome::Stored(record, provenance)) => {
-                                Some((record.clone(), provenance.clone()))
-                            }
-                            _ => None,
-                        },
+                        Ok(Ok(handover)) => handover.clone(),
                         _ => None,
                     }
                 };
-                let Some((record, provenance)) = handed else {
-                    return Coalesced::Alone;
+                let (provenance, stored_headers, stored_identity) = match &handed {
+                    Some(Handover::Stored(record, provenance)) => {
+                        (provenance, &record.headers, &record.identity)
+                    }
+                    Some(Handover::Streaming(streaming)) => (
+                        &streaming.provenance,
+                        &streaming.headers,
+                        &streaming.identity,
+                    ),
+                    Some(Handover::NotStored) | None => return Coalesced::Alone,
                 };
                 // A purge since the leader began fetching (a writer committed meanwhile)
                 // makes its response out of date for this request, which may have started
@@ -143,18 +96,23 @@ pub(crate) async fn coalesce<St: Store, RB>(
                 {
                     return Coalesced::Alone;
                 }
-                let names = vary_names(&record.headers);
+                let names = vary_names(stored_headers);
                 let expected = key::select_variant(identity, &names, headers);
-                if record.identity == expected {
-                    Shared::count(&ctx.shared.coalesced);
-                    let found = Found::handed_over(record);
-                    return Coalesced::Served(serve(
-                        ctx,
-                        &found,
-                        method,
-                        headers,
-                        "hit; detail=coalesced",
-                    ));
+                if *stored_identity == expected {
+                    let outcome = Outcome::Coalesced(Coalescing::InProcess);
+                    let served = match &handed {
+                        Some(Handover::Stored(record, _)) => {
+                            let found = Found::handed_over(record.clone());
+                            Some(serve(ctx, &found, method, headers, outcome))
+                        }
+                        Some(Handover::Streaming(streaming)) => {
+                            serve_streaming(ctx, streaming, method, headers, outcome)
+                        }
+                        _ => None,
+                    };
+                    // A response whose first bytes are gone (past the size limit) cannot be
+                    // read from the start: go upstream.
+                    return served.map_or(Coalesced::Alone, Coalesced::Served);
                 }
                 let own = store_key(&expected);
                 if names.is_empty() || own == flight {
@@ -183,25 +141,20 @@ async fn lead<St: Store, RB>(
         && let Some(found) = look.found
         && !found.is_stale()
     {
-        guard.publish(Outcome::Stored(found.record.clone(), found.provenance()));
+        guard.publish(Handover::Stored(found.record.clone(), found.provenance()));
         drop(guard);
-        Shared::count(&ctx.shared.hits);
-        return Coalesced::Served(serve(ctx, &found, method, headers, "hit"));
+        let outcome = Outcome::Hit {
+            ttl_left: found.ttl_left(),
+        };
+        return Coalesced::Served(serve(ctx, &found, method, headers, outcome));
     }
     let Some(lease) = config.lease.as_ref().filter(|_| !miss.store_failed) else {
         return Coalesced::Lead(guard, None);
     };
     let lease_ttl = lease.ttl;
-    let key = lease_key(flight);
-    match (lease.take)(key.clone()).await {
-        Ok(1) => {
-            let lease = Lease {
-                ctx: ctx.clone(),
-                key,
-            };
-            return Coalesced::Lead(guard, Some(lease));
-        }
-        Ok(_) => {}
+    match lease.take(&ctx.store, flight).await {
+        Ok(Some(lease)) => return Coalesced::Lead(guard, Some(lease)),
+        Ok(None) => {}
         Err(error) => {
             ctx.shared.store_failed(StoreOp::Lease, &error);
             return Coalesced::Lead(guard, None);
@@ -211,14 +164,8 @@ async fn lead<St: Store, RB>(
     if let Some(found) = &miss.stale
         && !found.record.freshness.must_revalidate
     {
-        Shared::count(&ctx.shared.stale_hits);
-        return Coalesced::Served(serve(
-            ctx,
-            found,
-            method,
-            headers,
-            "hit; detail=stale-during-remote-fetch",
-        ));
+        let outcome = Outcome::Stale(StaleReason::DuringRemoteFetch);
+        return Coalesced::Served(serve(ctx, found, method, headers, outcome));
     }
     let deadline = tokio::time::Instant::now() + lease_ttl.min(config.coalesce_timeout);
     while tokio::time::Instant::now() < deadline {
@@ -227,24 +174,11 @@ async fn lead<St: Store, RB>(
             && let Some(found) = look.found
             && !found.is_stale()
         {
-            guard.publish(Outcome::Stored(found.record.clone(), found.provenance()));
+            guard.publish(Handover::Stored(found.record.clone(), found.provenance()));
             drop(guard);
-            Shared::count(&ctx.shared.coalesced);
-            return Coalesced::Served(serve(
-                ctx,
-                &found,
-                method,
-                headers,
-                "hit; detail=coalesced-remote",
-            ));
+            let outcome = Outcome::Coalesced(Coalescing::Remote);
+            return Coalesced::Served(serve(ctx, &found, method, headers, outcome));
         }
     }
     Coalesced::Lead(guard, None)
-}
-
-fn lease_key(flight: &str) -> String {
-    let mut key = String::with_capacity(flight.len() + 2);
-    key.push_str("l:");
-    key.push_str(flight);
-    key
 }

@@ -3,72 +3,37 @@
 //! stale entry (`304`), or replaced by the stale entry when upstream fails.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::HeaderName;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::CacheBody;
+use super::body::Resp;
 use super::coalesce::{Coalesced, coalesce};
-use super::key::PrimaryKey;
-use super::layer::Ctx;
-use super::lookup::Found;
+use super::conditional;
+use super::ctx::Ctx;
+use super::lookup::{Found, Miss};
 use super::revalidate::{self, Revalidation};
-use super::serve::{Resp, add_status, serve, serve_stale_on_error};
+use super::serve::{passthrough, serve};
 use super::state::Shared;
+use super::status::{Forward, Outcome, StaleReason};
 use super::tags::{CacheTags, extract_tags};
+use super::tee::BoxError;
+use super::upstream::{self, Upstream};
 use super::write::{Fetched, Placement, StoreOnFinish, admit, body_limit};
 use crate::store::Store;
 
-/// What the lookup left for the miss path.
-pub(crate) struct Miss {
-    pub key: PrimaryKey,
-    /// The stored response to revalidate, if one was found stale.
-    pub stale: Option<Found>,
-    /// The store was read and had nothing: worth a second look once this request leads.
-    pub looked_up: bool,
-    /// The store failed the lookup: the miss still coalesces with the others in this process
-    /// (a failing store must not multiply origin calls), but neither looks again, takes the
-    /// lease nor writes what it fetched.
-    pub store_failed: bool,
-    /// The `Vary` names the primary key's index gave, if it held one.
-    pub vary: Option<Vec<HeaderName>>,
-}
-
-/// The outcome of an upstream call made by the cache.
-pub(crate) enum Upstream<R, E> {
-    Done(Result<R, E>),
-    TimedOut,
-}
-
-/// Calls upstream, within [`CacheLayer::upstream_timeout`](super::CacheLayer::upstream_timeout)
-/// when set: every upstream call the cache makes (misses, revalidations, refreshes).
-pub(crate) async fn call_upstream<S, B, R>(
-    svc: &mut S,
-    request: Request<B>,
-    timeout: Option<Duration>,
-) -> Upstream<R, S::Error>
-where
-    S: Service<Request<B>, Response = R>,
-{
-    match timeout {
-        Some(t) => match tokio::time::timeout(t, svc.call(request)).await {
-            Ok(r) => Upstream::Done(r),
-            Err(_) => Upstream::TimedOut,
-        },
-        None => Upstream::Done(svc.call(request).await),
-    }
-}
-
-/// The answer when upstream did not answer within the upstream timeout.
-fn timed_out<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
-    let mut response = Response::new(CacheBody::empty());
-    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    add_status(ctx, response.headers_mut(), "fwd=miss; detail=timeout");
-    response
+/// A stale entry served because upstream failed, timed out or answered 5xx.
+fn serve_stale_on_error<St, RB>(
+    ctx: &Ctx<St>,
+    found: &Found,
+    method: &Method,
+    request_headers: &http::HeaderMap,
+) -> Resp<RB> {
+    let outcome = Outcome::Stale(StaleReason::IfError);
+    serve(ctx, found, method, request_headers, outcome)
 }
 
 /// A miss, or a stale entry that must be revalidated: go upstream (leading or joining a
@@ -84,10 +49,11 @@ where
     St: Store,
     B: Default,
     RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     let config = &ctx.config;
     let method = request.method().clone();
-    let plain = !revalidate::has_conditionals(request.headers());
+    let plain = !conditional::has_conditionals(request.headers());
     let primary = miss.key.store_key();
     let mut guard = None;
     let mut lease = None;
@@ -101,7 +67,6 @@ where
             Coalesced::Alone => {}
         }
     }
-    Shared::count(&ctx.shared.misses);
 
     // Revalidate a stale entry with its validators; the client's own conditionals are
     // answered from the entry once the origin has validated it. The client's request is kept
@@ -111,17 +76,17 @@ where
     let mut unconditional = None;
     if let Some(found) = &miss.stale
         && method == Method::GET
-        && revalidate::has_validators(&found.record)
+        && conditional::has_validators(&found.record)
     {
         client_headers = Some(request.headers().clone());
-        unconditional = Some(revalidate::copy_without_body(&request));
-        revalidate::conditional_headers(request.headers_mut(), &found.record);
+        unconditional = Some(conditional::copy_without_body(&request));
+        conditional::conditional_headers(request.headers_mut(), &found.record);
     }
 
     let mut request_headers = request.headers().clone();
     let mut request_time = SystemTime::now();
     let fill = ctx.shared.start_fill(primary);
-    let result = call_upstream(&mut svc, request, config.upstream_timeout).await;
+    let result = upstream::call(&mut svc, request, config.upstream_timeout).await;
     let mut response_time = SystemTime::now();
     let stale = miss.stale;
 
@@ -135,13 +100,17 @@ where
                     &method,
                     &request_headers,
                 )),
-                None => Err(error),
+                None => {
+                    // No response to carry it, but the request went upstream all the same.
+                    Outcome::Forward(Forward::miss(miss.store_failed)).count(&ctx.shared);
+                    Err(error)
+                }
             };
         }
         Upstream::TimedOut => {
             return Ok(match stale.filter(|f| f.within_sie(&ctx)) {
                 Some(found) => serve_stale_on_error(&ctx, &found, &method, &request_headers),
-                None => timed_out(&ctx),
+                None => upstream::timed_out(&ctx, false),
             });
         }
     };
@@ -166,13 +135,8 @@ where
             match revalidate::merge_304(&ctx, found, &parts, &fetched).await {
                 Revalidation::Validated(refreshed) => {
                     drop(guard);
-                    return Ok(serve(
-                        &ctx,
-                        &refreshed,
-                        &method,
-                        &client_headers,
-                        "fwd=stale; fwd-status=304",
-                    ));
+                    let outcome = Outcome::Revalidated;
+                    return Ok(serve(&ctx, &refreshed, &method, &client_headers, outcome));
                 }
                 Revalidation::Mismatch => {
                     // RFC 9111 §4.3.4: the `304` selects no stored response, so it updates
@@ -180,12 +144,14 @@ where
                     // like any miss's.
                     request_headers = client_headers;
                     request_time = SystemTime::now();
-                    response = match call_upstream(&mut svc, unconditional, config.upstream_timeout)
-                        .await
-                    {
+                    let timeout = config.upstream_timeout;
+                    response = match upstream::call(&mut svc, unconditional, timeout).await {
                         Upstream::Done(Ok(response)) => response,
-                        Upstream::Done(Err(error)) => return Err(error),
-                        Upstream::TimedOut => return Ok(timed_out(&ctx)),
+                        Upstream::Done(Err(error)) => {
+                            Outcome::Forward(Forward::miss(false)).count(&ctx.shared);
+                            return Err(error);
+                        }
+                        Upstream::TimedOut => return Ok(upstream::timed_out(&ctx, false)),
                     };
                     response_time = SystemTime::now();
                 }
@@ -206,12 +172,10 @@ where
         &mut parts.headers,
         parts.extensions.get::<CacheTags>(),
     );
-    let fwd = if stale.is_some() {
-        "fwd=stale"
-    } else if miss.store_failed {
-        "fwd=miss; detail=store-error"
-    } else {
-        "fwd=miss"
+    let mut outcome = Forward {
+        stale: stale.is_some(),
+        stored: false,
+        store_failed: miss.store_failed,
     };
     let limit = body_limit(&ctx);
     let too_large = body
@@ -243,8 +207,8 @@ where
                 ctx.shared.pass(primary, config.hit_for_pass);
             }
             drop(guard);
-            let mut response = Response::from_parts(parts, CacheBody::passthrough(body));
-            add_status(&ctx, response.headers_mut(), fwd);
+            let mut response = passthrough(&ctx, Response::from_parts(parts, body));
+            Outcome::Forward(outcome).record(&ctx, response.headers_mut());
             return Ok(response);
         }
     };
@@ -270,13 +234,8 @@ where
         fill,
         lease,
     };
-    let mut response =
-        Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
-    let status = if known_size && write {
-        format!("{fwd}; stored")
-    } else {
-        fwd.to_owned()
-    };
-    add_status(&ctx, response.headers_mut(), &status);
+    let mut response = finish.start(parts, body);
+    outcome.stored = known_size && write;
+    Outcome::Forward(outcome).record(&ctx, response.headers_mut());
     Ok(response)
 }

@@ -11,16 +11,18 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::CacheBody;
-use super::forward::{Upstream, call_upstream};
+use super::body::Resp;
+use super::ctx::{Ctx, GrpcMethod};
 use super::key::{self, GrpcMessage, PrimaryKey};
-use super::layer::{Ctx, GrpcMethod};
 use super::lookup::lookup;
 use super::policy::Freshness;
-use super::serve::{Resp, add_status, invalid_authority, serve};
+use super::serve::{invalid_authority, passthrough, serve};
 use super::state::Shared;
+use super::status::{Forward, Outcome};
 use super::tags::{CacheTags, extract_tags};
-use super::write::{Placement, StoreOnFinish, body_limit, stored_headers};
+use super::tee::BoxError;
+use super::upstream::{self, Upstream};
+use super::write::{Placement, StoreOnFinish, stored_headers};
 use crate::store::Store;
 
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
@@ -49,24 +51,6 @@ pub(crate) fn cacheable_method<'a, St, B>(
         .then_some(method)
 }
 
-/// The answer to a gRPC call upstream did not answer within the upstream timeout: a
-/// trailers-only `DEADLINE_EXCEEDED`, which gRPC clients understand (an HTTP `504` they do not).
-fn deadline_exceeded<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
-    let mut response = Response::new(CacheBody::empty());
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", http::HeaderValue::from_static("4"));
-    headers.insert(
-        "grpc-message",
-        http::HeaderValue::from_static("upstream%20timed%20out"),
-    );
-    add_status(ctx, headers, "fwd=miss; detail=timeout");
-    response
-}
-
 /// Answers a cacheable gRPC call from the store, or forwards it (within the upstream timeout)
 /// and stores a successful answer.
 pub(crate) async fn grpc_request<S, St, B, RB>(
@@ -79,6 +63,7 @@ where
     S: Service<Request<B>, Response = Response<RB>>,
     St: Store,
     RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     let message = request
         .extensions()
@@ -100,24 +85,26 @@ where
             if let Some(found) = look.found
                 && !found.is_stale()
             {
-                Shared::count(&ctx.shared.hits);
-                return Ok(serve(&ctx, &found, &Method::POST, request.headers(), "hit"));
+                let outcome = Outcome::Hit {
+                    ttl_left: found.ttl_left(),
+                };
+                let headers = request.headers();
+                return Ok(serve(&ctx, &found, &Method::POST, headers, outcome));
             }
             false
         }
         Err(()) => true,
     };
-    let fwd = if store_failed {
-        "fwd=miss; detail=store-error"
-    } else {
-        "fwd=miss"
-    };
-    Shared::count(&ctx.shared.misses);
+    let outcome = Forward::miss(store_failed);
     let fill = ctx.shared.start_fill(key.store_key());
     let fetched_at = SystemTime::now();
-    let response = match call_upstream(&mut svc, request, ctx.config.upstream_timeout).await {
-        Upstream::Done(result) => result?,
-        Upstream::TimedOut => return Ok(deadline_exceeded(&ctx)),
+    let response = match upstream::call(&mut svc, request, ctx.config.upstream_timeout).await {
+        Upstream::Done(Ok(response)) => response,
+        Upstream::Done(Err(error)) => {
+            Outcome::Forward(outcome).count(&ctx.shared);
+            return Err(error);
+        }
+        Upstream::TimedOut => return Ok(upstream::timed_out(&ctx, true)),
     };
     let (mut parts, body) = response.into_parts();
     let storable = parts.status == StatusCode::OK
@@ -131,8 +118,8 @@ where
     );
     if !storable || ttl.is_zero() || store_failed {
         Shared::count(&ctx.shared.not_stored);
-        let mut response = Response::from_parts(parts, CacheBody::passthrough(body));
-        add_status(&ctx, response.headers_mut(), fwd);
+        let mut response = passthrough(&ctx, Response::from_parts(parts, body));
+        Outcome::Forward(outcome).record(&ctx, response.headers_mut());
         return Ok(response);
     }
     let finish = StoreOnFinish {
@@ -161,9 +148,8 @@ where
         fill,
         lease: None,
     };
-    let limit = body_limit(&ctx);
-    let mut response =
-        Response::from_parts(parts, CacheBody::recording(body, limit, Box::new(finish)));
-    add_status(&ctx, response.headers_mut(), "fwd=miss");
+    let mut response = finish.start(parts, body);
+    // Stored only once the trailers say `grpc-status: 0`: not known yet, so not `stored`.
+    Outcome::Forward(outcome).record(&ctx, response.headers_mut());
     Ok(response)
 }

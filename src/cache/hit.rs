@@ -11,14 +11,14 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 
-use super::body::CacheBody;
+use super::body::{CacheBody, Resp};
+use super::conditional::has_conditionals;
+use super::ctx::Ctx;
 use super::key::{self, select_variant, vary_names};
-use super::layer::Ctx;
 use super::lookup::{Decoded, HitHeaders, decoded};
 use super::record::{Record, Stored};
-use super::revalidate::has_conditionals;
-use super::serve::{Resp, cache_status_name, hit_status, serve_record, status_value};
-use super::state::Shared;
+use super::serve::serve_record;
+use super::status::{CACHE_STATUS, Outcome};
 use crate::store::entry::clock_micros;
 use crate::store::{Entry, Store};
 
@@ -113,10 +113,11 @@ fn respond<St, RB>(
         .saturating_add(entry_age)
         .as_secs();
     let at = (age, ttl_left);
+    let outcome = Outcome::Hit { ttl_left };
     let made = || HitHeaders {
         at,
         age: HeaderValue::from(age),
-        status: status_value(ctx, &hit_status(ttl_left)),
+        status: outcome.status_value(ctx),
     };
     // Another thread serving this entry holds the slot: make this hit's values instead of
     // waiting for it.
@@ -136,7 +137,7 @@ fn respond<St, RB>(
             (h.age, h.status)
         }
     };
-    Shared::count(&ctx.shared.hits);
+    outcome.count(&ctx.shared);
     let Some(template) = &decoded.hit_template else {
         return Some(serve_record(record, method, headers, age, status));
     };
@@ -153,10 +154,10 @@ fn respond<St, RB>(
     if let Some(slot) = h.get_mut(header::AGE) {
         *slot = age;
     }
-    match (status, h.get_mut(cache_status_name())) {
+    match (status, h.get_mut(&CACHE_STATUS)) {
         (Some(status), Some(slot)) => *slot = status,
         _ => {
-            h.remove(cache_status_name());
+            h.remove(&CACHE_STATUS);
         }
     }
     Some(response)

@@ -15,13 +15,13 @@ use http::{Method, Request, Response, Uri};
 use tower_service::Service;
 use tracing::Instrument as _;
 
-use super::body::CacheBody;
+use super::body::{CacheBody, Resp};
+use super::ctx::Ctx;
 use super::key::{KeyConfig, KeyPart, url_tag};
-use super::layer::Ctx;
 use super::outage::StoreOp;
-use super::serve::Resp;
 use super::stamp;
 use super::state::Shared;
+use super::upstream::{self, Upstream};
 use crate::store::{PurgeMode, Store, StoreError};
 
 /// Removes from the store every response stored for the URL whose primary store key is
@@ -141,10 +141,10 @@ where
     let headers = request.headers().clone();
     let part = request.extensions().get::<KeyPart>().cloned();
     let call = svc.call(request);
-    let ctx = ctx.clone();
+    let task_ctx = ctx.clone();
     let write = async move {
         let result = call.await;
-        let key_config = &ctx.config.key;
+        let key_config = &task_ctx.config.key;
         let mut targets = Vec::with_capacity(3);
         let changed = match &result {
             Ok(response) => response.status().is_success() || response.status().is_redirection(),
@@ -172,24 +172,39 @@ where
         }
         for target in targets {
             let key = target.store_key();
-            let window = ctx.config.fill_window();
-            match invalidate_url(&*ctx.store, &ctx.shared, key, PurgeMode::Hard, window).await {
-                Ok(_) => Shared::count(&ctx.shared.invalidations),
-                Err(error) => ctx.shared.store_failed(StoreOp::Invalidate, &error),
+            let window = task_ctx.config.fill_window();
+            match invalidate_url(
+                &*task_ctx.store,
+                &task_ctx.shared,
+                key,
+                PurgeMode::Hard,
+                window,
+            )
+            .await
+            {
+                Ok(_) => Shared::count(&task_ctx.shared.invalidations),
+                Err(error) => task_ctx.shared.store_failed(StoreOp::Invalidate, &error),
             }
         }
         result
     };
-    let result = match tokio::runtime::Handle::try_current() {
-        // Detached, so that dropping this future (the client hung up) does not cancel it.
-        Ok(runtime) => match runtime.spawn(write.in_current_span()).await {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => panic!("the write's task was cancelled: {error}"),
-        },
-        Err(_) => write.await,
+    let timeout = ctx.config.upstream_timeout;
+    let answer = async {
+        match tokio::runtime::Handle::try_current() {
+            // Detached, so that dropping this future (the client hung up) or the upstream
+            // timeout does not cancel it: it still invalidates when the service answers.
+            Ok(runtime) => match runtime.spawn(write.in_current_span()).await {
+                Ok(result) => result,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(error) => panic!("the write's task was cancelled: {error}"),
+            },
+            Err(_) => write.await,
+        }
     };
-    Ok(result?.map(CacheBody::passthrough))
+    match upstream::within(timeout, answer).await {
+        Upstream::Done(result) => Ok(result?.map(CacheBody::passthrough)),
+        Upstream::TimedOut => Ok(upstream::timed_out(ctx, false)),
+    }
 }
 
 /// A `Location`-style target on the request's host, as a URI the key can be built from.

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
 use tower_layer::Layer;
 
-use super::coalesce::DistributedLease;
+use super::ctx::{Config, Ctx, GrpcMethod};
 use super::directives::is_tchar;
 #[cfg(feature = "purge")]
 use super::invalidate::Invalidator;
 use super::key::KeyConfig;
+use super::lease::DistributedLease;
 use super::policy::PolicyConfig;
 use super::service::Cache;
 use super::state::{CacheStats, Shared};
@@ -33,6 +33,9 @@ pub enum CacheConfigErrorKind {
     Scheme,
     /// A gRPC method path is not `/package.Service/Method`.
     GrpcMethod,
+    /// A duration that must be positive is zero (zero never means off: off is `None` or
+    /// `false`).
+    ZeroDuration,
 }
 
 impl crate::ConfigErrorKind for CacheConfigErrorKind {
@@ -49,6 +52,17 @@ fn path_prefix(prefix: String) -> Result<String, CacheConfigError> {
             format!("path prefix {prefix:?} does not start with '/'"),
         ))
     }
+}
+
+/// A duration setting, refused when zero: zero never means off in this crate.
+fn non_zero(setting: &str, duration: Duration) -> Result<Duration, CacheConfigError> {
+    if duration.is_zero() {
+        return Err(CacheConfigError::new(
+            CacheConfigErrorKind::ZeroDuration,
+            format!("{setting} must be greater than zero"),
+        ));
+    }
+    Ok(duration)
 }
 
 /// Default largest body buffered for storing: 1 MiB.
@@ -82,37 +96,6 @@ impl<St> std::fmt::Debug for CacheLayer<St> {
     }
 }
 
-/// A gRPC method the cache stores answers of.
-#[derive(Clone, Debug)]
-pub(crate) struct GrpcMethod {
-    pub path: String,
-    pub ttl: Duration,
-    /// The answer does not depend on the caller: calls with credentials share it too.
-    pub public: bool,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub max_body_size: usize,
-    pub policy: PolicyConfig,
-    /// Whether HEAD is answered from stored GET responses (GET always is).
-    pub head: bool,
-    pub routes: Option<Vec<String>>,
-    pub swr: Option<Duration>,
-    pub sie: Option<Duration>,
-    pub stale_retention: Duration,
-    pub coalesce: bool,
-    pub coalesce_timeout: Duration,
-    pub hit_for_pass: Option<Duration>,
-    pub ttl_jitter: Duration,
-    pub cache_status: bool,
-    pub strip_tag_headers: bool,
-    pub key: KeyConfig,
-    pub upstream_timeout: Option<Duration>,
-    pub grpc_methods: Vec<GrpcMethod>,
-    pub lease: Option<DistributedLease>,
-}
-
 impl<St: StoreExt> CacheLayer<St> {
     /// Coalesces misses across instances sharing the store: the instance that leads a miss
     /// takes a lease (a store counter, [`StoreExt::incr`]: `INCR` + `PX` on Redis) for at
@@ -122,24 +105,15 @@ impl<St: StoreExt> CacheLayer<St> {
     /// once the response is stored; an unstorable response leaves it to expire, so keep `ttl`
     /// short. Default off. On a store without counters the lease fails open: each instance
     /// goes upstream.
-    pub fn distributed_lease(mut self, ttl: Duration) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] of kind [`ZeroDuration`](CacheConfigErrorKind::ZeroDuration)
+    /// for a zero `ttl`.
+    pub fn distributed_lease(mut self, ttl: Duration) -> Result<Self, CacheConfigError> {
+        let ttl = non_zero("distributed_lease", ttl)?;
         self.config.lease = Some(DistributedLease::new(self.store.clone(), ttl));
-        self
-    }
-}
-
-impl Config {
-    /// How long a fetch may be in flight, so how long an invalidation's stamp must hide it
-    /// from other instances (see `stamp`): twice the upstream timeout, or five minutes without
-    /// one.
-    pub(crate) fn fill_window(&self) -> Duration {
-        self.upstream_timeout
-            .map_or(Duration::from_secs(300), |t| t.saturating_mul(2))
-    }
-
-    /// Whether a request with this method is looked up in the cache at all.
-    pub(crate) fn looks_up(&self, method: &Method) -> bool {
-        method == Method::GET || (self.head && method == Method::HEAD)
+        Ok(self)
     }
 }
 
@@ -240,14 +214,6 @@ impl<St> CacheLayer<St> {
         /// Whether concurrent misses on one key send one request upstream. Default on.
         fn coalesce(enabled: bool) => set config.coalesce;
 
-        /// How long a coalesced request waits for the leader's response before going upstream
-        /// itself. Default 10 s.
-        fn coalesce_timeout(timeout: Duration) => set config.coalesce_timeout;
-
-        /// How long a key whose response proved unstorable goes straight upstream, without
-        /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; `None` turns it off.
-        fn hit_for_pass(duration: Option<Duration>) => set config.hit_for_pass;
-
         /// Shortens each stored TTL by a random amount below `jitter` (at most half the TTL), so
         /// entries stored together do not all expire together. Default none.
         fn ttl_jitter(jitter: Duration) => set config.ttl_jitter;
@@ -327,11 +293,44 @@ impl<St> CacheLayer<St> {
         Ok(self)
     }
 
-    /// Upper bound on an upstream call made by the cache; past it a stale entry inside its
-    /// stale-if-error window is served, or `504 Gateway Timeout` answered. Default none.
-    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
-        self.config.upstream_timeout = Some(timeout);
-        self
+    /// Upper bound on every upstream call the cache makes (misses, revalidations, refreshes,
+    /// gRPC calls, bypasses, unsafe methods), until the response head: past it a stale entry
+    /// inside its stale-if-error window is served, or `504 Gateway Timeout` answered (gRPC:
+    /// `DEADLINE_EXCEEDED`). An unsafe request's call still runs to its end and invalidates.
+    /// Default none.
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] of kind [`ZeroDuration`](CacheConfigErrorKind::ZeroDuration)
+    /// for a zero timeout (leave it unset for none).
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Result<Self, CacheConfigError> {
+        self.config.upstream_timeout = Some(non_zero("upstream_timeout", timeout)?);
+        Ok(self)
+    }
+
+    /// How long a coalesced request waits for the leader's response before going upstream
+    /// itself. Default 10 s; `coalesce(false)` turns coalescing off.
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] of kind [`ZeroDuration`](CacheConfigErrorKind::ZeroDuration)
+    /// for a zero timeout.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Result<Self, CacheConfigError> {
+        self.config.coalesce_timeout = non_zero("coalesce_timeout", timeout)?;
+        Ok(self)
+    }
+
+    /// How long a key whose response proved unstorable goes straight upstream, without
+    /// waiting behind other misses (Varnish's hit-for-pass). Default 10 s; `None` turns it
+    /// off.
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] of kind [`ZeroDuration`](CacheConfigErrorKind::ZeroDuration)
+    /// for `Some(Duration::ZERO)` (off is `None`).
+    pub fn hit_for_pass(mut self, duration: Option<Duration>) -> Result<Self, CacheConfigError> {
+        self.config.hit_for_pass = duration.map(|d| non_zero("hit_for_pass", d)).transpose()?;
+        Ok(self)
     }
 
     /// Caches the gRPC method at `path` (`/package.Service/Method`) for `ttl`, keyed by the
@@ -341,7 +340,7 @@ impl<St> CacheLayer<St> {
     ///
     /// # Errors
     ///
-    /// A [`CacheConfigError`] unless `path` is `/package.Service/Method`.
+    /// A [`CacheConfigError`] unless `path` is `/package.Service/Method`, or for a zero `ttl`.
     pub fn grpc_method(
         mut self,
         path: impl Into<String>,
@@ -365,6 +364,7 @@ impl<St> CacheLayer<St> {
                 format!("gRPC method path {path:?} is not /package.Service/Method"),
             ));
         }
+        let ttl = non_zero("a gRPC method's TTL", ttl)?;
         self.config.grpc_methods.push(GrpcMethod {
             path,
             ttl,
@@ -435,17 +435,11 @@ impl<S, St> Layer<S> for CacheLayer<St> {
     }
 }
 
-/// Everything a request needs, shared by the service's clones.
-pub(crate) struct Ctx<St> {
-    pub store: Arc<St>,
-    pub config: Config,
-    pub shared: Arc<Shared>,
-}
-
 #[cfg(all(test, feature = "memory"))]
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+    use http::Method;
 
     fn layer() -> CacheLayer<MemoryStore> {
         CacheLayer::new(MemoryStore::new(1 << 20))
@@ -479,7 +473,21 @@ mod tests {
                 "{path}"
             );
         }
+        let zero = Duration::ZERO;
+        for refused in [
+            layer().upstream_timeout(zero),
+            layer().coalesce_timeout(zero),
+            layer().hit_for_pass(Some(zero)),
+            layer().distributed_lease(zero),
+            layer().grpc_method("/a.B/C", zero),
+        ] {
+            assert_eq!(kind(refused), CacheConfigErrorKind::ZeroDuration);
+        }
         layer()
+            .hit_for_pass(None)
+            .unwrap()
+            .upstream_timeout(ttl)
+            .unwrap()
             .path_prefixes(["/a", "/"])
             .unwrap()
             .key_cookies("/i18n/", ["lang", "__Host-id"])

@@ -1,16 +1,17 @@
-//! Step 1, lookup: the primary key, then the variant a `Vary` index points to.
+//! Step 1, lookup: the primary key, then the variant a `Vary` index points to; what a lookup
+//! leaves for the miss path ([`Miss`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::ctx::Ctx;
 use super::key::{self, PrimaryKey, store_key, variant_identity};
-use super::layer::Ctx;
 use super::outage::StoreOp;
 use super::record::{self, Record, Stored};
-use super::serve::cache_status_name;
 use super::state::Provenance;
+use super::status::CACHE_STATUS;
 use crate::store::{Entry, Store};
 
 /// A stored response found for a request.
@@ -91,6 +92,21 @@ impl Found {
         let window = window.unwrap_or_default();
         !self.record.freshness.must_revalidate && !window.is_zero() && self.staleness() <= window
     }
+}
+
+/// What the lookup left for the miss path.
+pub(crate) struct Miss {
+    pub key: PrimaryKey,
+    /// The stored response to revalidate, if one was found stale.
+    pub stale: Option<Found>,
+    /// The store was read and had nothing: worth a second look once this request leads.
+    pub looked_up: bool,
+    /// The store failed the lookup: the miss still coalesces with the others in this process
+    /// (a failing store must not multiply origin calls), but neither looks again, takes the
+    /// lease nor writes what it fetched.
+    pub store_failed: bool,
+    /// The `Vary` names the primary key's index gave, if it held one.
+    pub vary: Option<Vec<HeaderName>>,
 }
 
 /// What a lookup found: a usable response, and the `Vary` names when the primary key held an
@@ -207,7 +223,7 @@ fn hit_template(record: &Record) -> HeaderMap {
     }
     headers.insert(header::AGE, HeaderValue::from_static("0"));
     headers.insert(
-        cache_status_name().clone(),
+        CACHE_STATUS.clone(),
         HeaderValue::from_static("tower-strata; hit"),
     );
     headers

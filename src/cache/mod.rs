@@ -128,10 +128,13 @@
 //! # Concurrency: coalescing, stale serving, hit-for-pass
 //!
 //! Concurrent misses on one key send one request upstream; the others wait (at most
-//! [`CacheLayer::coalesce_timeout`], then go upstream themselves) and are answered from the
-//! leader's response once its body has streamed through. If that response is not storable the
-//! waiters are released to go upstream: they are never given another request's response, and
-//! a waiter whose `Vary` values differ goes upstream too. The key is then remembered for
+//! [`CacheLayer::coalesce_timeout`], then go upstream themselves) for the leader's response
+//! and read its body as it arrives: the fill reads it from upstream once, on a task of its
+//! own, and feeds every reader at its own pace, so a waiter receives the first bytes before
+//! the last have left the origin, a slow reader holds up nobody, and a leader whose client
+//! hangs up still completes and stores the fill. If the response is not storable the waiters
+//! are released to go upstream: they are never given another request's response, and a
+//! waiter whose `Vary` values differ goes upstream too. The key is then remembered for
 //! [`CacheLayer::hit_for_pass`] so later requests skip the queue. Within
 //! `stale-while-revalidate` (or [`CacheLayer::stale_while_revalidate`]) a stale entry is served
 //! at once and refreshed in the background, once per key. Within `stale-if-error` (or
@@ -142,9 +145,12 @@
 //!
 //! # Bodies
 //!
-//! A storable response is recorded while it streams to the client, up to
-//! [`CacheLayer::max_body_size`] (default 1 MiB); past it the recording is dropped and the rest
-//! streams through unbuffered. Responses that cannot be stored (and `text/event-stream`,
+//! A storable response is recorded while it streams to its readers, up to
+//! [`CacheLayer::max_body_size`] (default 1 MiB). Past it the recording is dropped and the
+//! response is not stored; the fill then keeps at most that many bytes for readers behind the
+//! fastest, and a reader that falls further behind is cut (its body ends with an error), while
+//! a lone slow reader is waited for. A waiter that arrives once the first bytes are gone goes
+//! upstream. Responses that cannot be stored (and `text/event-stream`,
 //! `application/grpc`) pass through without any buffering. Trailers are kept. Records use a
 //! compact, versioned binary format and a hit serves the stored bytes without copying.
 //!
@@ -183,19 +189,36 @@
 //!
 //! # How it is built
 //!
-//! One file per step a request takes, as tower-http lays out a layer: `service` (the [`Cache`]
-//! service and the dispatch of a request to its path), `lookup` (the primary key, then the
-//! variant a `Vary` index points to), `coalesce` (joining or leading the miss in flight, per
-//! variant, and the distributed lease), `forward` (the miss path: the upstream call with its
-//! timeout, stale-if-error, recording the body), `revalidate` (the cache's conditional request,
-//! the `304` merge, the background refresh), `write` (`admit`, the one place an upstream
-//! response becomes a stored record, and the store write), `serve` (answering from a record:
-//! `Age`, `Cache-Status`, `304`, ranges), `invalidate` (removing every stored response of a
-//! URL, and the unsafe methods that call it) and `grpc_call`. Beside them: `layer`
-//! (configuration), `state` (what a layer's services share, and [`CacheStats`]), `key`,
-//! `authority` (checking and normalising the host a key names), `outage` (what the cache logs
-//! while its store fails), `directives` (the field grammar), `policy` (the RFC 9111 rules),
-//! `record` (the stored format), `body`, `future`, `tags`.
+//! One file per step a request takes, as tower-http lays out a layer, in the order a request
+//! flows through them:
+//!
+//! 1. `service`: the [`Cache`] service; checks the host and sends the request down its path
+//!    (gRPC, an unsafe method, a bypass, a lookup). `hit` answers a fresh hit inside `call`
+//!    when the store answers at once.
+//! 2. `lookup`: the primary key, then the variant a `Vary` index points to; what it leaves
+//!    for the miss path (`Miss`).
+//! 3. `coalesce`: joining or leading the miss in flight (per variant), and the distributed
+//!    lease.
+//! 4. `forward`: the miss path: the upstream call, stale-if-error, the `304` of a
+//!    revalidation, and the start of the fill.
+//! 5. `revalidate`: the `304` merge, and the stale-while-revalidate background refresh.
+//! 6. `write`: `admit` (the one place an upstream response becomes a record), the fill's start
+//!    and the store write once its body is read.
+//! 7. `serve`: answering from a record or a streaming fill: `Age`, `Cache-Status`, `304`,
+//!    ranges.
+//! 8. `invalidate`: removing every stored response of a URL, and the unsafe methods that call
+//!    it; `grpc_call` is the gRPC path.
+//!
+//! The steps stand on a floor of files that use no step: `ctx` (the settings and shared
+//! handles every step reads), `status` (the request's outcome, `Outcome`: its
+//! `Cache-Status` and its counter), `upstream` (the one upstream call, with its timeout),
+//! `conditional` (conditional requests and validators), `lease`, `tee` (a fill's body, read
+//! once and fed to every reader), `state` (what a layer's services share, and
+//! [`CacheStats`]), `key`, `authority` (checking and normalising the host a key names),
+//! `outage` (what the cache logs while its store fails), `stamp` (cross-instance invalidation
+//! stamps), `directives` (the field grammar), `policy` (the RFC 9111 rules), `record` (the
+//! stored format), `body`, `tags`. `layer` holds the configuration, `future` the response
+//! future.
 //!
 //! # Request bodies and services
 //!
@@ -208,6 +231,8 @@
 mod authority;
 mod body;
 mod coalesce;
+mod conditional;
+pub(crate) mod ctx;
 mod directives;
 mod forward;
 mod future;
@@ -218,6 +243,7 @@ mod hit;
 pub(crate) mod invalidate;
 pub(crate) mod key;
 pub(crate) mod layer;
+mod lease;
 mod lookup;
 mod outage;
 mod policy;
@@ -227,7 +253,10 @@ mod serve;
 mod service;
 mod stamp;
 pub(crate) mod state;
+mod status;
 mod tags;
+mod tee;
+mod upstream;
 mod write;
 
 pub use body::CacheBody;
@@ -241,3 +270,4 @@ pub use policy::CacheOverride;
 pub use service::Cache;
 pub use state::CacheStats;
 pub use tags::{CacheTags, MAX_TAG_HEADER_LEN, MAX_TAG_LEN};
+pub use tee::BoxError;

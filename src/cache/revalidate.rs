@@ -11,53 +11,20 @@ use http::{Method, Request, Response, StatusCode, response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::forward::{Upstream, call_upstream};
+use super::conditional::{CONDITIONALS, conditional_headers, copy_without_body};
+use super::ctx::Ctx;
 use super::invalidate::invalidate_url;
 use super::key::{PrimaryKey, vary_names};
-use super::layer::Ctx;
 use super::lookup::{Found, lookup};
 use super::outage::StoreOp;
 use super::record::Record;
 use super::state::Shared;
 use super::tags::{CacheTags, extract_tags};
+use super::upstream::{self, Upstream};
 use super::write::{
     Fetched, Placement, admit, body_limit, collect_limited, strip_hop_by_hop, write_fresh,
 };
 use crate::store::{PurgeMode, Store};
-
-/// The request fields that make a request conditional (or partial).
-const CONDITIONALS: [header::HeaderName; 6] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-    header::RANGE,
-];
-
-/// Whether a request is conditional or partial: its response is its own, not one to share.
-pub(crate) fn has_conditionals(headers: &HeaderMap) -> bool {
-    CONDITIONALS.iter().any(|h| headers.contains_key(h))
-}
-
-/// Whether a stored response can be revalidated (it has an `ETag` or a `Last-Modified`).
-pub(crate) fn has_validators(record: &Record) -> bool {
-    record.headers.contains_key(header::ETAG) || record.headers.contains_key(header::LAST_MODIFIED)
-}
-
-/// Makes `headers` the cache's own conditional request for `record`: the client's
-/// conditionals and range go, the stored validators come in.
-pub(crate) fn conditional_headers(headers: &mut HeaderMap, record: &Record) {
-    for name in &CONDITIONALS {
-        headers.remove(name);
-    }
-    if let Some(etag) = record.headers.get(header::ETAG) {
-        headers.insert(header::IF_NONE_MATCH, etag.clone());
-    }
-    if let Some(lm) = record.headers.get(header::LAST_MODIFIED) {
-        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
-    }
-}
 
 /// What a `304` answering the cache's validators came to.
 pub(crate) enum Revalidation {
@@ -151,18 +118,6 @@ fn weak_tag(tag: &HeaderValue) -> &[u8] {
     tag.strip_prefix(b"W/").unwrap_or(tag)
 }
 
-/// A copy of `request` with an empty body, for a second upstream call when a `304` validated
-/// nothing. A GET's body has no meaning (RFC 9110 §9.3.1), so nothing is lost.
-pub(crate) fn copy_without_body<B: Default>(request: &Request<B>) -> Request<B> {
-    let mut copy = Request::new(B::default());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
-}
-
 /// Request fields that carry credentials: a background refresh, made on behalf of every
 /// client, never sends them (and a stale hit's triggering request might carry junk).
 const CREDENTIALS: [header::HeaderName; 3] = [
@@ -252,7 +207,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
         let request_time = SystemTime::now();
         let fill = ctx.shared.start_fill(primary);
         let timeout = ctx.config.upstream_timeout;
-        let mut response = match call_upstream(&mut svc, refresh, timeout).await {
+        let mut response = match upstream::call(&mut svc, refresh, timeout).await {
             Upstream::Done(Ok(response)) => response,
             _ => return, // keep serving stale
         };
@@ -272,7 +227,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
                 return;
             }
             // The `304` validated nothing (RFC 9111 §4.3.4): fetch the whole response once.
-            response = match call_upstream(&mut svc, unconditional, timeout).await {
+            response = match upstream::call(&mut svc, unconditional, timeout).await {
                 Upstream::Done(Ok(response)) => response,
                 _ => return, // keep serving stale
             };

@@ -1,32 +1,16 @@
 //! The last step, serve: a response from a stored record (a hit, a stale hit, a coalesced
 //! waiter, a revalidated entry), with `Age`, `Cache-Status`, conditional and range requests.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use super::body::CacheBody;
-use super::layer::Ctx;
+use super::body::{CacheBody, Resp};
+use super::ctx::Ctx;
 use super::lookup::Found;
 use super::policy;
 use super::record::Record;
-use super::state::Shared;
-
-pub(crate) type Resp<RB> = Response<CacheBody<RB>>;
-
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-/// The `Cache-Status` field name (RFC 9211).
-pub(crate) fn cache_status_name() -> &'static HeaderName {
-    &CACHE_STATUS
-}
-
-pub(crate) fn add_status<St>(ctx: &Ctx<St>, headers: &mut HeaderMap, value: &str) {
-    if ctx.config.cache_status
-        && let Ok(v) = HeaderValue::from_str(&format!("tower-strata; {value}"))
-    {
-        headers.append(CACHE_STATUS.clone(), v);
-    }
-}
+use super::state::Streaming;
+use super::status::{CACHE_STATUS, Outcome};
 
 /// The answer to a request whose authority (URI or `Host`) is not a valid `host[:port]`:
 /// `400`, before the cache keys it or the service sees it (RFC 9112 §3.2), so no client can
@@ -41,78 +25,42 @@ pub(crate) fn invalid_authority<St, RB>(ctx: &Ctx<St>) -> Resp<RB> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    add_status(ctx, response.headers_mut(), "detail=invalid-host");
+    Outcome::InvalidHost.record(ctx, response.headers_mut());
     response
 }
 
-pub(crate) fn finish_passthrough<St, RB>(
-    ctx: &Ctx<St>,
-    response: Response<RB>,
-    status: &str,
-) -> Resp<RB> {
+/// An upstream response the cache does not store or keep (a bypass, an unstorable answer, a
+/// gRPC call): passed through unbuffered, without the fields meant for this cache only.
+pub(crate) fn passthrough<St, RB>(ctx: &Ctx<St>, response: Response<RB>) -> Resp<RB> {
     let mut response = response.map(CacheBody::passthrough);
     // Targeted at this cache, never passed on (see `forward`).
-    response
-        .headers_mut()
-        .remove(&super::policy::SURROGATE_CONTROL);
+    response.headers_mut().remove(&policy::SURROGATE_CONTROL);
     if ctx.config.strip_tag_headers {
         response.headers_mut().remove(&super::tags::SURROGATE_KEY);
         response.headers_mut().remove(&super::tags::CACHE_TAG);
     }
-    add_status(ctx, response.headers_mut(), status);
     response
-}
-
-pub(crate) fn serve_stale_on_error<St, RB>(
-    ctx: &Ctx<St>,
-    found: &Found,
-    method: &Method,
-    request_headers: &HeaderMap,
-) -> Resp<RB> {
-    Shared::count(&ctx.shared.stale_hits);
-    serve(
-        ctx,
-        found,
-        method,
-        request_headers,
-        "hit; detail=stale-if-error",
-    )
 }
 
 /// Answers from a stored response: `304` when the client's validators match, `206`/`416` for
 /// a single byte range, else the whole response (no body for HEAD). The body is not copied.
+/// The `outcome` is counted and becomes the `Cache-Status`.
 pub(crate) fn serve<St, RB>(
     ctx: &Ctx<St>,
     found: &Found,
     method: &Method,
     request_headers: &HeaderMap,
-    status: &str,
+    outcome: Outcome,
 ) -> Resp<RB> {
+    outcome.count(&ctx.shared);
     let age = HeaderValue::from(found.current_age().as_secs());
     serve_record(
         &found.record,
         method,
         request_headers,
         age,
-        status_value(ctx, status),
+        outcome.status_value(ctx),
     )
-}
-
-/// The `Cache-Status` detail of a fresh hit, with the seconds of freshness it has left: one
-/// spelling for the general path and the future-free one.
-pub(crate) fn hit_status(ttl_left: Option<u64>) -> String {
-    match ttl_left {
-        Some(ttl) => format!("hit; ttl={ttl}"),
-        None => "hit".to_owned(),
-    }
-}
-
-/// The `Cache-Status` value for `status`, `None` when the layer sends none.
-pub(crate) fn status_value<St>(ctx: &Ctx<St>, status: &str) -> Option<HeaderValue> {
-    if !ctx.config.cache_status {
-        return None;
-    }
-    HeaderValue::from_str(&format!("tower-strata; {status}")).ok()
 }
 
 /// [`serve`] with the `Age` and `Cache-Status` values already made.
@@ -124,27 +72,7 @@ pub(crate) fn serve_record<RB>(
     status: Option<HeaderValue>,
 ) -> Resp<RB> {
     if record.status == StatusCode::OK && not_modified(request_headers, &record.headers) {
-        let mut response = Response::new(CacheBody::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        let h = response.headers_mut();
-        for name in [
-            header::CACHE_CONTROL,
-            header::CONTENT_LOCATION,
-            header::DATE,
-            header::ETAG,
-            header::EXPIRES,
-            header::VARY,
-            header::LAST_MODIFIED,
-        ] {
-            for v in record.headers.get_all(&name) {
-                h.append(name.clone(), v.clone());
-            }
-        }
-        h.insert(header::AGE, age);
-        if let Some(status) = status {
-            h.append(CACHE_STATUS.clone(), status);
-        }
-        return response;
+        return not_modified_response(&record.headers, age, status);
     }
     let len = record.body.len() as u64;
     let mut response = Response::new(CacheBody::empty());
@@ -191,6 +119,69 @@ pub(crate) fn serve_record<RB>(
         h.append(CACHE_STATUS.clone(), status);
     }
     response
+}
+
+/// A `304` to a client whose validators match a stored response's `headers`: the fields
+/// RFC 9110 §15.4.5 says it carries, `Age` and `Cache-Status`.
+fn not_modified_response<RB>(
+    headers: &HeaderMap,
+    age: HeaderValue,
+    status: Option<HeaderValue>,
+) -> Resp<RB> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = response.headers_mut();
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::VARY,
+        header::LAST_MODIFIED,
+    ] {
+        for v in headers.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    h.insert(header::AGE, age);
+    if let Some(status) = status {
+        h.append(CACHE_STATUS.clone(), status);
+    }
+    response
+}
+
+/// Answers a coalesced waiter from a response still streaming from upstream: its stored
+/// head, and a reader of the fill's body from the first byte (none for `HEAD` or a `304`).
+/// `None` when the fill's first bytes are gone (it went past the size limit).
+pub(crate) fn serve_streaming<St, RB>(
+    ctx: &Ctx<St>,
+    streaming: &Streaming,
+    method: &Method,
+    request_headers: &HeaderMap,
+    outcome: Outcome,
+) -> Option<Resp<RB>> {
+    let age = HeaderValue::from_static("0");
+    let status = outcome.status_value(ctx);
+    if streaming.status == StatusCode::OK && not_modified(request_headers, &streaming.headers) {
+        outcome.count(&ctx.shared);
+        return Some(not_modified_response(&streaming.headers, age, status));
+    }
+    let body = if *method == Method::HEAD {
+        CacheBody::empty()
+    } else {
+        CacheBody::fill(streaming.tee.reader()?)
+    };
+    outcome.count(&ctx.shared);
+    let mut response = Response::new(body);
+    *response.status_mut() = streaming.status;
+    *response.headers_mut() = streaming.headers.clone();
+    let h = response.headers_mut();
+    h.insert(header::AGE, age);
+    if let Some(status) = status {
+        h.append(CACHE_STATUS.clone(), status);
+    }
+    Some(response)
 }
 
 /// RFC 9110 §13.1.2 (weak comparison) and §13.1.3.

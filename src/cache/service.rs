@@ -11,18 +11,20 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::CacheBody;
-use super::forward::{Miss, forward};
+use super::body::{CacheBody, Resp};
+use super::ctx::Ctx;
+use super::forward::forward;
 use super::future::ResponseFuture;
 use super::grpc_call::{self, grpc_request};
 use super::hit::try_hit;
 use super::invalidate::{is_safe, unsafe_request};
-use super::layer::Ctx;
-use super::lookup::lookup;
+use super::lookup::{Miss, lookup};
 use super::policy::Directives;
 use super::revalidate::spawn_refresh;
-use super::serve::{Resp, finish_passthrough, hit_status, invalid_authority, serve};
-use super::state::Shared;
+use super::serve::{invalid_authority, passthrough, serve};
+use super::status::{Outcome, StaleReason};
+use super::tee::BoxError;
+use super::upstream::{self, Upstream};
 use crate::store::Store;
 
 /// The response cache service made by [`CacheLayer`](super::CacheLayer); see the
@@ -59,6 +61,7 @@ where
     St: Store,
     B: Default + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     type Response = Response<CacheBody<RB>>;
     type Error = S::Error;
@@ -92,6 +95,7 @@ where
     St: Store,
     B: Default + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     // Every path keys, purges or invalidates by the request's authority: one check for all.
     let Ok(authority) = ctx.config.key.authority(request.uri(), request.headers()) else {
@@ -113,7 +117,10 @@ where
                 Box::pin(grpc_request(ctx, svc, request, ttl)).await
             }
             // Other gRPC calls pass through untouched and never invalidate anything.
-            None => Ok(svc.call(request).await?.map(CacheBody::passthrough)),
+            None => match upstream::call(&mut svc, request, ctx.config.upstream_timeout).await {
+                Upstream::Done(result) => Ok(result?.map(CacheBody::passthrough)),
+                Upstream::TimedOut => Ok(upstream::timed_out(&ctx, true)),
+            },
         };
     }
     let method = request.method().clone();
@@ -133,9 +140,14 @@ where
         // A request directive that does not parse may hide `no-store` or `no-cache`.
         || request_cc.malformed;
     if bypass {
-        Shared::count(&ctx.shared.bypasses);
-        let response = svc.call(request).await?;
-        return Ok(finish_passthrough(&ctx, response, "fwd=bypass"));
+        return match upstream::call(&mut svc, request, config.upstream_timeout).await {
+            Upstream::Done(result) => {
+                let mut response = passthrough(&ctx, result?);
+                Outcome::Bypass.record(&ctx, response.headers_mut());
+                Ok(response)
+            }
+            Upstream::TimedOut => Ok(upstream::timed_out(&ctx, false)),
+        };
     }
     let skip_lookup = request_cc.no_cache
         || request_cc.max_age == Some(0)
@@ -177,19 +189,14 @@ where
         return Box::pin(forward(ctx, svc, request, miss)).await;
     };
     if !found.is_stale() {
-        Shared::count(&ctx.shared.hits);
-        let status = hit_status(found.ttl_left());
-        return Ok(serve(&ctx, &found, &method, request.headers(), &status));
+        let outcome = Outcome::Hit {
+            ttl_left: found.ttl_left(),
+        };
+        return Ok(serve(&ctx, &found, &method, request.headers(), outcome));
     }
     if found.within_swr(&ctx) {
-        Shared::count(&ctx.shared.stale_hits);
-        let response = serve(
-            &ctx,
-            &found,
-            &method,
-            request.headers(),
-            "hit; detail=stale-while-revalidate",
-        );
+        let outcome = Outcome::Stale(StaleReason::WhileRevalidate);
+        let response = serve(&ctx, &found, &method, request.headers(), outcome);
         spawn_refresh(ctx, svc, request, key, found);
         return Ok(response);
     }

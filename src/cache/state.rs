@@ -12,12 +12,39 @@ use tokio::time::Instant;
 
 use super::outage::{Outage, StoreOp};
 use super::record::Record;
+use super::tee::Tee;
 
 /// What a coalesced miss ended with.
 #[derive(Clone, Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum Handover {
+    /// The response is being read from upstream: a waiter reads it from the fill as it
+    /// arrives (see `tee`).
+    Streaming(Arc<Streaming>),
+    /// The whole response, recorded.
     Stored(Arc<Record>, Provenance),
+    /// Nothing to hand over: each waiter goes upstream itself.
     NotStored,
+}
+
+/// A response being fetched, as a waiter serves it: the stored form of its head, and the
+/// fill's body to read.
+pub(crate) struct Streaming {
+    pub tee: Arc<Tee>,
+    pub status: http::StatusCode,
+    /// The headers as they would be stored.
+    pub headers: http::HeaderMap,
+    /// The variant the response is for.
+    pub identity: String,
+    pub provenance: Provenance,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("status", &self.status)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// When a handed-over response was fetched and which tags it carries: a waiter checks that no
@@ -31,7 +58,7 @@ pub(crate) struct Provenance {
 /// An in-flight miss: its outcome for waiters, and whether an unsafe request invalidated the
 /// key meanwhile (then its response must not be stored or handed out).
 pub(crate) struct Flight {
-    tx: watch::Sender<Option<Outcome>>,
+    tx: watch::Sender<Option<Handover>>,
     cancelled: AtomicBool,
     /// The primary key of the URL it fetches (flights of `Vary` variants are keyed by the
     /// variant, and an invalidation of the URL detaches them all).
@@ -46,6 +73,7 @@ pub(crate) struct Shared {
     pub stores: AtomicU64,
     pub not_stored: AtomicU64,
     pub bypasses: AtomicU64,
+    pub invalid_hosts: AtomicU64,
     pub coalesced: AtomicU64,
     pub store_errors: AtomicU64,
     pub revalidated: AtomicU64,
@@ -110,7 +138,7 @@ const MAX_PASSES: usize = 10_000;
 
 pub(crate) enum Join {
     Leader(FlightGuard),
-    Waiter(watch::Receiver<Option<Outcome>>),
+    Waiter(watch::Receiver<Option<Handover>>),
 }
 
 impl Shared {
@@ -254,8 +282,8 @@ pub(crate) struct FlightGuard {
 impl FlightGuard {
     /// Hands the stored response to the waiters (and to requests that arrive before the
     /// guard is dropped).
-    pub fn publish(&self, outcome: Outcome) {
-        self.flight.tx.send_replace(Some(outcome));
+    pub fn publish(&self, handover: Handover) {
+        self.flight.tx.send_replace(Some(handover));
     }
 
     /// Whether the key was invalidated while this miss was in flight.
@@ -266,8 +294,10 @@ impl FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        if self.flight.tx.borrow().is_none() {
-            self.flight.tx.send_replace(Some(Outcome::NotStored));
+        // Waiters that need the whole response are told there is none (a waiter already
+        // reading a streaming response goes on reading it).
+        if !matches!(*self.flight.tx.borrow(), Some(Handover::Stored(..))) {
+            self.flight.tx.send_replace(Some(Handover::NotStored));
         }
         let mut flights = self
             .shared
@@ -297,6 +327,7 @@ impl std::fmt::Debug for CacheStats {
             .field("stores", &self.stores())
             .field("not_stored", &self.not_stored())
             .field("bypasses", &self.bypasses())
+            .field("invalid_hosts", &self.invalid_hosts())
             .field("coalesced", &self.coalesced())
             .field("store_errors", &self.store_errors())
             .field("revalidated", &self.revalidated())
@@ -339,6 +370,9 @@ impl CacheStats {
 
         /// Requests that bypassed the cache (method, route, cookies).
         bypasses;
+
+        /// Requests answered `400` because their host is not a valid `host[:port]`.
+        invalid_hosts;
 
         /// Requests answered with the response another request's miss fetched.
         coalesced;

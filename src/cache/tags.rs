@@ -3,7 +3,7 @@
 use http::HeaderMap;
 use http::header::HeaderName;
 
-use super::layer::Ctx;
+use super::ctx::Ctx;
 use super::state::Shared;
 use crate::store::Store;
 

@@ -7,21 +7,22 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Extensions, StatusCode};
+use http::{Extensions, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use super::body::Finish;
-use super::coalesce::Lease;
+use super::body::{CacheBody, Resp};
+use super::ctx::Ctx;
 use super::invalidate;
 use super::key::{self, PrimaryKey, store_key, vary_names};
-use super::layer::Ctx;
+use super::lease::Lease;
 use super::outage::StoreOp;
 use super::policy::{self, CacheOverride, Directives, Exchange, Freshness, MAX_DELTA};
 use super::record::{self, Record};
-use super::serve::cache_status_name;
 use super::stamp;
-use super::state::{Fill, FlightGuard, Outcome, Provenance, Shared};
+use super::state::{Fill, FlightGuard, Handover, Provenance, Shared, Streaming};
+use super::status::CACHE_STATUS;
+use super::tee::{self, BoxError, Finish, Tee};
 use crate::store::{PurgeMode, SetOptions, Store};
 
 /// The request side of an upstream exchange: what the storage decision needs of it.
@@ -159,7 +160,7 @@ pub(crate) fn stored_headers<St>(ctx: &Ctx<St>, headers: &HeaderMap) -> HeaderMa
     let mut out = headers.clone();
     strip_hop_by_hop(&mut out);
     out.remove(header::AGE);
-    out.remove(cache_status_name());
+    out.remove(&CACHE_STATUS);
     out.remove(&policy::SURROGATE_CONTROL);
     if ctx.config.strip_tag_headers {
         out.remove(&super::tags::SURROGATE_KEY);
@@ -333,6 +334,52 @@ pub(crate) struct StoreOnFinish<St: Store> {
     pub lease: Option<Lease<St>>,
 }
 
+impl<St: Store> StoreOnFinish<St> {
+    /// Starts the fill of an admitted response: a task reads `body` at the origin's pace and
+    /// feeds the first client (the response returned) and, from now on, every coalesced
+    /// waiter, then stores it (see [`tee`]).
+    pub(crate) fn start<RB>(self, parts: http::response::Parts, body: RB) -> Resp<RB>
+    where
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        // A body complete before anyone polls it (a `204`, an empty `200`) is stored now: a
+        // server need not poll it at all (hyper does not for a `204`).
+        if body.is_end_stream() {
+            Box::new(self).finish(Bytes::new(), None);
+            return Response::from_parts(parts, CacheBody::passthrough(body));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Response::from_parts(parts, CacheBody::passthrough(body));
+        };
+        let tee = Tee::new(body_limit(&self.ctx), body.size_hint().exact());
+        let Some(reader) = tee.reader() else {
+            return Response::from_parts(parts, CacheBody::passthrough(body));
+        };
+        if let Some(guard) = &self.guard
+            && !guard.is_cancelled()
+            && !self.fill.is_invalidated()
+        {
+            guard.publish(Handover::Streaming(Arc::new(Streaming {
+                tee: tee.clone(),
+                status: self.status,
+                headers: self.headers.clone(),
+                identity: self.variant.clone(),
+                provenance: self.provenance(),
+            })));
+        }
+        runtime.spawn(tee::pump(tee, body, Box::new(self)));
+        Response::from_parts(parts, CacheBody::fill(reader))
+    }
+
+    fn provenance(&self) -> Provenance {
+        Provenance {
+            fetched_at: self.placement.fetched_at,
+            tags: self.placement.tags.iter().cloned().collect(),
+        }
+    }
+}
+
 impl<St: Store> Finish for StoreOnFinish<St> {
     fn finish(self: Box<Self>, body: Bytes, trailers: Option<HeaderMap>) {
         let this = *self;
@@ -345,6 +392,7 @@ impl<St: Store> Finish for StoreOnFinish<St> {
             Shared::count(&this.ctx.shared.not_stored);
             return;
         }
+        let provenance = this.provenance();
         let record = Record {
             identity: this.variant,
             status: this.status,
@@ -366,13 +414,7 @@ impl<St: Store> Finish for StoreOnFinish<St> {
             return;
         }
         if let Some(guard) = &this.guard {
-            guard.publish(Outcome::Stored(
-                record.clone(),
-                Provenance {
-                    fetched_at: this.placement.fetched_at,
-                    tags: this.placement.tags.iter().cloned().collect(),
-                },
-            ));
+            guard.publish(Handover::Stored(record.clone(), provenance));
         }
         if !this.write {
             return;
