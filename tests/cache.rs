@@ -923,6 +923,49 @@ async fn stale_if_error_covers_upstream_timeouts() {
     assert_eq!(r.status(), 504);
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_upstream_timeout_bounds_every_path_bypasses_and_unsafe_methods_too() {
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counter = writes.clone();
+    // An origin that takes a minute to answer anything.
+    let up = tower::service_fn(move |req: Req| {
+        let counter = counter.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if req.method() == http::Method::POST {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<_, Infallible>(response(200, &[("cache-control", "max-age=60")], "late"))
+        }
+    });
+    let layer = CacheLayer::new(store())
+        .upstream_timeout(Duration::from_secs(1))
+        .unwrap();
+    let stats = layer.stats();
+    let svc = layered(layer, up);
+    let bypass = with(get("http://h/a"), "cookie", "session=1");
+    let post = Request::post("http://h/a").body(Full::default()).unwrap();
+    for (request, what) in [
+        (get("http://h/a"), "a miss"),
+        (bypass, "a bypass"),
+        (post, "an unsafe method"),
+    ] {
+        let started = tokio::time::Instant::now();
+        let (r, _) = send(&svc, request).await;
+        assert_eq!(r.status(), 504, "{what}");
+        assert_eq!(
+            status(&r),
+            "tower-strata; fwd=miss; detail=timeout",
+            "{what}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{what}");
+    }
+    assert_eq!(stats.misses(), 3, "each counted once");
+    // The unsafe request's call still ran to its end.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(writes.load(Ordering::SeqCst), 1);
+}
+
 /// Live bytes of chunks the upstream produced and someone still holds.
 struct Tracked {
     data: Vec<u8>,
