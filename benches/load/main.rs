@@ -16,7 +16,8 @@
 //! | `LOAD_WARMUP_SECS` | 1 | load before measuring (not counted) |
 //! | `LOAD_CONNECTIONS` | 64 | concurrent keep-alive connections, one request in flight each |
 //! | `LOAD_KEYS` | 100 | distinct URLs `/products/1..=N`, requested round-robin |
-//! | `LOAD_THREADS` | 2 | tokio worker threads (server and clients share them) |
+//! | `LOAD_THREADS` | 1 | tokio worker threads of the clients |
+//! | `LOAD_SERVER_THREADS` | 1 | tokio worker threads of the server (a runtime of its own) |
 //! | `LOAD_HANDLER_SLEEP_US` | 0 | extra work in the handler: a sleep, in microseconds |
 //! | `LOAD_TARGETS` | all | comma-separated names to run (`bare` always runs first) |
 //! | `LOAD_ROUNDS` | 1 | run every target this many times and keep the median run |
@@ -26,6 +27,12 @@
 //! sleep) and answers `Cache-Control: public, max-age=60`. Every cache is primed before the
 //! warm-up, so the measured window is hits only; the `upstream` column counts handler calls in
 //! the window to prove it. The table is printed and written to `benches/load/target/load-report.md`.
+//!
+//! CPU per request is the server's own: the server runs on a runtime of its own whose threads
+//! are named `load-server`, and their user + system time (`/proc/self/task/*/stat`, in clock
+//! ticks of 10 ms) over the measured window is divided by the requests answered in it. On a
+//! shared machine this is steadier than throughput, which also measures the clients and
+//! whatever else runs; compare it with the bare service's, measured in the same run.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,6 +66,7 @@ struct Settings {
     connections: usize,
     keys: u64,
     threads: usize,
+    server_threads: usize,
     sleep: Duration,
     targets: Option<Vec<String>>,
     rounds: usize,
@@ -82,7 +90,8 @@ impl Settings {
             warmup: env_or("LOAD_WARMUP_SECS", 1.0),
             connections: env_or("LOAD_CONNECTIONS", 64usize).max(1),
             keys: env_or("LOAD_KEYS", 100u64).max(1),
-            threads: env_or("LOAD_THREADS", 2usize).max(1),
+            threads: env_or("LOAD_THREADS", 1usize).max(1),
+            server_threads: env_or("LOAD_SERVER_THREADS", 1usize).max(1),
             sleep: Duration::from_micros(env_or("LOAD_HANDLER_SLEEP_US", 0u64)),
             targets: std::env::var("LOAD_TARGETS")
                 .ok()
@@ -441,15 +450,46 @@ struct Measured {
     p99_us: f64,
     upstream: u64,
     body_bytes: usize,
+    /// Server CPU time (user + system) per request answered in the window, in µs.
+    cpu_us: f64,
 }
 
-/// Serves `app` on a loopback port.
-async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+/// The name of the server runtime's threads, whose CPU time is measured.
+const SERVER_THREAD: &str = "load-server";
+
+/// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`: 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// User + system CPU time of the server's threads so far, in clock ticks (`None` off Linux).
+fn server_cpu_ticks() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != SERVER_THREAD {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the command (which may hold spaces) start after its closing `)`:
+        // state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        total += utime + stime;
+    }
+    Some(total)
+}
+
+/// Serves `app` on a loopback port, on the server's runtime.
+async fn serve(
+    app: Router,
+    server: &tokio::runtime::Handle,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.set_nonblocking(true).expect("non-blocking listener");
     let addr = listener.local_addr().expect("local addr");
-    let task = tokio::spawn(async move {
+    let task = server.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let _ = axum::serve(listener, app).await;
     });
     (addr, task)
@@ -503,8 +543,13 @@ async fn one(
 }
 
 /// Primes every key, then warms up and measures with `s.connections` keep-alive connections.
-async fn run(t: &Target, s: &Settings, calls: &AtomicU64) -> Result<Measured, String> {
-    let (addr, server) = serve(t.app.clone()).await;
+async fn run(
+    t: &Target,
+    s: &Settings,
+    calls: &AtomicU64,
+    server_runtime: &tokio::runtime::Handle,
+) -> Result<Measured, String> {
+    let (addr, server) = serve(t.app.clone(), server_runtime).await;
     let result = async {
         let mut sender = connect(addr).await?;
         let mut body_bytes = 0;
@@ -548,11 +593,13 @@ async fn run(t: &Target, s: &Settings, calls: &AtomicU64) -> Result<Measured, St
         }
         tokio::time::sleep(Duration::from_secs_f64(s.warmup)).await;
         let upstream_before = calls.load(Ordering::Relaxed);
+        let cpu_before = server_cpu_ticks();
         let started = Instant::now();
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs_f64(s.secs)).await;
         stop.store(true, Ordering::Relaxed);
         let window = started.elapsed().as_secs_f64();
+        let cpu_ticks = cpu_before.zip(server_cpu_ticks()).map(|(a, b)| b - a);
         let upstream = calls.load(Ordering::Relaxed) - upstream_before;
         let mut all = Vec::new();
         let mut errors = 0;
@@ -577,6 +624,9 @@ async fn run(t: &Target, s: &Settings, calls: &AtomicU64) -> Result<Measured, St
             p99_us: pct(0.99),
             upstream,
             body_bytes,
+            cpu_us: cpu_ticks.map_or(f64::NAN, |ticks| {
+                ticks as f64 / CLOCK_TICKS * 1e6 / all.len().max(1) as f64
+            }),
         })
     }
     .await;
@@ -601,12 +651,13 @@ fn table(s: &Settings, rows: &[(&str, String, Result<Measured, String>)]) -> Str
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Load run: {} connections, {} keys, {} s warm-up + {} s measured per target, {} tokio \
-         threads (server and clients share them), handler = serde_json of a {}-byte product{}.\n",
+        "Load run: {} connections, {} keys, {} s warm-up + {} s measured per target, {} server \
+         and {} client tokio threads, handler = serde_json of a {}-byte product{}.\n",
         s.connections,
         s.keys,
         s.warmup,
         s.secs,
+        s.server_threads,
         s.threads,
         bare.as_ref().map_or(0, |b| b.body_bytes),
         if s.sleep.is_zero() {
@@ -617,39 +668,41 @@ fn table(s: &Settings, rows: &[(&str, String, Result<Measured, String>)]) -> Str
     );
     let _ = writeln!(
         out,
-        "| target | req/s | p50 | p99 | req/s vs bare | p50 vs bare | upstream calls | errors | notes |"
+        "| target | req/s | p50 | p99 | server CPU/req | CPU/req vs bare | req/s vs bare | p50 vs bare | upstream calls | errors | notes |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (name, note, r) in rows {
         match r {
             Ok(m) => {
-                let (thr, lat) = match &bare {
+                let (cpu, thr, lat) = match &bare {
                     Some(b) => (
+                        format!("{:.2}x", m.cpu_us / b.cpu_us),
                         format!("{:.2}x", m.rps / b.rps),
                         format!("{:.2}x", m.p50_us / b.p50_us),
                     ),
-                    None => ("-".into(), "-".into()),
+                    None => ("-".into(), "-".into(), "-".into()),
                 };
                 let _ = writeln!(
                     out,
-                    "| {name} | {:.0} | {} | {} | {thr} | {lat} | {} / {} | {} | {note} |",
+                    "| {name} | {:.0} | {} | {} | {:.1} µs | {cpu} | {thr} | {lat} | {} / {} | {} | {note} |",
                     m.rps,
                     ms(m.p50_us),
                     ms(m.p99_us),
+                    m.cpu_us,
                     m.upstream,
                     m.requests,
                     m.errors
                 );
             }
             Err(e) => {
-                let _ = writeln!(out, "| {name} | - | - | - | - | - | - | - | not run: {e} |");
+                let _ = writeln!(out, "| {name} | - | - | - | - | - | - | - | - | - | not run: {e} |");
             }
         }
     }
     for (name, why) in NOT_MEASURED {
         let _ = writeln!(
             out,
-            "| {name} | - | - | - | - | - | - | - | not measured: {why} |"
+            "| {name} | - | - | - | - | - | - | - | - | - | not measured: {why} |"
         );
     }
     out
@@ -659,9 +712,10 @@ fn median_run(mut runs: Vec<Result<Measured, String>>) -> Result<Measured, Strin
     if let Some(e) = runs.iter().find_map(|r| r.as_ref().err()) {
         return Err(e.clone());
     }
+    // By server CPU per request, the steadiest figure on a shared machine.
     runs.sort_by(|a, b| {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        a.rps.total_cmp(&b.rps)
+        a.cpu_us.total_cmp(&b.cpu_us)
     });
     let mid = runs.len() / 2;
     runs.swap_remove(mid)
@@ -675,6 +729,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.server_threads)
+        .thread_name(SERVER_THREAD)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let server = server_runtime.handle().clone();
     let rows = rt.block_on(async {
         // (target, note, one result per round)
         type Runs = Vec<Result<Measured, String>>;
@@ -687,7 +748,7 @@ fn main() {
                 let calls = Arc::new(AtomicU64::new(0));
                 let (note, r) = match build(name, &s, calls.clone()).await {
                     Ok(mut t) => {
-                        let r = run(&t, &s, &calls).await;
+                        let r = run(&t, &s, &calls, &server).await;
                         if let Some(c) = t.cleanup.take() {
                             c.await;
                         }
@@ -697,11 +758,12 @@ fn main() {
                 };
                 match &r {
                     Ok(m) => eprintln!(
-                        "load: round {} {name}: {:.0} req/s, p50 {}, p99 {}",
+                        "load: round {} {name}: {:.0} req/s, p50 {}, p99 {}, server CPU {:.1} µs/req",
                         round + 1,
                         m.rps,
                         ms(m.p50_us),
-                        ms(m.p99_us)
+                        ms(m.p99_us),
+                        m.cpu_us
                     ),
                     Err(e) => eprintln!("load: round {} {name}: not run: {e}", round + 1),
                 }
