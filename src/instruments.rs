@@ -618,7 +618,9 @@ impl TxFailure {
         TxFailure::CommitFailed,
         TxFailure::CommitAmbiguous,
     ];
-    pub(crate) fn as_str(self) -> &'static str {
+
+    #[cfg(feature = "metrics")]
+    fn as_str(self) -> &'static str {
         match self {
             TxFailure::RetriesExhausted => "retries_exhausted",
             TxFailure::Timeout => "timeout",

@@ -87,3 +87,11 @@ pub const ALL: [&str; 20] = [
     WARM_RUNS,
     WARM_REQUESTS,
 ];
+
+/// Bucket boundaries (seconds) for [`STORE_DURATION`] and [`STORE_NODE_DURATION`]: a Redis
+/// call takes from a hundred microseconds to its timeout (500 ms by default). Give them to
+/// your exporter, as [`DURATION_BUCKETS`](super::DURATION_BUCKETS) for the HTTP histograms
+/// (which suit [`TX_DURATION`] too).
+pub const STORE_DURATION_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
