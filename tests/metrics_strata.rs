@@ -102,7 +102,11 @@ async fn every_figure_is_scraped_with_bounded_labels_and_the_dashboard_queries_o
     let redis_ok = |operation| {
         value(
             names::STORE_OPERATIONS,
-            &[("backend", "redis"), ("operation", operation), ("result", "ok")],
+            &[
+                ("backend", "redis"),
+                ("operation", operation),
+                ("result", "ok"),
+            ],
         )
     };
     assert!(redis_ok("get") >= 2.0, "{text}");
@@ -222,7 +226,8 @@ fn dashboard_metrics() -> BTreeSet<String> {
         let mut i = 0;
         while i < bytes.len() {
             let word = bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_';
-            let starts = (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+            let starts = (i == 0
+                || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
                 && (expr[i..].starts_with("strata_") || expr[i..].starts_with("http_server_"));
             if word && starts {
                 let end = expr[i..]

@@ -118,7 +118,12 @@ async fn store_calls_purges_and_a_replayed_transaction_are_spans_with_their_fiel
         .iter()
         .map(|c| c.field("db.operation.name").unwrap())
         .collect();
-    assert_eq!(ops, ["set", "get", "get", "delete"], "{calls:#?}");
+    // The first read of a tagged entry also reads its tag's purge marks, not yet known here.
+    assert_eq!(
+        ops,
+        ["set", "get", "get marks", "get", "delete"],
+        "{calls:#?}"
+    );
     for call in &calls {
         assert_eq!(call.field("db.system"), Some("redis"));
         assert_eq!(call.field("store.backend"), Some("redis"));
@@ -128,27 +133,33 @@ async fn store_calls_purges_and_a_replayed_transaction_are_spans_with_their_fiel
 
     // Purges: what each purged, with the store calls it made beneath it.
     let purges = children(index_of("purge request"), "purge");
-    let summary: Vec<(&str, &str, &str, &str)> = purges
+    let summary: Vec<(&str, &str, &str)> = purges
         .iter()
         .map(|p| {
             (
                 p.field("purge.kind").unwrap(),
                 p.field("purge.mode").unwrap(),
                 p.field("purge.target").unwrap(),
-                p.field("purge.entries").unwrap(),
             )
         })
         .collect();
     assert_eq!(
         summary,
         [
-            ("key", "hard", "product:1", "1"),
-            ("tag", "soft", "products", "2"),
-            ("tag", "hard", "products", "2"),
-            ("pattern", "hard", "product:*", "2"),
+            ("key", "hard", "product:1"),
+            ("tag", "soft", "products"),
+            ("tag", "hard", "products"),
+            ("pattern", "hard", "product:*"),
         ],
         "{purges:#?}"
     );
+    // How many each purged (a tag's count is its index's size on Redis, the pattern's what
+    // the tag purges' background clean-up left): a number on every span, 1 for the key.
+    let entries: Vec<u64> = purges
+        .iter()
+        .map(|p| p.field("purge.entries").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(entries[0], 1);
     let first_purge = spans.iter().position(|s| s.name == "purge").unwrap();
     assert!(
         !children(first_purge, "store.call").is_empty(),

@@ -310,35 +310,37 @@ impl Purger {
     /// invalidation removes its `Vary` variants with it.
     async fn purge_one_key(&self, key: &str) -> Result<u64, PurgeError> {
         let store = &self.inner.store;
+        let span = self.span(PurgeKind::Key, key);
         let result = if let Some(cache) = &self.cache
             && is_cache_key(key)
         {
             cache
                 .invalidate(store, key, self.mode)
-                .instrument(self.span(PurgeKind::Key, key))
+                .instrument(span.clone())
                 .await
         } else if is_cache_key(key) {
             remove_url(store, key, self.mode)
-                .instrument(self.span(PurgeKind::Key, key))
+                .instrument(span.clone())
                 .await
         } else {
             store
                 .purge_key(key, self.mode)
-                .instrument(self.span(PurgeKind::Key, key))
+                .instrument(span.clone())
                 .await
                 .map(u64::from)
         };
-        self.count(PurgeKind::Key, result)
+        self.count(PurgeKind::Key, &span, result)
     }
 
     async fn purge_one_tag(&self, tag: &str) -> Result<u64, PurgeError> {
+        let span = self.span(PurgeKind::Tag, tag);
         let result = self
             .inner
             .store
             .purge_tag(tag, self.mode)
-            .instrument(self.span(PurgeKind::Tag, tag))
+            .instrument(span.clone())
             .await;
-        self.count(PurgeKind::Tag, result)
+        self.count(PurgeKind::Tag, &span, result)
     }
 
     async fn purge_dependants(&self, dependants: &[Target]) -> Result<u64, PurgeError> {
@@ -495,13 +497,14 @@ impl Purger {
     ///
     /// The store's error.
     pub async fn purge_pattern(&self, pattern: &KeyPattern) -> Result<u64, PurgeError> {
+        let span = self.span(PurgeKind::Pattern, pattern.as_str());
         let result = self
             .inner
             .store
             .purge_matching(pattern, self.mode)
-            .instrument(self.span(PurgeKind::Pattern, pattern.as_str()))
+            .instrument(span.clone())
             .await;
-        self.count(PurgeKind::Pattern, result)
+        self.count(PurgeKind::Pattern, &span, result)
     }
 
     /// Purges everything in the store's namespace. A soft purge-all marks every entry stale.
@@ -512,17 +515,17 @@ impl Purger {
     pub async fn purge_all(&self) -> Result<u64, PurgeError> {
         let span = self.span(PurgeKind::All, "*");
         let result = match self.mode {
-            PurgeMode::Hard => self.inner.store.clear().instrument(span).await,
+            PurgeMode::Hard => self.inner.store.clear().instrument(span.clone()).await,
             PurgeMode::Soft => {
                 let all = KeyPattern::glob("*")?;
                 self.inner
                     .store
                     .purge_matching(&all, PurgeMode::Soft)
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await
             }
         };
-        self.count(PurgeKind::All, result)
+        self.count(PurgeKind::All, &span, result)
     }
 
     /// Runs a whole [`PurgeRequest`], with the request's `soft` flag overriding this handle's
@@ -602,8 +605,17 @@ impl Purger {
     }
 
     /// Counts one purge in the stats and on the `metrics` facade, and records its outcome on
-    /// the current `purge` span.
-    fn count(&self, kind: PurgeKind, result: Result<u64, StoreError>) -> Result<u64, PurgeError> {
+    /// its `purge` span.
+    fn count(
+        &self,
+        kind: PurgeKind,
+        span: &tracing::Span,
+        result: Result<u64, StoreError>,
+    ) -> Result<u64, PurgeError> {
+        match &result {
+            Ok(purged) => span.record("purge.entries", purged),
+            Err(_) => span.record("error.type", "store"),
+        };
         let c = &self.inner.counters;
         let counter = match kind {
             PurgeKind::Key => &c.key_purges,
@@ -611,11 +623,9 @@ impl Purger {
             PurgeKind::Pattern => &c.pattern_purges,
             PurgeKind::All => &c.all_purges,
         };
-        self.inner.figures.record(
-            kind,
-            self.mode,
-            result.as_ref().ok().copied(),
-        );
+        self.inner
+            .figures
+            .record(kind, self.mode, result.as_ref().ok().copied());
         match result {
             Ok(n) => {
                 counter.fetch_add(1, Ordering::Relaxed);

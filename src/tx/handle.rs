@@ -264,7 +264,8 @@ impl<DB: TxDatabase> Drop for Slot<DB> {
             conn.close_on_drop();
         }
         if self.state == State::Open {
-            self.stats.ended(self.read_only, false, self.began.elapsed());
+            self.stats
+                .ended(self.read_only, false, self.began.elapsed());
         }
     }
 }
@@ -478,7 +479,10 @@ impl<DB: TxDatabase> TxHandle<DB> {
             conn.close_on_drop();
         }
         if slot.state == State::Open {
-            self.inner.shared.stats.ended(slot.read_only, false, slot.began.elapsed());
+            self.inner
+                .shared
+                .stats
+                .ended(slot.read_only, false, slot.began.elapsed());
         }
         slot.state = State::Done;
     }
@@ -496,7 +500,10 @@ impl<DB: TxDatabase> TxHandle<DB> {
             conn.close_on_drop();
         }
         if slot.state == State::Open {
-            self.inner.shared.stats.ended(slot.read_only, false, slot.began.elapsed());
+            self.inner
+                .shared
+                .stats
+                .ended(slot.read_only, false, slot.began.elapsed());
         }
         slot.state = State::Expired;
         true
@@ -557,7 +564,9 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 }
             }
         }
-        shared.stats.ended(slot.read_only, commit && result.is_ok(), took);
+        shared
+            .stats
+            .ended(slot.read_only, commit && result.is_ok(), took);
         match (commit, result) {
             (true, Ok(())) => Finished::Committed,
             (false, _) if aborted => Finished::Aborted,

@@ -12,8 +12,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
-use tracing::Instrument;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::backend::{TxDatabase, classify};
 use super::body::{GrpcFailure, TxBody, TxResponseBody};

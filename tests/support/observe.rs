@@ -117,7 +117,11 @@ pub async fn transactions() -> u32 {
         .service(tower::service_fn(move |req: Request<TxBody<String>>| {
             let seen = seen.clone();
             async move {
-                let tx = req.extensions().get::<TxHandle<Postgres>>().unwrap().clone();
+                let tx = req
+                    .extensions()
+                    .get::<TxHandle<Postgres>>()
+                    .unwrap()
+                    .clone();
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let attempt = seen.fetch_add(1, Ordering::SeqCst) + 1;
                 let mut conn = tx.conn().await.unwrap();
@@ -126,12 +130,12 @@ pub async fn transactions() -> u32 {
                         "DO $$ BEGIN RAISE EXCEPTION 'forced' \
                          USING ERRCODE = 'serialization_failure'; END $$",
                     )
-                    .execute(&mut *conn)
+                    .execute(&mut conn)
                     .await;
                     assert!(failed.is_err());
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
-                    sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+                    sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
                     if body.as_ref() == b"reject" {
                         StatusCode::CONFLICT
                     } else {

@@ -45,11 +45,11 @@ use super::entry::now_micros;
 use super::marks::{TagMarks, Verdict};
 use super::stats::BreakerState;
 use super::stats::Counters;
-use crate::instruments::{CallResult, RemoteOps};
 use super::{
     Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreExt,
     StoreStats,
 };
+use crate::instruments::{CallResult, RemoteOps};
 
 /// Keys unlinked per pipeline by background clean-up and pattern deletes.
 const BATCH: usize = 500;
@@ -254,7 +254,8 @@ impl RedisStore {
             error.type = tracing::field::Empty,
         );
         let began = tokio::time::Instant::now();
-        let result = tracing::Instrument::instrument(self.run_bounded(op, call), span.clone()).await;
+        let result =
+            tracing::Instrument::instrument(self.run_bounded(op, call), span.clone()).await;
         let outcome = CallResult::of(&result);
         self.inner.ops.record(op, outcome, Some(began.elapsed()));
         span.record("store.result", outcome.as_str());
