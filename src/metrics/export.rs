@@ -108,6 +108,8 @@ impl Exporter {
             Unit::Count,
             "HTTP server requests above their slow threshold."
         );
+        // The store's, transactions' and purges' figures too, whoever registers them first.
+        crate::instruments::describe();
         Self {
             cache: ThreadLocal::new(),
         }

@@ -122,6 +122,7 @@ mod future;
 mod guard;
 mod histogram;
 mod layer;
+pub mod names;
 mod registry;
 mod route;
 mod service;

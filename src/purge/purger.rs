@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::cache::invalidate::{Invalidator, remove_url};
 use crate::cache::key::is_cache_key;
+use crate::instruments::{PurgeFigures, PurgeKind, purge_mode_str};
 use crate::store::{BoxStore, KeyPattern, PurgeMode, Store, StoreError, StoreExt};
 
 /// What to purge, as one request: the body of the JSON purge endpoint.
@@ -165,6 +167,8 @@ struct Counters {
 struct Inner {
     store: BoxStore,
     counters: Counters,
+    /// Purges and entries purged on the `metrics` facade.
+    figures: PurgeFigures,
     /// From a key or tag to the keys and tags that depend on it.
     dependants: RwLock<HashMap<Target, Vec<Target>>>,
     max_dependants: AtomicU64,
@@ -218,6 +222,7 @@ impl Purger {
             inner: Arc::new(Inner {
                 store,
                 counters: Counters::default(),
+                figures: PurgeFigures::new(),
                 dependants: RwLock::new(HashMap::new()),
                 max_dependants: AtomicU64::new(DEFAULT_MAX_DEPENDANTS as u64),
             }),
@@ -305,21 +310,37 @@ impl Purger {
     /// invalidation removes its `Vary` variants with it.
     async fn purge_one_key(&self, key: &str) -> Result<u64, PurgeError> {
         let store = &self.inner.store;
+        let span = self.span(PurgeKind::Key, key);
         let result = if let Some(cache) = &self.cache
             && is_cache_key(key)
         {
-            cache.invalidate(store, key, self.mode).await
+            cache
+                .invalidate(store, key, self.mode)
+                .instrument(span.clone())
+                .await
         } else if is_cache_key(key) {
-            remove_url(store, key, self.mode).await
+            remove_url(store, key, self.mode)
+                .instrument(span.clone())
+                .await
         } else {
-            store.purge_key(key, self.mode).await.map(u64::from)
+            store
+                .purge_key(key, self.mode)
+                .instrument(span.clone())
+                .await
+                .map(u64::from)
         };
-        self.count(&self.inner.counters.key_purges, result)
+        self.count(PurgeKind::Key, &span, result)
     }
 
     async fn purge_one_tag(&self, tag: &str) -> Result<u64, PurgeError> {
-        let result = self.inner.store.purge_tag(tag, self.mode).await;
-        self.count(&self.inner.counters.tag_purges, result)
+        let span = self.span(PurgeKind::Tag, tag);
+        let result = self
+            .inner
+            .store
+            .purge_tag(tag, self.mode)
+            .instrument(span.clone())
+            .await;
+        self.count(PurgeKind::Tag, &span, result)
     }
 
     async fn purge_dependants(&self, dependants: &[Target]) -> Result<u64, PurgeError> {
@@ -476,8 +497,14 @@ impl Purger {
     ///
     /// The store's error.
     pub async fn purge_pattern(&self, pattern: &KeyPattern) -> Result<u64, PurgeError> {
-        let result = self.inner.store.purge_matching(pattern, self.mode).await;
-        self.count(&self.inner.counters.pattern_purges, result)
+        let span = self.span(PurgeKind::Pattern, pattern.as_str());
+        let result = self
+            .inner
+            .store
+            .purge_matching(pattern, self.mode)
+            .instrument(span.clone())
+            .await;
+        self.count(PurgeKind::Pattern, &span, result)
     }
 
     /// Purges everything in the store's namespace. A soft purge-all marks every entry stale.
@@ -486,14 +513,19 @@ impl Purger {
     ///
     /// The store's error.
     pub async fn purge_all(&self) -> Result<u64, PurgeError> {
+        let span = self.span(PurgeKind::All, "*");
         let result = match self.mode {
-            PurgeMode::Hard => self.inner.store.clear().await,
+            PurgeMode::Hard => self.inner.store.clear().instrument(span.clone()).await,
             PurgeMode::Soft => {
                 let all = KeyPattern::glob("*")?;
-                self.inner.store.purge_matching(&all, PurgeMode::Soft).await
+                self.inner
+                    .store
+                    .purge_matching(&all, PurgeMode::Soft)
+                    .instrument(span.clone())
+                    .await
             }
         };
-        self.count(&self.inner.counters.all_purges, result)
+        self.count(PurgeKind::All, &span, result)
     }
 
     /// Runs a whole [`PurgeRequest`], with the request's `soft` flag overriding this handle's
@@ -560,11 +592,43 @@ impl Purger {
         }
     }
 
-    fn count(&self, kind: &AtomicU64, result: Result<u64, StoreError>) -> Result<u64, PurgeError> {
+    /// A `purge` span for one target; [`count`](Self::count) records what it purged on it.
+    fn span(&self, kind: PurgeKind, target: &str) -> tracing::Span {
+        tracing::debug_span!(
+            "purge",
+            purge.kind = kind.as_str(),
+            purge.mode = purge_mode_str(self.mode),
+            purge.target = target,
+            purge.entries = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    }
+
+    /// Counts one purge in the stats and on the `metrics` facade, and records its outcome on
+    /// its `purge` span.
+    fn count(
+        &self,
+        kind: PurgeKind,
+        span: &tracing::Span,
+        result: Result<u64, StoreError>,
+    ) -> Result<u64, PurgeError> {
+        match &result {
+            Ok(purged) => span.record("purge.entries", purged),
+            Err(_) => span.record("error.type", "store"),
+        };
         let c = &self.inner.counters;
+        let counter = match kind {
+            PurgeKind::Key => &c.key_purges,
+            PurgeKind::Tag => &c.tag_purges,
+            PurgeKind::Pattern => &c.pattern_purges,
+            PurgeKind::All => &c.all_purges,
+        };
+        self.inner
+            .figures
+            .record(kind, self.mode, result.as_ref().ok().copied());
         match result {
             Ok(n) => {
-                kind.fetch_add(1, Ordering::Relaxed);
+                counter.fetch_add(1, Ordering::Relaxed);
                 if self.mode == PurgeMode::Soft {
                     c.soft_purges.fetch_add(1, Ordering::Relaxed);
                 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::stats::BreakerState;
+use crate::instruments::BreakerFigures;
 
 /// Default consecutive failures (timeouts, connection errors) that open a breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
@@ -56,6 +57,8 @@ pub(crate) struct Breaker {
     opened: AtomicU64,
     /// Counts the times it closed, for whoever waits for the backend to be back.
     closed: tokio::sync::watch::Sender<u64>,
+    /// Its state and openings on the `metrics` facade, labelled with its name.
+    figures: BreakerFigures,
 }
 
 /// Why a call was refused.
@@ -105,8 +108,10 @@ fn now_micros() -> u64 {
 
 impl Breaker {
     pub(crate) fn new(name: impl Into<String>, settings: BreakerSettings) -> Self {
+        let name = name.into();
         Breaker {
-            name: name.into(),
+            figures: BreakerFigures::new(&name),
+            name,
             settings,
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
@@ -143,6 +148,7 @@ impl Breaker {
         self.probing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
+        self.figures.state(BreakerState::HalfOpen);
         Some(Ticket {
             breaker: self,
             probe: true,
@@ -171,6 +177,7 @@ impl Breaker {
             self.failures.store(0, Ordering::Relaxed);
             self.open_until.store(0, Ordering::Release);
             self.probing.store(false, Ordering::Release);
+            self.figures.state(BreakerState::Closed);
             tracing::info!(
                 breaker = self.name.as_str(),
                 "circuit closed: the backend answers again"
@@ -208,6 +215,7 @@ impl Breaker {
                 .is_ok()
         {
             self.opened.fetch_add(1, Ordering::Relaxed);
+            self.figures.opened();
             tracing::warn!(
                 breaker = self.name.as_str(),
                 failures,
@@ -224,6 +232,7 @@ impl Breaker {
             Ordering::Release,
         );
         self.probing.store(false, Ordering::Release);
+        self.figures.state(BreakerState::Open);
     }
 
     fn cool_down_micros(&self) -> u64 {

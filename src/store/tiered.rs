@@ -1,5 +1,6 @@
 //! [`TieredStore`]: an L1 [`MemoryStore`] in front of an L2 [`RedisStore`].
 
+use crate::instruments::TieredGauges;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -132,7 +133,7 @@ impl TieredStoreBuilder {
                 synced: synced.clone(),
             },
         ));
-        Ok(TieredStore {
+        let store = TieredStore {
             inner: Arc::new(Inner {
                 l1: self.l1,
                 l2: self.l2,
@@ -145,7 +146,23 @@ impl TieredStoreBuilder {
                 synced,
                 listener: Some(listener),
             }),
-        })
+        };
+        if TieredGauges::ENABLED {
+            // L1 in use and the replay queue follow from the backplane, the breaker and the
+            // queue together, so they are sampled rather than set where each changes.
+            let gauges = TieredGauges::new();
+            handle.spawn(crate::background::tick_while_alive(
+                Arc::downgrade(&store.inner),
+                tokio::time::Instant::now(),
+                TieredGauges::PERIOD,
+                move |inner| {
+                    let store = TieredStore { inner };
+                    gauges.sample(store.l1_trusted(), store.inner.pending.counts().0);
+                    std::future::ready(())
+                },
+            ));
+        }
+        Ok(store)
     }
 }
 

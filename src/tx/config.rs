@@ -44,6 +44,15 @@ impl TxMode {
     pub fn is_transaction(self) -> bool {
         !matches!(self, Self::Autocommit)
     }
+
+    /// `autocommit`, `read-only` or `read-write`: the spans' `tx.mode`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Autocommit => "autocommit",
+            Self::ReadOnly => "read-only",
+            Self::ReadWrite => "read-write",
+        }
+    }
 }
 
 /// `GET`, `HEAD` and `OPTIONS`: the methods that default to [`TxMode::Autocommit`] and whose

@@ -249,6 +249,8 @@ pub(super) struct Slot<DB: TxDatabase> {
     pub(super) conn: Option<PoolConnection<DB>>,
     pub(super) state: State,
     pub(super) began: Instant,
+    /// Whether the open transaction is read-only (the figures' `mode`).
+    pub(super) read_only: bool,
     pub(super) stats: Arc<StatsInner>,
 }
 
@@ -262,7 +264,8 @@ impl<DB: TxDatabase> Drop for Slot<DB> {
             conn.close_on_drop();
         }
         if self.state == State::Open {
-            self.stats.ended(false, self.began.elapsed());
+            self.stats
+                .ended(self.read_only, false, self.began.elapsed());
         }
     }
 }
@@ -346,6 +349,7 @@ impl<DB: TxDatabase> TxHandle<DB> {
                     conn: None,
                     state: State::Idle,
                     began: Instant::now(),
+                    read_only: false,
                     stats,
                 }),
             }),
@@ -394,6 +398,7 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 }
                 slot.state = State::Open;
                 slot.began = Instant::now();
+                slot.read_only = read_only;
                 shared.stats.begun(read_only);
             }
         }
@@ -474,7 +479,10 @@ impl<DB: TxDatabase> TxHandle<DB> {
             conn.close_on_drop();
         }
         if slot.state == State::Open {
-            self.inner.shared.stats.ended(false, slot.began.elapsed());
+            self.inner
+                .shared
+                .stats
+                .ended(slot.read_only, false, slot.began.elapsed());
         }
         slot.state = State::Done;
     }
@@ -492,7 +500,10 @@ impl<DB: TxDatabase> TxHandle<DB> {
             conn.close_on_drop();
         }
         if slot.state == State::Open {
-            self.inner.shared.stats.ended(false, slot.began.elapsed());
+            self.inner
+                .shared
+                .stats
+                .ended(slot.read_only, false, slot.began.elapsed());
         }
         slot.state = State::Expired;
         true
@@ -553,7 +564,9 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 }
             }
         }
-        shared.stats.ended(commit && result.is_ok(), took);
+        shared
+            .stats
+            .ended(slot.read_only, commit && result.is_ok(), took);
         match (commit, result) {
             (true, Ok(())) => Finished::Committed,
             (false, _) if aborted => Finished::Aborted,

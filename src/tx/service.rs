@@ -13,6 +13,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::backend::{TxDatabase, classify};
 use super::body::{GrpcFailure, TxBody, TxResponseBody};
@@ -229,6 +230,17 @@ where
     let started = Instant::now();
     let mut attempt = 1u32;
     loop {
+        // One span per attempt: the handler's statements and the commit are its children, and
+        // a replay shows as a sibling with its reason on the one before.
+        let attempt_span = tracing::debug_span!(
+            "tx.attempt",
+            db.system = db_system(<DB as sqlx::Database>::NAME),
+            db.operation.name = "transaction",
+            tx.mode = mode.label(),
+            tx.attempt = attempt,
+            tx.result = tracing::field::Empty,
+            tx.retry.reason = tracing::field::Empty,
+        );
         let body = match (&buffered, streaming.take()) {
             (Some(bytes), _) => TxBody::buffered(bytes.clone()),
             (None, Some(body)) => TxBody::streaming(body),
@@ -261,8 +273,14 @@ where
             None => None,
         };
         let mut committed = false;
+        // The commit waits for the end of the response body (gRPC trailers).
+        let mut deferred = false;
         let attempt_began = Instant::now();
-        let call = AssertUnwindSafe(svc.call(req)).catch_unwind();
+        let call = {
+            let _entered = attempt_span.enter();
+            svc.call(req)
+        };
+        let call = AssertUnwindSafe(call.instrument(attempt_span.clone())).catch_unwind();
         let outcome = match config.transaction_timeout {
             Some(limit) => tokio::time::timeout(limit, call).await.ok(),
             None => Some(call.await),
@@ -272,6 +290,7 @@ where
                 handle.abandon().await;
                 shared.take_hooks(false);
                 stats.timed_out();
+                attempt_span.record("tx.result", "timeout");
                 return Ok(fail(Failure::Timeout));
             }
             Some(Err(panic)) => {
@@ -282,6 +301,7 @@ where
             Some(Ok(Err(err))) => {
                 handle.finish(false).await;
                 shared.take_hooks(false);
+                attempt_span.record("tx.result", "error");
                 return Err(err);
             }
             Some(Ok(Ok(response))) => response,
@@ -308,7 +328,10 @@ where
                     shared.take_hooks(false);
                     Step::Done(response.map(TxResponseBody::inner))
                 }
-                Some(Verdict::Commit) => match commit_then_hooks(handle, shared.clone()).await {
+                Some(Verdict::Commit) => match commit_then_hooks(handle, shared.clone())
+                    .instrument(attempt_span.clone())
+                    .await
+                {
                     Finished::Committed | Finished::NotBegun => {
                         committed = true;
                         Step::Done(response.map(TxResponseBody::inner))
@@ -345,6 +368,7 @@ where
                             }
                         });
                     }
+                    deferred = true;
                     let policy = layer.policy.clone();
                     let stats = stats.clone();
                     let deferred = Box::new(move |trailers: Option<&HeaderMap>| {
@@ -368,8 +392,21 @@ where
                 Step::Done(_) if committed => limit.success(),
                 Step::Done(_) => {}
             }
+            stats.limit(limit.limit());
         }
         drop(permit);
+        attempt_span.record(
+            "tx.result",
+            match &step {
+                Step::Retry(_) => "retry",
+                Step::Done(_) if committed => "commit",
+                Step::Done(_) if deferred => "deferred",
+                Step::Done(_) => "rollback",
+            },
+        );
+        if let Step::Retry(reason) = &step {
+            attempt_span.record("tx.retry.reason", reason.as_str());
+        }
         match step {
             Step::Done(response) => return Ok(response),
             Step::Retry(reason) => {
@@ -454,5 +491,15 @@ async fn finish_deferred<DB: TxDatabase>(
                 Err(Failure::CommitFailed.grpc())
             }
         }
+    }
+}
+
+/// OpenTelemetry's `db.system` for a sqlx database's name.
+fn db_system(name: &str) -> &'static str {
+    match name {
+        "PostgreSQL" => "postgresql",
+        "MySQL" => "mysql",
+        "SQLite" => "sqlite",
+        _ => "other_sql",
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::RetryReason;
+use crate::instruments::{TxFailure, TxFigures};
 
 /// Samples kept per timing for its percentiles (the most recent ones).
 const WINDOW: usize = 1024;
@@ -82,6 +83,8 @@ pub(crate) struct StatsInner {
     durations: Mutex<Timing>,
     hooks: Mutex<Timing>,
     statements: Mutex<Statements>,
+    /// The same events on the `metrics` facade.
+    figures: TxFigures,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,7 +113,8 @@ impl StatsInner {
     pub(crate) fn autocommit(&self) {
         self.autocommit.fetch_add(1, Relaxed);
     }
-    pub(crate) fn ended(&self, committed: bool, took: Duration) {
+    pub(crate) fn ended(&self, read_only: bool, committed: bool, took: Duration) {
+        self.figures.ended(read_only, committed, took);
         self.active.fetch_sub(1, Relaxed);
         if committed {
             self.committed.fetch_add(1, Relaxed);
@@ -124,22 +128,32 @@ impl StatsInner {
     }
     pub(crate) fn retried(&self, reason: RetryReason) {
         self.retried[reason_index(reason)].fetch_add(1, Relaxed);
+        self.figures.retried(reason_index(reason));
     }
     pub(crate) fn retries_exhausted(&self) {
         self.retries_exhausted.fetch_add(1, Relaxed);
+        self.figures.failed(TxFailure::RetriesExhausted);
     }
     pub(crate) fn pool_exhausted(&self) {
         self.pool_exhausted.fetch_add(1, Relaxed);
+        self.figures.failed(TxFailure::PoolExhausted);
     }
     pub(crate) fn commit_failed(&self, ambiguous: bool) {
         if ambiguous {
             self.ambiguous_commits.fetch_add(1, Relaxed);
+            self.figures.failed(TxFailure::CommitAmbiguous);
         } else {
             self.commit_failures.fetch_add(1, Relaxed);
+            self.figures.failed(TxFailure::CommitFailed);
         }
     }
     pub(crate) fn timed_out(&self) {
         self.timeouts.fetch_add(1, Relaxed);
+        self.figures.failed(TxFailure::Timeout);
+    }
+    /// The adaptive limit's new value.
+    pub(crate) fn limit(&self, limit: usize) {
+        self.figures.limit(limit);
     }
 
     pub(crate) fn statement(&self, sql: &str, took: Duration, error: bool, slow: Duration) {

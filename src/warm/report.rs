@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
+use crate::instruments::WarmFigures;
+
 /// What one warming run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct WarmReport {
@@ -67,10 +69,18 @@ pub(super) struct Counters {
     timed_out: AtomicU64,
     source_failures: AtomicU64,
     last: Mutex<Option<(WarmReport, SystemTime)>>,
+    /// Runs and requests on the `metrics` facade.
+    figures: WarmFigures,
 }
 
 impl Counters {
     pub(super) fn record(&self, report: &WarmReport) {
+        self.figures.run(
+            report.succeeded,
+            report.failed,
+            report.timed_out,
+            report.failed > 0 || report.source_failures > 0,
+        );
         self.sent.fetch_add(report.sent, Ordering::Relaxed);
         self.succeeded
             .fetch_add(report.succeeded, Ordering::Relaxed);

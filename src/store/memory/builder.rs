@@ -88,6 +88,7 @@ impl MemoryStoreBuilder {
                     floor: AtomicU64::new(0),
                 },
                 counters,
+                ops: crate::instruments::LocalOps::new(),
                 limits: self.limits,
                 set_lock: Mutex::new(()),
             }),

@@ -5,6 +5,7 @@
 //! - `slot.rs`: what a key holds (entry, counter, set), its weight, the eviction hook;
 //! - `tags.rs`: the tag index and the invalidation marks.
 
+use crate::instruments::{LocalOp, LocalOps};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -64,6 +65,8 @@ struct Inner {
     index: Arc<TagIndex>,
     marks: Marks,
     counters: Arc<Counters>,
+    /// Operations on the `metrics` facade (`backend="memory"`).
+    ops: LocalOps,
     limits: Limits,
     set_lock: Mutex<()>,
 }
@@ -253,6 +256,7 @@ impl MemoryStore {
     }
 
     fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.ops.count(LocalOp::Get);
         match self.lookup(key)? {
             Some((entry, stale)) => {
                 self.inner.counters.hit(stale);
@@ -290,6 +294,7 @@ impl MemoryStore {
         // pointing at nothing, which the sweep drops (marks keep purges correct meanwhile).
         self.inner.index.add(key, &tags);
         Counters::add(&self.inner.counters.sets, 1);
+        self.inner.ops.count(LocalOp::Set);
     }
 
     fn insert_slot(&self, key: &str, slot: Slot) {
@@ -515,18 +520,21 @@ impl Store for MemoryStore {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.limits.check_key(key)?;
         let removed = self.remove_key(key);
+        self.inner.ops.count(LocalOp::Delete);
         Counters::add(&self.inner.counters.deletes, u64::from(removed));
         Ok(removed)
     }
 
     async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
         self.inner.limits.check_tag(tag)?;
+        self.inner.ops.count(LocalOp::Purge);
         Ok(self.purge_tag_at(tag, now_micros()))
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
         let pattern = KeyPattern::glob(pattern)?;
         let n = self.purge_matching_local(&pattern, PurgeMode::Hard);
+        self.inner.ops.count(LocalOp::Purge);
         Counters::add(&self.inner.counters.deletes, n);
         Ok(n)
     }
@@ -540,6 +548,7 @@ impl Store for MemoryStore {
             PurgeMode::Hard => self.delete(key).await,
             PurgeMode::Soft => {
                 self.inner.limits.check_key(key)?;
+                self.inner.ops.count(LocalOp::Purge);
                 Ok(self.soft_purge_key_at(key, now_micros()))
             }
         }
@@ -550,6 +559,7 @@ impl Store for MemoryStore {
             PurgeMode::Hard => self.delete_tag(tag).await,
             PurgeMode::Soft => {
                 self.inner.limits.check_tag(tag)?;
+                self.inner.ops.count(LocalOp::Purge);
                 Ok(self.soft_purge_tag_at(tag, now_micros()))
             }
         }
@@ -561,6 +571,7 @@ impl Store for MemoryStore {
         mode: PurgeMode,
     ) -> Result<u64, StoreError> {
         let n = self.purge_matching_local(pattern, mode);
+        self.inner.ops.count(LocalOp::Purge);
         if mode == PurgeMode::Hard {
             Counters::add(&self.inner.counters.deletes, n);
         }
@@ -569,6 +580,7 @@ impl Store for MemoryStore {
 
     async fn clear(&self) -> Result<u64, StoreError> {
         let n = self.remove_all();
+        self.inner.ops.count(LocalOp::Purge);
         Counters::add(&self.inner.counters.deletes, n);
         Ok(n)
     }

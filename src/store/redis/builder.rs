@@ -135,6 +135,7 @@ impl RedisStoreBuilder {
             response: self.timeout,
         };
         let conn = target.connect_lazily(timeouts, self.breaker)?;
+        let conn_is_cluster = conn.is_cluster();
         // A Cluster's breakers are its nodes'; a server's is the store's.
         let breaker = match conn.is_cluster() {
             true => None,
@@ -190,6 +191,11 @@ impl RedisStoreBuilder {
                 mark_retention: self.mark_retention.min(self.mark_ttl),
                 publish_writes: self.publish_writes,
                 counters: Counters::default(),
+                ops: crate::instruments::RemoteOps::new(if conn_is_cluster {
+                    "redis-cluster"
+                } else {
+                    "redis"
+                }),
                 breaker,
                 marks,
                 bus,

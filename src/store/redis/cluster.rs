@@ -20,6 +20,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
 
 use super::routing::{Timeouts, backend_down, routing_key, slot};
+use crate::instruments::CallResult;
 use crate::store::breaker::{Breaker, BreakerSettings};
 use crate::store::stats::BreakerState;
 
@@ -38,6 +39,8 @@ pub(crate) struct Node {
     pub(crate) port: u16,
     conn: ConnectionManager,
     breaker: Option<Breaker>,
+    /// Its calls and their durations on the `metrics` facade, labelled `host:port`.
+    calls: crate::instruments::NodeCalls,
 }
 
 impl Node {
@@ -249,6 +252,7 @@ impl Cluster {
             breaker: self.breaker.map(|settings| {
                 Breaker::new(format!("redis cluster node {host}:{port}"), settings)
             }),
+            calls: crate::instruments::NodeCalls::new(format!("{host}:{port}")),
         });
         nodes.insert((host.to_owned(), port), node.clone());
         Ok(node)
@@ -438,10 +442,14 @@ impl Cluster {
         Fut: Future<Output = RedisResult<T>>,
     {
         let ticket = match node.breaker.as_ref().map(Breaker::admit) {
-            Some(Err(_)) => return Err(circuit_open(node)),
+            Some(Err(_)) => {
+                node.calls.record(CallResult::BreakerOpen, Duration::ZERO);
+                return Err(circuit_open(node));
+            }
             Some(Ok(ticket)) => Some(ticket),
             None => None,
         };
+        let began = tokio::time::Instant::now();
         let result = tokio::time::timeout(self.timeouts.response, call(node.conn.clone()))
             .await
             .unwrap_or_else(|_| Err(timed_out()));
@@ -449,6 +457,12 @@ impl Cluster {
             Ok(_) => false,
             Err(e) => e.is_timeout() || backend_down(e),
         };
+        let outcome = match &result {
+            Ok(_) => CallResult::Ok,
+            Err(e) if e.is_timeout() => CallResult::Timeout,
+            Err(_) => CallResult::Error,
+        };
+        node.calls.record(outcome, began.elapsed());
         if let Some(ticket) = ticket {
             if down {
                 ticket.failure();

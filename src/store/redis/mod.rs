@@ -49,6 +49,7 @@ use super::{
     Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreExt,
     StoreStats,
 };
+use crate::instruments::{CallResult, RemoteOps};
 
 /// Keys unlinked per pipeline by background clean-up and pattern deletes.
 const BATCH: usize = 500;
@@ -97,6 +98,8 @@ struct Inner {
     mark_retention: Duration,
     publish_writes: bool,
     counters: Counters,
+    /// Calls by operation and result, and their durations, on the `metrics` facade.
+    pub(super) ops: RemoteOps,
     breaker: Option<Breaker>,
     /// Invalidation marks known locally: tag -> last hard and soft purges (0: never).
     marks: Arc<quick_cache::sync::Cache<String, TagMarks>>,
@@ -234,9 +237,36 @@ impl RedisStore {
     }
 
     /// Runs a Redis call under the command timeout and the circuit breaker, counting
-    /// failures. The call is a future not yet polled: refused by an open breaker, it is
-    /// dropped without sending anything.
+    /// failures, in a `store.call` span (OpenTelemetry's `db.*` fields) and timed on the
+    /// `metrics` facade. The call is a future not yet polled: refused by an open breaker, it
+    /// is dropped without sending anything.
     async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let span = tracing::debug_span!(
+            "store.call",
+            db.system = "redis",
+            db.operation.name = op,
+            store.backend = if self.inner.conn.is_cluster() { "redis-cluster" } else { "redis" },
+            store.result = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let began = tokio::time::Instant::now();
+        let result =
+            tracing::Instrument::instrument(self.run_bounded(op, call), span.clone()).await;
+        let outcome = CallResult::of(&result);
+        self.inner.ops.record(op, outcome, Some(began.elapsed()));
+        span.record("store.result", outcome.as_str());
+        if outcome != CallResult::Ok {
+            span.record("error.type", outcome.as_str());
+        }
+        result
+    }
+
+    /// [`run`](Self::run) without the span and the figures.
+    async fn run_bounded<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
@@ -368,13 +398,17 @@ impl RedisStore {
         #[cfg(feature = "redis-cluster")]
         if let RedisConn::Cluster(cluster) = &self.inner.conn {
             return match cluster.refuses(self.key(key).as_bytes()) {
-                true => Err(StoreError::CircuitOpen { op }),
+                true => {
+                    self.inner.ops.record(op, CallResult::BreakerOpen, None);
+                    Err(StoreError::CircuitOpen { op })
+                }
                 false => Ok(()),
             };
         }
         let _ = key;
         match &self.inner.breaker {
             Some(breaker) if breaker.is_open() && breaker.admit().is_err() => {
+                self.inner.ops.record(op, CallResult::BreakerOpen, None);
                 Err(StoreError::CircuitOpen { op })
             }
             _ => Ok(()),
@@ -400,6 +434,7 @@ impl RedisStore {
                 tokio::spawn(read);
                 let e = StoreError::Timeout { op, after: soft };
                 self.inner.counters.error(&e);
+                self.inner.ops.record(op, CallResult::SoftTimeout, Some(soft));
                 Err(e)
             }
         }
