@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::outage::{Outage, StoreOp};
 use super::record::Record;
 use super::tee::Tee;
+use crate::instruments::CacheFigures;
 
 /// What a coalesced miss ended with.
 #[derive(Clone, Debug)]
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     pub dropped_tags: AtomicU64,
     /// The store's failures, for the operator (see [`Outage`]).
     pub outage: Outage,
+    /// The same requests and fills on the `metrics` facade (see `status::Outcome::count`).
+    pub figures: CacheFigures,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     /// The fetches in flight whose responses may be stored, by primary key: an invalidation
     /// of the URL marks each of them, so its write is dropped (or undone). What is kept is

@@ -9,6 +9,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::ctx::Ctx;
 use super::state::Shared;
+use crate::instruments::CacheFigures;
 
 /// The `Cache-Status` field name (RFC 9211).
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -82,7 +83,7 @@ impl Forward {
 impl Outcome {
     /// Every kind of outcome once, for tests that check each renders and counts.
     #[cfg(test)]
-    const ALL: [Outcome; 14] = [
+    const ALL: [Outcome; 16] = [
         Outcome::Hit { ttl_left: Some(42) },
         Outcome::Hit { ttl_left: None },
         Outcome::Stale(StaleReason::WhileRevalidate),
@@ -95,10 +96,16 @@ impl Outcome {
             stored: true,
             store_failed: false,
         }),
+        Outcome::Forward(Forward::miss(false)),
         Outcome::Forward(Forward::miss(true)),
         Outcome::Forward(Forward {
             stale: true,
             stored: false,
+            store_failed: false,
+        }),
+        Outcome::Forward(Forward {
+            stale: true,
+            stored: true,
             store_failed: false,
         }),
         Outcome::Revalidated,
@@ -157,8 +164,55 @@ impl Outcome {
         }
     }
 
-    /// Counts this outcome: every request the cache looked at counts once, in one counter.
+    /// The metric labels (`outcome`, `reason`) of every outcome, in [`Outcome::figure`]'s
+    /// order: a small fixed set, so the metric's label sets are bounded.
+    pub(crate) const FIGURES: [(&'static str, &'static str); 15] = [
+        ("hit", "fresh"),
+        ("stale", "stale-while-revalidate"),
+        ("stale", "stale-if-error"),
+        ("stale", "remote-fetch"),
+        ("coalesced", "in-process"),
+        ("coalesced", "remote"),
+        ("miss", "stored"),
+        ("miss", "not-stored"),
+        ("miss", "store-error"),
+        ("miss", "refetch-stored"),
+        ("miss", "refetch-not-stored"),
+        ("miss", "revalidated"),
+        ("miss", "timeout"),
+        ("bypass", "request"),
+        ("bypass", "invalid-host"),
+    ];
+
+    /// This outcome's index in [`Outcome::FIGURES`].
+    pub(crate) fn figure(&self) -> usize {
+        match *self {
+            Outcome::Hit { .. } => 0,
+            Outcome::Stale(StaleReason::WhileRevalidate) => 1,
+            Outcome::Stale(StaleReason::IfError) => 2,
+            Outcome::Stale(StaleReason::DuringRemoteFetch) => 3,
+            Outcome::Coalesced(Coalescing::InProcess) => 4,
+            Outcome::Coalesced(Coalescing::Remote) => 5,
+            Outcome::Forward(Forward {
+                store_failed: true, ..
+            }) => 8,
+            Outcome::Forward(Forward { stale, stored, .. }) => match (stale, stored) {
+                (false, true) => 6,
+                (false, false) => 7,
+                (true, true) => 9,
+                (true, false) => 10,
+            },
+            Outcome::Revalidated => 11,
+            Outcome::TimedOut => 12,
+            Outcome::Bypass => 13,
+            Outcome::InvalidHost => 14,
+        }
+    }
+
+    /// Counts this outcome: every request the cache looked at counts once, in one counter of
+    /// [`CacheStats`](super::CacheStats) and in the `strata.cache.requests` metric.
     pub(crate) fn count(&self, shared: &Shared) {
+        shared.figures.request(self.figure());
         let counter = match self {
             Outcome::Hit { .. } => &shared.hits,
             Outcome::Stale(_) => &shared.stale_hits,
@@ -174,6 +228,13 @@ impl Outcome {
     pub(crate) fn record<St>(&self, ctx: &Ctx<St>, headers: &mut HeaderMap) {
         self.count(&ctx.shared);
         self.add_to(ctx, headers);
+    }
+}
+
+/// The cache's figures are labelled with the outcomes'.
+impl Default for CacheFigures {
+    fn default() -> Self {
+        CacheFigures::new(&Outcome::FIGURES)
     }
 }
 
@@ -210,5 +271,10 @@ mod tests {
             let total: u64 = counters.iter().map(|c| c.load(Relaxed)).sum();
             assert_eq!(total, 1, "{outcome:?} counts once");
         }
+        // Each outcome has labels of its own.
+        let figures: std::collections::HashSet<usize> =
+            Outcome::ALL.iter().map(Outcome::figure).collect();
+        assert_eq!(figures.len(), Outcome::ALL.len() - 1, "two hits share one");
+        assert_eq!(figures.len(), Outcome::FIGURES.len());
     }
 }

@@ -233,8 +233,10 @@ pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Rec
         .grace(at.grace)
         .tags(at.tags.iter().cloned())
         .as_of(at.fetched_at);
+    let value = record.encode();
+    let size = value.len();
     let result = if at.names.is_empty() {
-        ctx.store.set(primary, record.encode(), &options).await
+        ctx.store.set(primary, value, &options).await
     } else {
         // The index keeps the variants' grace, so a soft purge leaves it readable for as long
         // as the (stale) variants it points to.
@@ -248,11 +250,7 @@ pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Rec
         let variant_options = options.tags(at.tags.iter().cloned().chain([key::url_tag(primary)]));
         match ctx
             .store
-            .set(
-                &store_key(&record.identity),
-                record.encode(),
-                &variant_options,
-            )
+            .set(&store_key(&record.identity), value, &variant_options)
             .await
         {
             Ok(()) => {
@@ -270,6 +268,7 @@ pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Rec
     match result {
         Ok(()) => {
             Shared::count(&ctx.shared.stores);
+            ctx.shared.figures.stored(size);
             ctx.shared.store_answered();
             ctx.shared.unpass(primary);
             true
