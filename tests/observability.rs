@@ -102,6 +102,7 @@ async fn store_calls_purges_and_a_replayed_transaction_are_spans_with_their_fiel
         .instrument(tracing::info_span!("tx requests"))
         .await;
     assert_eq!(attempts, 3);
+    cache_requests().await;
 
     let spans = capture.spans.lock().unwrap().clone();
     let index_of = |name: &str| spans.iter().position(|s| s.name == name).unwrap();
@@ -191,5 +192,115 @@ async fn store_calls_purges_and_a_replayed_transaction_are_spans_with_their_fiel
         assert_eq!(attempt.field("db.system"), Some("postgresql"));
         assert_eq!(attempt.field("db.operation.name"), Some("transaction"));
         assert_eq!(attempt.field("tx.mode"), Some("read-write"));
+    }
+
+    // The cache: each request's span carries its outcome, key hash and whether it was
+    // stored; the lookup, the upstream call and the revalidation are spans beneath it.
+    let requests: Vec<usize> = spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.name == "cache request")
+        .map(|(i, _)| i)
+        .collect();
+    let outcome = |i: usize| {
+        let s = &spans[i];
+        (
+            s.field("step").unwrap(),
+            s.field("cache.outcome").unwrap_or("-"),
+            s.field("cache.reason").unwrap_or("-"),
+            s.field("cache.stored").unwrap_or("-"),
+        )
+    };
+    let outcomes: Vec<_> = requests.iter().map(|&i| outcome(i)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("miss", "miss", "stored", "true"),
+            ("hit", "hit", "fresh", "-"),
+            ("stale miss", "miss", "stored", "true"),
+            ("revalidation", "miss", "revalidated", "-"),
+        ],
+        "{spans:#?}"
+    );
+    let hashes: Vec<&str> = requests
+        .iter()
+        .map(|&i| spans[i].field("cache.key_hash").unwrap())
+        .collect();
+    assert!(hashes.iter().all(|h| h.len() == 16), "{hashes:?}");
+    assert_eq!(hashes[0], hashes[1], "one URL, one key");
+    assert_ne!(hashes[1], hashes[2]);
+    let names = |parent: usize| -> Vec<&str> {
+        spans
+            .iter()
+            .filter(|s| s.parent == Some(parent))
+            .map(|s| s.name)
+            .collect()
+    };
+    assert_eq!(names(requests[0]), ["cache.lookup", "cache.upstream"]);
+    assert_eq!(names(requests[1]), Vec::<&str>::new(), "a hit is no span");
+    assert_eq!(names(requests[3]), ["cache.lookup", "cache.revalidate"]);
+    let revalidate = spans
+        .iter()
+        .position(|s| s.name == "cache.revalidate")
+        .unwrap();
+    assert_eq!(names(revalidate), ["cache.upstream"]);
+}
+
+/// A miss, a hit, a miss stored stale with its validators and its revalidation, each request
+/// in a span that declares the cache's fields (as a `TraceLayer` span would).
+async fn cache_requests() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_strata::cache::CacheLayer;
+    use tower_strata::store::MemoryStore;
+
+    let origin = tower::service_fn(|request: http::Request<Full<Bytes>>| async move {
+        let mut response = http::Response::new(Full::new(Bytes::from_static(b"page")));
+        if request.headers().contains_key("if-none-match") {
+            *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+        }
+        let headers = response.headers_mut();
+        headers.insert("etag", "\"v1\"".parse().unwrap());
+        if request.uri().path() == "/stale" {
+            // Stale on arrival: stored for its validators, revalidated when next asked.
+            headers.insert("cache-control", "max-age=1".parse().unwrap());
+            headers.insert("age", "2".parse().unwrap());
+        } else {
+            headers.insert("cache-control", "max-age=60".parse().unwrap());
+        }
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let cache = ServiceBuilder::new()
+        .layer(CacheLayer::new(MemoryStore::new(1 << 20)))
+        .service(origin);
+    for (path, step) in [
+        ("/fresh", "miss"),
+        ("/fresh", "hit"),
+        ("/stale", "stale miss"),
+        ("/stale", "revalidation"),
+    ] {
+        let empty = tracing::field::Empty;
+        let span = tracing::info_span!(
+            "cache request",
+            step,
+            cache.outcome = empty,
+            cache.reason = empty,
+            cache.key_hash = empty,
+            cache.stored = empty,
+            cache.not_stored = empty,
+        );
+        let request = http::Request::get(format!("http://shop.example{path}"))
+            .body(Full::default())
+            .unwrap();
+        let response = cache
+            .clone()
+            .oneshot(request)
+            .instrument(span)
+            .await
+            .unwrap();
+        let _ = response.into_body().collect().await;
+        // The store write follows the body.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

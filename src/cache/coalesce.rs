@@ -18,6 +18,7 @@ use super::serve::{serve, serve_streaming};
 use super::state::{FlightGuard, Handover, Join};
 use super::status::{Coalescing, Outcome, StaleReason};
 use crate::store::Store;
+use tracing::Instrument as _;
 
 /// What joining the misses in flight came to.
 pub(crate) enum Coalesced<RB, St: Store> {
@@ -62,8 +63,11 @@ pub(crate) async fn coalesce<St: Store, RB>(
                         Some(Handover::Streaming(_)) => streams,
                         Some(_) => true,
                     };
+                    let span = tracing::debug_span!("cache.lease_wait", cache.lease = "in-process");
                     let waited =
-                        tokio::time::timeout(ctx.config.coalesce_timeout, rx.wait_for(ready)).await;
+                        tokio::time::timeout(ctx.config.coalesce_timeout, rx.wait_for(ready))
+                            .instrument(span)
+                            .await;
                     match waited {
                         Ok(Ok(handover)) => handover.clone(),
                         _ => None,
@@ -168,17 +172,34 @@ async fn lead<St: Store, RB>(
         return Coalesced::Served(serve(ctx, found, method, headers, outcome));
     }
     let deadline = tokio::time::Instant::now() + lease_ttl.min(config.coalesce_timeout);
+    let span = tracing::debug_span!("cache.lease_wait", cache.lease = "remote");
+    let Some(found) = poll_store(ctx, miss, headers, deadline)
+        .instrument(span)
+        .await
+    else {
+        return Coalesced::Lead(guard, None);
+    };
+    guard.publish(Handover::Stored(found.record.clone(), found.provenance()));
+    drop(guard);
+    let outcome = Outcome::Coalesced(Coalescing::Remote);
+    Coalesced::Served(serve(ctx, &found, method, headers, outcome))
+}
+
+/// Polls the store for the response another instance is fetching, until `deadline`.
+async fn poll_store<St: Store>(
+    ctx: &Ctx<St>,
+    miss: &Miss,
+    headers: &HeaderMap,
+    deadline: tokio::time::Instant,
+) -> Option<Found> {
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(LEASE_POLL).await;
         if let Ok(look) = lookup(ctx, &miss.key, headers).await
             && let Some(found) = look.found
             && !found.is_stale()
         {
-            guard.publish(Handover::Stored(found.record.clone(), found.provenance()));
-            drop(guard);
-            let outcome = Outcome::Coalesced(Coalescing::Remote);
-            return Coalesced::Served(serve(ctx, &found, method, headers, outcome));
+            return Some(found);
         }
     }
-    Coalesced::Lead(guard, None)
+    None
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::body::Resp;
 use super::coalesce::{Coalesced, coalesce};
@@ -18,7 +19,7 @@ use super::lookup::{Found, Miss};
 use super::revalidate::{self, Revalidation};
 use super::serve::{passthrough, serve};
 use super::state::Shared;
-use super::status::{Forward, Outcome, StaleReason};
+use super::status::{self, Forward, Outcome, StaleReason};
 use super::tags::{CacheTags, extract_tags};
 use super::tee::BoxError;
 use super::upstream::{self, Upstream};
@@ -86,7 +87,14 @@ where
     let mut request_headers = request.headers().clone();
     let mut request_time = SystemTime::now();
     let fill = ctx.shared.start_fill(primary);
-    let result = upstream::call(&mut svc, request, config.upstream_timeout).await;
+    // A revalidation is a span of its own around the conditional request.
+    let revalidation = match client_headers {
+        Some(_) => tracing::debug_span!("cache.revalidate"),
+        None => tracing::Span::none(),
+    };
+    let result = upstream::call(&mut svc, request, config.upstream_timeout)
+        .instrument(revalidation)
+        .await;
     let mut response_time = SystemTime::now();
     let stale = miss.stale;
 
@@ -202,6 +210,7 @@ where
         Ok(admission) => admission,
         Err(reason) => {
             tracing::debug!(key = primary, reason, "response not stored");
+            status::trace_storing(Some(reason));
             if method == Method::GET && plain {
                 Shared::count(&ctx.shared.not_stored);
                 ctx.shared.pass(primary, config.hit_for_pass);
@@ -234,6 +243,7 @@ where
         fill,
         lease,
     };
+    status::trace_storing(None);
     let mut response = finish.start(parts, body);
     outcome.stored = known_size && write;
     Outcome::Forward(outcome).record(&ctx, response.headers_mut());

@@ -18,7 +18,7 @@ use super::key::{self, select_variant, vary_names};
 use super::lookup::{Decoded, HitHeaders, decoded};
 use super::record::{Record, Stored};
 use super::serve::serve_record;
-use super::status::{CACHE_STATUS, Outcome};
+use super::status::{self, CACHE_STATUS, Outcome};
 use crate::store::entry::clock_micros;
 use crate::store::{Entry, Store};
 
@@ -85,6 +85,7 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
         if !matches {
             return None;
         }
+        status::trace_key(key);
         respond(ctx, &decoded, record, &entry, method, headers)
     })
 }

@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::conditional::{CONDITIONALS, conditional_headers, copy_without_body};
 use super::ctx::Ctx;
@@ -183,7 +184,9 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
     parts.method = Method::GET;
     parts.headers = refresh_headers(&ctx, parts.uri.path(), &parts.headers, &found.record);
     let refresh = Request::from_parts(parts, body);
-    runtime.spawn(async move {
+    // Its own span, under the request that triggered it (which it outlives).
+    let span = tracing::debug_span!("cache.refresh");
+    let task = async move {
         struct EndRefresh(Arc<Shared>, String);
         impl Drop for EndRefresh {
             fn drop(&mut self) {
@@ -284,5 +287,6 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
             };
             write_fresh(&ctx, &placement, &record, &fill, || false).await;
         }
-    });
+    };
+    runtime.spawn(task.instrument(span));
 }

@@ -10,6 +10,7 @@ use http::header;
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::body::{CacheBody, Resp};
 use super::ctx::Ctx;
@@ -22,7 +23,7 @@ use super::lookup::{Miss, lookup};
 use super::policy::Directives;
 use super::revalidate::spawn_refresh;
 use super::serve::{invalid_authority, passthrough, serve};
-use super::status::{Outcome, StaleReason};
+use super::status::{self, Outcome, StaleReason};
 use super::tee::BoxError;
 use super::upstream::{self, Upstream};
 use crate::store::Store;
@@ -159,10 +160,12 @@ where
         return Ok(invalid_authority(&ctx));
     };
 
+    status::trace_key(key.store_key());
     let look = if skip_lookup {
         Default::default()
     } else {
-        match lookup(&ctx, &key, request.headers()).await {
+        let span = tracing::debug_span!("cache.lookup");
+        match lookup(&ctx, &key, request.headers()).instrument(span).await {
             Ok(look) => look,
             Err(()) => {
                 // Fail open, but still one origin call for concurrent misses of the URL.

@@ -212,7 +212,13 @@ impl Outcome {
     /// Counts this outcome: every request the cache looked at counts once, in one counter of
     /// [`CacheStats`](super::CacheStats) and in the `strata.cache.requests` metric.
     pub(crate) fn count(&self, shared: &Shared) {
-        shared.figures.request(self.figure());
+        let figure = self.figure();
+        shared.figures.request(figure);
+        let (outcome, reason) = Self::FIGURES[figure];
+        on_span(|span| {
+            span.record("cache.outcome", outcome);
+            span.record("cache.reason", reason);
+        });
         let counter = match self {
             Outcome::Hit { .. } => &shared.hits,
             Outcome::Stale(_) => &shared.stale_hits,
@@ -229,6 +235,41 @@ impl Outcome {
         self.count(&ctx.shared);
         self.add_to(ctx, headers);
     }
+}
+
+/// Records on the request's current span (a `TraceLayer`'s, say), when a subscriber wants it:
+/// a span records only the fields it declared, so a span that should show the cache's declares
+/// `cache.outcome`, `cache.reason`, `cache.key_hash`, `cache.stored` and `cache.not_stored`
+/// (as `tracing::field::Empty`; see the metrics guide).
+fn on_span(record: impl FnOnce(&tracing::Span)) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        record(&span);
+    }
+}
+
+/// Records the request's key on its current span, as a hash (keys hold URLs and cookie
+/// values, which do not belong in traces).
+pub(crate) fn trace_key(key: &str) {
+    on_span(|span| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        span.record(
+            "cache.key_hash",
+            tracing::field::display(format_args!("{:016x}", hasher.finish())),
+        );
+    });
+}
+
+/// Records on the request's current span whether its response is being stored, and why not.
+pub(crate) fn trace_storing(not_stored: Option<&'static str>) {
+    on_span(|span| {
+        span.record("cache.stored", not_stored.is_none());
+        if let Some(reason) = not_stored {
+            span.record("cache.not_stored", reason);
+        }
+    });
 }
 
 /// The cache's figures are labelled with the outcomes'.

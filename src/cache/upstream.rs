@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::body::{CacheBody, Resp};
 use super::ctx::Ctx;
@@ -42,10 +43,15 @@ pub(crate) async fn within<T, E>(
     timeout: Option<Duration>,
     answer: impl Future<Output = Result<T, E>>,
 ) -> Upstream<T, E> {
+    let span = tracing::debug_span!("cache.upstream", cache.upstream.timed_out = false);
+    let answer = answer.instrument(span.clone());
     match timeout {
         Some(t) => match tokio::time::timeout(t, answer).await {
             Ok(r) => Upstream::Done(r),
-            Err(_) => Upstream::TimedOut,
+            Err(_) => {
+                span.record("cache.upstream.timed_out", true);
+                Upstream::TimedOut
+            }
         },
         None => Upstream::Done(answer.await),
     }
