@@ -88,6 +88,8 @@ mod macros;
 mod background;
 mod builder;
 mod config_error;
+#[cfg(any(feature = "cache", feature = "memory", feature = "redis"))]
+mod counter;
 // The crate's own figures on the `metrics` facade, empty without feature `metrics`.
 mod instruments;
 #[cfg(any(feature = "health", feature = "purge", feature = "dashboard"))]

@@ -3,7 +3,7 @@
 //! counters behind [`CacheStats`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::outage::{Outage, StoreOp};
 use super::record::Record;
 use super::tee::Tee;
+use crate::counter::Counter;
 use crate::instruments::CacheFigures;
 
 /// What a coalesced miss ended with.
@@ -68,18 +69,18 @@ pub(crate) struct Flight {
 
 #[derive(Default)]
 pub(crate) struct Shared {
-    pub hits: AtomicU64,
-    pub stale_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stores: AtomicU64,
-    pub not_stored: AtomicU64,
-    pub bypasses: AtomicU64,
-    pub invalid_hosts: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub store_errors: AtomicU64,
-    pub revalidated: AtomicU64,
-    pub invalidations: AtomicU64,
-    pub dropped_tags: AtomicU64,
+    pub hits: Counter,
+    pub stale_hits: Counter,
+    pub misses: Counter,
+    pub stores: Counter,
+    pub not_stored: Counter,
+    pub bypasses: Counter,
+    pub invalid_hosts: Counter,
+    pub coalesced: Counter,
+    pub store_errors: Counter,
+    pub revalidated: Counter,
+    pub invalidations: Counter,
+    pub dropped_tags: Counter,
     /// The store's failures, for the operator (see [`Outage`]).
     pub outage: Outage,
     /// The same requests and fills on the `metrics` facade (see `status::Outcome::count`).
@@ -145,8 +146,8 @@ pub(crate) enum Join {
 }
 
 impl Shared {
-    pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub fn count(counter: &Counter) {
+        counter.add(1);
     }
 
     /// Counts a failed store call and reports it to the operator (rate-limited: see
@@ -340,14 +341,14 @@ impl std::fmt::Debug for CacheStats {
     }
 }
 
-/// Read-only accessors, one per counter of [`Shared`], each a relaxed load: the counters are
-/// independent figures for reports, not a consistent snapshot.
+/// Read-only accessors, one per counter of [`Shared`], each a sum of relaxed loads: the
+/// counters are independent figures for reports, not a consistent snapshot.
 macro_rules! counter_getters {
     ($($(#[$doc:meta])* $name:ident;)*) => {
         $(
             $(#[$doc])*
             pub fn $name(&self) -> u64 {
-                self.0.$name.load(Ordering::Relaxed)
+                self.0.$name.get()
             }
         )*
     };

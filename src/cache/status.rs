@@ -282,7 +282,6 @@ impl Default for CacheFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn every_outcome_renders_and_counts_once() {
@@ -309,7 +308,7 @@ mod tests {
                 &shared.bypasses,
                 &shared.invalid_hosts,
             ];
-            let total: u64 = counters.iter().map(|c| c.load(Relaxed)).sum();
+            let total: u64 = counters.iter().map(|c| c.get()).sum();
             assert_eq!(total, 1, "{outcome:?} counts once");
         }
         // Each outcome has labels of its own.

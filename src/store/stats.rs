@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 #[cfg(any(feature = "memory", feature = "redis"))]
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+#[cfg(any(feature = "memory", feature = "redis"))]
+use crate::counter::Counter;
 
 use serde::Serialize;
 
@@ -91,53 +92,54 @@ impl BreakerState {
     }
 }
 
-/// Lock-free counters behind [`StoreStats`].
+/// Lock-free counters behind [`StoreStats`], striped so that threads reading at once do not
+/// share a cache line (see [`Counter`]).
 #[cfg(any(feature = "memory", feature = "redis"))]
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub hits: AtomicU64,
-    pub stale_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub sets: AtomicU64,
-    pub deletes: AtomicU64,
-    pub evictions: AtomicU64,
-    pub expirations: AtomicU64,
-    pub errors: AtomicU64,
-    pub timeouts: AtomicU64,
+    pub hits: Counter,
+    pub stale_hits: Counter,
+    pub misses: Counter,
+    pub sets: Counter,
+    pub deletes: Counter,
+    pub evictions: Counter,
+    pub expirations: Counter,
+    pub errors: Counter,
+    pub timeouts: Counter,
 }
 
 #[cfg(any(feature = "memory", feature = "redis"))]
 impl Counters {
     pub fn hit(&self, stale: bool) {
-        self.hits.fetch_add(1, Relaxed);
+        self.hits.add(1);
         if stale {
-            self.stale_hits.fetch_add(1, Relaxed);
+            self.stale_hits.add(1);
         }
     }
 
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+    pub fn add(counter: &Counter, n: u64) {
+        counter.add(n);
     }
 
     #[cfg(feature = "redis")]
     pub fn error(&self, error: &super::StoreError) {
-        self.errors.fetch_add(1, Relaxed);
+        self.errors.add(1);
         if matches!(error, super::StoreError::Timeout { .. }) {
-            self.timeouts.fetch_add(1, Relaxed);
+            self.timeouts.add(1);
         }
     }
 
     pub fn snapshot(&self) -> StoreStats {
         StoreStats {
-            hits: self.hits.load(Relaxed),
-            stale_hits: self.stale_hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            sets: self.sets.load(Relaxed),
-            deletes: self.deletes.load(Relaxed),
-            evictions: self.evictions.load(Relaxed),
-            expirations: self.expirations.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            timeouts: self.timeouts.load(Relaxed),
+            hits: self.hits.get(),
+            stale_hits: self.stale_hits.get(),
+            misses: self.misses.get(),
+            sets: self.sets.get(),
+            deletes: self.deletes.get(),
+            evictions: self.evictions.get(),
+            expirations: self.expirations.get(),
+            errors: self.errors.get(),
+            timeouts: self.timeouts.get(),
             ..StoreStats::default()
         }
         .finish()
