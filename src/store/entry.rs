@@ -20,7 +20,9 @@ pub struct Entry(Arc<Parts>);
 #[derive(Clone)]
 struct Parts {
     value: Bytes,
-    stored_at: SystemTime,
+    /// When it was stored, in microseconds since the epoch: the unit every age and purge
+    /// comparison uses and the encoding keeps, converted once per write instead of per read.
+    stored_at: u64,
     ttl: Option<Duration>,
     grace: Duration,
     /// `None` for untagged entries.
@@ -51,7 +53,7 @@ impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entry")
             .field("value", &self.0.value)
-            .field("stored_at", &self.0.stored_at)
+            .field("stored_at", &self.stored_at())
             .field("ttl", &self.0.ttl)
             .field("grace", &self.0.grace)
             .field("tags", &self.tags())
@@ -62,7 +64,7 @@ impl std::fmt::Debug for Entry {
 impl Entry {
     fn from_parts(
         value: Bytes,
-        stored_at: SystemTime,
+        stored_at: u64,
         ttl: Option<Duration>,
         grace: Duration,
         tags: Option<Arc<[String]>>,
@@ -80,10 +82,10 @@ impl Entry {
 
     /// A new entry stored now, or as of [`SetOptions::as_of`] if that is earlier.
     pub fn new(value: Bytes, options: &SetOptions) -> Self {
-        let now = SystemTime::now();
+        let now = micros(SystemTime::now());
         Entry::from_parts(
             value,
-            options.as_of.map_or(now, |t| t.min(now)),
+            options.as_of.map_or(now, |t| micros(t).min(now)),
             options.ttl,
             options.grace,
             (!options.tags.is_empty()).then(|| options.tags.clone()),
@@ -120,7 +122,7 @@ impl Entry {
 
     /// When the entry was stored (by the writer's clock).
     pub fn stored_at(&self) -> SystemTime {
-        self.0.stored_at
+        UNIX_EPOCH + Duration::from_micros(self.0.stored_at)
     }
 
     /// How long the entry is fresh after it was stored; `None` means it never goes stale.
@@ -141,7 +143,7 @@ impl Entry {
     /// Time since the entry was stored (zero if the writer's clock was ahead).
     pub fn age(&self) -> Duration {
         SystemTime::now()
-            .duration_since(self.0.stored_at)
+            .duration_since(self.stored_at())
             .unwrap_or_default()
     }
 
@@ -186,7 +188,7 @@ impl Entry {
     }
 
     pub(crate) fn stored_at_micros(&self) -> u64 {
-        micros(self.0.stored_at)
+        self.0.stored_at
     }
 
     /// This entry soft-purged at `at` (microseconds since the epoch): stale from then on, and
@@ -239,7 +241,7 @@ impl Entry {
             return Err(corrupt("unknown entry format version"));
         }
         let has_ttl = cursor.get_u8() == 1;
-        let stored_at = UNIX_EPOCH + Duration::from_micros(cursor.get_u64());
+        let stored_at = cursor.get_u64();
         let ttl_ms = cursor.get_u64();
         let grace = Duration::from_millis(cursor.get_u64());
         let tag_count = cursor.get_u16() as usize;
@@ -610,7 +612,7 @@ mod tests {
         );
         assert!(!fresh.is_stale());
         let mut old = fresh.clone();
-        Arc::make_mut(&mut old.0).stored_at = SystemTime::now() - Duration::from_secs(61);
+        Arc::make_mut(&mut old.0).stored_at = micros(SystemTime::now() - Duration::from_secs(61));
         assert!(old.is_stale());
         assert!(old.is_expired());
         Arc::make_mut(&mut old.0).grace = Duration::from_secs(60);

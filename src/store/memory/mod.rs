@@ -32,7 +32,7 @@ mod tests;
 
 pub use self::builder::MemoryStoreBuilder;
 use self::slot::{
-    CounterSlot, EntrySlot, IndexLifecycle, InsertState, SetSlot, Slot, SlotWeighter, key_hash,
+    CounterSlot, EntrySlot, IndexLifecycle, InsertState, KeyPrint, SetSlot, Slot, SlotWeighter,
 };
 use self::tags::{Marks, TagIndex, lock};
 
@@ -299,7 +299,7 @@ impl MemoryStore {
 
     fn insert_slot(&self, key: &str, slot: Slot) {
         let mut state = InsertState {
-            replacing: key_hash(key),
+            inserting: Some(KeyPrint::of(key)),
         };
         self.inner
             .cache
