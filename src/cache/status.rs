@@ -216,8 +216,8 @@ impl Outcome {
         shared.figures.request(figure);
         let (outcome, reason) = Self::FIGURES[figure];
         on_span(|span| {
-            span.record("cache.outcome", outcome);
-            span.record("cache.reason", reason);
+            span.record("cache.outcome", &outcome);
+            span.record("cache.reason", &reason);
         });
         let counter = match self {
             Outcome::Hit { .. } => &shared.hits,
@@ -241,10 +241,47 @@ impl Outcome {
 /// a span records only the fields it declared, so a span that should show the cache's declares
 /// `cache.outcome`, `cache.reason`, `cache.key_hash`, `cache.stored` and `cache.not_stored`
 /// (as `tracing::field::Empty`; see the metrics guide).
-fn on_span(record: impl FnOnce(&tracing::Span)) {
-    let span = tracing::Span::current();
-    if !span.is_disabled() {
-        record(&span);
+///
+/// It asks the dispatcher for the current span's id and metadata rather than taking a
+/// `Span` handle (which clones and closes the span in the subscriber's registry): with no
+/// subscriber, or a span that declares none of these fields, recording costs a lookup.
+fn on_span(record: impl FnOnce(&SpanFields<'_>)) {
+    let mut record = Some(record);
+    tracing::dispatcher::get_default(|dispatch| {
+        let current = dispatch.current_span();
+        if let (Some(id), Some(metadata), Some(record)) =
+            (current.id(), current.metadata(), record.take())
+        {
+            record(&SpanFields {
+                dispatch,
+                id,
+                metadata,
+            });
+        }
+    });
+}
+
+/// The request's current span, to record the cache's fields on.
+struct SpanFields<'a> {
+    dispatch: &'a tracing::Dispatch,
+    id: &'a tracing::Id,
+    metadata: &'static tracing::Metadata<'static>,
+}
+
+impl SpanFields<'_> {
+    /// Records `value` as `name`, if the span declared it.
+    fn record(&self, name: &str, value: &dyn tracing::Value) {
+        let fields = self.metadata.fields();
+        if let Some(field) = fields.field(name) {
+            let values = [(&field, Some(value))];
+            let values = fields.value_set(&values);
+            self.dispatch
+                .record(self.id, &tracing::span::Record::new(&values));
+        }
+    }
+
+    fn declares(&self, name: &str) -> bool {
+        self.metadata.fields().field(name).is_some()
     }
 }
 
@@ -252,22 +289,23 @@ fn on_span(record: impl FnOnce(&tracing::Span)) {
 /// values, which do not belong in traces).
 pub(crate) fn trace_key(key: &str) {
     on_span(|span| {
+        if !span.declares("cache.key_hash") {
+            return;
+        }
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
         key.hash(&mut hasher);
-        span.record(
-            "cache.key_hash",
-            tracing::field::display(format_args!("{:016x}", hasher.finish())),
-        );
+        let hash = format!("{:016x}", hasher.finish());
+        span.record("cache.key_hash", &hash.as_str());
     });
 }
 
 /// Records on the request's current span whether its response is being stored, and why not.
 pub(crate) fn trace_storing(not_stored: Option<&'static str>) {
     on_span(|span| {
-        span.record("cache.stored", not_stored.is_none());
+        span.record("cache.stored", &not_stored.is_none());
         if let Some(reason) = not_stored {
-            span.record("cache.not_stored", reason);
+            span.record("cache.not_stored", &reason);
         }
     });
 }
