@@ -11,8 +11,9 @@
     feature = "warm"
 ))]
 
-#[path = "support/observe.rs"]
-mod observe;
+mod support;
+
+use support::observe;
 
 use std::collections::BTreeSet;
 

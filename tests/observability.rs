@@ -9,8 +9,9 @@
     feature = "postgres"
 ))]
 
-#[path = "support/observe.rs"]
-mod observe;
+mod support;
+
+use support::observe;
 
 use std::collections::HashMap;
 use std::fmt::Debug;

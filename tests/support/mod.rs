@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cache_http;
+// Drives what the observability suites look at (each suite uses a subset).
 #[cfg(feature = "redis-cluster")]
 pub mod cluster;
 #[cfg(feature = "memory")]
@@ -9,6 +10,13 @@ pub mod core_only;
 #[cfg(feature = "tonic")]
 pub mod grpc_echo;
 pub mod logs;
+#[cfg(all(
+    feature = "memory",
+    feature = "redis",
+    feature = "purge",
+    feature = "postgres"
+))]
+pub mod observe;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

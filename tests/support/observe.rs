@@ -2,11 +2,12 @@
 //! store, purges of each kind, a transaction that is replayed once after a serialization
 //! failure, a rolled-back one, and a warming run. Each call uses its own Redis namespace and
 //! no table, so suites run in parallel.
-#![allow(dead_code)] // each suite uses a subset
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{redis_url, unique};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,23 +20,9 @@ use tower_strata::purge::Purger;
 use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, TieredStore};
 use tower_strata::tx::{TxBody, TxConfig, TxHandle, TxLayer};
 
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 pub fn pg_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u32>()
-    )
 }
 
 pub fn redis_store() -> RedisStore {
