@@ -1,9 +1,9 @@
 //! Store statistics.
 
-use std::collections::BTreeMap;
 #[cfg(any(feature = "memory", feature = "redis"))]
 #[cfg(any(feature = "memory", feature = "redis"))]
 use crate::counter::Counter;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
