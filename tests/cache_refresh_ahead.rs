@@ -18,17 +18,10 @@ use tower_strata::cache::{CacheLayer, CacheStats};
 use tower_strata::store::MemoryStore;
 
 type Req = Request<Full<Bytes>>;
+type Origin = tower::util::BoxCloneService<Req, Response<Full<Bytes>>, Infallible>;
 
 /// An origin answering `max-age=1` after `delay`, counting its calls.
-fn origin(
-    delay: Duration,
-) -> (
-    impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
-    + Clone
-    + Send
-    + 'static,
-    Arc<AtomicUsize>,
-) {
+fn origin(delay: Duration) -> (Origin, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let svc = tower::service_fn(move |_request: Req| {
@@ -42,7 +35,7 @@ fn origin(
             Ok::<_, Infallible>(response)
         }
     });
-    (svc, calls)
+    (tower::util::BoxCloneService::new(svc), calls)
 }
 
 fn get() -> Req {

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, ACCEPT_LANGUAGE, HeaderName};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::cache::{AcceptEncoding, AcceptLanguage, CacheLayer};
 use tower_strata::store::MemoryStore;
 
 type Req = Request<Full<Bytes>>;
+type Origin = tower::util::BoxCloneService<Req, Response<Full<Bytes>>, Infallible>;
 
 /// What five common browsers send (current Chrome, Edge, Firefox and Safari, and Firefox ESR).
 const BROWSERS: [(&str, &str); 5] = [
@@ -27,15 +28,7 @@ const BROWSERS: [(&str, &str); 5] = [
 
 /// An origin that varies on `vary` and echoes what it saw of it; records every request's
 /// value.
-fn echo(
-    vary: HeaderName,
-) -> (
-    impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
-    + Clone
-    + Send
-    + 'static,
-    Arc<Mutex<Vec<String>>>,
-) {
+fn echo(vary: HeaderName) -> (Origin, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let svc = tower::service_fn(move |request: Req| {
@@ -56,7 +49,7 @@ fn echo(
             Ok::<_, Infallible>(response)
         }
     });
-    (svc, seen)
+    (tower::util::BoxCloneService::new(svc), seen)
 }
 
 fn get(header: &HeaderName, values: &[&str]) -> Req {

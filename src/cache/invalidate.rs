@@ -185,7 +185,6 @@ where
                 }
             }
         }
-        drop(target);
         for target in targets {
             let key = target.store_key();
             let window = task_ctx.config.fill_window();
