@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap};
 use super::body::Resp;
 use super::conditional::has_conditionals;
 use super::ctx::Ctx;
-use super::key::{self, store_key, vary_names};
+use super::key::{store_key, vary_names};
 use super::lease::{LEASE_POLL, Lease};
 use super::lookup::{Found, Miss, lookup};
 use super::outage::StoreOp;
@@ -42,7 +42,7 @@ pub(crate) async fn coalesce<St: Store, RB>(
     let identity = miss.key.identity();
     let plain = !has_conditionals(headers);
     let mut flight = match &miss.vary {
-        Some(names) => store_key(&key::variant_identity(identity, names, headers)),
+        Some(names) => store_key(&ctx.config.key.variant_identity(identity, names, headers)),
         None => primary.to_owned(),
     };
     loop {
@@ -92,7 +92,7 @@ pub(crate) async fn coalesce<St: Store, RB>(
                 if !provenance.tags.is_empty()
                     && !miss.store_failed
                     && !matches!(
-                        ctx.store
+                        ctx.store_for(&miss.key)
                             .purged_since(&provenance.tags, provenance.fetched_at)
                             .await,
                         Ok(false)
@@ -101,7 +101,7 @@ pub(crate) async fn coalesce<St: Store, RB>(
                     return Coalesced::Alone;
                 }
                 let names = vary_names(stored_headers);
-                let expected = key::select_variant(identity, &names, headers);
+                let expected = ctx.config.key.select_variant(identity, &names, headers);
                 if *stored_identity == expected {
                     let outcome = Outcome::Coalesced(Coalescing::InProcess);
                     let served = match &handed {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::key::KeyConfig;
+use super::key::{KeyConfig, PrimaryKey};
 use super::lease::DistributedLease;
 use super::policy::PolicyConfig;
 use super::state::Shared;
@@ -15,8 +15,21 @@ use super::state::Shared;
 /// Everything a request needs, shared by the service's clones.
 pub(crate) struct Ctx<St> {
     pub store: Arc<St>,
+    /// The private scope's store, when it has one of its own (else `store` holds its entries).
+    pub private_store: Option<Arc<St>>,
     pub config: Config,
     pub shared: Arc<Shared>,
+}
+
+impl<St> Ctx<St> {
+    /// The store that holds the entries of `key`: the private store for a private scope's
+    /// key when there is one, else the shared store.
+    pub(crate) fn store_for(&self, key: &PrimaryKey) -> &Arc<St> {
+        match (&self.private_store, key.principal()) {
+            (Some(private), Some(_)) => private,
+            _ => &self.store,
+        }
+    }
 }
 
 /// A gRPC method the cache stores answers of.
@@ -48,6 +61,8 @@ pub(crate) struct Config {
     pub upstream_timeout: Option<Duration>,
     pub grpc_methods: Vec<GrpcMethod>,
     pub lease: Option<DistributedLease>,
+    /// The last fraction of an entry's TTL in which a hit refreshes it in the background.
+    pub refresh_ahead: Option<f64>,
 }
 
 impl Config {
@@ -57,6 +72,13 @@ impl Config {
     pub(crate) fn fill_window(&self) -> Duration {
         self.upstream_timeout
             .map_or(Duration::from_secs(300), |t| t.saturating_mul(2))
+    }
+
+    /// Whether an entry of store TTL `ttl` and age `age` is in its refresh-ahead window (the
+    /// last fraction of its TTL), so a hit refreshes it in the background.
+    pub(crate) fn in_refresh_window(&self, ttl: Duration, age: Duration) -> bool {
+        self.refresh_ahead
+            .is_some_and(|fraction| age < ttl && ttl - age <= ttl.mul_f64(fraction))
     }
 
     /// Whether a request with this method is looked up in the cache at all.

@@ -14,9 +14,10 @@ use http::{Method, Request, Response};
 use super::body::{CacheBody, Resp};
 use super::conditional::has_conditionals;
 use super::ctx::Ctx;
-use super::key::{self, select_variant, vary_names};
+use super::key::{self, vary_names};
 use super::lookup::{Decoded, HitHeaders, decoded};
 use super::record::{Record, Stored};
+use super::scope::CacheScope;
 use super::serve::serve_record;
 use super::status::{self, CACHE_STATUS, Outcome};
 use crate::store::entry::clock_micros;
@@ -38,6 +39,8 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
         || headers.contains_key(header::COOKIE)
         || headers.contains_key(header::CONTENT_TYPE)
         || has_conditionals(headers)
+        // Private entries are looked up the general way, in the private scope's store.
+        || CacheScope::of(request).is_some()
     {
         return None;
     }
@@ -65,7 +68,7 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
             if stored != identity {
                 return None;
             }
-            let variant = key::store_key(&key::variant_identity(identity, names, headers));
+            let variant = key::store_key(&config.key.variant_identity(identity, names, headers));
             let entry = ctx.store.get_now(&variant)?.ok()??;
             (decoded(&entry, &variant)?, entry)
         } else {
@@ -80,7 +83,7 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
         let matches = if names.is_empty() {
             record.identity == identity
         } else {
-            record.identity == select_variant(identity, &names, headers)
+            record.identity == config.key.select_variant(identity, &names, headers)
         };
         if !matches {
             return None;
@@ -105,6 +108,8 @@ fn respond<St, RB>(
     let entry_age = entry.age_at(clock_micros());
     let ttl_left = match entry.ttl() {
         Some(ttl) if entry_age >= ttl => return None,
+        // Within the refresh-ahead window: the general path serves it and starts the refresh.
+        Some(ttl) if ctx.config.in_refresh_window(ttl, entry_age) => return None,
         Some(ttl) => Some((ttl - entry_age).as_secs()),
         None => None,
     };

@@ -19,6 +19,7 @@ use super::body::{CacheBody, Resp};
 use super::ctx::Ctx;
 use super::key::{KeyConfig, KeyPart, url_tag};
 use super::outage::StoreOp;
+use super::scope::CacheScope;
 use super::stamp;
 use super::state::Shared;
 use super::upstream::{self, Upstream};
@@ -140,33 +141,47 @@ where
     let uri = request.uri().clone();
     let headers = request.headers().clone();
     let part = request.extensions().get::<KeyPart>().cloned();
+    // A private scope's unsafe request also invalidates its principal's entries of the URL
+    // (another principal's are theirs: a private cache never sees other users' writes).
+    let principal = CacheScope::of(&request).map(str::to_owned);
     let call = svc.call(request);
     let task_ctx = ctx.clone();
     let write = async move {
         let result = call.await;
         let key_config = &task_ctx.config.key;
-        let mut targets = Vec::with_capacity(3);
+        let principal = principal.as_deref();
+        let mut targets = Vec::with_capacity(6);
+        let mut target = |uri: &Uri| {
+            targets.extend(
+                key_config
+                    .primary_for(uri, &headers, part.as_ref(), None)
+                    .ok(),
+            );
+            if principal.is_some() {
+                targets.extend(
+                    key_config
+                        .primary_for(uri, &headers, part.as_ref(), principal)
+                        .ok(),
+                );
+            }
+        };
         let changed = match &result {
             Ok(response) => response.status().is_success() || response.status().is_redirection(),
             Err(_) => true,
         };
         if changed {
-            targets.extend(key_config.primary_for(&uri, &headers, part.as_ref()).ok());
+            target(&uri);
         }
         if let Ok(response) = &result
             && changed
         {
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                if let Some(target) = response
+                if let Some(location) = response
                     .headers()
                     .get(&name)
                     .and_then(|v| same_host_target(key_config, &uri, &headers, v))
                 {
-                    targets.extend(
-                        key_config
-                            .primary_for(&target, &headers, part.as_ref())
-                            .ok(),
-                    );
+                    target(&location);
                 }
             }
         }
@@ -174,7 +189,7 @@ where
             let key = target.store_key();
             let window = task_ctx.config.fill_window();
             match invalidate_url(
-                &*task_ctx.store,
+                &**task_ctx.store_for(&target),
                 &task_ctx.shared,
                 key,
                 PurgeMode::Hard,

@@ -7,6 +7,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
 
 use super::authority::{self, InvalidAuthority};
+use super::scope::CacheScope;
+use super::vary::{VaryNormalisers, combined};
 
 /// An app-supplied part of the cache key (tenant, locale), attached as a request extension by
 /// a layer or middleware in front of the cache.
@@ -58,6 +60,8 @@ pub(crate) struct KeyConfig {
     pub cookie_routes: Vec<(String, Vec<String>)>,
     /// Scheme assumed when the request URI has none (servers see origin-form URIs).
     pub default_scheme: String,
+    /// The `Vary` normalisers, by header.
+    pub normalisers: VaryNormalisers,
 }
 
 /// Keys longer than this are replaced by a hash; the full identity is kept in the entry and
@@ -81,22 +85,14 @@ impl KeyConfig {
     ///
     /// [`InvalidAuthority`] when the request's authority cannot be keyed.
     pub fn identity<B>(&self, request: &Request<B>) -> Result<String, InvalidAuthority> {
-        self.identity_for(
+        let mut out = String::with_capacity(64);
+        self.write_identity(
+            &mut out,
             request.uri(),
             request.headers(),
             request.extensions().get::<KeyPart>(),
-        )
-    }
-
-    /// The identity of a GET for `uri` in the context of a request's headers and key part.
-    pub fn identity_for(
-        &self,
-        uri: &Uri,
-        headers: &HeaderMap,
-        part: Option<&KeyPart>,
-    ) -> Result<String, InvalidAuthority> {
-        let mut out = String::with_capacity(64);
-        self.write_identity(&mut out, uri, headers, part)?;
+            CacheScope::of(request),
+        )?;
         Ok(out)
     }
 
@@ -106,22 +102,24 @@ impl KeyConfig {
             request.uri(),
             request.headers(),
             request.extensions().get::<KeyPart>(),
+            CacheScope::of(request),
         )
     }
 
-    /// [`KeyConfig::primary`] for a GET of `uri` in the context of a request's headers and
-    /// key part: the one way a URL is named, whether to look it up, store it, purge it or
-    /// invalidate it.
+    /// [`KeyConfig::primary`] for a GET of `uri` in the context of a request's headers, key
+    /// part and principal (a private scope's): the one way a URL is named, whether to look it
+    /// up, store it, purge it or invalidate it.
     pub fn primary_for(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         part: Option<&KeyPart>,
+        principal: Option<&str>,
     ) -> Result<PrimaryKey, InvalidAuthority> {
         let mut buf = String::with_capacity(96);
         buf.push_str(PLAIN_PREFIX);
-        self.write_identity(&mut buf, uri, headers, part)?;
-        Ok(PrimaryKey::from_buffer(buf))
+        self.write_identity(&mut buf, uri, headers, part, principal)?;
+        Ok(PrimaryKey::from_buffer(buf, principal.map(str::to_owned)))
     }
 
     /// The request's primary store key built in `buffer` (cleared first), when it is a plain
@@ -139,6 +137,7 @@ impl KeyConfig {
             request.uri(),
             request.headers(),
             request.extensions().get::<KeyPart>(),
+            CacheScope::of(request),
         )
         .ok()?;
         let identity = &buffer[PLAIN_PREFIX.len()..];
@@ -160,14 +159,17 @@ impl KeyConfig {
     ///
     /// The fields are joined so that no value of one can spell another: the URL comes first
     /// and holds no space (the authority is checked, a URI's path and query cannot), and every
-    /// field after it is a space, its name and a length-prefixed value (`k=5:acme1`), so a key
-    /// part, a cookie or a `Vary` value cannot forge the fields that follow it.
+    /// field after it is a space, its name and a length-prefixed value (`k=5:acme1`), so a
+    /// principal, a key part, a cookie or a `Vary` value cannot forge the fields that follow
+    /// it. A private scope's principal is the first of them (`p=`); shared identities have
+    /// none, so no shared request can name a private entry.
     fn write_identity(
         &self,
         out: &mut String,
         uri: &Uri,
         headers: &HeaderMap,
         part: Option<&KeyPart>,
+        principal: Option<&str>,
     ) -> Result<(), InvalidAuthority> {
         let scheme = self.scheme(uri);
         out.push_str("GET ");
@@ -186,6 +188,10 @@ impl KeyConfig {
                     out.push_str(&query);
                 }
             }
+        }
+        if let Some(principal) = principal {
+            out.push_str(" p=");
+            push_counted(out, principal);
         }
         if let Some(part) = part {
             out.push_str(" k=");
@@ -294,23 +300,50 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
-/// The identity of one variant: the primary identity plus the request's values of the `Vary`
-/// headers, normalised (RFC 9111 §4.1) so that requests meaning the same share a variant:
-/// field lines are combined, whitespace around list commas and runs of whitespace are
-/// dropped, and the values of fields defined as case-insensitive are lower-cased.
-pub(crate) fn variant_identity(primary: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
-    let mut out = String::with_capacity(primary.len() + 32);
-    out.push_str(primary);
-    let mut value = String::new();
-    for name in names {
-        value.clear();
-        normalised_values(&mut value, name, headers);
-        out.push_str(" v:");
-        out.push_str(name.as_str());
-        out.push('=');
-        push_counted(&mut out, &value);
+impl KeyConfig {
+    /// The identity of one variant: the primary identity plus the request's values of the
+    /// `Vary` headers, normalised (RFC 9111 §4.1) so that requests meaning the same share a
+    /// variant: field lines are combined, whitespace around list commas and runs of
+    /// whitespace are dropped, and the values of fields defined as case-insensitive are
+    /// lower-cased. A header with a registered [`VaryNormaliser`](super::VaryNormaliser) keys
+    /// on what the normaliser makes of its combined value instead.
+    pub(crate) fn variant_identity(
+        &self,
+        primary: &str,
+        names: &[HeaderName],
+        headers: &HeaderMap,
+    ) -> String {
+        let mut out = String::with_capacity(primary.len() + 32);
+        out.push_str(primary);
+        let mut value = String::new();
+        for name in names {
+            value.clear();
+            match self.normalisers.get(name) {
+                Some(normaliser) => value.push_str(&normaliser.normalise(&combined(name, headers))),
+                None => normalised_values(&mut value, name, headers),
+            }
+            out.push_str(" v:");
+            out.push_str(name.as_str());
+            out.push('=');
+            push_counted(&mut out, &value);
+        }
+        out
     }
-    out
+
+    /// The variant identity a request selects under a stored response's `Vary` names (the
+    /// primary identity itself when there are none).
+    pub(crate) fn select_variant(
+        &self,
+        identity: &str,
+        names: &[HeaderName],
+        headers: &HeaderMap,
+    ) -> String {
+        if names.is_empty() {
+            identity.to_owned()
+        } else {
+            self.variant_identity(identity, names, headers)
+        }
+    }
 }
 
 /// The request's values of one `Vary` header, normalised, into `out`.
@@ -369,16 +402,6 @@ const CASE_INSENSITIVE_VALUES: [&str; 4] = [
     "accept-language",
 ];
 
-/// The variant identity a request selects under a stored response's `Vary` names (the
-/// primary identity itself when there are none).
-pub(crate) fn select_variant(identity: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
-    if names.is_empty() {
-        identity.to_owned()
-    } else {
-        variant_identity(identity, names, headers)
-    }
-}
-
 /// A request's primary key: its identity (what a stored response for it is filed under) and
 /// the store key, which is the identity behind [`PLAIN_PREFIX`] when short and printable (one
 /// buffer for both), else a hash.
@@ -387,14 +410,20 @@ pub(crate) struct PrimaryKey {
     /// `"c:"` followed by the identity.
     buf: String,
     hashed: Option<String>,
+    /// The principal of a private scope's key (it is in the identity too).
+    principal: Option<String>,
 }
 
 impl PrimaryKey {
-    fn from_buffer(buf: String) -> Self {
+    fn from_buffer(buf: String, principal: Option<String>) -> Self {
         let identity = &buf[PLAIN_PREFIX.len()..];
         let hashed = (identity.len() > MAX_PLAIN_KEY || identity.chars().any(char::is_control))
             .then(|| hashed_key(identity));
-        PrimaryKey { buf, hashed }
+        PrimaryKey {
+            buf,
+            hashed,
+            principal,
+        }
     }
 
     /// The primary key of an identity built elsewhere (gRPC calls).
@@ -402,7 +431,12 @@ impl PrimaryKey {
         let mut buf = String::with_capacity(PLAIN_PREFIX.len() + identity.len());
         buf.push_str(PLAIN_PREFIX);
         buf.push_str(identity);
-        Self::from_buffer(buf)
+        Self::from_buffer(buf, None)
+    }
+
+    /// The principal of a private scope's key, `None` for a shared one.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
     }
 
     /// The identity.
@@ -544,14 +578,15 @@ mod tests {
         b.append(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
         b.append(header::ACCEPT_ENCODING, "br".parse().unwrap());
         b.append(header::AUTHORIZATION, "Bearer Abc".parse().unwrap());
+        let c = config();
         assert_eq!(
-            variant_identity("p", &names, &a),
-            variant_identity("p", &names, &b)
+            c.variant_identity("p", &names, &a),
+            c.variant_identity("p", &names, &b)
         );
         b.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         assert_ne!(
-            variant_identity("p", &names, &a),
-            variant_identity("p", &names, &b)
+            c.variant_identity("p", &names, &a),
+            c.variant_identity("p", &names, &b)
         );
     }
 
@@ -599,8 +634,8 @@ mod tests {
         two.insert(header::ACCEPT, "a".parse().unwrap());
         two.insert("x-b", "b v:x-b=c".parse().unwrap());
         assert_ne!(
-            variant_identity("p", &names, &one),
-            variant_identity("p", &names, &two)
+            c.variant_identity("p", &names, &one),
+            c.variant_identity("p", &names, &two)
         );
         // Bytes that are not text never equal their percent-encoding as text.
         let mut raw = HeaderMap::new();
@@ -608,9 +643,34 @@ mod tests {
         let mut text = HeaderMap::new();
         text.insert(header::ACCEPT, "%ff".parse().unwrap());
         assert_ne!(
-            variant_identity("p", &names[..1], &raw),
-            variant_identity("p", &names[..1], &text)
+            c.variant_identity("p", &names[..1], &raw),
+            c.variant_identity("p", &names[..1], &text)
         );
+        // A principal that spells a key part, against the real key part.
+        let mut forged = Request::get("http://h/x").body(()).unwrap();
+        forged
+            .extensions_mut()
+            .insert(CacheScope::private("u k=2:t1"));
+        let mut real = Request::get("http://h/x").body(()).unwrap();
+        real.extensions_mut().insert(CacheScope::private("u"));
+        real.extensions_mut().insert(KeyPart::new("t1"));
+        assert_ne!(c.identity(&forged).unwrap(), c.identity(&real).unwrap());
+    }
+
+    #[test]
+    fn principals_are_keyed_and_shared_requests_never_name_them() {
+        let c = config();
+        let shared = Request::get("http://h/me").body(()).unwrap();
+        let mut alice = Request::get("http://h/me").body(()).unwrap();
+        alice.extensions_mut().insert(CacheScope::private("alice"));
+        let mut explicit_shared = Request::get("http://h/me").body(()).unwrap();
+        explicit_shared.extensions_mut().insert(CacheScope::Shared);
+        assert_eq!(c.identity(&alice).unwrap(), "GET http://h/me p=5:alice");
+        assert_eq!(c.identity(&shared), c.identity(&explicit_shared));
+        assert_ne!(c.identity(&shared), c.identity(&alice));
+        let key = c.primary(&alice).unwrap();
+        assert_eq!(key.principal(), Some("alice"));
+        assert_eq!(c.primary(&shared).unwrap().principal(), None);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum CacheConfigErrorKind {
     /// A duration that must be positive is zero (zero never means off: off is `None` or
     /// `false`).
     ZeroDuration,
+    /// A fraction is not strictly between 0 and 1 ([`CacheLayer::refresh_ahead`]).
+    Fraction,
 }
 
 impl crate::ConfigErrorKind for CacheConfigErrorKind {
@@ -74,6 +76,7 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 /// shares its in-flight misses, hit-for-pass memory and [`CacheStats`].
 pub struct CacheLayer<St> {
     store: Arc<St>,
+    private_store: Option<Arc<St>>,
     config: Config,
     shared: Arc<Shared>,
 }
@@ -82,6 +85,7 @@ impl<St> Clone for CacheLayer<St> {
     fn clone(&self) -> Self {
         CacheLayer {
             store: self.store.clone(),
+            private_store: self.private_store.clone(),
             config: self.config.clone(),
             shared: self.shared.clone(),
         }
@@ -126,6 +130,7 @@ impl<St: Store> CacheLayer<St> {
     pub fn new(store: St) -> Self {
         CacheLayer {
             store: Arc::new(store),
+            private_store: None,
             config: Config {
                 max_body_size: DEFAULT_MAX_BODY_SIZE,
                 policy: PolicyConfig {
@@ -151,6 +156,7 @@ impl<St: Store> CacheLayer<St> {
                 upstream_timeout: None,
                 grpc_methods: Vec::new(),
                 lease: None,
+                refresh_ahead: None,
             },
             shared: Arc::new(Shared::default()),
         }
@@ -392,6 +398,72 @@ impl<St> CacheLayer<St> {
         Ok(layer)
     }
 
+    /// A store of its own for the private scope's entries ([`CacheScope::Private`]), so they
+    /// have their own byte budget: one user's entries evict other private entries, never the
+    /// shared ones. Without it private entries live in the shared store (still keyed and
+    /// tagged by principal). Give it the same kind of store with its own capacity (a
+    /// `MemoryStore` of its own size, a Redis store with its own prefix and, for a real
+    /// budget, its own server or database with `maxmemory`).
+    ///
+    /// Invalidations by unsafe requests reach the shared entries of the URL and the requesting
+    /// principal's private ones. The distributed lease stays in the shared store.
+    ///
+    /// [`CacheScope::Private`]: super::CacheScope::Private
+    pub fn private_store(mut self, store: St) -> Self {
+        self.private_store = Some(Arc::new(store));
+        self
+    }
+
+    /// The private scope's store, if [`CacheLayer::private_store`] set one.
+    pub fn private_store_ref(&self) -> Option<&St> {
+        self.private_store.as_deref()
+    }
+
+    /// Normalises the request values of `header` when a response varies on it (`Vary`), so
+    /// requests the origin answers alike share one variant: see [`VaryNormaliser`] and the
+    /// built-in [`AcceptEncoding`] and [`AcceptLanguage`]. Requests the cache looks up (not
+    /// bypassed ones) are also sent upstream with the normalised value, so the stored
+    /// response is the one the variant names. A second call for one header replaces the
+    /// first.
+    ///
+    /// [`VaryNormaliser`]: super::VaryNormaliser
+    /// [`AcceptEncoding`]: super::AcceptEncoding
+    /// [`AcceptLanguage`]: super::AcceptLanguage
+    pub fn normalise_vary(
+        mut self,
+        header: http::HeaderName,
+        normaliser: impl super::VaryNormaliser,
+    ) -> Self {
+        self.config
+            .key
+            .normalisers
+            .insert(header, Arc::new(normaliser));
+        self
+    }
+
+    /// Refreshes an entry in the background when a request reads it during the last
+    /// `fraction` of its TTL (`0.2`: the last 20 %), so a hot key is replaced before it
+    /// expires and never misses; a key nobody reads then expires as usual. The hit is served
+    /// at once (`Cache-Status: ...; detail=refresh-ahead`). One refresh per key at a time in a
+    /// process; with [`CacheLayer::distributed_lease`], one across the instances sharing the
+    /// store (without it each instance refreshes once). Counted in
+    /// [`CacheStats::refreshes_ahead`]. Default off.
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheConfigError`] of kind [`Fraction`](CacheConfigErrorKind::Fraction) unless
+    /// `0 < fraction < 1`.
+    pub fn refresh_ahead(mut self, fraction: f64) -> Result<Self, CacheConfigError> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(CacheConfigError::new(
+                CacheConfigErrorKind::Fraction,
+                format!("refresh_ahead fraction {fraction} is not between 0 and 1"),
+            ));
+        }
+        self.config.refresh_ahead = Some(fraction);
+        Ok(self)
+    }
+
     /// The counters shared by every service this layer makes.
     pub fn stats(&self) -> CacheStats {
         CacheStats(self.shared.clone())
@@ -406,6 +478,12 @@ impl<St> CacheLayer<St> {
     #[cfg(feature = "purge")]
     pub(crate) fn shared_store(&self) -> &Arc<St> {
         &self.store
+    }
+
+    /// The private scope's store handle, for purgers over it.
+    #[cfg(feature = "purge")]
+    pub(crate) fn private_store_handle(&self) -> Option<&Arc<St>> {
+        self.private_store.as_ref()
     }
 
     /// The cache's invalidation operation, with its key rules, for URL purges
@@ -428,6 +506,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
             inner,
             Arc::new(Ctx {
                 store: self.store.clone(),
+                private_store: self.private_store.clone(),
                 config: self.config.clone(),
                 shared: self.shared.clone(),
             }),
@@ -483,6 +562,14 @@ mod tests {
         ] {
             assert_eq!(kind(refused), CacheConfigErrorKind::ZeroDuration);
         }
+        for fraction in [0.0, -0.1, 1.0, 1.5, f64::NAN] {
+            assert_eq!(
+                kind(layer().refresh_ahead(fraction)),
+                CacheConfigErrorKind::Fraction,
+                "{fraction}"
+            );
+        }
+        layer().refresh_ahead(0.2).unwrap();
         layer()
             .hit_for_pass(None)
             .unwrap()

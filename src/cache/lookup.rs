@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::ctx::Ctx;
-use super::key::{self, PrimaryKey, store_key, variant_identity};
+use super::key::{self, PrimaryKey, store_key};
 use super::outage::StoreOp;
 use super::record::{self, Record, Stored};
 use super::state::Provenance;
@@ -78,6 +78,12 @@ impl Found {
             .saturating_add(self.entry_age)
     }
 
+    /// Fresh, but in the refresh-ahead window: serve now, refresh in the background.
+    pub fn within_refresh_ahead<St>(&self, ctx: &Ctx<St>) -> bool {
+        self.entry_ttl
+            .is_some_and(|ttl| ctx.config.in_refresh_window(ttl, self.entry_age))
+    }
+
     /// Within the stale-while-revalidate window: serve now, refresh in the background.
     pub fn within_swr<St>(&self, ctx: &Ctx<St>) -> bool {
         self.within(self.record.freshness.swr.or(ctx.config.swr))
@@ -126,7 +132,8 @@ pub(crate) async fn lookup<St: Store>(
     headers: &HeaderMap,
 ) -> Result<Lookup, ()> {
     let identity = key.identity();
-    let Some(entry) = get(ctx, key.store_key()).await? else {
+    let store = ctx.store_for(key);
+    let Some(entry) = get(ctx, store, key.store_key()).await? else {
         return Ok(Lookup::default());
     };
     let Some(decoded) = decoded(&entry, key.store_key()) else {
@@ -141,9 +148,9 @@ pub(crate) async fn lookup<St: Store>(
             if stored != identity {
                 return Ok(Lookup::default());
             }
-            let variant = variant_identity(identity, names, headers);
+            let variant = ctx.config.key.variant_identity(identity, names, headers);
             let variant_key = store_key(&variant);
-            let found = get(ctx, &variant_key)
+            let found = get(ctx, store, &variant_key)
                 .await?
                 .and_then(|entry| Some((decoded_response(&entry, &variant_key)?, entry)));
             match found {
@@ -161,7 +168,7 @@ pub(crate) async fn lookup<St: Store>(
     };
     // A hashed key that collided, or a variant stored under the primary key: a miss.
     let names = key::vary_names(&record.headers);
-    if record.identity != key::select_variant(identity, &names, headers) {
+    if record.identity != ctx.config.key.select_variant(identity, &names, headers) {
         return Ok(Lookup { found: None, vary });
     }
     Ok(Lookup {
@@ -237,8 +244,8 @@ fn decoded_response(entry: &Entry, key: &str) -> Option<Arc<Record>> {
     }
 }
 
-async fn get<St: Store>(ctx: &Ctx<St>, key: &str) -> Result<Option<Entry>, ()> {
-    match ctx.store.get(key).await {
+async fn get<St: Store>(ctx: &Ctx<St>, store: &St, key: &str) -> Result<Option<Entry>, ()> {
+    match store.get(key).await {
         Ok(entry) => {
             ctx.shared.store_answered();
             Ok(entry)

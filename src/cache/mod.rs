@@ -85,6 +85,12 @@
 //! `Vary: *`. Requests carrying `Cookie` bypass the cache unless the route opted in with
 //! [`CacheLayer::key_cookies`], which puts the named cookies' values in the key.
 //!
+//! Routes that answer per user opt into a private scope with the [`CacheScope`] request
+//! extension, which an auth layer in front of the cache sets to the principal it verified: the
+//! principal is then part of the key, `private` and `Authorization` answers are storable for
+//! that principal only, and [`CacheLayer::private_store`] gives those entries a budget of their
+//! own (see the guide's "Per-user caching").
+//!
 //! # Keys
 //!
 //! Method (HEAD is served from a stored GET), scheme, host (so one host cannot poison
@@ -217,7 +223,8 @@
 //! [`CacheStats`]), `key`, `authority` (checking and normalising the host a key names),
 //! `outage` (what the cache logs while its store fails), `stamp` (cross-instance invalidation
 //! stamps), `directives` (the field grammar), `policy` (the RFC 9111 rules), `record` (the
-//! stored format), `body`, `tags`. `layer` holds the configuration, `future` the response
+//! stored format), `body`, `tags`, `scope` (the private scope and its principal's tag), `vary`
+//! (the `Vary` normalisers). `layer` holds the configuration, `future` the response
 //! future.
 //!
 //! # Request bodies and services
@@ -249,6 +256,7 @@ mod outage;
 mod policy;
 mod record;
 mod revalidate;
+mod scope;
 mod serve;
 mod service;
 mod stamp;
@@ -257,6 +265,7 @@ mod status;
 mod tags;
 mod tee;
 mod upstream;
+mod vary;
 mod write;
 
 pub use body::CacheBody;
@@ -267,7 +276,9 @@ pub use grpc::{DEFAULT_MAX_MESSAGE_SIZE, GrpcKey, GrpcKeyFuture, GrpcKeyLayer};
 pub use key::{GrpcMessage, KeyPart};
 pub use layer::{CacheConfigError, CacheConfigErrorKind, CacheLayer, DEFAULT_MAX_BODY_SIZE};
 pub use policy::CacheOverride;
+pub use scope::{CacheScope, principal_tag};
 pub use service::Cache;
 pub use state::CacheStats;
 pub use tags::{CacheTags, MAX_TAG_HEADER_LEN, MAX_TAG_LEN};
 pub use tee::BoxError;
+pub use vary::{AcceptEncoding, AcceptLanguage, VaryNormaliser};

@@ -117,6 +117,9 @@ pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surro
 pub(crate) struct Exchange<'a> {
     /// The request carried `Authorization` (RFC 9111 §3.5).
     pub request_has_authorization: bool,
+    /// The request is in a private scope: the cache stores it as a private cache would
+    /// (`private` and `Authorization` allowed, `s-maxage` ignored).
+    pub private_scope: bool,
     /// The request said `no-store`.
     pub request_no_store: bool,
     pub status: StatusCode,
@@ -174,11 +177,12 @@ pub(crate) fn decide(config: &PolicyConfig, x: &Exchange<'_>) -> Result<Freshnes
     if general.no_store && !must_understand && !(targeted && cc.is_fresh()) {
         return Err("no-store");
     }
-    if cc.private || general.private {
+    // RFC 9111 §5.2.2.7: `private` forbids a shared cache, not a private one.
+    if (cc.private || general.private) && !x.private_scope {
         return Err("private");
     }
     let allowed = |d: &Directives| d.public || d.s_maxage.is_some() || d.must_revalidate;
-    if x.request_has_authorization && !(allowed(&cc) || allowed(&general)) {
+    if x.request_has_authorization && !x.private_scope && !(allowed(&cc) || allowed(&general)) {
         return Err("request carries Authorization");
     }
     if let Some(o) = x.override_ {
@@ -198,13 +202,15 @@ pub(crate) fn decide(config: &PolicyConfig, x: &Exchange<'_>) -> Result<Freshnes
     let must_revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.no_cache;
     let swr = cc.swr.map(Duration::from_secs);
     let sie = cc.sie.map(Duration::from_secs);
+    // RFC 9111 §5.2.2.10: `s-maxage` is for shared caches; a private one ignores it.
+    let s_maxage = cc.s_maxage.filter(|_| !x.private_scope);
     let make = |lifetime: Duration, initial_age: Duration| Freshness {
         lifetime: lifetime.min(MAX_DELTA),
         initial_age,
         swr,
         sie,
         // s-maxage implies proxy-revalidate (RFC 9111 §5.2.2.10).
-        must_revalidate: must_revalidate || cc.s_maxage.is_some(),
+        must_revalidate: must_revalidate || s_maxage.is_some(),
     };
     if let Some(ttl) = config.override_ttl {
         return Ok(make(ttl, Duration::ZERO));
@@ -212,7 +218,7 @@ pub(crate) fn decide(config: &PolicyConfig, x: &Exchange<'_>) -> Result<Freshnes
     if cc.no_cache {
         return Ok(make(Duration::ZERO, initial_age));
     }
-    if let Some(s) = cc.s_maxage.or(cc.max_age) {
+    if let Some(s) = s_maxage.or(cc.max_age) {
         return Ok(make(Duration::from_secs(s), initial_age));
     }
     if !targeted && headers.contains_key(header::EXPIRES) {
@@ -341,6 +347,15 @@ mod tests {
     const CC: &str = "cache-control";
 
     fn run(status: u16, pairs: &[(&str, &str)], auth: bool) -> Result<Freshness, NotStored> {
+        run_in(status, pairs, auth, false)
+    }
+
+    fn run_in(
+        status: u16,
+        pairs: &[(&str, &str)],
+        auth: bool,
+        private_scope: bool,
+    ) -> Result<Freshness, NotStored> {
         let now = SystemTime::now();
         let config = PolicyConfig {
             default_ttl: None,
@@ -352,6 +367,7 @@ mod tests {
             &config,
             &Exchange {
                 request_has_authorization: auth,
+                private_scope,
                 request_no_store: false,
                 status: StatusCode::from_u16(status).unwrap(),
                 headers: &headers,
@@ -360,6 +376,34 @@ mod tests {
                 response_time: now,
             },
         )
+    }
+
+    #[test]
+    fn the_private_scope_stores_as_a_private_cache() {
+        let private = [(CC, "private, max-age=60")];
+        assert_eq!(run(200, &private, false), Err("private"));
+        assert!(run_in(200, &private, false, true).is_ok());
+        let plain = [(CC, "max-age=60")];
+        assert_eq!(run(200, &plain, true), Err("request carries Authorization"));
+        assert!(run_in(200, &plain, true, true).is_ok());
+        // no-store and Set-Cookie never are.
+        assert_eq!(
+            run_in(200, &[(CC, "private, no-store, max-age=60")], true, true),
+            Err("no-store")
+        );
+        assert_eq!(
+            run_in(
+                200,
+                &[(CC, "max-age=60"), ("set-cookie", "a=b")],
+                true,
+                true
+            ),
+            Err("response sets a cookie")
+        );
+        // s-maxage is for shared caches.
+        let f = run_in(200, &[(CC, "max-age=60, s-maxage=5")], true, true).unwrap();
+        assert_eq!(f.lifetime, Duration::from_secs(60));
+        assert!(!f.must_revalidate);
     }
 
     #[test]

@@ -129,16 +129,26 @@ const CREDENTIALS: [header::HeaderName; 3] = [
 
 /// The headers a background refresh sends: `Host`, the fields that select the stored variant
 /// (its `Vary` names), the route's key cookies, and the stored validators. Nothing else of
-/// the request that happened to trigger it: no credentials, no client conditionals.
+/// the request that happened to trigger it: no client conditionals, and no credentials,
+/// except in a private scope, where the refresh is made for the one principal whose request
+/// it was, and the origin must see who that is.
 fn refresh_headers<St>(
     ctx: &Ctx<St>,
     path: &str,
     request: &HeaderMap,
     record: &Record,
+    private: bool,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(host) = request.get(header::HOST) {
         headers.insert(header::HOST, host.clone());
+    }
+    if private {
+        for name in &CREDENTIALS {
+            for value in request.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
     }
     for name in vary_names(&record.headers) {
         if CREDENTIALS.contains(&name) {
@@ -157,15 +167,27 @@ fn refresh_headers<St>(
     headers
 }
 
-/// Refreshes a stale entry in the background, once per URL at a time. The triggering
-/// request (served stale) lends its URI, version, extensions (axum's path parameters) and
-/// body; its headers are replaced by [`refresh_headers`].
+/// Why an entry is refreshed in the background.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// It is stale, within stale-while-revalidate.
+    Stale,
+    /// It is fresh, in its refresh-ahead window: refreshed once across instances (the
+    /// distributed lease, when configured) and counted.
+    Ahead,
+}
+
+/// Refreshes a stale entry (or one in its refresh-ahead window) in the background, once per
+/// URL at a time. The triggering request (served from the entry) lends its URI, version,
+/// extensions (axum's path parameters) and body; its headers are replaced by
+/// [`refresh_headers`].
 pub(crate) fn spawn_refresh<S, St, B, RB>(
     ctx: Arc<Ctx<St>>,
     mut svc: S,
     request: Request<B>,
     key: PrimaryKey,
     found: Found,
+    why: Refresh,
 ) where
     S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
     S::Future: Send,
@@ -182,7 +204,13 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
     }
     let (mut parts, body) = request.into_parts();
     parts.method = Method::GET;
-    parts.headers = refresh_headers(&ctx, parts.uri.path(), &parts.headers, &found.record);
+    parts.headers = refresh_headers(
+        &ctx,
+        parts.uri.path(),
+        &parts.headers,
+        &found.record,
+        key.principal().is_some(),
+    );
     let refresh = Request::from_parts(parts, body);
     // Its own span, under the request that triggered it (which it outlives).
     let span = tracing::debug_span!("cache.refresh");
@@ -196,12 +224,32 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
         let primary = key.store_key();
         let _end = EndRefresh(ctx.shared.clone(), primary.to_owned());
         let request_headers = refresh.headers().clone();
-        // Another refresh may have stored a fresh response between the triggering request's
-        // lookup and this claim (on another thread): then there is nothing to refresh.
+        // Ahead of expiry, one instance refreshes: the others find the lease taken, or (taken
+        // after it was released) the entry already refreshed by the look below.
+        let _lease = match (why, &ctx.config.lease) {
+            (Refresh::Ahead, Some(lease)) => {
+                let flight = format!("ahead {primary}");
+                match lease.take(&ctx.store, &flight).await {
+                    Ok(Some(lease)) => Some(lease),
+                    Ok(None) => return,
+                    // The store fails: each instance refreshes (as without the lease).
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        // Another refresh (here or on another instance) may have stored a fresh response
+        // between the triggering request's lookup and this claim: then there is nothing to
+        // refresh.
         if let Ok(look) = lookup(&ctx, &key, &request_headers).await
-            && look.found.is_some_and(|found| !found.is_stale())
+            && look.found.is_some_and(|found| {
+                !found.is_stale() && (why == Refresh::Stale || !found.within_refresh_ahead(&ctx))
+            })
         {
             return;
+        }
+        if why == Refresh::Ahead {
+            Shared::count(&ctx.shared.refreshes_ahead);
         }
         let mut unconditional = copy_without_body(&refresh);
         for name in &CONDITIONALS {
@@ -259,7 +307,7 @@ pub(crate) fn spawn_refresh<S, St, B, RB>(
                 // No longer cacheable: stop serving the old response, every variant of it.
                 tracing::debug!(key = primary, reason, "refreshed response not storable");
                 if let Err(error) = invalidate_url(
-                    &*ctx.store,
+                    &**ctx.store_for(&key),
                     &ctx.shared,
                     primary,
                     PurgeMode::Hard,

@@ -21,7 +21,8 @@ use super::hit::try_hit;
 use super::invalidate::{is_safe, unsafe_request};
 use super::lookup::{Miss, lookup};
 use super::policy::Directives;
-use super::revalidate::spawn_refresh;
+use super::revalidate::{Refresh, spawn_refresh};
+use super::scope::CacheScope;
 use super::serve::{invalid_authority, passthrough, serve};
 use super::status::{self, Outcome, StaleReason};
 use super::tee::BoxError;
@@ -131,12 +132,15 @@ where
     let config = &ctx.config;
     let path = request.uri().path();
     let request_cc = Directives::parse(request.headers(), &header::CACHE_CONTROL);
+    // In a private scope the principal keys the request, so its cookies need not bypass.
+    let private = CacheScope::of(&request).is_some();
     let bypass = !config.looks_up(&method)
         || config
             .routes
             .as_ref()
             .is_some_and(|r| !r.iter().any(|p| path.starts_with(p.as_str())))
         || (request.headers().contains_key(header::COOKIE)
+            && !private
             && config.key.cookie_route(path).is_none())
         // A request directive that does not parse may hide `no-store` or `no-cache`.
         || request_cc.malformed;
@@ -159,6 +163,10 @@ where
     let Ok(key) = config.key.primary(&request) else {
         return Ok(invalid_authority(&ctx));
     };
+    // The origin answers the normalised values, so what it sends is the variant they name.
+    if !config.key.normalisers.is_empty() {
+        config.key.normalisers.rewrite(request.headers_mut());
+    }
 
     status::trace_key(key.store_key());
     let look = if skip_lookup {
@@ -192,15 +200,20 @@ where
         return Box::pin(forward(ctx, svc, request, miss)).await;
     };
     if !found.is_stale() {
-        let outcome = Outcome::Hit {
-            ttl_left: found.ttl_left(),
-        };
+        let ttl_left = found.ttl_left();
+        if found.within_refresh_ahead(&ctx) {
+            let outcome = Outcome::RefreshAhead { ttl_left };
+            let response = serve(&ctx, &found, &method, request.headers(), outcome);
+            spawn_refresh(ctx, svc, request, key, found, Refresh::Ahead);
+            return Ok(response);
+        }
+        let outcome = Outcome::Hit { ttl_left };
         return Ok(serve(&ctx, &found, &method, request.headers(), outcome));
     }
     if found.within_swr(&ctx) {
         let outcome = Outcome::Stale(StaleReason::WhileRevalidate);
         let response = serve(&ctx, &found, &method, request.headers(), outcome);
-        spawn_refresh(ctx, svc, request, key, found);
+        spawn_refresh(ctx, svc, request, key, found, Refresh::Stale);
         return Ok(response);
     }
     let miss = Miss {

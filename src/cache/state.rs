@@ -79,6 +79,7 @@ pub(crate) struct Shared {
     pub coalesced: Counter,
     pub store_errors: Counter,
     pub revalidated: Counter,
+    pub refreshes_ahead: Counter,
     pub invalidations: Counter,
     pub dropped_tags: Counter,
     /// The store's failures, for the operator (see [`Outage`]).
@@ -335,6 +336,7 @@ impl std::fmt::Debug for CacheStats {
             .field("coalesced", &self.coalesced())
             .field("store_errors", &self.store_errors())
             .field("revalidated", &self.revalidated())
+            .field("refreshes_ahead", &self.refreshes_ahead())
             .field("invalidations", &self.invalidations())
             .field("dropped_tags", &self.dropped_tags())
             .finish()
@@ -386,6 +388,11 @@ impl CacheStats {
 
         /// Stale entries refreshed by a `304 Not Modified` from upstream.
         revalidated;
+
+        /// Background refreshes of fresh entries read in their refresh-ahead window
+        /// ([`CacheLayer::refresh_ahead`](super::CacheLayer::refresh_ahead)) that this
+        /// instance sent upstream (with the distributed lease, one per key across instances).
+        refreshes_ahead;
 
         /// Keys removed after a successful unsafe request.
         invalidations;

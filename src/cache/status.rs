@@ -22,6 +22,8 @@ const CACHE_NAME: &str = "tower-strata";
 pub(crate) enum Outcome {
     /// Answered from a fresh stored response, with the seconds of freshness it has left.
     Hit { ttl_left: Option<u64> },
+    /// A hit in the entry's refresh-ahead window: served, and refreshed in the background.
+    RefreshAhead { ttl_left: Option<u64> },
     /// Answered from a stale stored response without waiting for upstream.
     Stale(StaleReason),
     /// Answered with the response another request's miss fetched.
@@ -83,9 +85,10 @@ impl Forward {
 impl Outcome {
     /// Every kind of outcome once, for tests that check each renders and counts.
     #[cfg(test)]
-    const ALL: [Outcome; 16] = [
+    const ALL: [Outcome; 17] = [
         Outcome::Hit { ttl_left: Some(42) },
         Outcome::Hit { ttl_left: None },
+        Outcome::RefreshAhead { ttl_left: Some(3) },
         Outcome::Stale(StaleReason::WhileRevalidate),
         Outcome::Stale(StaleReason::IfError),
         Outcome::Stale(StaleReason::DuringRemoteFetch),
@@ -121,6 +124,10 @@ impl Outcome {
                 ttl_left: Some(ttl),
             } => return format!("hit; ttl={ttl}").into(),
             Outcome::Hit { ttl_left: None } => "hit",
+            Outcome::RefreshAhead {
+                ttl_left: Some(ttl),
+            } => return format!("hit; ttl={ttl}; detail=refresh-ahead").into(),
+            Outcome::RefreshAhead { ttl_left: None } => "hit; detail=refresh-ahead",
             Outcome::Stale(StaleReason::WhileRevalidate) => "hit; detail=stale-while-revalidate",
             Outcome::Stale(StaleReason::IfError) => "hit; detail=stale-if-error",
             Outcome::Stale(StaleReason::DuringRemoteFetch) => {
@@ -166,7 +173,7 @@ impl Outcome {
 
     /// The metric labels (`outcome`, `reason`) of every outcome, in [`Outcome::figure`]'s
     /// order: a small fixed set, so the metric's label sets are bounded.
-    pub(crate) const FIGURES: [(&'static str, &'static str); 15] = [
+    pub(crate) const FIGURES: [(&'static str, &'static str); 16] = [
         ("hit", "fresh"),
         ("stale", "stale-while-revalidate"),
         ("stale", "stale-if-error"),
@@ -182,6 +189,7 @@ impl Outcome {
         ("miss", "timeout"),
         ("bypass", "request"),
         ("bypass", "invalid-host"),
+        ("hit", "refresh-ahead"),
     ];
 
     /// This outcome's index in [`Outcome::FIGURES`].
@@ -206,6 +214,7 @@ impl Outcome {
             Outcome::TimedOut => 12,
             Outcome::Bypass => 13,
             Outcome::InvalidHost => 14,
+            Outcome::RefreshAhead { .. } => 15,
         }
     }
 
@@ -220,7 +229,7 @@ impl Outcome {
             span.record("cache.reason", &reason);
         });
         let counter = match self {
-            Outcome::Hit { .. } => &shared.hits,
+            Outcome::Hit { .. } | Outcome::RefreshAhead { .. } => &shared.hits,
             Outcome::Stale(_) => &shared.stale_hits,
             Outcome::Coalesced(_) => &shared.coalesced,
             Outcome::Forward(_) | Outcome::Revalidated | Outcome::TimedOut => &shared.misses,

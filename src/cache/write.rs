@@ -19,6 +19,7 @@ use super::lease::Lease;
 use super::outage::StoreOp;
 use super::policy::{self, CacheOverride, Directives, Exchange, Freshness, MAX_DELTA};
 use super::record::{self, Record};
+use super::scope::principal_tag;
 use super::stamp;
 use super::state::{Fill, FlightGuard, Handover, Provenance, Shared, Streaming};
 use super::status::CACHE_STATUS;
@@ -88,6 +89,7 @@ pub(crate) fn admit<St>(
         &ctx.config.policy,
         &Exchange {
             request_has_authorization: fetched.request_headers.contains_key(header::AUTHORIZATION),
+            private_scope: fetched.key.principal().is_some(),
             request_no_store: request_cc.no_store || request_cc.malformed,
             status,
             headers,
@@ -103,7 +105,10 @@ pub(crate) fn admit<St>(
         return Err("stale on arrival, with no validator to revalidate it");
     }
     let names = vary_names(headers);
-    let variant = key::select_variant(fetched.key.identity(), &names, fetched.request_headers);
+    let variant =
+        ctx.config
+            .key
+            .select_variant(fetched.key.identity(), &names, fetched.request_headers);
     Ok(Admission {
         freshness,
         ttl,
@@ -228,33 +233,46 @@ pub(crate) struct Placement {
 /// fetch time, which errs on the side of staleness.
 pub(crate) async fn write<St: Store>(ctx: &Ctx<St>, at: &Placement, record: &Record) -> bool {
     let primary = at.key.store_key();
+    let store = ctx.store_for(&at.key);
+    // A private entry carries its principal's tag, so one user's entries purge together.
+    let principal = at.key.principal().map(principal_tag);
+    if let Some(tag) = &principal
+        && store.limits().check_tag(tag).is_err()
+    {
+        // The principal is not logged: only that one was too long to tag.
+        tracing::debug!(
+            key = primary,
+            "principal tag over the store's limit: not stored"
+        );
+        return false;
+    }
+    let tags = || at.tags.iter().cloned().chain(principal.clone());
     let options = SetOptions::new()
         .ttl(at.ttl)
         .grace(at.grace)
-        .tags(at.tags.iter().cloned())
+        .tags(tags())
         .as_of(at.fetched_at);
     let value = record.encode();
     let size = value.len();
     let result = if at.names.is_empty() {
-        ctx.store.set(primary, value, &options).await
+        store.set(primary, value, &options).await
     } else {
         // The index keeps the variants' grace, so a soft purge leaves it readable for as long
         // as the (stale) variants it points to.
         let spec_options = SetOptions::new()
             .ttl(at.ttl.saturating_add(at.grace))
             .grace(at.grace)
-            .tags(at.tags.iter().cloned())
+            .tags(tags())
             .as_of(at.fetched_at);
         // Variants carry an internal tag derived from the primary key, so an invalidation
         // reaches every variant (see `invalidate::invalidate_url`).
-        let variant_options = options.tags(at.tags.iter().cloned().chain([key::url_tag(primary)]));
-        match ctx
-            .store
+        let variant_options = options.tags(tags().chain([key::url_tag(primary)]));
+        match store
             .set(&store_key(&record.identity), value, &variant_options)
             .await
         {
             Ok(()) => {
-                ctx.store
+                store
                     .set(
                         primary,
                         record::encode_vary(at.key.identity(), &at.names),
@@ -293,20 +311,21 @@ pub(crate) async fn write_fresh<St: Store>(
     cancelled: impl Fn() -> bool,
 ) -> bool {
     let primary = at.key.store_key();
+    let store = ctx.store_for(&at.key);
     // Invalidated in this process (the fill is marked), or on another instance sharing the
     // store (its stamp is newer than the fetch): checked before the write, and again after it
     // to undo a write that raced the invalidation.
     let stale = async || {
         cancelled()
             || fill.is_invalidated()
-            || stamp::newer_than(&*ctx.store, primary, at.fetched_at).await
+            || stamp::newer_than(&**store, primary, at.fetched_at).await
     };
     if stale().await {
         return false;
     }
     let stored = write(ctx, at, record).await;
     if stale().await {
-        let _ = invalidate::remove_url(&*ctx.store, primary, PurgeMode::Hard).await;
+        let _ = invalidate::remove_url(&**store, primary, PurgeMode::Hard).await;
         return false;
     }
     stored

@@ -158,6 +158,8 @@ pub struct CacheData {
     pub not_stored: u64,
     /// Stale entries refreshed by a `304`.
     pub revalidated: u64,
+    /// Fresh entries refreshed in the background ahead of expiry (refresh-ahead).
+    pub refreshes_ahead: u64,
     /// Keys removed after a successful unsafe request.
     pub invalidations: u64,
     /// Store failures (failed open).

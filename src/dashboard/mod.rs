@@ -325,6 +325,7 @@ mod tests {
                 "invalidations",
                 "misses",
                 "not_stored",
+                "refreshes_ahead",
                 "revalidated",
                 "stale_hits",
                 "store_errors",

@@ -390,6 +390,7 @@ fn cache_data(stats: &CacheStats) -> CacheData {
         stores: stats.stores(),
         not_stored: stats.not_stored(),
         revalidated: stats.revalidated(),
+        refreshes_ahead: stats.refreshes_ahead(),
         invalidations: stats.invalidations(),
         store_errors: stats.store_errors(),
         hit_rate: if looked_up == 0 {

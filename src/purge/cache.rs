@@ -6,8 +6,8 @@ use http::{HeaderMap, Uri};
 
 use super::{PurgeError, Purger};
 use crate::cache::CacheLayer;
-use crate::cache::KeyPart;
 use crate::cache::invalidate::Invalidator;
+use crate::cache::{KeyPart, principal_tag};
 use crate::store::{Store, StoreExt};
 
 /// A [`Purger`] over a response cache's store that also purges URLs the way the cache keys
@@ -33,6 +33,8 @@ use crate::store::{Store, StoreExt};
 pub struct CachePurger {
     purger: Purger,
     invalidator: Invalidator,
+    /// A purger over the cache's private store, when it has one.
+    private: Option<Purger>,
 }
 
 impl std::fmt::Debug for CachePurger {
@@ -49,8 +51,12 @@ impl<St: StoreExt> CacheLayer<St> {
     /// Each call makes a new [`Purger`] with its own stats and dependencies: call it once and
     /// clone the result. Key configuration set on the layer after this call is not seen by
     /// the purger.
+    ///
+    /// With a [`CacheLayer::private_store`], [`CachePurger::purge_principal`] reaches it too.
     pub fn purger(&self) -> CachePurger {
-        self.purger_with(Purger::new(self.shared_store().clone()))
+        let mut purger = self.purger_with(Purger::new(self.shared_store().clone()));
+        purger.private = self.private_store_handle().map(|s| Purger::new(s.clone()));
+        purger
     }
 }
 
@@ -58,12 +64,14 @@ impl<St: Store> CacheLayer<St> {
     /// A [`CachePurger`] using an existing `purger` (its stats, dependencies and mode). The
     /// purger must purge this cache's store. Its key purges of cache keys (and those of the
     /// JSON `keys` list) then also forget this cache's in-process state of the URL, as
-    /// [`CachePurger::purge_url`] does.
+    /// [`CachePurger::purge_url`] does. It does not reach a
+    /// [`CacheLayer::private_store`]: use [`CacheLayer::purger`] for that.
     pub fn purger_with(&self, purger: Purger) -> CachePurger {
         let invalidator = self.invalidator();
         CachePurger {
             purger: purger.with_cache(invalidator.clone()),
             invalidator,
+            private: None,
         }
     }
 }
@@ -102,17 +110,39 @@ impl CachePurger {
         let key = self
             .invalidator
             .keys()
-            .primary_for(uri, headers, part)
+            .primary_for(uri, headers, part, None)
             .map_err(|_| PurgeError::InvalidHost)?;
         // The cache's own invalidation (every variant, and the in-process state of the URL),
         // with this purger's mode, stats and dependencies.
         self.purger.purge_key(key.store_key()).await
     }
 
+    /// Purges every private entry of `principal` ([`CacheScope::Private`]): the entries
+    /// tagged [`principal_tag`], in the shared store and in the layer's private store if it
+    /// has one. Returns how many entries went.
+    ///
+    /// Cost: one tag purge per store.
+    ///
+    /// # Errors
+    ///
+    /// The store's error (the private store is purged even when the shared one fails).
+    ///
+    /// [`CacheScope::Private`]: crate::cache::CacheScope::Private
+    pub async fn purge_principal(&self, principal: &str) -> Result<u64, PurgeError> {
+        let tag = principal_tag(principal);
+        let shared = self.purger.purge_tags([tag.as_str()]).await;
+        let private = match &self.private {
+            Some(private) => private.purge_tags([tag.as_str()]).await?,
+            None => 0,
+        };
+        Ok(shared? + private)
+    }
+
     /// This purger in soft mode (see [`Purger::soft`]).
     pub fn soft(&self) -> CachePurger {
         CachePurger {
             purger: self.purger.soft(),
+            private: self.private.as_ref().map(Purger::soft),
             ..self.clone()
         }
     }
@@ -121,6 +151,7 @@ impl CachePurger {
     pub fn hard(&self) -> CachePurger {
         CachePurger {
             purger: self.purger.hard(),
+            private: self.private.as_ref().map(Purger::hard),
             ..self.clone()
         }
     }
