@@ -81,7 +81,8 @@ async fn start_origin() -> (SocketAddr, Arc<AtomicUsize>, Task) {
     (addr, calls, Task(task))
 }
 
-const ECHOED: [&str; 8] = [
+const ECHOED: [&str; 9] = [
+    "accept-language",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -104,7 +105,12 @@ fn echo(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         .get("x-forwarded-host")
         .or(headers.get("host"))
         .map_or("", |h| h.to_str().unwrap());
-    Response::builder()
+    let mut response = Response::builder();
+    // Pages under /lang/ are negotiated on the client's language.
+    if request.uri().path().starts_with("/lang/") {
+        response = response.header("vary", "accept-language");
+    }
+    response
         .header("origin-version", format!("{:?}", request.version()))
         .header("cache-control", "max-age=60")
         .header("location", format!("http://{host}/landing"))
@@ -136,6 +142,37 @@ fn get(path: &str, extra: &str) -> String {
 /// Lets the cache's background store write land.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_language_normalises_a_negotiated_page_to_the_origins_languages() {
+    let (origin, calls, _origin) = start_origin().await;
+    let (proxy, _proxy) = start_proxy(origin, &["--accept-language", "de,en"]).await;
+    // Three browsers' lists that all come to German among German and English.
+    let lists = ["de-DE, de;q=0.9, en;q=0.8", "en, de", "DE,fr;q=0.5"];
+    for (n, list) in lists.iter().enumerate() {
+        let (head, body) = raw(
+            proxy,
+            &get("/lang/page", &format!("Accept-Language: {list}\r\n")),
+        )
+        .await;
+        // The origin is asked once, with the normalised value, and its answer serves all.
+        assert!(body.contains("accept-language: de\n"), "{body}");
+        if n > 0 {
+            assert!(
+                head.contains("cache-status: tower-strata; hit"),
+                "{list}: {head}"
+            );
+        }
+        settle().await;
+    }
+    let (_, body) = raw(proxy, &get("/lang/page", "Accept-Language: en-GB\r\n")).await;
+    assert!(body.contains("accept-language: en\n"), "{body}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one origin call per language"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

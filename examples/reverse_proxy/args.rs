@@ -48,6 +48,16 @@ pub struct Args {
     /// seconds (default: --default-ttl, else 60). Repeatable. Needs the tonic feature.
     #[arg(long, value_name = "/pkg.Service/Method[=SECS]", value_parser = grpc_method)]
     pub grpc_method: Vec<GrpcMethod>,
+    /// The languages the origin answers in, its default first: a response that varies on
+    /// Accept-Language is stored once per language, each client keyed (and asking the
+    /// origin) by the best of them it accepts.
+    #[arg(long, value_name = "LANG,...", value_delimiter = ',')]
+    pub accept_language: Vec<String>,
+    /// The content codings the origin produces, most preferred first: a response that
+    /// varies on Accept-Encoding is stored once per coding (and identity), not once per
+    /// browser's list.
+    #[arg(long, value_name = "CODING,...", value_delimiter = ',')]
+    pub accept_encoding: Vec<String>,
 }
 
 /// A `--grpc-method`: the method's path and, when given, its TTL.
@@ -176,6 +186,23 @@ mod tests {
         assert!(parse(&["--listen", "127.0.0.1:1", "--origin", "ftp://o"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--listen"]).is_err());
+    }
+
+    #[test]
+    fn parses_vary_normalisers() {
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            "http://127.0.0.1:1",
+            "--accept-language",
+            "de,en",
+            "--accept-encoding",
+            "br,gzip",
+        ])
+        .unwrap();
+        assert_eq!(a.accept_language, ["de", "en"]);
+        assert_eq!(a.accept_encoding, ["br", "gzip"]);
     }
 
     #[test]

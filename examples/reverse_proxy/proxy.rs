@@ -6,21 +6,20 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_strata::cache::CacheLayer;
+use tower_strata::cache::{AcceptEncoding, AcceptLanguage, BoxError, CacheLayer};
 use tower_strata::purge::{BearerToken, PurgeLayer};
 use tower_strata::store::{BoxStore, MemoryStore};
 
 use crate::args::Args;
 use crate::forwarded;
 use crate::origin::Origin;
-use tower_strata::cache::BoxError;
 
 /// Request bodies between the client connection and the proxy's service.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -61,6 +60,14 @@ pub async fn build(args: &Args) -> Proxy {
     }
     if let Some(window) = args.stale_if_error {
         layer = layer.stale_if_error(window);
+    }
+    if !args.accept_language.is_empty() {
+        let languages = AcceptLanguage::new(args.accept_language.iter().map(String::as_str));
+        layer = layer.normalise_vary(header::ACCEPT_LANGUAGE, languages);
+    }
+    if !args.accept_encoding.is_empty() {
+        let codings = AcceptEncoding::new(args.accept_encoding.iter().map(String::as_str));
+        layer = layer.normalise_vary(header::ACCEPT_ENCODING, codings);
     }
     for method in &args.grpc_method {
         layer = layer
