@@ -202,6 +202,19 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    /// Ends the readers' bodies with an error if the pump stops without an end of its own
+    /// (it panicked, or its task was dropped), so no reader waits for chunks that never come.
+    struct EndOnDrop(Arc<Tee>);
+    impl Drop for EndOnDrop {
+        fn drop(&mut self) {
+            let mut state = self.0.lock();
+            if matches!(state.end, End::Open) {
+                state.end = End::Failed("the fill stopped".into());
+                Tee::wake_readers(&mut state);
+            }
+        }
+    }
+    let _end_on_drop = EndOnDrop(tee.clone());
     let mut body = std::pin::pin!(body);
     let mut finish = Some(finish);
     let mut size = 0usize;
@@ -216,17 +229,23 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     size += data.len();
+                    let mut too_large = None;
                     if state.whole && size > tee.limit {
                         // Not storable: from now on chunks are kept only for readers behind.
                         state.whole = false;
-                        if let Some(finish) = finish.take() {
-                            finish.too_large();
-                        }
+                        too_large = finish.take();
                     }
                     if !data.is_empty() {
                         state.kept += data.len();
                         state.chunks.push_back(data);
                     }
+                    Tee::wake_readers(&mut state);
+                    drop(state);
+                    // Outside the tee's lock: it releases the waiters and the flight.
+                    if let Some(finish) = too_large {
+                        finish.too_large();
+                    }
+                    continue;
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -376,6 +395,7 @@ impl Body for TeeReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt as _;
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
 
@@ -464,6 +484,25 @@ mod tests {
         let error = stalled.collect().await.unwrap_err();
         assert!(error.to_string().contains("too far behind"), "{error}");
         assert_eq!(tee.readers(), 0);
+    }
+
+    #[tokio::test]
+    async fn readers_get_an_error_not_a_hang_when_the_fill_stops() {
+        let frames = futures_util::stream::iter(0..2).map(|i| {
+            assert!(i == 0, "the upstream body panics");
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first")))
+        });
+        let tee = Tee::new(1000, None);
+        let mut reader = tee.reader().unwrap();
+        let seen = Arc::new(Seen::default());
+        let fill = pump(tee.clone(), StreamBody::new(frames), Box::new(Probe(seen)));
+        let _ = tokio::spawn(fill).await;
+        assert_eq!(
+            reader.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "first"
+        );
+        let error = reader.frame().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("the fill stopped"), "{error}");
     }
 
     #[tokio::test]
