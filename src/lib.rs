@@ -68,6 +68,8 @@
 //! | `full` | no | everything |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
+// `pub` means public: an item the crate does not export is `pub(crate)` (as tower-http does).
+#![deny(unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The README's examples are compiled and run as doctests (the guides' are, in `guide`).

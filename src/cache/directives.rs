@@ -45,7 +45,7 @@ impl Directives {
     /// Dictionary (`max-age=10, &&&`, a space around `=`, an upper-case key), or a known
     /// directive of the wrong type (`max-age="10"`, `no-store=1`). Unknown directives and
     /// parameters are ignored.
-    pub fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+    pub(super) fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
         let mut lines = headers.get_all(name).iter().peekable();
         lines.peek()?;
         let mut dictionary = sfv::Dictionary::new();
@@ -95,7 +95,7 @@ impl Directives {
     /// malformed delta-seconds value makes the response stale at once (`max-age`) or is
     /// ignored; a field that does not parse at all sets [`Directives::malformed`], and nothing
     /// after the fault is trusted.
-    pub fn parse(headers: &HeaderMap, name: &HeaderName) -> Self {
+    pub(super) fn parse(headers: &HeaderMap, name: &HeaderName) -> Self {
         let mut d = Directives::default();
         for value in headers.get_all(name) {
             d.present = true;
@@ -139,7 +139,7 @@ impl Directives {
     }
 
     /// Whether the directives give this cache a positive freshness lifetime.
-    pub fn is_fresh(&self) -> bool {
+    pub(super) fn is_fresh(&self) -> bool {
         !self.no_store && !self.no_cache && self.s_maxage.or(self.max_age).is_some_and(|s| s > 0)
     }
 }

@@ -94,12 +94,12 @@ impl Invalidator {
     }
 
     /// The cache's key rules, to name a URL's entries.
-    pub fn keys(&self) -> &KeyConfig {
+    pub(crate) fn keys(&self) -> &KeyConfig {
         &self.key
     }
 
     /// [`invalidate_url`] with this cache's state.
-    pub async fn invalidate<St: Store + ?Sized>(
+    pub(crate) async fn invalidate<St: Store + ?Sized>(
         &self,
         store: &St,
         primary: &str,

@@ -71,7 +71,7 @@ const MAX_PLAIN_KEY: usize = 200;
 impl KeyConfig {
     /// The key cookies for this path if the route opted in, `None` if requests with cookies
     /// must bypass the cache.
-    pub fn cookie_route(&self, path: &str) -> Option<&[String]> {
+    pub(crate) fn cookie_route(&self, path: &str) -> Option<&[String]> {
         self.cookie_routes
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix.as_str()))
@@ -84,7 +84,7 @@ impl KeyConfig {
     /// # Errors
     ///
     /// [`InvalidAuthority`] when the request's authority cannot be keyed.
-    pub fn identity<B>(&self, request: &Request<B>) -> Result<String, InvalidAuthority> {
+    pub(crate) fn identity<B>(&self, request: &Request<B>) -> Result<String, InvalidAuthority> {
         let mut out = String::with_capacity(64);
         self.write_identity(
             &mut out,
@@ -97,7 +97,7 @@ impl KeyConfig {
     }
 
     /// The request's primary key, identity and store key in one buffer.
-    pub fn primary<B>(&self, request: &Request<B>) -> Result<PrimaryKey, InvalidAuthority> {
+    pub(crate) fn primary<B>(&self, request: &Request<B>) -> Result<PrimaryKey, InvalidAuthority> {
         self.primary_for(
             request.uri(),
             request.headers(),
@@ -109,7 +109,7 @@ impl KeyConfig {
     /// [`KeyConfig::primary`] for a GET of `uri` in the context of a request's headers, key
     /// part and principal (a private scope's): the one way a URL is named, whether to look it
     /// up, store it, purge it or invalidate it.
-    pub fn primary_for(
+    pub(crate) fn primary_for(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
@@ -125,7 +125,7 @@ impl KeyConfig {
     /// The request's primary store key built in `buffer` (cleared first), when it is a plain
     /// one (`"c:"` and the identity); `None` when it would be hashed or the request's
     /// authority is invalid.
-    pub fn plain_primary<'b, B>(
+    pub(crate) fn plain_primary<'b, B>(
         &self,
         buffer: &'b mut String,
         request: &Request<B>,
@@ -151,7 +151,11 @@ impl KeyConfig {
     }
 
     /// The normalised authority a request's key names (see [`super::authority`]).
-    pub fn authority(&self, uri: &Uri, headers: &HeaderMap) -> Result<String, InvalidAuthority> {
+    pub(crate) fn authority(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<String, InvalidAuthority> {
         authority::request_authority(self.scheme(uri), uri, headers)
     }
 
@@ -240,7 +244,11 @@ impl KeyConfig {
 impl KeyConfig {
     /// A `Cookie` header with only the request's key cookies `names` (in that order), for a
     /// request the cache makes on the clients' behalf; `None` when the request has none.
-    pub fn key_cookie_header(&self, headers: &HeaderMap, names: &[String]) -> Option<HeaderValue> {
+    pub(crate) fn key_cookie_header(
+        &self,
+        headers: &HeaderMap,
+        names: &[String],
+    ) -> Option<HeaderValue> {
         let mut out = String::new();
         for name in names {
             if let Some(value) = cookie_value(headers, name) {
@@ -427,7 +435,7 @@ impl PrimaryKey {
     }
 
     /// The primary key of an identity built elsewhere (gRPC calls).
-    pub fn from_identity(identity: &str) -> Self {
+    pub(crate) fn from_identity(identity: &str) -> Self {
         let mut buf = String::with_capacity(PLAIN_PREFIX.len() + identity.len());
         buf.push_str(PLAIN_PREFIX);
         buf.push_str(identity);
@@ -435,17 +443,17 @@ impl PrimaryKey {
     }
 
     /// The principal of a private scope's key, `None` for a shared one.
-    pub fn principal(&self) -> Option<&str> {
+    pub(crate) fn principal(&self) -> Option<&str> {
         self.principal.as_deref()
     }
 
     /// The identity.
-    pub fn identity(&self) -> &str {
+    pub(crate) fn identity(&self) -> &str {
         &self.buf[PLAIN_PREFIX.len()..]
     }
 
     /// The store key.
-    pub fn store_key(&self) -> &str {
+    pub(crate) fn store_key(&self) -> &str {
         self.hashed.as_deref().unwrap_or(&self.buf)
     }
 }

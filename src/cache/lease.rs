@@ -25,7 +25,7 @@ pub(crate) struct DistributedLease {
 }
 
 impl DistributedLease {
-    pub fn new<St: StoreExt>(store: Arc<St>, ttl: Duration) -> Self {
+    pub(crate) fn new<St: StoreExt>(store: Arc<St>, ttl: Duration) -> Self {
         let take = move |key: String| -> BoxFuture<'static, Result<i64, StoreError>> {
             let store = store.clone();
             Box::pin(async move { store.incr(&key, 1, Some(ttl)).await })

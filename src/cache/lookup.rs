@@ -26,7 +26,7 @@ pub(crate) struct Found {
 
 impl Found {
     /// A response handed over by another request's miss: fresh as of now.
-    pub fn handed_over(record: Arc<Record>) -> Self {
+    pub(super) fn handed_over(record: Arc<Record>) -> Self {
         Found {
             record,
             entry_age: Duration::ZERO,
@@ -35,12 +35,12 @@ impl Found {
         }
     }
 
-    pub fn tags(&self) -> &[String] {
+    pub(super) fn tags(&self) -> &[String] {
         self.entry.as_ref().map_or(&[], |e| e.tags())
     }
 
     /// Where a found entry came from, for handing it to coalesced waiters.
-    pub fn provenance(&self) -> Provenance {
+    pub(super) fn provenance(&self) -> Provenance {
         Provenance {
             fetched_at: self
                 .entry
@@ -50,19 +50,19 @@ impl Found {
         }
     }
 
-    pub fn is_stale(&self) -> bool {
+    pub(super) fn is_stale(&self) -> bool {
         self.entry_ttl.is_some_and(|ttl| self.entry_age >= ttl)
     }
 
     /// Seconds of freshness left, for `Cache-Status: ttl=`.
-    pub fn ttl_left(&self) -> Option<u64> {
+    pub(super) fn ttl_left(&self) -> Option<u64> {
         self.entry_ttl
             .map(|t| t.saturating_sub(self.entry_age).as_secs())
     }
 
     /// How long past its freshness lifetime the response is (RFC 9111: current age minus
     /// freshness lifetime; a response that arrived already old starts stale).
-    pub fn staleness(&self) -> Duration {
+    pub(super) fn staleness(&self) -> Duration {
         let f = &self.record.freshness;
         let by_age = self.current_age().saturating_sub(f.lifetime);
         let by_entry = self
@@ -71,7 +71,7 @@ impl Found {
         by_age.max(by_entry)
     }
 
-    pub fn current_age(&self) -> Duration {
+    pub(super) fn current_age(&self) -> Duration {
         self.record
             .freshness
             .initial_age
@@ -79,18 +79,18 @@ impl Found {
     }
 
     /// Fresh, but in the refresh-ahead window: serve now, refresh in the background.
-    pub fn within_refresh_ahead<St>(&self, ctx: &Ctx<St>) -> bool {
+    pub(super) fn within_refresh_ahead<St>(&self, ctx: &Ctx<St>) -> bool {
         self.entry_ttl
             .is_some_and(|ttl| ctx.config.in_refresh_window(ttl, self.entry_age))
     }
 
     /// Within the stale-while-revalidate window: serve now, refresh in the background.
-    pub fn within_swr<St>(&self, ctx: &Ctx<St>) -> bool {
+    pub(super) fn within_swr<St>(&self, ctx: &Ctx<St>) -> bool {
         self.within(self.record.freshness.swr.or(ctx.config.swr))
     }
 
     /// Within the stale-if-error window: serve when upstream fails.
-    pub fn within_sie<St>(&self, ctx: &Ctx<St>) -> bool {
+    pub(super) fn within_sie<St>(&self, ctx: &Ctx<St>) -> bool {
         self.within(self.record.freshness.sie.or(ctx.config.sie))
     }
 

@@ -71,7 +71,7 @@ fn put_headers(buf: &mut BytesMut, headers: &HeaderMap) {
 
 impl Record {
     /// Whether the record can be encoded: fields fit their length prefixes.
-    pub fn encodable(&self) -> bool {
+    pub(crate) fn encodable(&self) -> bool {
         let fits = |h: &HeaderMap| {
             h.len() < usize::from(NO_TRAILERS)
                 && h.iter().all(|(_, v)| v.len() <= usize::from(u16::MAX))
@@ -81,7 +81,7 @@ impl Record {
             && self.trailers.as_ref().is_none_or(fits)
     }
 
-    pub fn encode(&self) -> Bytes {
+    pub(crate) fn encode(&self) -> Bytes {
         let header_bytes: usize = self
             .headers
             .iter()

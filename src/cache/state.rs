@@ -112,7 +112,7 @@ pub(crate) struct Fill {
 impl Fill {
     /// Whether the URL was invalidated since this fetch began: then what it fetched must not
     /// be stored (or must be undone if it was).
-    pub fn is_invalidated(&self) -> bool {
+    pub(crate) fn is_invalidated(&self) -> bool {
         self.state.invalidated.load(Ordering::SeqCst)
     }
 }
@@ -147,25 +147,25 @@ pub(crate) enum Join {
 }
 
 impl Shared {
-    pub fn count(counter: &Counter) {
+    pub(crate) fn count(counter: &Counter) {
         counter.add(1);
     }
 
     /// Counts a failed store call and reports it to the operator (rate-limited: see
     /// [`Outage`]). Every step's store failure goes through here.
-    pub fn store_failed(&self, op: StoreOp, error: &dyn std::fmt::Display) {
+    pub(crate) fn store_failed(&self, op: StoreOp, error: &dyn std::fmt::Display) {
         Self::count(&self.store_errors);
         self.outage.failed(op, error);
     }
 
     /// Reports a store call that succeeded (the end of an outage, if there was one).
-    pub fn store_answered(&self) {
+    pub(crate) fn store_answered(&self) {
         self.outage.succeeded();
     }
 
     /// Joins the in-flight miss on `key` (the primary key, or a variant's key when the
     /// request's variant is known), or starts one.
-    pub fn join(self: &Arc<Self>, primary: &str, key: &str) -> Join {
+    pub(crate) fn join(self: &Arc<Self>, primary: &str, key: &str) -> Join {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = flights.get(key) {
             return Join::Waiter(flight.tx.subscribe());
@@ -200,7 +200,7 @@ impl Shared {
     /// invalidated: its misses in flight are detached (see [`Shared::cancel`]), every fetch
     /// of it in flight will not be stored (or undoes its write, see [`Fill`]), and its
     /// hit-for-pass marker goes.
-    pub fn forget(&self, primary: &str) {
+    pub(crate) fn forget(&self, primary: &str) {
         self.unpass(primary);
         self.cancel(primary);
         let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,7 +211,7 @@ impl Shared {
 
     /// Registers a fetch of the URL with primary key `primary` whose response may be stored:
     /// an invalidation of the URL from now on marks it. Call before the request goes upstream.
-    pub fn start_fill(self: &Arc<Self>, primary: &str) -> Fill {
+    pub(crate) fn start_fill(self: &Arc<Self>, primary: &str) -> Fill {
         let state = Arc::new(FillState::default());
         let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
         fills
@@ -227,12 +227,12 @@ impl Shared {
 
     /// How many fetches are registered now (for tests: the registry empties as they end).
     #[cfg(test)]
-    pub fn fills_in_flight(&self) -> usize {
+    pub(crate) fn fills_in_flight(&self) -> usize {
         let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
         fills.values().map(Vec::len).sum()
     }
 
-    pub fn is_pass(&self, key: &str) -> bool {
+    pub(crate) fn is_pass(&self, key: &str) -> bool {
         let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
         match passes.get(key) {
             Some(until) if *until > Instant::now() => true,
@@ -244,7 +244,7 @@ impl Shared {
         }
     }
 
-    pub fn pass(&self, key: &str, duration: Option<Duration>) {
+    pub(crate) fn pass(&self, key: &str, duration: Option<Duration>) {
         let Some(duration) = duration.filter(|d| !d.is_zero()) else {
             return;
         };
@@ -259,18 +259,18 @@ impl Shared {
         passes.insert(key.to_owned(), now + duration);
     }
 
-    pub fn unpass(&self, key: &str) {
+    pub(crate) fn unpass(&self, key: &str) {
         let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
         passes.remove(key);
     }
 
     /// Claims the background refresh of `key`; false if one is running.
-    pub fn start_refresh(&self, key: &str) -> bool {
+    pub(crate) fn start_refresh(&self, key: &str) -> bool {
         let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
         refreshing.insert(key.to_owned())
     }
 
-    pub fn end_refresh(&self, key: &str) {
+    pub(crate) fn end_refresh(&self, key: &str) {
         let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
         refreshing.remove(key);
     }
@@ -287,12 +287,12 @@ pub(crate) struct FlightGuard {
 impl FlightGuard {
     /// Hands the stored response to the waiters (and to requests that arrive before the
     /// guard is dropped).
-    pub fn publish(&self, handover: Handover) {
+    pub(crate) fn publish(&self, handover: Handover) {
         self.flight.tx.send_replace(Some(handover));
     }
 
     /// Whether the key was invalidated while this miss was in flight.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.flight.cancelled.load(Ordering::SeqCst)
     }
 }

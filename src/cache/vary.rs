@@ -211,25 +211,25 @@ impl std::fmt::Debug for VaryNormalisers {
 
 impl VaryNormalisers {
     /// Registers (or replaces) the normaliser of `name`.
-    pub fn insert(&mut self, name: HeaderName, normaliser: Arc<dyn VaryNormaliser>) {
+    pub(crate) fn insert(&mut self, name: HeaderName, normaliser: Arc<dyn VaryNormaliser>) {
         self.0.retain(|(n, _)| *n != name);
         self.0.push((name, normaliser));
     }
 
-    pub fn get(&self, name: &HeaderName) -> Option<&dyn VaryNormaliser> {
+    pub(crate) fn get(&self, name: &HeaderName) -> Option<&dyn VaryNormaliser> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, normaliser)| &**normaliser)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Rewrites a request's headers to their normalised values, so the origin answers the
     /// variant the response will be filed under.
-    pub fn rewrite(&self, headers: &mut HeaderMap) {
+    pub(crate) fn rewrite(&self, headers: &mut HeaderMap) {
         for (name, normaliser) in &self.0 {
             let value = normaliser.normalise(&combined(name, headers));
             if value.is_empty() {

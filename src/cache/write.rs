@@ -54,7 +54,12 @@ pub(crate) struct Admission {
 
 impl Admission {
     /// The record to store, once the body is known.
-    pub fn record(&self, status: StatusCode, body: Bytes, trailers: Option<HeaderMap>) -> Record {
+    pub(super) fn record(
+        &self,
+        status: StatusCode,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+    ) -> Record {
         Record {
             identity: self.variant.clone(),
             status,

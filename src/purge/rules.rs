@@ -372,17 +372,17 @@ pub(crate) struct Targets {
 }
 
 impl Targets {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.tags.is_empty() && self.keys.is_empty()
     }
 
-    pub fn add_tag(&mut self, tag: String) {
+    pub(crate) fn add_tag(&mut self, tag: String) {
         if !self.tags.contains(&tag) {
             self.tags.push(tag);
         }
     }
 
-    pub fn add_key(&mut self, key: String) {
+    pub(crate) fn add_key(&mut self, key: String) {
         if !self.keys.contains(&key) {
             self.keys.push(key);
         }
@@ -400,7 +400,7 @@ pub(crate) struct CompiledRule {
 
 impl CompiledRule {
     /// Adds this rule's tags and keys for `method path` to `targets`; whether it matched.
-    pub fn apply(&self, method: &Method, path: &str, targets: &mut Targets) -> bool {
+    pub(crate) fn apply(&self, method: &Method, path: &str, targets: &mut Targets) -> bool {
         if !self.methods.contains(method) {
             return false;
         }
@@ -489,7 +489,7 @@ pub(crate) struct CompiledEventRule {
 impl CompiledEventRule {
     /// Adds this rule's tags and keys for `payload` to `targets`, or names the first missing
     /// field (and adds nothing).
-    pub fn apply<'a>(
+    pub(crate) fn apply<'a>(
         &'a self,
         payload: &serde_json::Value,
         targets: &mut Targets,

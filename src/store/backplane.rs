@@ -70,7 +70,7 @@ pub(crate) struct BusShared {
 }
 
 impl BusShared {
-    pub fn new(channel: String) -> Arc<Self> {
+    pub(super) fn new(channel: String) -> Arc<Self> {
         Arc::new(BusShared {
             instance: rand::random(),
             channel,
@@ -82,7 +82,7 @@ impl BusShared {
         })
     }
 
-    pub fn encode(&self, op: BusOp) -> Vec<u8> {
+    pub(super) fn encode(&self, op: BusOp) -> Vec<u8> {
         serde_json::to_vec(&BusMessage {
             src: self.instance,
             op,

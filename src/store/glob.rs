@@ -8,7 +8,7 @@
 use super::StoreError;
 
 /// Longest pattern accepted, in bytes.
-pub const MAX_PATTERN_LEN: usize = 1024;
+pub(super) const MAX_PATTERN_LEN: usize = 1024;
 
 /// A validated glob pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]

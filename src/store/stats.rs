@@ -110,26 +110,26 @@ pub(crate) struct Counters {
 
 #[cfg(any(feature = "memory", feature = "redis"))]
 impl Counters {
-    pub fn hit(&self, stale: bool) {
+    pub(super) fn hit(&self, stale: bool) {
         self.hits.add(1);
         if stale {
             self.stale_hits.add(1);
         }
     }
 
-    pub fn add(counter: &Counter, n: u64) {
+    pub(super) fn add(counter: &Counter, n: u64) {
         counter.add(n);
     }
 
     #[cfg(feature = "redis")]
-    pub fn error(&self, error: &super::StoreError) {
+    pub(super) fn error(&self, error: &super::StoreError) {
         self.errors.add(1);
         if matches!(error, super::StoreError::Timeout { .. }) {
             self.timeouts.add(1);
         }
     }
 
-    pub fn snapshot(&self) -> StoreStats {
+    pub(super) fn snapshot(&self) -> StoreStats {
         StoreStats {
             hits: self.hits.get(),
             stale_hits: self.stale_hits.get(),

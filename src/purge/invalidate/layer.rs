@@ -163,11 +163,11 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self) -> InvalidateStats {
+    pub(crate) fn snapshot(&self) -> InvalidateStats {
         InvalidateStats {
             rule_firings: self.rule_firings.load(Relaxed),
             header_invalidations: self.header_invalidations.load(Relaxed),
