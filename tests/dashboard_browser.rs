@@ -280,3 +280,42 @@ async fn chromium_shows_missing_parts_and_a_failing_data_endpoint_as_stale() {
         "each part says so: {rendered}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_opens_a_token_guarded_dashboard_with_the_token_as_basic_auth_password() {
+    use axum::Router;
+    use tower_strata::dashboard::Dashboard;
+
+    let Some(binary) = chromium_or_skip(
+        "chromium_opens_a_token_guarded_dashboard_with_the_token_as_basic_auth_password",
+    ) else {
+        return;
+    };
+    let dashboard = Dashboard::new().bearer_token("t0ken").unwrap();
+    let app = Router::new().nest_service("/dashboard", dashboard);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app).into_future());
+    let open = |credentials: &'static str| {
+        let url = format!("http://{credentials}{addr}/dashboard");
+        let binary = binary.clone();
+        async move { chromium(&binary, &url, &["--virtual-time-budget=5000", "--dump-dom"]).await }
+    };
+
+    // A browser sends the user and the token the URL names (as a person would type them
+    // into the prompt the `401`'s `WWW-Authenticate: Basic` brings up), for the page and
+    // for the data the page fetches.
+    let dom = open("operator:t0ken@").await;
+    let excerpt: String = dom.chars().take(2_000).collect();
+    assert!(
+        dom.contains("<span id=\"status\" class=\"\">live · updated"),
+        "the page and its data loaded: {excerpt}"
+    );
+    // Without the token, or with a wrong one, the browser gets no dashboard (headless, it
+    // renders nothing: it would ask its user for a user name and password).
+    for credentials in ["", "operator:nope@"] {
+        let dom = open(credentials).await;
+        assert!(!dom.contains("id=\"status\""), "{credentials:?}: {dom}");
+    }
+    server.abort();
+}

@@ -41,9 +41,10 @@
 //! health errors. Put it behind the purge layer's bearer token ([`Dashboard::bearer_token`],
 //! compared in constant time), any [`Authorize`](crate::purge::Authorize) policy
 //! ([`Dashboard::authorize`], which sees the extensions an authentication layer in front left),
-//! or any tower auth layer around the service. A browser sends no bearer token by itself: reach
-//! a token-protected dashboard through a proxy that adds the header, or protect it with a
-//! policy on the session the app's own authentication establishes.
+//! or any tower auth layer around the service. A browser cannot send a bearer token, so the
+//! token is also accepted as Basic authentication's password (any user name): a browser that
+//! opens a token-protected dashboard gets a `401` offering `WWW-Authenticate: Basic` and asks
+//! its user, scripts keep sending `Authorization: Bearer <token>`.
 //!
 //! # Examples
 //!
@@ -242,10 +243,29 @@ mod tests {
             let response = get(&dashboard, Method::GET, uri).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
             assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
-            assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+            // A browser is offered Basic authentication (the token as the password); scripts
+            // a bearer token.
+            let challenges: Vec<_> = response
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .collect();
+            assert_eq!(
+                challenges,
+                [
+                    "Basic realm=\"dashboard\", charset=\"UTF-8\"",
+                    "Bearer realm=\"dashboard\""
+                ]
+            );
+            // `operator:t0ken`, `anyone:t0ken`, `operator:nope`, `t0ken` (no colon).
             for (authorization, status) in [
                 ("Bearer nope", StatusCode::FORBIDDEN),
                 ("Bearer t0ken", StatusCode::OK),
+                ("Basic b3BlcmF0b3I6dDBrZW4=", StatusCode::OK),
+                ("basic YW55b25lOnQwa2Vu", StatusCode::OK),
+                ("Basic b3BlcmF0b3I6bm9wZQ==", StatusCode::UNAUTHORIZED),
+                ("Basic dDBrZW4=", StatusCode::UNAUTHORIZED),
+                ("Basic !!!", StatusCode::UNAUTHORIZED),
             ] {
                 let request = Request::get(uri)
                     .header("authorization", authorization)

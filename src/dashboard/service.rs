@@ -74,6 +74,9 @@ struct Inner {
     #[cfg(feature = "health")]
     health: Option<crate::health::Health>,
     auth: Option<Arc<dyn Authorize>>,
+    /// Whether a `401` also offers Basic authentication (the built-in token, which a browser
+    /// can send as Basic auth's password).
+    basic: bool,
     history: Arc<Mutex<History>>,
     interval: Duration,
     history_len: usize,
@@ -125,6 +128,7 @@ impl Dashboard {
                 #[cfg(feature = "health")]
                 health: None,
                 auth: None,
+                basic: false,
                 history: Arc::new(Mutex::new(History::new(
                     DEFAULT_HISTORY_LEN,
                     DEFAULT_SAMPLE_INTERVAL,
@@ -199,12 +203,18 @@ impl Dashboard {
     /// `401` (with `WWW-Authenticate: Bearer`) or `403` otherwise, for the page and the data.
     pub fn authorize(self, policy: impl Authorize) -> Self {
         let policy: Arc<dyn Authorize> = Arc::new(policy);
-        self.with(|i| i.auth = Some(policy))
+        self.with(|i| {
+            i.auth = Some(policy);
+            i.basic = false;
+        })
     }
 
-    /// Answers only requests bearing `Authorization: Bearer <token>`, compared in constant time
-    /// as the purge layer compares its token (give both the same token to have one operator
-    /// secret).
+    /// Answers only requests bearing the token: `Authorization: Bearer <token>` (scripts,
+    /// `curl`), or Basic authentication with the token as the password and any user name (a
+    /// browser, which cannot send a bearer token: it asks for them when a `401` offers
+    /// `WWW-Authenticate: Basic`). Compared in constant time as the purge layer compares its
+    /// token (give both the same token to have one operator secret). A wrong bearer token is
+    /// `403`; a wrong Basic password is `401` again, so the browser asks again.
     ///
     /// # Errors
     ///
@@ -214,7 +224,9 @@ impl Dashboard {
             DashboardConfigError::new(DashboardConfigErrorKind::Token, e.message().to_owned())
                 .with_source(e)
         })?;
-        Ok(self.authorize(token))
+        Ok(self
+            .authorize(OperatorToken(token))
+            .with(|i| i.basic = true))
     }
 
     /// How often the charts get a sample (one second by default) and how many intervals they
@@ -471,7 +483,16 @@ impl Dashboard {
                 Authorization::Forbidden => return text(StatusCode::FORBIDDEN, "forbidden\n"),
                 _ => {
                     let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-                    response.headers_mut().insert(
+                    let headers = response.headers_mut();
+                    if self.inner.basic {
+                        headers.append(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(
+                                "Basic realm=\"dashboard\", charset=\"UTF-8\"",
+                            ),
+                        );
+                    }
+                    headers.append(
                         header::WWW_AUTHENTICATE,
                         HeaderValue::from_static("Bearer realm=\"dashboard\""),
                     );
@@ -512,5 +533,41 @@ impl Dashboard {
             *response.body_mut() = Full::new(Bytes::new());
         }
         response
+    }
+}
+
+/// The dashboard's built-in token: as a bearer token, or as Basic authentication's password
+/// (RFC 7617), which is what a browser can send.
+#[derive(Debug)]
+struct OperatorToken(crate::purge::BearerToken);
+
+impl Authorize for OperatorToken {
+    fn authorize(&self, request: &http::request::Parts) -> Authorization {
+        let basic = request
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .and_then(|value| {
+                value
+                    .get(..6)
+                    .filter(|scheme| scheme.eq_ignore_ascii_case(b"basic "))
+                    .map(|_| value[6..].trim_ascii())
+            });
+        let Some(credentials) = basic else {
+            return self.0.authorize(request);
+        };
+        use base64::Engine as _;
+        let password = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()
+            .and_then(|decoded| {
+                let colon = decoded.iter().position(|&b| b == b':')?;
+                Some(decoded[colon + 1..].to_vec())
+            });
+        match password {
+            Some(password) if self.0.matches(&password) => Authorization::allow("basic"),
+            // A browser asks its user again only after a `401`.
+            _ => Authorization::Unauthenticated,
+        }
     }
 }

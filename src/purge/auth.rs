@@ -105,6 +105,13 @@ impl std::fmt::Debug for BearerToken {
     }
 }
 
+impl BearerToken {
+    /// Whether `given` is the token, compared in constant time.
+    pub(crate) fn matches(&self, given: &[u8]) -> bool {
+        constant_time_eq(&self.0, given)
+    }
+}
+
 impl Authorize for BearerToken {
     fn authorize(&self, request: &Parts) -> Authorization {
         let Some(value) = request.headers.get(header::AUTHORIZATION) else {
@@ -118,7 +125,7 @@ impl Authorize for BearerToken {
         else {
             return Authorization::Unauthenticated;
         };
-        if constant_time_eq(&self.0, given) {
+        if self.matches(given) {
             Authorization::allow("bearer")
         } else {
             Authorization::Forbidden
