@@ -816,7 +816,7 @@ pub async fn build(config: ShopConfig) -> Result<Shop, BoxError> {
         Some(token) if cached => {
             api = api.route("/admin/purge", axum::routing::post(purge_route));
             // Shares the shop's purger: its stats show every purge, endpoint and writes alike.
-            let purger = cache_layer.purger_with(purger.clone());
+            let purger = cache_layer.purger_from(purger.clone());
             Some(PurgeLayer::new(purger, BearerToken::new(token)?).path("/admin/purge"))
         }
         _ => None,

@@ -58,7 +58,7 @@ impl CheckOutput {
     }
 
     /// Replaces the details.
-    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+    pub fn details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
         self
     }

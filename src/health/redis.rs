@@ -93,7 +93,7 @@ impl HealthCheck for RedisCheck {
                     Ok(conn) => conn,
                     Err(e) => {
                         return CheckOutput::unhealthy(e)
-                            .with_details(serde_json::json!({ "connected": false }));
+                            .details(serde_json::json!({ "connected": false }));
                     }
                 },
             };
@@ -114,15 +114,15 @@ impl HealthCheck for RedisCheck {
                     CheckOutput::healthy(details(true))
                 }
                 Ok(Ok(reply)) => CheckOutput::unhealthy(format!("unexpected PING reply {reply:?}"))
-                    .with_details(details(true)),
+                    .details(details(true)),
                 Ok(Err(e)) => {
-                    CheckOutput::unhealthy(format!("PING failed: {e}")).with_details(details(false))
+                    CheckOutput::unhealthy(format!("PING failed: {e}")).details(details(false))
                 }
                 Err(_) => CheckOutput::unhealthy(format!(
                     "PING timed out after {} ms",
                     self.timeout.as_millis()
                 ))
-                .with_details(details(false)),
+                .details(details(false)),
             }
         })
     }
@@ -240,7 +240,7 @@ impl RedisCheck {
             Ok(reply) => parse_nodes(&reply),
             Err(e) => {
                 return CheckOutput::unhealthy(format!("no Cluster node answered: {e}"))
-                    .with_details(serde_json::json!({ "cluster": true, "nodes": [] }));
+                    .details(serde_json::json!({ "cluster": true, "nodes": [] }));
             }
         };
         let pings = nodes.iter().map(|node| async move {
@@ -277,7 +277,7 @@ impl RedisCheck {
         }
         let details = serde_json::json!({ "cluster": true, "nodes": report });
         if masters_up == 0 {
-            CheckOutput::unhealthy("no Redis Cluster master answers").with_details(details)
+            CheckOutput::unhealthy("no Redis Cluster master answers").details(details)
         } else if !down.is_empty() {
             CheckOutput::degraded(
                 details,

@@ -75,7 +75,7 @@ where
             let fail = |details: &mut serde_json::Value, error: String| {
                 details["acquire_timeouts"] = self.acquire_timeouts.load(Ordering::Relaxed).into();
                 details["failures"] = (self.failures.fetch_add(1, Ordering::Relaxed) + 1).into();
-                CheckOutput::unhealthy(error).with_details(details.take())
+                CheckOutput::unhealthy(error).details(details.take())
             };
 
             let start = Instant::now();

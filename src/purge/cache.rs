@@ -54,7 +54,7 @@ impl<St: StoreExt> CacheLayer<St> {
     ///
     /// With a [`CacheLayer::private_store`], [`CachePurger::purge_principal`] reaches it too.
     pub fn purger(&self) -> CachePurger {
-        let mut purger = self.purger_with(Purger::new(self.shared_store().clone()));
+        let mut purger = self.purger_from(Purger::new(self.shared_store().clone()));
         purger.private = self.private_store_handle().map(|s| Purger::new(s.clone()));
         purger
     }
@@ -66,7 +66,7 @@ impl<St: Store> CacheLayer<St> {
     /// JSON `keys` list) then also forget this cache's in-process state of the URL, as
     /// [`CachePurger::purge_url`] does. It does not reach a
     /// [`CacheLayer::private_store`]: use [`CacheLayer::purger`] for that.
-    pub fn purger_with(&self, purger: Purger) -> CachePurger {
+    pub fn purger_from(&self, purger: Purger) -> CachePurger {
         let invalidator = self.invalidator();
         CachePurger {
             purger: purger.with_cache(invalidator.clone()),
@@ -91,7 +91,7 @@ impl CachePurger {
     /// [`PurgeError::InvalidHost`] when the URI's authority (or `Host`) is not a valid
     /// `host[:port]`; the store's error, the in-process bookkeeping done all the same.
     pub async fn purge_url(&self, uri: &Uri, headers: &HeaderMap) -> Result<u64, PurgeError> {
-        self.purge_url_with_part(uri, headers, None).await
+        self.purge_url_for_part(uri, headers, None).await
     }
 
     /// [`CachePurger::purge_url`] for entries stored under a [`KeyPart`] (tenant, locale).
@@ -101,7 +101,7 @@ impl CachePurger {
     /// # Errors
     ///
     /// As [`CachePurger::purge_url`].
-    pub async fn purge_url_with_part(
+    pub async fn purge_url_for_part(
         &self,
         uri: &Uri,
         headers: &HeaderMap,

@@ -243,16 +243,16 @@ impl Purger {
     /// This purger in soft mode: its purges mark entries stale instead of removing them. Shares
     /// stats with `self`.
     pub fn soft(&self) -> Purger {
-        self.with_mode(PurgeMode::Soft)
+        self.in_mode(PurgeMode::Soft)
     }
 
     /// This purger in hard mode (the default). Shares stats with `self`.
     pub fn hard(&self) -> Purger {
-        self.with_mode(PurgeMode::Hard)
+        self.in_mode(PurgeMode::Hard)
     }
 
     /// This purger with the given mode. Shares stats with `self`.
-    pub fn with_mode(&self, mode: PurgeMode) -> Purger {
+    pub fn in_mode(&self, mode: PurgeMode) -> Purger {
         Purger {
             mode,
             ..self.clone()

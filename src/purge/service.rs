@@ -192,7 +192,7 @@ async fn purge_url(
     let url = parts.uri.to_string();
     let part = parts.extensions.get::<KeyPart>();
     match urls
-        .purge_url_with_part(&parts.uri, &parts.headers, part)
+        .purge_url_for_part(&parts.uri, &parts.headers, part)
         .await
     {
         Ok(purged) => {

@@ -168,7 +168,7 @@ pub use entry::{Entry, Limits, SetOptions};
 pub use error::{StoreConfigError, StoreConfigErrorKind, StoreError};
 pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern, RegexPattern};
 pub use stats::{BreakerState, StoreStats};
-pub use typed::{CacheError, ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder, TypedCache};
+pub use typed::{ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder, TypedCache, TypedCacheError};
 
 #[cfg(all(feature = "redis", feature = "health"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "health"))))]

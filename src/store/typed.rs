@@ -24,7 +24,7 @@ const CODEC_JSON_LZ4: u8 = 1;
 /// An error from the typed [`TypedCache`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum CacheError {
+pub enum TypedCacheError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -39,13 +39,14 @@ pub enum CacheError {
 /// The error of [`TypedCache::get_or_compute`]: the compute function's own error, shared by every
 /// caller that waited for it, or a cache error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ComputeError<E> {
     /// The compute function failed; every waiter gets the same error and nothing was cached.
     #[error("the compute function failed")]
     Compute(Arc<E>),
     /// Encoding or decoding failed.
     #[error(transparent)]
-    Cache(#[from] CacheError),
+    Cache(#[from] TypedCacheError),
 }
 
 #[derive(Clone)]
@@ -138,9 +139,9 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// # Errors
     ///
-    /// [`CacheError::Store`] from the store, [`CacheError::Decode`] when the stored bytes are
+    /// [`TypedCacheError::Store`] from the store, [`TypedCacheError::Decode`] when the stored bytes are
     /// not a `T`.
-    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TypedCacheError> {
         match self.store.get(key).await? {
             Some(entry) => decode(entry.value()).map(Some),
             None => Ok(None),
@@ -151,14 +152,14 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// # Errors
     ///
-    /// [`CacheError::Encode`] or [`CacheError::Store`] (limits included).
+    /// [`TypedCacheError::Encode`] or [`TypedCacheError::Store`] (limits included).
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
         options: &SetOptions,
-    ) -> Result<(), CacheError> {
-        let bytes = encode(value, self.compress_above).map_err(CacheError::Encode)?;
+    ) -> Result<(), TypedCacheError> {
+        let bytes = encode(value, self.compress_above).map_err(TypedCacheError::Encode)?;
         Ok(self.store.set(key, bytes, options).await?)
     }
 
@@ -171,7 +172,7 @@ impl<S: Store + Clone> TypedCache<S> {
         &self,
         key: &str,
         value: &T,
-    ) -> Result<(), CacheError> {
+    ) -> Result<(), TypedCacheError> {
         self.set(key, value, &self.defaults.clone()).await
     }
 
@@ -179,8 +180,8 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// # Errors
     ///
-    /// [`CacheError::Store`].
-    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+    /// [`TypedCacheError::Store`].
+    pub async fn delete(&self, key: &str) -> Result<bool, TypedCacheError> {
         Ok(self.store.delete(key).await?)
     }
 
@@ -255,7 +256,7 @@ impl<S: Store + Clone> TypedCache<S> {
                         Ok(e) => Err(ComputeError::Compute(e)),
                         Err(_) => unreachable!("flights are keyed by the error type"),
                     },
-                    FlightError::Encode(e) => Err(CacheError::Encode(e).into()),
+                    FlightError::Encode(e) => Err(TypedCacheError::Encode(e).into()),
                 }
             }
         }
@@ -313,25 +314,29 @@ fn encode<T: Serialize + ?Sized>(
     Ok(out.freeze())
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CacheError> {
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TypedCacheError> {
     let (codec, body) = bytes
         .split_first()
-        .ok_or_else(|| CacheError::Decode("empty value".into()))?;
+        .ok_or_else(|| TypedCacheError::Decode("empty value".into()))?;
     match *codec {
-        CODEC_JSON => serde_json::from_slice(body).map_err(|e| CacheError::Decode(e.to_string())),
+        CODEC_JSON => {
+            serde_json::from_slice(body).map_err(|e| TypedCacheError::Decode(e.to_string()))
+        }
         CODEC_JSON_LZ4 => {
             #[cfg(feature = "compression")]
             {
                 let raw = lz4_flex::decompress_size_prepended(body)
-                    .map_err(|e| CacheError::Decode(e.to_string()))?;
-                serde_json::from_slice(&raw).map_err(|e| CacheError::Decode(e.to_string()))
+                    .map_err(|e| TypedCacheError::Decode(e.to_string()))?;
+                serde_json::from_slice(&raw).map_err(|e| TypedCacheError::Decode(e.to_string()))
             }
             #[cfg(not(feature = "compression"))]
-            Err(CacheError::Decode(
+            Err(TypedCacheError::Decode(
                 "value is LZ4-compressed but the `compression` feature is off".into(),
             ))
         }
-        other => Err(CacheError::Decode(format!("unknown codec byte {other}"))),
+        other => Err(TypedCacheError::Decode(format!(
+            "unknown codec byte {other}"
+        ))),
     }
 }
 
