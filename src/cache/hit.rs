@@ -19,7 +19,7 @@ use super::lookup::{Decoded, HitHeaders, decoded};
 use super::record::{Record, Stored};
 use super::scope::CacheScope;
 use super::serve::serve_record;
-use super::status::{self, CACHE_STATUS, Outcome};
+use super::status::{CACHE_STATUS, Outcome};
 use crate::store::entry::clock_micros;
 use crate::store::{Entry, Store};
 
@@ -88,8 +88,7 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
         if !matches {
             return None;
         }
-        status::trace_key(key);
-        respond(ctx, &decoded, record, &entry, method, headers)
+        respond(ctx, &decoded, record, &entry, method, headers, key)
     })
 }
 
@@ -101,6 +100,7 @@ fn respond<St, RB>(
     entry: &Entry,
     method: &Method,
     headers: &http::HeaderMap,
+    key: &str,
 ) -> Option<Resp<RB>> {
     if entry.is_soft_purged() {
         return None;
@@ -143,7 +143,7 @@ fn respond<St, RB>(
             (h.age, h.status)
         }
     };
-    outcome.count(&ctx.shared);
+    outcome.count_for(&ctx.shared, Some(key));
     let Some(template) = &decoded.hit_template else {
         return Some(serve_record(record, method, headers, age, status));
     };

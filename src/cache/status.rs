@@ -221,12 +221,21 @@ impl Outcome {
     /// Counts this outcome: every request the cache looked at counts once, in one counter of
     /// [`CacheStats`](super::CacheStats) and in the `strata.cache.requests` metric.
     pub(crate) fn count(&self, shared: &Shared) {
+        self.count_for(shared, None);
+    }
+
+    /// [`Outcome::count`], and the request's key hash recorded on its span in the same look
+    /// at the span (the fast hit path, which knows the key only there).
+    pub(crate) fn count_for(&self, shared: &Shared, key: Option<&str>) {
         let figure = self.figure();
         shared.figures.request(figure);
         let (outcome, reason) = Self::FIGURES[figure];
         on_span(|span| {
             span.record("cache.outcome", &outcome);
             span.record("cache.reason", &reason);
+            if let Some(key) = key {
+                span.record_key(key);
+            }
         });
         let counter = match self {
             Outcome::Hit { .. } | Outcome::RefreshAhead { .. } => &shared.hits,
@@ -292,21 +301,24 @@ impl SpanFields<'_> {
     fn declares(&self, name: &str) -> bool {
         self.metadata.fields().field(name).is_some()
     }
-}
 
-/// Records the request's key on its current span, as a hash (keys hold URLs and cookie
-/// values, which do not belong in traces).
-pub(crate) fn trace_key(key: &str) {
-    on_span(|span| {
-        if !span.declares("cache.key_hash") {
+    /// Records a hash of `key` as `cache.key_hash`, if the span declared it.
+    fn record_key(&self, key: &str) {
+        if !self.declares("cache.key_hash") {
             return;
         }
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
         key.hash(&mut hasher);
         let hash = format!("{:016x}", hasher.finish());
-        span.record("cache.key_hash", &hash.as_str());
-    });
+        self.record("cache.key_hash", &hash.as_str());
+    }
+}
+
+/// Records the request's key on its current span, as a hash (keys hold URLs and cookie
+/// values, which do not belong in traces).
+pub(crate) fn trace_key(key: &str) {
+    on_span(|span| span.record_key(key));
 }
 
 /// Records on the request's current span whether its response is being stored, and why not.
