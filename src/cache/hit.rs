@@ -14,7 +14,7 @@ use http::{Method, Request, Response};
 use super::body::{CacheBody, Resp};
 use super::conditional::has_conditionals;
 use super::ctx::Ctx;
-use super::key::{self, vary_names};
+use super::key;
 use super::lookup::{Decoded, HitHeaders, decoded};
 use super::record::{Record, Stored};
 use super::scope::CacheScope;
@@ -79,11 +79,11 @@ pub(crate) fn try_hit<St: Store, B, RB>(ctx: &Ctx<St>, request: &Request<B>) -> 
         };
         // A hashed key that collided, or a variant stored under the primary key: the general
         // path decides (the comparison allocates only for a `Vary`'d record).
-        let names = vary_names(&record.headers);
+        let names = &decoded.vary;
         let matches = if names.is_empty() {
             record.identity == identity
         } else {
-            record.identity == config.key.select_variant(identity, &names, headers)
+            record.identity == config.key.select_variant(identity, names, headers)
         };
         if !matches {
             return None;

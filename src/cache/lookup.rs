@@ -192,6 +192,9 @@ pub(crate) struct Decoded {
     /// `Age` and `Cache-Status` of a plain hit, for the second they were made in: a hot entry
     /// formats them once a second, not once a hit.
     pub hit_headers: Mutex<Option<HitHeaders>>,
+    /// The `Vary` names of a stored response (sorted, deduplicated): read once per entry, not
+    /// once per hit.
+    pub vary: Vec<HeaderName>,
 }
 
 /// The per-hit header values of one second of a stored response's life.
@@ -209,6 +212,10 @@ pub(crate) fn decoded(entry: &Entry, key: &str) -> Option<Arc<Decoded>> {
             hit_template: match &stored {
                 Stored::Response(record) => Some(hit_template(record)),
                 Stored::Vary { .. } => None,
+            },
+            vary: match &stored {
+                Stored::Response(record) => key::vary_names(&record.headers),
+                Stored::Vary { .. } => Vec::new(),
             },
             stored,
             hit_headers: Mutex::new(None),
