@@ -1,8 +1,9 @@
 //! [`RedisStore`]: a shared store on Redis, with timeouts on every command and a pub/sub
 //! backplane.
 //!
-//! - `mod.rs`: the store, its reads and writes, the command runner (timeout and breaker) and
-//!   the write fence;
+//! - `mod.rs`: the store, its reads and writes and the write fence;
+//! - `calls.rs`: how every call runs: the command timeout, the breaker (per node on a
+//!   Cluster), the read soft timeout, the breaker's probe, the call's span and figures;
 //! - `builder.rs`: [`RedisStoreBuilder`], and the tasks a store starts;
 //! - `connection.rs`: one server or a Cluster behind one connection type, batches split per
 //!   slot;
@@ -14,7 +15,6 @@
 //! - `scripts.rs`: the Lua scripts.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 mod builder;
+mod calls;
 mod check;
 mod cleanup;
 #[cfg(feature = "redis-cluster")]
@@ -49,7 +50,7 @@ use super::{
     Entry, KeyPattern, Limits, Pattern, PurgeMode, SetOptions, Store, StoreError, StoreExt,
     StoreStats,
 };
-use crate::instruments::{CallResult, RemoteOps};
+use crate::instruments::RemoteOps;
 
 /// Keys unlinked per pipeline by background clean-up and pattern deletes.
 const BATCH: usize = 500;
@@ -234,210 +235,6 @@ impl RedisStore {
 
     fn index_key(&self, tag: &str) -> String {
         format!("{}:i:{tag}", self.inner.prefix)
-    }
-
-    /// Runs a Redis call under the command timeout and the circuit breaker, counting
-    /// failures, in a `store.call` span (OpenTelemetry's `db.*` fields) and timed on the
-    /// `metrics` facade. The call is a future not yet polled: refused by an open breaker, it
-    /// is dropped without sending anything.
-    async fn run<T>(
-        &self,
-        op: &'static str,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        let span = tracing::debug_span!(
-            "store.call",
-            db.system = "redis",
-            db.operation.name = op,
-            store.backend = if self.inner.conn.is_cluster() { "redis-cluster" } else { "redis" },
-            store.result = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        let began = tokio::time::Instant::now();
-        let result =
-            tracing::Instrument::instrument(self.run_bounded(op, call), span.clone()).await;
-        let outcome = CallResult::of(&result);
-        self.inner.ops.record(op, outcome, Some(began.elapsed()));
-        span.record("store.result", outcome.as_str());
-        if outcome != CallResult::Ok {
-            span.record("error.type", outcome.as_str());
-        }
-        result
-    }
-
-    /// [`run`](Self::run) without the span and the figures.
-    async fn run_bounded<T>(
-        &self,
-        op: &'static str,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        let ticket = match self.inner.breaker.as_ref().map(Breaker::admit) {
-            Some(Err(_)) => return Err(StoreError::CircuitOpen { op }),
-            Some(Ok(ticket)) => Some(ticket),
-            None => None,
-        };
-        // On a Cluster each node call is bounded by the timeout under its node's breaker; this
-        // bound leaves room for them (and a redirection) so that they, not it, fire first.
-        let bound = if self.inner.conn.is_cluster() {
-            self.inner.timeout * 2 + Duration::from_millis(50)
-        } else {
-            self.inner.timeout
-        };
-        let (result, backend_down) = match tokio::time::timeout(bound, call).await {
-            Ok(Ok(value)) => {
-                if let Some(ticket) = ticket {
-                    ticket.success();
-                }
-                return Ok(value);
-            }
-            #[cfg(feature = "redis-cluster")]
-            Ok(Err(e)) if cluster::is_circuit_open(&e) => {
-                return Err(StoreError::CircuitOpen { op });
-            }
-            Ok(Err(e)) if e.is_timeout() => (
-                StoreError::Timeout {
-                    op,
-                    after: self.inner.timeout,
-                },
-                true,
-            ),
-            Ok(Err(e)) => {
-                // An answer (a script or type error) says the server is there.
-                let down = connection::backend_down(&e);
-                (StoreError::backend(op, e), down)
-            }
-            Err(_) => (
-                StoreError::Timeout {
-                    op,
-                    after: self.inner.timeout,
-                },
-                true,
-            ),
-        };
-        if let Some(ticket) = ticket {
-            if backend_down {
-                ticket.failure();
-            } else {
-                ticket.success();
-            }
-        }
-        self.inner.counters.error(&result);
-        Err(result)
-    }
-
-    /// The state of the circuit breaker on the store's commands (`None` when turned off). On a
-    /// Cluster, the worst of its masters' breakers: `Open` when one master's is open, though
-    /// the other masters' slots still answer ([`StoreStats::nodes`] has each).
-    pub fn breaker_state(&self) -> Option<BreakerState> {
-        #[cfg(feature = "redis-cluster")]
-        if let RedisConn::Cluster(cluster) = &self.inner.conn {
-            return cluster.breaker_state();
-        }
-        self.inner.breaker.as_ref().map(Breaker::state)
-    }
-
-    /// Calls refused by the breakers, and how many times they opened.
-    pub(crate) fn breaker_counts(&self) -> (u64, u64) {
-        #[cfg(feature = "redis-cluster")]
-        if let RedisConn::Cluster(cluster) = &self.inner.conn {
-            return cluster.breaker_counts();
-        }
-        self.inner
-            .breaker
-            .as_ref()
-            .map_or((0, 0), |b| (b.rejected(), b.opened()))
-    }
-
-    /// Each Cluster master's breaker, by address (empty on a server).
-    pub(crate) fn node_states(&self) -> Vec<(String, BreakerState)> {
-        #[cfg(feature = "redis-cluster")]
-        if let RedisConn::Cluster(cluster) = &self.inner.conn {
-            return cluster.master_states();
-        }
-        Vec::new()
-    }
-
-    /// Changes each time the breaker closes (on a Cluster, any node's; `None` without
-    /// breakers).
-    #[cfg(feature = "memory")]
-    pub(crate) fn breaker_closings(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        #[cfg(feature = "redis-cluster")]
-        if let RedisConn::Cluster(cluster) = &self.inner.conn {
-            return cluster.closings().into();
-        }
-        self.inner.breaker.as_ref().map(Breaker::closings)
-    }
-
-    /// The background probe: once an open breaker's cool-down has passed, a `PING` under its
-    /// probe ticket, whose answer closes it (on a Cluster, each node's, and the slot map is
-    /// asked for again). No caller's request is ever the probe.
-    async fn probe(&self) {
-        #[cfg(feature = "redis-cluster")]
-        if let RedisConn::Cluster(cluster) = &self.inner.conn {
-            cluster.probe().await;
-            return;
-        }
-        let Some(ticket) = self.inner.breaker.as_ref().and_then(Breaker::probe) else {
-            return;
-        };
-        let mut conn = self.inner.conn.clone();
-        let ping = redis::cmd("PING");
-        let pong = ping.query_async::<redis::Value>(&mut conn);
-        match tokio::time::timeout(self.inner.timeout, pong).await {
-            Ok(Ok(_)) => ticket.success(),
-            Ok(Err(e)) if !connection::backend_down(&e) => ticket.success(),
-            _ => ticket.failure(),
-        }
-    }
-
-    /// Refuses a call on `key` at once when its breaker (the store's, or on a Cluster its
-    /// master's) is open, before anything is built for it: no encoding, no boxed future, no
-    /// timer. `run` refuses the same calls; this only makes the refusal cheap on the paths a
-    /// cache takes for every request (a lookup, a write).
-    fn shed(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
-        #[cfg(feature = "redis-cluster")]
-        if let RedisConn::Cluster(cluster) = &self.inner.conn {
-            return match cluster.refuses(self.key(key).as_bytes()) {
-                true => {
-                    self.inner.ops.record(op, CallResult::BreakerOpen, None);
-                    Err(StoreError::CircuitOpen { op })
-                }
-                false => Ok(()),
-            };
-        }
-        let _ = key;
-        match &self.inner.breaker {
-            Some(breaker) if breaker.is_open() && breaker.admit().is_err() => {
-                self.inner.ops.record(op, CallResult::BreakerOpen, None);
-                Err(StoreError::CircuitOpen { op })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs a read under the read soft timeout: past it the caller gets
-    /// [`StoreError::Timeout`] (and goes to its origin) while the call finishes in the
-    /// background, so the breaker still learns whether Redis answers.
-    async fn soft_bounded<T, Fut>(&self, op: &'static str, read: Fut) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        let Some(soft) = self.inner.read_soft_timeout else {
-            return read.await;
-        };
-        let mut read = Box::pin(read);
-        tokio::select! {
-            biased;
-            result = &mut read => result,
-            () = tokio::time::sleep(soft) => {
-                tokio::spawn(read);
-                let e = StoreError::Timeout { op, after: soft };
-                self.inner.counters.error(&e);
-                self.inner.ops.record(op, CallResult::SoftTimeout, Some(soft));
-                Err(e)
-            }
-        }
     }
 
     /// Queues the backplane publish of `op` as the batch's last command, when there is a
