@@ -33,7 +33,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use tower_strata::store::{MemoryStore, SetOptions, Store, TypedCache};
+//! use tower_strata::store::{PurgeMode, MemoryStore, SetOptions, Store, TypedCache};
 //!
 //! let cache = TypedCache::new(MemoryStore::new(64 << 20));
 //! let options = SetOptions::new().ttl(Duration::from_secs(60)).tags(["products"]);
@@ -44,7 +44,7 @@
 //!     })
 //!     .await?;
 //! assert_eq!(price, 2_500);
-//! cache.store().delete_tag("products").await?;
+//! cache.store().purge_tag("products", PurgeMode::Hard).await?;
 //! # Ok(())
 //! # }
 //! ```

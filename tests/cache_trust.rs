@@ -434,7 +434,7 @@ async fn a_flood_of_invalidations_neither_stops_storing_nor_leaves_marks() {
 
 #[tokio::test]
 async fn memory_marks_stay_within_their_bound() {
-    use tower_strata::store::{SetOptions, Store};
+    use tower_strata::store::{PurgeMode, SetOptions, Store};
     // A 1 MiB store keeps at most 1,024 marks.
     let store = MemoryStore::new(1 << 20);
     let old = SetOptions::new()
@@ -445,7 +445,10 @@ async fn memory_marks_stay_within_their_bound() {
         .await
         .unwrap();
     for i in 0..5_000 {
-        store.delete_tag(&format!("t{i}")).await.unwrap();
+        store
+            .purge_tag(&format!("t{i}"), PurgeMode::Hard)
+            .await
+            .unwrap();
     }
     assert!(store.mark_count() <= 1_024, "{}", store.mark_count());
     // Entries older than the marks that were folded away count as purged (a miss, never a
@@ -465,7 +468,7 @@ async fn memory_marks_stay_within_their_bound() {
 #[tokio::test]
 async fn redis_marks_live_as_long_as_what_they_hide() {
     use std::time::{Duration, SystemTime};
-    use tower_strata::store::{RedisStore, SetOptions, Store};
+    use tower_strata::store::{PurgeMode, RedisStore, SetOptions, Store};
     let namespace = support::unique("marks");
     let store = RedisStore::builder(support::redis_url())
         .namespace(&namespace)
@@ -487,7 +490,7 @@ async fn redis_marks_live_as_long_as_what_they_hide() {
     let mark = |tag: &str| format!("{namespace}:m:{tag}");
 
     // A tag with nothing stored: its mark only covers fetches in flight.
-    store.delete_tag("empty").await.unwrap();
+    store.purge_tag("empty", PurgeMode::Hard).await.unwrap();
     let ttl = pttl(mark("empty")).await;
     assert!((1..=3_000).contains(&ttl), "{ttl}");
 
@@ -499,7 +502,7 @@ async fn redis_marks_live_as_long_as_what_they_hide() {
         .set("k", Bytes::from_static(b"v"), &minute)
         .await
         .unwrap();
-    store.delete_tag("full").await.unwrap();
+    store.purge_tag("full", PurgeMode::Hard).await.unwrap();
     let ttl = pttl(mark("full")).await;
     assert!((50_000..=60_000).contains(&ttl), "{ttl}");
 

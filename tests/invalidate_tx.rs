@@ -90,17 +90,11 @@ impl Store for ProbeStore {
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
         self.inner.set(key, value, options).await
     }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.inner.delete_tag(tag).await
-    }
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        self.inner.delete_matching(pattern).await
-    }
     async fn clear(&self) -> Result<u64, StoreError> {
         self.inner.clear().await
+    }
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        self.inner.purge_key(key, mode).await
     }
     async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
         let value = committed_value(&self.pool, &self.table).await;

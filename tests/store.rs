@@ -75,8 +75,8 @@ mod suite {
         // Replace.
         s.set("a", b("beta"), &SetOptions::new()).await.unwrap();
         assert_eq!(s.get("a").await.unwrap().unwrap().value(), &b("beta"));
-        assert!(s.delete("a").await.unwrap());
-        assert!(!s.delete("a").await.unwrap());
+        assert!(s.purge_key("a", PurgeMode::Hard).await.unwrap());
+        assert!(!s.purge_key("a", PurgeMode::Hard).await.unwrap());
         assert!(s.get("a").await.unwrap().is_none());
     }
 
@@ -102,7 +102,7 @@ mod suite {
         s.set("b", b("2"), &both).await.unwrap();
         s.set("c", b("3"), &t2).await.unwrap();
         s.set("d", b("4"), &SetOptions::new()).await.unwrap();
-        assert_eq!(s.delete_tag("t1").await.unwrap(), 2);
+        assert_eq!(s.purge_tag("t1", PurgeMode::Hard).await.unwrap(), 2);
         assert!(s.get("a").await.unwrap().is_none());
         assert!(s.get("b").await.unwrap().is_none());
         assert!(s.get("c").await.unwrap().is_some());
@@ -118,9 +118,9 @@ mod suite {
         tokio::time::sleep(Duration::from_millis(2)).await;
         s.set("a", b("new"), &t1).await.unwrap();
         assert_eq!(s.get("a").await.unwrap().unwrap().value(), &b("new"));
-        assert_eq!(s.delete_tag("never-used").await.unwrap(), 0);
+        assert_eq!(s.purge_tag("never-used", PurgeMode::Hard).await.unwrap(), 0);
         assert!(matches!(
-            s.delete_tag("has space").await,
+            s.purge_tag("has space", PurgeMode::Hard).await,
             Err(StoreError::InvalidTag { .. })
         ));
     }
@@ -132,7 +132,7 @@ mod suite {
             let items: Vec<(&str, Bytes)> = chunk.iter().map(|k| (k.as_str(), b("v"))).collect();
             s.set_many(&items, &options).await.unwrap();
         }
-        assert_eq!(s.delete_tag("big").await.unwrap(), 2_000);
+        assert_eq!(s.purge_tag("big", PurgeMode::Hard).await.unwrap(), 2_000);
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let found = s.get_many(&refs).await.unwrap();
         assert!(
@@ -145,18 +145,30 @@ mod suite {
         for key in ["user:1", "user:2", "user:10", "item:1", "u[1]"] {
             s.set(key, b("v"), &SetOptions::new()).await.unwrap();
         }
+        // A malformed glob never reaches the store: it is refused when parsed.
         assert!(matches!(
-            s.delete_matching("user:[12").await,
+            KeyPattern::glob("user:[12"),
             Err(StoreError::InvalidPattern { .. })
         ));
-        assert!(
-            s.get("user:1").await.unwrap().is_some(),
-            "a bad pattern removes nothing"
+        assert_eq!(
+            s.purge_matching(&KeyPattern::glob("user:?").unwrap(), PurgeMode::Hard)
+                .await
+                .unwrap(),
+            2
         );
-        assert_eq!(s.delete_matching("user:?").await.unwrap(), 2);
         assert!(s.get("user:10").await.unwrap().is_some());
-        assert_eq!(s.delete_matching("u\\[1]").await.unwrap(), 1);
-        assert_eq!(s.delete_matching("*").await.unwrap(), 2);
+        assert_eq!(
+            s.purge_matching(&KeyPattern::glob("u\\[1]").unwrap(), PurgeMode::Hard)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.purge_matching(&KeyPattern::glob("*").unwrap(), PurgeMode::Hard)
+                .await
+                .unwrap(),
+            2
+        );
         assert!(s.get("item:1").await.unwrap().is_none());
     }
 
@@ -274,7 +286,7 @@ mod suite {
         s.get("a").await.unwrap();
         s.get("a").await.unwrap();
         s.get("nope").await.unwrap();
-        s.delete("a").await.unwrap();
+        s.purge_key("a", PurgeMode::Hard).await.unwrap();
         let after = s.stats();
         assert!(after.sets > before.sets);
         assert_eq!(after.hits - before.hits, 2);

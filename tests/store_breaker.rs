@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use tower_strata::cache::CacheLayer;
 use tower_strata::health::{HealthCheck, Status};
 use tower_strata::store::{
-    BreakerSettings, BreakerState, RedisStore, SetOptions, Store, StoreError,
+    BreakerSettings, BreakerState, PurgeMode, RedisStore, SetOptions, Store, StoreError,
 };
 
 use support::cache_http::{get, response, status, upstream};
@@ -252,7 +252,7 @@ async fn an_invalidation_that_missed_a_hung_redis_is_replayed_when_it_answers() 
 
     redis.pause();
     assert!(
-        a.delete("k").await.is_err(),
+        a.purge_key("k", PurgeMode::Hard).await.is_err(),
         "a delete that missed Redis is not reported as done"
     );
     assert_eq!(a.pending_invalidations(), (1, 0));
@@ -373,7 +373,7 @@ async fn a_tiered_store_whose_l1_answers_everything_closes_its_breaker_when_redi
     // Again, with an invalidation waiting: it is replayed as soon as the breaker closes.
     redis.pause();
     open_it().await;
-    assert!(tiered.delete("gone").await.is_err());
+    assert!(tiered.purge_key("gone", PurgeMode::Hard).await.is_err());
     assert_eq!(tiered.pending_invalidations().0, 1);
     redis.resume();
     let replayed = eventually(Duration::from_secs(3), || async {

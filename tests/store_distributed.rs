@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::{PrivateRedis, SilentServer, eventually};
 use tower_strata::store::{
-    MemoryStore, RedisStore, SetOptions, Store, StoreError, StoreExt, TieredStore,
+    KeyPattern, MemoryStore, PurgeMode, RedisStore, SetOptions, Store, StoreError, StoreExt,
+    TieredStore,
 };
 
 /// Two instances' tiered store on `url`, with short timeouts for the tests that kill Redis.
@@ -74,7 +75,7 @@ async fn invalidations_reach_the_other_instance(url: &str) {
         filled.is_some(),
         "B reads it through L2 and its L1 holds a copy"
     );
-    a.delete_tag("products").await.unwrap();
+    a.purge_tag("products", PurgeMode::Hard).await.unwrap();
     let seen = eventually(Duration::from_millis(100), || async {
         b.get("p1").await.unwrap().is_none()
     })
@@ -99,7 +100,7 @@ async fn invalidations_reach_the_other_instance(url: &str) {
     assert!(seen.is_some(), "B sees A's overwrite within 100 ms");
 
     // Delete, pattern and clear.
-    a.delete("k").await.unwrap();
+    a.purge_key("k", PurgeMode::Hard).await.unwrap();
     assert!(
         eventually(Duration::from_millis(100), || async {
             b.get("k").await.unwrap().is_none()
@@ -111,7 +112,9 @@ async fn invalidations_reach_the_other_instance(url: &str) {
         .await
         .unwrap();
     assert!(b.get("u:1").await.unwrap().is_some());
-    a.delete_matching("u:*").await.unwrap();
+    a.purge_matching(&KeyPattern::glob("u:*").unwrap(), PurgeMode::Hard)
+        .await
+        .unwrap();
     assert!(
         eventually(Duration::from_millis(100), || async {
             b.l1().get("u:1").await.unwrap().is_none()
@@ -164,7 +167,7 @@ async fn redis_dies_tiered_serves_from_l1_and_recovers() {
         a.get("absent").await.unwrap().is_none(),
         "an L2 failure is a miss"
     );
-    assert!(a.delete_tag("other").await.is_err());
+    assert!(a.purge_tag("other", PurgeMode::Hard).await.is_err());
     assert_eq!(
         a.pending_invalidations().0,
         1,
@@ -207,7 +210,7 @@ async fn redis_dies_tiered_serves_from_l1_and_recovers() {
     .await
     .unwrap();
     assert!(b.get("k3").await.unwrap().is_some());
-    a.delete_tag("t3").await.unwrap();
+    a.purge_tag("t3", PurgeMode::Hard).await.unwrap();
     let seen = eventually(Duration::from_millis(500), || async {
         b.l1().get("k3").await.unwrap().is_none()
     })
@@ -248,15 +251,15 @@ async fn a_hung_redis_times_out_every_call() {
     }
     times_out!(store.get("k"));
     times_out!(store.set("k", Bytes::from_static(b"v"), &options));
-    times_out!(store.delete("k"));
+    times_out!(store.purge_key("k", PurgeMode::Hard));
     times_out!(store.get_many(&["a", "b"]));
     times_out!(store.set_many(&[("a", Bytes::new())], &options));
     times_out!(store.incr("n", 1, None));
     times_out!(store.set_add("s", &["x"]));
     times_out!(store.set_remove("s", &["x"]));
     times_out!(store.set_members("s"));
-    times_out!(store.delete_tag("t"));
-    times_out!(store.delete_matching("*"));
+    times_out!(store.purge_tag("t", PurgeMode::Hard));
+    times_out!(store.purge_matching(&KeyPattern::glob("*").unwrap(), PurgeMode::Hard));
     times_out!(store.clear());
     times_out!(store.ping());
     let stats = store.stats();
@@ -308,7 +311,10 @@ async fn memory_store_stays_bounded() {
     );
     assert!(store.stats().evictions > 20_000);
     // Purging the tag every entry carried leaves nothing behind.
-    assert_eq!(store.delete_tag("all").await.unwrap(), held as u64);
+    assert_eq!(
+        store.purge_tag("all", PurgeMode::Hard).await.unwrap(),
+        held as u64
+    );
     let cleaned = eventually(Duration::from_secs(5), || async {
         store.tag_index_len() == 0
     })

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tower_strata::store::{
-    BreakerSettings, BreakerState, MemoryStore, RedisStore, SetOptions, Store, TieredStore,
+    BreakerSettings, BreakerState, KeyPattern, MemoryStore, PurgeMode, RedisStore, SetOptions,
+    Store, TieredStore,
 };
 
 use support::{PrivateRedis, eventually, redis_url, unique};
@@ -99,7 +100,7 @@ async fn a_purge_all_that_misses_redis_is_reported_kept_and_hides_the_old_entrie
     assert_eq!(tiered.pending_invalidations().0, 1, "it waits for Redis");
     assert!(
         tiered
-            .delete_matching("k*")
+            .purge_matching(&KeyPattern::glob("k*").unwrap(), PurgeMode::Hard)
             .await
             .is_err_and(|e| e.is_backend()),
         "nor is a pattern purge"
@@ -142,10 +143,15 @@ async fn an_overflowing_queue_of_invalidations_becomes_a_purge_all() {
     open_breaker(&tiered).await;
     // 10,000 invalidations wait; the one for `k` comes after them.
     for i in 0..10_000 {
-        assert!(tiered.delete(&format!("x{i}")).await.is_err());
+        assert!(
+            tiered
+                .purge_key(&format!("x{i}"), PurgeMode::Hard)
+                .await
+                .is_err()
+        );
     }
     assert_eq!(tiered.pending_invalidations(), (10_000, 0));
-    assert!(tiered.delete("k").await.is_err());
+    assert!(tiered.purge_key("k", PurgeMode::Hard).await.is_err());
     assert_eq!(
         tiered.pending_invalidations(),
         (1, 1),

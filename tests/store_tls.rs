@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use support::{eventually, free_port, unique};
-use tower_strata::store::{RedisStore, SetOptions, Store, StoreError};
+use tower_strata::store::{PurgeMode, RedisStore, SetOptions, Store, StoreError};
 
 /// A TLS-only redis-server; killed on drop.
 struct TlsRedis {
@@ -100,7 +100,7 @@ async fn the_store_and_its_backplane_work_over_tls() {
         .await
         .unwrap();
     assert_eq!(store.get("k").await.unwrap().unwrap().value(), &b"v"[..]);
-    store.delete_tag("t").await.unwrap();
+    store.purge_tag("t", PurgeMode::Hard).await.unwrap();
     assert!(store.get("k").await.unwrap().is_none());
     let subscribed = eventually(Duration::from_secs(10), || async {
         store.backplane_connected()

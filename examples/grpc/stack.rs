@@ -29,7 +29,7 @@ use tonic_prost::ProstCodec;
 use tower::ServiceBuilder;
 use tower_strata::cache::{CacheLayer, CacheStats, CacheTags, GrpcKeyLayer};
 use tower_strata::metrics::{MetricsLayer, MetricsRegistry, Window};
-use tower_strata::store::{MemoryStore, Store};
+use tower_strata::store::{MemoryStore, PurgeMode, Store};
 use tower_strata::tx::{TxConfig, TxDatabase, TxHandle, TxLayer, TxStats};
 
 /// The cached read.
@@ -288,7 +288,7 @@ impl<DB: CatalogDb> tonic::server::UnaryService<SetPriceRequest> for SetPrice<DB
             // Purge only once the new price is committed: a rolled-back call evicts nothing,
             // and no reader can refill the cache with the old price after the purge.
             tx.after_commit(move || async move {
-                if let Err(e) = store.delete_tag(&product_tag(id)).await {
+                if let Err(e) = store.purge_tag(&product_tag(id), PurgeMode::Hard).await {
                     tracing::warn!(error = %e, id, "purge after commit failed");
                 }
             });

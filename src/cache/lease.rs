@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::store::{Store, StoreError, StoreExt};
+use crate::store::{PurgeMode, Store, StoreError, StoreExt};
 
 /// How often an instance waiting on another instance's lease polls the store.
 pub(crate) const LEASE_POLL: Duration = Duration::from_millis(25);
@@ -60,7 +60,7 @@ impl<St: Store> Drop for Lease<St> {
         };
         let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
         runtime.spawn(async move {
-            let _ = store.delete(&key).await;
+            let _ = store.purge_key(&key, PurgeMode::Hard).await;
         });
     }
 }

@@ -190,7 +190,7 @@
 //! Tags come from `Surrogate-Key` (space-separated), `Cache-Tag` (comma-separated) and the
 //! [`CacheTags`] extension. Tags over [`MAX_TAG_LEN`] bytes, or past [`MAX_TAG_HEADER_LEN`] in a
 //! header, are dropped and logged; the response is served all the same. They are stored with
-//! the entry (purge them with [`Store::delete_tag`](crate::store::Store::delete_tag)) and the
+//! the entry (purge them with [`Store::purge_tag`](crate::store::Store::purge_tag)) and the
 //! headers are removed before the response leaves ([`CacheLayer::strip_tag_headers`]).
 //!
 //! # How it is built

@@ -24,8 +24,6 @@ pub trait DynStore: Send + Sync + 'static {
     fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>>;
     /// See [`Store::set`].
     fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()>;
-    /// See [`Store::delete`].
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool>;
     /// See [`StoreExt::get_many`].
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFut<'a, Vec<Option<Entry>>>;
     /// See [`StoreExt::set_many`].
@@ -42,10 +40,6 @@ pub trait DynStore: Send + Sync + 'static {
     fn set_remove<'a>(&'a self, key: &'a str, members: &'a [&'a str]) -> BoxFut<'a, u64>;
     /// See [`StoreExt::set_members`].
     fn set_members<'a>(&'a self, key: &'a str) -> BoxFut<'a, Vec<String>>;
-    /// See [`Store::delete_tag`].
-    fn delete_tag<'a>(&'a self, tag: &'a str) -> BoxFut<'a, u64>;
-    /// See [`Store::delete_matching`].
-    fn delete_matching<'a>(&'a self, pattern: &'a str) -> BoxFut<'a, u64>;
     /// See [`Store::clear`].
     fn clear(&self) -> BoxFut<'_, u64>;
     /// See [`Store::purge_key`].
@@ -72,9 +66,6 @@ impl<S: StoreExt> DynStore for S {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, options: &'a SetOptions) -> BoxFut<'a, ()> {
         Box::pin(Store::set(self, key, value, options))
     }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, bool> {
-        Box::pin(Store::delete(self, key))
-    }
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFut<'a, Vec<Option<Entry>>> {
         Box::pin(StoreExt::get_many(self, keys))
     }
@@ -96,12 +87,6 @@ impl<S: StoreExt> DynStore for S {
     }
     fn set_members<'a>(&'a self, key: &'a str) -> BoxFut<'a, Vec<String>> {
         Box::pin(StoreExt::set_members(self, key))
-    }
-    fn delete_tag<'a>(&'a self, tag: &'a str) -> BoxFut<'a, u64> {
-        Box::pin(Store::delete_tag(self, tag))
-    }
-    fn delete_matching<'a>(&'a self, pattern: &'a str) -> BoxFut<'a, u64> {
-        Box::pin(Store::delete_matching(self, pattern))
     }
     fn clear(&self) -> BoxFut<'_, u64> {
         Box::pin(Store::clear(self))
@@ -172,15 +157,6 @@ impl Store for BoxStore {
     }
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
         self.0.set(key, value, options).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.0.delete(key).await
-    }
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.0.delete_tag(tag).await
-    }
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        self.0.delete_matching(pattern).await
     }
     async fn clear(&self) -> Result<u64, StoreError> {
         self.0.clear().await

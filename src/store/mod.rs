@@ -11,7 +11,7 @@
 //! This module knows no HTTP; the response cache layer builds on it.
 //!
 //! A backend implements two traits: [`Store`], the core every layer needs (read, write,
-//! delete, purge by tag and pattern, stats: eight required methods), and [`StoreExt`]
+//! clear, purge by key, tag and pattern, stats: eight required methods), and [`StoreExt`]
 //! (batches, counters, sets), whose methods all have provided implementations, so
 //! `impl StoreExt for MyStore {}` is enough to start.
 //!
@@ -22,7 +22,7 @@
 //! # async fn main() -> Result<(), tower_strata::store::StoreError> {
 //! use std::time::Duration;
 //! use bytes::Bytes;
-//! use tower_strata::store::{MemoryStore, SetOptions, Store};
+//! use tower_strata::store::{MemoryStore, PurgeMode, SetOptions, Store};
 //!
 //! let store = MemoryStore::builder().capacity_bytes(64 * 1024 * 1024).build();
 //! let options = SetOptions::new().ttl(Duration::from_secs(60)).tags(["products"]);
@@ -30,7 +30,7 @@
 //! assert!(store.get("product:1").await?.is_some());
 //!
 //! // One call invalidates every entry carrying the tag, however many there are.
-//! store.delete_tag("products").await?;
+//! store.purge_tag("products", PurgeMode::Hard).await?;
 //! assert!(store.get("product:1").await?.is_none());
 //! # Ok(())
 //! # }
@@ -207,9 +207,10 @@ pub enum PurgeMode {
 }
 
 /// A key-value store of byte values with entry metadata: the core every layer needs. A backend
-/// writes eight methods (`get`, `set`, `delete`, `delete_tag`, `delete_matching`, `clear`,
-/// `stats`, `limits`); the purge modes and invalidation marks have provided implementations it
-/// may override, and batches, counters and sets are in [`StoreExt`], all provided.
+/// writes eight methods (`get`, `set`, `clear`, one purge per kind of target: `purge_key`,
+/// `purge_tag`, `purge_matching`, each taking a [`PurgeMode`], and `stats`, `limits`); reading
+/// without I/O and the invalidation marks have provided implementations it may override, and
+/// batches, counters and sets are in [`StoreExt`], all provided.
 ///
 /// Methods return `Send` futures, so a store can be used from any Tokio task. Use a store as a
 /// generic (`S: Store`, zero cost) or, where the type must be erased, as a [`BoxStore`].
@@ -239,75 +240,41 @@ pub trait Store: Send + Sync + 'static {
         options: &SetOptions,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Removes a key (entry, counter or set). Returns whether something was there.
-    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Invalidates every entry carrying `tag`, at a cost that does not grow with their number
-    /// (see the module docs). Returns how many entries the tag held when it was purged.
-    fn delete_tag(&self, tag: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Removes every key of this store's namespace matching a glob [`Pattern`] (`*`, `?`,
-    /// `[abc]`). Returns how many went.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::InvalidPattern`] before anything is removed if the pattern is malformed.
-    fn delete_matching(
-        &self,
-        pattern: &str,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
     /// Removes everything in this store's namespace. Returns how many keys went.
     fn clear(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Purges one key, hard ([`Store::delete`]) or soft: a soft purge keeps the entry but makes
-    /// it stale from now on, so a cache serves it inside its grace period while one refresh
-    /// goes upstream (Varnish's soft purge). Returns whether an entry was there.
+    /// Purges one key. [`PurgeMode::Hard`] (the default mode) removes it, whatever it holds
+    /// (an entry, a counter or a set): the next read is a miss. [`PurgeMode::Soft`] keeps an
+    /// entry but makes it stale from now on, so a cache serves it inside its grace period while
+    /// one refresh goes upstream (Varnish's soft purge). Returns whether something was there.
     ///
-    /// The provided implementation purges hard whatever the mode; the crate's stores do both.
+    /// A backend with no soft form purges hard in both modes: an entry without grace is as
+    /// good as gone.
     fn purge_key(
         &self,
         key: &str,
         mode: PurgeMode,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let _ = mode;
-        self.delete(key)
-    }
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Purges every entry carrying `tag`, hard ([`Store::delete_tag`]) or soft (see
-    /// [`Store::purge_key`]), at a cost that does not grow with their number. Returns how many
-    /// entries the tag held.
-    ///
-    /// The provided implementation purges hard whatever the mode; the crate's stores do both.
+    /// Purges every entry carrying `tag`, hard or soft (see [`Store::purge_key`]), at a cost
+    /// that does not grow with their number (see the module docs). Returns how many entries
+    /// the tag held when it was purged.
     fn purge_tag(
         &self,
         tag: &str,
         mode: PurgeMode,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        let _ = mode;
-        self.delete_tag(tag)
-    }
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Purges every key of this store's namespace matching a glob or a regular expression,
-    /// hard or soft. Returns how many entries were purged.
+    /// Purges every key of this store's namespace matching a glob (`*`, `?`, `[abc]`) or a
+    /// regular expression, hard or soft. Returns how many went.
     ///
-    /// The provided implementation purges globs hard through [`Store::delete_matching`] and
-    /// answers [`StoreError::Unsupported`] to a regular expression; the crate's stores do all.
+    /// A backend that cannot match regular expressions answers [`StoreError::Unsupported`] to
+    /// one. A malformed pattern never reaches a store: [`KeyPattern`] is parsed beforehand.
     fn purge_matching(
         &self,
         pattern: &KeyPattern,
         mode: PurgeMode,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        let _ = mode;
-        async move {
-            match pattern {
-                KeyPattern::Glob(glob) => self.delete_matching(glob.as_str()).await,
-                KeyPattern::Regex(_) => Err(StoreError::Unsupported {
-                    op: "purge by regular expression",
-                }),
-            }
-        }
-    }
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Whether a tag purge (hard or soft) made after `since` covers any of `tags`: whether a
     /// value fetched at `since` and carrying these tags is out of date. A cache asks before
@@ -459,18 +426,6 @@ impl<S: Store> Store for std::sync::Arc<S> {
         options: &SetOptions,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).set(key, value, options)
-    }
-    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        (**self).delete(key)
-    }
-    fn delete_tag(&self, tag: &str) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        (**self).delete_tag(tag)
-    }
-    fn delete_matching(
-        &self,
-        pattern: &str,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        (**self).delete_matching(pattern)
     }
     fn clear(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).clear()

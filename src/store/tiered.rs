@@ -518,38 +518,6 @@ impl Store for TieredStore {
         self.report(written)
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.l2.limits().check_key(key)?;
-        let local = self.inner.l1.remove_local(key);
-        // A delete that did not reach Redis is not done: kept for replay, and reported.
-        let remote = self.inner.l2.delete(key).await;
-        if remote.is_err() {
-            self.queued(self.inner.pending.key(key, PurgeMode::Hard));
-        }
-        let remote = self.report(remote)?;
-        Counters::add(&self.inner.counters.deletes, u64::from(local || remote));
-        Ok(local || remote)
-    }
-
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.inner.l2.limits().check_tag(tag)?;
-        let at = now_micros();
-        let local = self.inner.l1.purge_tag_at(tag, at);
-        let remote = self.inner.l2.purge_tag_at(tag, at, false).await;
-        if remote.is_err() {
-            self.queued(self.inner.pending.tag(tag, at, false));
-        }
-        self.report(remote).map(|remote| local.max(remote))
-    }
-
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        let parsed = KeyPattern::glob(pattern)?;
-        let local = self.inner.l1.purge_matching_local(&parsed, PurgeMode::Hard);
-        // Not absorbed: the keys are still in Redis for every instance.
-        let remote = self.inner.l2.delete_matching(pattern).await;
-        self.report(remote).map(|remote| local.max(remote))
-    }
-
     // The purge methods apply locally, then report an L2 failure instead of absorbing it like
     // the cache operations above: a purge that did not reach L2 has not taken effect (the entry
     // is still there for every instance), and whoever purged must know.
@@ -571,11 +539,16 @@ impl Store for TieredStore {
         // The local copy goes in both modes; after a soft purge the next read fetches L2's
         // soft-purged entry.
         let local = self.inner.l1.remove_local(key);
+        // A purge that did not reach Redis is not done: kept for replay, and reported.
         let remote = self.inner.l2.purge_key(key, mode).await;
         if remote.is_err() {
             self.queued(self.inner.pending.key(key, mode));
         }
-        self.report(remote).map(|remote| local || remote)
+        let purged = self.report(remote)? || local;
+        if mode == PurgeMode::Hard {
+            Counters::add(&self.inner.counters.deletes, u64::from(purged));
+        }
+        Ok(purged)
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {

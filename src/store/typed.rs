@@ -13,7 +13,7 @@ use futures_util::future::{FutureExt, Shared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{SetOptions, Store, StoreError};
+use super::{PurgeMode, SetOptions, Store, StoreError};
 
 /// Values at or above this size are compressed when the `compression` feature is on.
 pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
@@ -182,7 +182,7 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// [`TypedCacheError::Store`].
     pub async fn delete(&self, key: &str) -> Result<bool, TypedCacheError> {
-        Ok(self.store.delete(key).await?)
+        Ok(self.store.purge_key(key, PurgeMode::Hard).await?)
     }
 
     /// Returns the cached value, or computes, stores and returns it.

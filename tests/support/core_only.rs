@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use tower_strata::store::{
-    Entry, Limits, MemoryStore, SetOptions, Store, StoreError, StoreExt, StoreStats,
+    Entry, KeyPattern, Limits, MemoryStore, PurgeMode, SetOptions, Store, StoreError, StoreExt,
+    StoreStats,
 };
 
 #[derive(Clone)]
@@ -16,17 +17,21 @@ impl Store for CoreOnly {
     async fn set(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<(), StoreError> {
         self.0.set(key, value, options).await
     }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.0.delete(key).await
-    }
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.0.delete_tag(tag).await
-    }
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        self.0.delete_matching(pattern).await
-    }
     async fn clear(&self) -> Result<u64, StoreError> {
         self.0.clear().await
+    }
+    async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        self.0.purge_key(key, mode).await
+    }
+    async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
+        self.0.purge_tag(tag, mode).await
+    }
+    async fn purge_matching(
+        &self,
+        pattern: &KeyPattern,
+        mode: PurgeMode,
+    ) -> Result<u64, StoreError> {
+        self.0.purge_matching(pattern, mode).await
     }
     fn stats(&self) -> StoreStats {
         self.0.stats()

@@ -17,7 +17,7 @@ use sqlx::Postgres;
 use sqlx::postgres::PgPoolOptions;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_strata::purge::Purger;
-use tower_strata::store::{MemoryStore, RedisStore, SetOptions, Store, TieredStore};
+use tower_strata::store::{MemoryStore, PurgeMode, RedisStore, SetOptions, Store, TieredStore};
 use tower_strata::tx::{TxBody, TxConfig, TxHandle, TxLayer};
 
 pub fn pg_url() -> String {
@@ -43,7 +43,7 @@ pub async fn store_calls(store: &RedisStore) {
         .unwrap();
     assert!(store.get("product:1").await.unwrap().is_some());
     assert!(store.get("product:2").await.unwrap().is_none());
-    store.delete("product:1").await.unwrap();
+    store.purge_key("product:1", PurgeMode::Hard).await.unwrap();
 }
 
 /// A set and a hit in memory.

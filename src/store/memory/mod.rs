@@ -517,37 +517,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.limits.check_key(key)?;
-        let removed = self.remove_key(key);
-        self.inner.ops.count(LocalOp::Delete);
-        Counters::add(&self.inner.counters.deletes, u64::from(removed));
-        Ok(removed)
-    }
-
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.inner.limits.check_tag(tag)?;
-        self.inner.ops.count(LocalOp::Purge);
-        Ok(self.purge_tag_at(tag, now_micros()))
-    }
-
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        let pattern = KeyPattern::glob(pattern)?;
-        let n = self.purge_matching_local(&pattern, PurgeMode::Hard);
-        self.inner.ops.count(LocalOp::Purge);
-        Counters::add(&self.inner.counters.deletes, n);
-        Ok(n)
-    }
-
     async fn purged_since(&self, tags: &[String], since: SystemTime) -> Result<bool, StoreError> {
         Ok(self.purged_since_local(tags, since))
     }
 
     async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
+        self.inner.limits.check_key(key)?;
         match mode {
-            PurgeMode::Hard => self.delete(key).await,
+            PurgeMode::Hard => {
+                let removed = self.remove_key(key);
+                self.inner.ops.count(LocalOp::Delete);
+                Counters::add(&self.inner.counters.deletes, u64::from(removed));
+                Ok(removed)
+            }
             PurgeMode::Soft => {
-                self.inner.limits.check_key(key)?;
                 self.inner.ops.count(LocalOp::Purge);
                 Ok(self.soft_purge_key_at(key, now_micros()))
             }
@@ -555,14 +538,12 @@ impl Store for MemoryStore {
     }
 
     async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<u64, StoreError> {
-        match mode {
-            PurgeMode::Hard => self.delete_tag(tag).await,
-            PurgeMode::Soft => {
-                self.inner.limits.check_tag(tag)?;
-                self.inner.ops.count(LocalOp::Purge);
-                Ok(self.soft_purge_tag_at(tag, now_micros()))
-            }
-        }
+        self.inner.limits.check_tag(tag)?;
+        self.inner.ops.count(LocalOp::Purge);
+        Ok(match mode {
+            PurgeMode::Hard => self.purge_tag_at(tag, now_micros()),
+            PurgeMode::Soft => self.soft_purge_tag_at(tag, now_micros()),
+        })
     }
 
     async fn purge_matching(

@@ -18,9 +18,9 @@ async fn index_follows_replacement_tags() {
     assert_eq!(store.tag_index_len(), 2);
     set_tagged(&store, "k", b"2", &["b"]).await;
     assert_eq!(store.tag_index_len(), 1);
-    assert_eq!(store.delete_tag("a").await.unwrap(), 0);
+    assert_eq!(store.purge_tag("a", PurgeMode::Hard).await.unwrap(), 0);
     assert!(store.get("k").await.unwrap().is_some());
-    assert_eq!(store.delete_tag("b").await.unwrap(), 1);
+    assert_eq!(store.purge_tag("b", PurgeMode::Hard).await.unwrap(), 1);
     assert!(store.get("k").await.unwrap().is_none());
 }
 
@@ -33,7 +33,7 @@ async fn marks_hide_entries_the_index_missed_and_are_swept() {
     set_tagged(&store, "k", b"1", &["t"]).await;
     // Simulate a lost index membership: the mark alone must hide the entry.
     store.inner.index.take("t");
-    store.delete_tag("t").await.unwrap();
+    store.purge_tag("t", PurgeMode::Hard).await.unwrap();
     assert!(store.get("k").await.unwrap().is_none());
     // An entry stored after the purge is visible.
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -46,7 +46,7 @@ async fn marks_hide_entries_the_index_missed_and_are_swept() {
 #[tokio::test]
 async fn marks_outlive_their_clean_up_for_the_retention() {
     let store = MemoryStore::new(1 << 20);
-    store.delete_tag("t").await.unwrap();
+    store.purge_tag("t", PurgeMode::Hard).await.unwrap();
     store.sweep();
     assert_eq!(
         store.inner.marks.len.load(Relaxed),

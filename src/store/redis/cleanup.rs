@@ -22,7 +22,7 @@ impl RedisStore {
     }
 
     /// Removes a purged tag's entries (those stored at or before `at`) in batches, then the
-    /// scanned members from its index set. Runs in the background after [`Store::delete_tag`].
+    /// scanned members from its index set. Runs in the background after a hard [`Store::purge_tag`].
     pub(super) async fn clean_tag(&self, tag: String, at: u64) -> Result<u64, StoreError> {
         let index = self.index_key(&tag);
         let mut conn = self.inner.conn.clone();

@@ -497,42 +497,6 @@ impl Store for RedisStore {
         self.set_entries(&[(key, Entry::new(value, options))]).await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.limits.check_key(key)?;
-        let mut pipe = Batch::new();
-        pipe.cmd("UNLINK").arg(self.key(key));
-        self.publish(
-            &mut pipe,
-            BusOp::Keys {
-                keys: vec![key.to_owned()],
-            },
-        );
-        let ((n,), reached): ((u64,), u64) = self.run_publishing("delete", &pipe).await?;
-        Counters::add(&self.inner.counters.deletes, n);
-        self.fence(reached).await;
-        Ok(n > 0)
-    }
-
-    async fn delete_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.purge_tag_at(tag, now_micros(), false).await
-    }
-
-    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        let parsed = Pattern::new(pattern)?;
-        let full = format!(
-            "{}:k:{}",
-            Pattern::escape(&self.inner.prefix),
-            parsed.as_str()
-        );
-        let removed = self.unlink_scanning(&full).await?;
-        Counters::add(&self.inner.counters.deletes, removed);
-        self.publish_op(BusOp::Pattern {
-            pattern: parsed.as_str().to_owned(),
-        })
-        .await?;
-        Ok(removed)
-    }
-
     async fn purged_since(
         &self,
         tags: &[String],
@@ -554,10 +518,21 @@ impl Store for RedisStore {
     }
 
     async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<bool, StoreError> {
-        if mode == PurgeMode::Hard {
-            return self.delete(key).await;
-        }
         self.inner.limits.check_key(key)?;
+        if mode == PurgeMode::Hard {
+            let mut pipe = Batch::new();
+            pipe.cmd("UNLINK").arg(self.key(key));
+            self.publish(
+                &mut pipe,
+                BusOp::Keys {
+                    keys: vec![key.to_owned()],
+                },
+            );
+            let ((n,), reached): ((u64,), u64) = self.run_publishing("delete", &pipe).await?;
+            Counters::add(&self.inner.counters.deletes, n);
+            self.fence(reached).await;
+            return Ok(n > 0);
+        }
         let purged = self.soft_purge_raw(&[self.key(key)], now_micros()).await? > 0;
         self.publish_op(BusOp::Keys {
             keys: vec![key.to_owned()],
