@@ -551,3 +551,73 @@ async fn the_service_sees_the_host_the_key_took() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, Bytes::from("shop.example"));
 }
+
+/// An application sharing the cache's store (its `TypedCache` and `KeyBuilder` keys, the tags
+/// its origin sends) never meets the cache's reserved key and tag spaces: it cannot overwrite a
+/// cached response, read one as its own value, or tag a response into a user's private space.
+#[tokio::test]
+async fn an_application_key_is_never_taken_for_a_cache_entry() {
+    use tower_strata::store::{KeyBuilder, KeySpace, StoreError, TypedCache, TypedCacheError};
+
+    let store = Arc::new(MemoryStore::new(1 << 20));
+    let cache = CacheLayer::new(store.clone());
+    let purger = cache.purger();
+    let (origin, calls) = upstream(|n, _| {
+        response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("surrogate-key", "products ~principal:alice ~url:0"),
+            ],
+            format!("origin {n}"),
+        )
+    });
+    let app = ServiceBuilder::new().layer(cache).service(origin);
+    let page = "http://h/p";
+    let (first, _) = send(&app, get(page)).await;
+    assert!(status(&first).contains("stored"), "{}", status(&first));
+
+    // The application's typed access refuses the cache's spaces outright...
+    let values = TypedCache::new(store.clone());
+    let entry = format!("c:GET {page}");
+    assert_eq!(KeySpace::of(&entry), KeySpace::CacheEntry);
+    for key in [entry.as_str(), "c#0123", "l:x", "i:x"] {
+        assert!(
+            matches!(
+                values.set(key, &"forged", &Default::default()).await,
+                Err(TypedCacheError::Store(StoreError::ReservedKey { .. }))
+            ),
+            "{key}"
+        );
+        assert!(values.get::<String>(key).await.is_err(), "{key}");
+        assert!(values.delete(key).await.is_err(), "{key}");
+    }
+    // ...and a key it builds from parts that spell one lands in its own space.
+    let built = KeyBuilder::new("c").part(format!("GET {page}")).build();
+    assert_eq!(KeySpace::of(&built), KeySpace::Application);
+    values
+        .set(&built, &"the app's value", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        values.get::<String>(&built).await.unwrap().as_deref(),
+        Some("the app's value")
+    );
+    let (again, body) = send(&app, get(page)).await;
+    assert!(status(&again).contains("hit"), "{}", status(&again));
+    assert_eq!(
+        &body[..],
+        b"origin 1",
+        "the cached response is the origin's"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // The origin's reserved tags were dropped: purging a user's private entries leaves this
+    // shared page alone, while its own tag purges it.
+    assert_eq!(purger.purge_principal("alice").await.unwrap(), 0);
+    let (still, _) = send(&app, get(page)).await;
+    assert!(status(&still).contains("hit"), "{}", status(&still));
+    assert_eq!(purger.purge_tags(["products"]).await.unwrap(), 1);
+    let (gone, _) = send(&app, get(page)).await;
+    assert!(status(&gone).contains("fwd=miss"), "{}", status(&gone));
+}

@@ -532,7 +532,7 @@ fn a_bearer_token_that_no_header_could_carry_is_refused() {
 #[tokio::test]
 async fn a_plain_purger_answers_purge_of_a_url_with_501() {
     let store = Arc::new(memory());
-    let layer = PurgeLayer::new(Purger::new(store), BearerToken::new(TOKEN).unwrap());
+    let layer = PurgeLayer::with_purger(Purger::new(store), BearerToken::new(TOKEN).unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
     let app = App {
         router: routes(calls.clone()).layer(layer),

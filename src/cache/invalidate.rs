@@ -23,7 +23,7 @@ use super::scope::CacheScope;
 use super::stamp;
 use super::state::Shared;
 use super::upstream::{self, Upstream};
-use crate::store::{PurgeMode, Store, StoreError};
+use crate::store::{KeySpace, PurgeMode, Store, StoreError};
 
 /// Removes from the store every response stored for the URL whose primary store key is
 /// `primary`: the entry under the key itself (a response, or the `Vary` index) and every
@@ -93,9 +93,16 @@ impl Invalidator {
         }
     }
 
-    /// The cache's key rules, to name a URL's entries.
-    pub(crate) fn keys(&self) -> &KeyConfig {
-        &self.key
+    /// The primary store key of a GET of `uri` in the context of `headers` and `part`, with
+    /// the cache's key rules: what [`Invalidator::purge_key`] purges to purge the URL.
+    pub(crate) fn url_key(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        part: Option<&KeyPart>,
+    ) -> Result<String, super::authority::InvalidAuthority> {
+        let key = self.key.primary_for(uri, headers, part, None)?;
+        Ok(key.store_key().to_owned())
     }
 
     /// [`invalidate_url`] with this cache's state.
@@ -106,6 +113,25 @@ impl Invalidator {
         mode: PurgeMode,
     ) -> Result<u64, StoreError> {
         invalidate_url(store, &self.shared, primary, mode, self.fill_window).await
+    }
+}
+
+/// A purge of one store key as the response cache sees it. A cache entry's key
+/// ([`KeySpace::is_cache_entry`]) names a URL: every stored response of it goes
+/// ([`remove_url`]) and, with the cache's [`Invalidator`], what the process knows of the URL
+/// and other instances' fetches in flight ([`invalidate_url`]). Any other key is purged as it
+/// is. Returns how many entries went.
+#[cfg(feature = "purge")]
+pub(crate) async fn purge_key<St: Store + ?Sized>(
+    store: &St,
+    key: &str,
+    mode: PurgeMode,
+    cache: Option<&Invalidator>,
+) -> Result<u64, StoreError> {
+    match cache {
+        _ if !KeySpace::is_cache_entry(key) => store.purge_key(key, mode).await.map(u64::from),
+        Some(cache) => cache.invalidate(store, key, mode).await,
+        None => remove_url(store, key, mode).await,
     }
 }
 

@@ -9,6 +9,7 @@ use http::{Request, Uri};
 use super::authority::{self, InvalidAuthority};
 use super::scope::CacheScope;
 use super::vary::{VaryNormalisers, combined};
+use crate::store::{KeySpace, TagSpace};
 
 /// An app-supplied part of the cache key (tenant, locale), attached as a request extension by
 /// a layer or middleware in front of the cache.
@@ -459,18 +460,10 @@ impl PrimaryKey {
 }
 
 /// Store keys of plain (unhashed) identities start with this.
-pub(crate) const PLAIN_PREFIX: &str = "c:";
-
-/// Whether `key` is one the response cache writes: a plain or a hashed identity.
-#[cfg(feature = "purge")]
-pub(crate) fn is_cache_key(key: &str) -> bool {
-    key.starts_with(PLAIN_PREFIX) || key.starts_with("c#")
-}
+pub(crate) const PLAIN_PREFIX: &str = KeySpace::CacheEntry.prefix();
 
 fn hashed_key(identity: &str) -> String {
-    let a = fnv1a(identity.as_bytes(), 0xcbf2_9ce4_8422_2325);
-    let b = fnv1a(identity.as_bytes(), 0x6c62_272e_07bb_0142);
-    format!("c#{a:016x}{b:016x}")
+    KeySpace::HashedCacheEntry.key(&hash128(identity))
 }
 
 /// The store key for an identity: the identity itself when short and printable, else a hash.
@@ -489,9 +482,16 @@ pub(crate) fn store_key(identity: &str) -> String {
 /// URL purge reaches all variants with one tag purge (`~url:` and a 128-bit hash of the key:
 /// fixed length, and a collision only purges more). Responses without `Vary` carry none.
 pub(crate) fn url_tag(primary: &str) -> String {
-    let a = fnv1a(primary.as_bytes(), 0xcbf2_9ce4_8422_2325);
-    let b = fnv1a(primary.as_bytes(), 0x6c62_272e_07bb_0142);
-    format!("~url:{a:016x}{b:016x}")
+    let mut tag = TagSpace::CacheUrl.prefix().to_owned();
+    tag.push_str(&hash128(primary));
+    tag
+}
+
+/// 32 hex digits of two 64-bit FNV-1a hashes of `text`.
+fn hash128(text: &str) -> String {
+    let a = fnv1a(text.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let b = fnv1a(text.as_bytes(), 0x6c62_272e_07bb_0142);
+    format!("{a:016x}{b:016x}")
 }
 
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
@@ -572,7 +572,7 @@ mod tests {
             let key = c.primary(&r).unwrap();
             assert_eq!(key.identity(), c.identity(&r).unwrap());
             assert_eq!(key.store_key(), store_key(&c.identity(&r).unwrap()));
-            assert!(is_cache_key(key.store_key()));
+            assert!(KeySpace::is_cache_entry(key.store_key()));
         }
     }
 

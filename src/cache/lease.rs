@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::store::{PurgeMode, Store, StoreError, StoreExt};
+use crate::store::{KeySpace, PurgeMode, Store, StoreError, StoreExt};
 
 /// How often an instance waiting on another instance's lease polls the store.
 pub(crate) const LEASE_POLL: Duration = Duration::from_millis(25);
@@ -83,8 +83,5 @@ impl DistributedLease {
 }
 
 fn lease_key(flight: &str) -> String {
-    let mut key = String::with_capacity(flight.len() + 2);
-    key.push_str("l:");
-    key.push_str(flight);
-    key
+    KeySpace::CacheLease.key(flight)
 }

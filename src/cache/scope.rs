@@ -74,13 +74,14 @@ impl std::fmt::Debug for CacheScope {
     }
 }
 
-/// The tag every private entry of `principal` carries: `principal:` and the id, with `%`,
+/// The tag every private entry of `principal` carries: `~principal:` (a reserved
+/// [`TagSpace`](crate::store::TagSpace)) and the id, with `%`,
 /// whitespace and control characters percent-encoded (tags hold none). Purge it to remove
 /// one user's entries: [`Purger::purge_tags`](crate::purge::Purger::purge_tags) over the store
 /// that holds them, or `CachePurger::purge_principal`, which reaches the private store too.
 ///
 /// ```
-/// assert_eq!(tower_strata::cache::principal_tag("u 1"), "principal:u%201");
+/// assert_eq!(tower_strata::cache::principal_tag("u 1"), "~principal:u%201");
 /// ```
 pub fn principal_tag(principal: &str) -> String {
     let mut tag = String::with_capacity(PRINCIPAL_TAG_PREFIX.len() + principal.len());
@@ -98,7 +99,7 @@ pub fn principal_tag(principal: &str) -> String {
     tag
 }
 
-const PRINCIPAL_TAG_PREFIX: &str = "principal:";
+const PRINCIPAL_TAG_PREFIX: &str = crate::store::TagSpace::CachePrincipal.prefix();
 
 #[cfg(test)]
 mod tests {
@@ -112,8 +113,8 @@ mod tests {
 
     #[test]
     fn principal_tags_are_valid_tags_and_distinct() {
-        assert_eq!(principal_tag("42"), "principal:42");
-        assert_eq!(principal_tag("a%20"), "principal:a%2520");
+        assert_eq!(principal_tag("42"), "~principal:42");
+        assert_eq!(principal_tag("a%20"), "~principal:a%2520");
         assert_ne!(principal_tag("a b"), principal_tag("a%20b"));
         assert!(!principal_tag("a\tb\n").contains(char::is_whitespace));
     }

@@ -16,15 +16,12 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::store::entry::micros;
-use crate::store::{SetOptions, Store, StoreError};
+use crate::store::{KeySpace, SetOptions, Store, StoreError};
 
-/// The store key of the stamp of the URL whose primary store key is `primary`. Its own key
-/// space (`i:`), apart from the entries (`c:`, `c#`) and leases (`l:`).
+/// The store key of the stamp of the URL whose primary store key is `primary`: its own
+/// reserved space, apart from the entries and leases.
 fn stamp_key(primary: &str) -> String {
-    let mut key = String::with_capacity(primary.len() + 2);
-    key.push_str("i:");
-    key.push_str(primary);
-    key
+    KeySpace::CacheStamp.key(primary)
 }
 
 /// Records that the URL is invalidated now, for `window` (how long a fetch may be in flight).

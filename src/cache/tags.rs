@@ -5,7 +5,7 @@ use http::header::HeaderName;
 
 use super::ctx::Ctx;
 use super::state::Shared;
-use crate::store::Store;
+use crate::store::{Store, TagSpace};
 
 /// `Surrogate-Key`: space-separated tags (Fastly, Varnish).
 pub(crate) static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
@@ -60,6 +60,13 @@ pub(crate) fn extract_tags<St: Store>(
                 len = tag.len(),
                 "cache tag dropped: over the length limit or invalid"
             );
+            return;
+        }
+        // A response cannot tag itself into the cache's own spaces (a URL's variants, a
+        // user's private entries): those tags are the cache's to give.
+        if TagSpace::of(tag).is_reserved() {
+            Shared::count(&ctx.shared.dropped_tags);
+            tracing::warn!("cache tag in the reserved `~` space dropped");
             return;
         }
         if !tags.iter().any(|t| t == tag) {

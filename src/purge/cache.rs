@@ -1,18 +1,17 @@
 //! URL purges through the response cache: [`CachePurger`], from [`CacheLayer::purger`].
 
-use std::ops::Deref;
-
 use http::{HeaderMap, Uri};
 
-use super::{PurgeError, Purger};
+use super::{PurgeError, PurgeReport, PurgeRequest, Purger};
 use crate::cache::CacheLayer;
 use crate::cache::invalidate::Invalidator;
 use crate::cache::{KeyPart, principal_tag};
 use crate::store::{Store, StoreExt};
 
-/// A [`Purger`] over a response cache's store that also purges URLs the way the cache keys
-/// them. Dereferences to its [`Purger`], so keys, tags, patterns and dependencies work as
-/// there. Cheap to clone; clones share stats and dependencies.
+/// The response cache's purge handle: URLs the way the cache keys them, users' private
+/// entries, and keys, tags and whole requests across the cache's stores. Patterns,
+/// dependencies and stats are its shared store's [`Purger`]'s ([`CachePurger::purger`]).
+/// Cheap to clone; clones share stats and dependencies.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -109,12 +108,11 @@ impl CachePurger {
     ) -> Result<u64, PurgeError> {
         let key = self
             .invalidator
-            .keys()
-            .primary_for(uri, headers, part, None)
+            .url_key(uri, headers, part)
             .map_err(|_| PurgeError::InvalidHost)?;
         // The cache's own invalidation (every variant, and the in-process state of the URL),
         // with this purger's mode, stats and dependencies.
-        self.purger.purge_key(key.store_key()).await
+        self.purger.purge_key(&key).await
     }
 
     /// Purges every private entry of `principal` ([`CacheScope::Private`]): the entries
@@ -138,6 +136,79 @@ impl CachePurger {
         Ok(shared? + private)
     }
 
+    /// Purges one store key (see [`Purger::purge_key`]); a cache entry's key purges its URL as
+    /// [`CachePurger::purge_url`] does. Returns how many entries went.
+    ///
+    /// # Errors
+    ///
+    /// As [`Purger::purge_key`].
+    pub async fn purge_key(&self, key: &str) -> Result<u64, PurgeError> {
+        let shared = self.purger.purge_key(key).await;
+        let private = match &self.private {
+            Some(private) => private.purge_key(key).await?,
+            None => 0,
+        };
+        Ok(shared? + private)
+    }
+
+    /// Purges every entry carrying any of `tags` (see [`Purger::purge_tags`]), in the shared
+    /// store and in the layer's private store if it has one. Returns how many entries went.
+    ///
+    /// # Errors
+    ///
+    /// As [`Purger::purge_tags`] (the private store is purged even when the shared one fails).
+    pub async fn purge_tags<I, T>(&self, tags: I) -> Result<u64, PurgeError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let tags: Vec<T> = tags.into_iter().collect();
+        let shared = self.purger.purge_tags(tags.iter().map(AsRef::as_ref)).await;
+        let private = match &self.private {
+            Some(private) => private.purge_tags(tags.iter().map(AsRef::as_ref)).await?,
+            None => 0,
+        };
+        Ok(shared? + private)
+    }
+
+    /// Purges everything the cache stored: the shared store's namespace, and the private
+    /// store if the layer has one (see [`Purger::purge_all`]).
+    ///
+    /// # Errors
+    ///
+    /// The store's error (the private store is purged even when the shared one fails).
+    pub async fn purge_all(&self) -> Result<u64, PurgeError> {
+        let shared = self.purger.purge_all().await;
+        let private = match &self.private {
+            Some(private) => private.purge_all().await?,
+            None => 0,
+        };
+        Ok(shared? + private)
+    }
+
+    /// Runs a whole [`PurgeRequest`] (see [`Purger::purge`]) against the shared store and, if
+    /// the layer has one, the private store; the report adds both.
+    ///
+    /// # Errors
+    ///
+    /// As [`Purger::purge`] (the private store is purged even when the shared one fails).
+    pub async fn purge(&self, request: &PurgeRequest) -> Result<PurgeReport, PurgeError> {
+        let shared = self.purger.purge(request).await;
+        let Some(private) = &self.private else {
+            return shared;
+        };
+        let private = private.purge(request).await?;
+        let shared = shared?;
+        Ok(PurgeReport {
+            keys: shared.keys + private.keys,
+            tags: shared.tags + private.tags,
+            patterns: shared.patterns + private.patterns,
+            all: shared.all + private.all,
+            dependants: shared.dependants + private.dependants,
+            soft: shared.soft,
+        })
+    }
+
     /// This purger in soft mode (see [`Purger::soft`]).
     pub fn soft(&self) -> CachePurger {
         CachePurger {
@@ -156,16 +227,9 @@ impl CachePurger {
         }
     }
 
-    /// The underlying [`Purger`].
+    /// The [`Purger`] of the shared store: patterns, dependencies ([`Purger::depend`]) and
+    /// the stats are there.
     pub fn purger(&self) -> &Purger {
-        &self.purger
-    }
-}
-
-impl Deref for CachePurger {
-    type Target = Purger;
-
-    fn deref(&self) -> &Purger {
         &self.purger
     }
 }

@@ -8,33 +8,36 @@ use tower_layer::Layer;
 use super::auth::Authorize;
 use super::limit::{Bucket, RateLimit};
 use super::service::Purge;
-use super::{CachePurger, Purger};
+use super::{CachePurger, PurgeError, PurgeReport, PurgeRequest, Purger};
 
 /// Default path of the JSON purge endpoint.
 pub const DEFAULT_PURGE_PATH: &str = "/_cache/purge";
 /// Default largest JSON purge body: 64 KiB.
 pub const DEFAULT_MAX_PURGE_BODY: usize = 64 * 1024;
 
-/// What a [`PurgeLayer`] purges with: a [`CachePurger`] (keys, tags, patterns and URLs), or a
-/// plain [`Purger`] (no URLs: `PURGE <url>` is answered `501 Not Implemented`).
+/// What a [`PurgeLayer`] purges with: a response cache's purger (keys, tags, patterns and
+/// URLs, across its stores), or a plain [`Purger`] (no URLs).
 #[derive(Clone, Debug)]
-pub struct PurgeHandle {
-    pub(crate) purger: Purger,
-    pub(crate) urls: Option<CachePurger>,
+pub(crate) enum Handle {
+    Cache(CachePurger),
+    Store(Purger),
 }
 
-impl From<CachePurger> for PurgeHandle {
-    fn from(purger: CachePurger) -> Self {
-        PurgeHandle {
-            purger: purger.purger().clone(),
-            urls: Some(purger),
+impl Handle {
+    /// The purger of URLs, when there is a response cache to purge them from.
+    pub(crate) fn urls(&self) -> Option<&CachePurger> {
+        match self {
+            Handle::Cache(cache) => Some(cache),
+            Handle::Store(_) => None,
         }
     }
-}
 
-impl From<Purger> for PurgeHandle {
-    fn from(purger: Purger) -> Self {
-        PurgeHandle { purger, urls: None }
+    /// Runs a JSON purge request.
+    pub(crate) async fn purge(&self, request: &PurgeRequest) -> Result<PurgeReport, PurgeError> {
+        match self {
+            Handle::Cache(cache) => cache.purge(request).await,
+            Handle::Store(purger) => purger.purge(request).await,
+        }
     }
 }
 
@@ -89,7 +92,7 @@ pub struct PurgeLayer {
 
 #[derive(Clone)]
 pub(crate) struct Settings {
-    pub handle: PurgeHandle,
+    pub handle: Handle,
     pub auth: Arc<dyn Authorize>,
     pub path: String,
     pub purge_method: bool,
@@ -114,15 +117,28 @@ impl std::fmt::Debug for PurgeLayer {
 }
 
 impl PurgeLayer {
-    /// A purge layer that lets through the requests `authorizer` allows — a
-    /// [`BearerToken`](super::BearerToken) or the app's own [`Authorize`] policy — with the
-    /// defaults: `PURGE <url>` on, [`DEFAULT_PURGE_PATH`], bodies up to
-    /// [`DEFAULT_MAX_PURGE_BODY`] read within 5 s, [`RateLimit::DEFAULT`].
-    pub fn new(purger: impl Into<PurgeHandle>, authorizer: impl Authorize) -> Self {
+    /// A purge layer over a response cache's purger ([`CacheLayer::purger`]) that lets through
+    /// the requests `authorizer` allows — a [`BearerToken`](super::BearerToken) or the app's
+    /// own [`Authorize`] policy — with the defaults: `PURGE <url>` on, [`DEFAULT_PURGE_PATH`],
+    /// bodies up to [`DEFAULT_MAX_PURGE_BODY`] read within 5 s, [`RateLimit::DEFAULT`].
+    ///
+    /// [`CacheLayer::purger`]: crate::cache::CacheLayer::purger
+    pub fn new(purger: CachePurger, authorizer: impl Authorize) -> Self {
+        Self::from_handle(Handle::Cache(purger), authorizer)
+    }
+
+    /// [`PurgeLayer::new`] over a plain [`Purger`], for a store with no response cache in
+    /// front: keys, tags and patterns only, and `PURGE <url>` is answered `501 Not
+    /// Implemented`.
+    pub fn with_purger(purger: Purger, authorizer: impl Authorize) -> Self {
+        Self::from_handle(Handle::Store(purger), authorizer)
+    }
+
+    fn from_handle(handle: Handle, authorizer: impl Authorize) -> Self {
         let limit = RateLimit::DEFAULT;
         PurgeLayer {
             settings: Arc::new(Settings {
-                handle: purger.into(),
+                handle,
                 auth: Arc::new(authorizer),
                 path: DEFAULT_PURGE_PATH.to_owned(),
                 purge_method: true,

@@ -8,8 +8,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::cache::invalidate::{Invalidator, remove_url};
-use crate::cache::key::is_cache_key;
+use crate::cache::invalidate::{Invalidator, purge_key as cache_purge_key};
 use crate::instruments::{PurgeFigures, PurgeKind, purge_mode_str};
 use crate::store::{BoxStore, KeyPattern, PurgeMode, Store, StoreError, StoreExt};
 
@@ -306,29 +305,13 @@ impl Purger {
         Ok(total + self.purge_dependants(&dependants).await?)
     }
 
-    /// Purges one key. A response cache's key (`c:GET http://host/path`) is a URL: the cache's
-    /// invalidation removes its `Vary` variants with it.
+    /// Purges one key, as the response cache sees keys: a cache entry's key
+    /// (`c:GET http://host/path`) names a URL, whose `Vary` variants go with it.
     async fn purge_one_key(&self, key: &str) -> Result<u64, PurgeError> {
-        let store = &self.inner.store;
         let span = self.span(PurgeKind::Key, key);
-        let result = if let Some(cache) = &self.cache
-            && is_cache_key(key)
-        {
-            cache
-                .invalidate(store, key, self.mode)
-                .instrument(span.clone())
-                .await
-        } else if is_cache_key(key) {
-            remove_url(store, key, self.mode)
-                .instrument(span.clone())
-                .await
-        } else {
-            store
-                .purge_key(key, self.mode)
-                .instrument(span.clone())
-                .await
-                .map(u64::from)
-        };
+        let result = cache_purge_key(&self.inner.store, key, self.mode, self.cache.as_ref())
+            .instrument(span.clone())
+            .await;
         self.count(PurgeKind::Key, &span, result)
     }
 

@@ -181,7 +181,7 @@ async fn purge_url(
     principal: &str,
     peer: &str,
 ) -> Response<Full<Bytes>> {
-    let Some(urls) = &settings.handle.urls else {
+    let Some(urls) = settings.handle.urls() else {
         return error(
             StatusCode::NOT_IMPLEMENTED,
             "this purge endpoint has no response cache to purge URLs from",
@@ -272,7 +272,7 @@ where
         );
     }
     let what = describe(&request);
-    match settings.handle.purger.purge(&request).await {
+    match settings.handle.purge(&request).await {
         Ok(report) => {
             tracing::info!(
                 principal,

@@ -50,6 +50,15 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The key lies in a space reserved for the crate's layers (a response cache's entries,
+    /// leases or stamps: see [`KeySpace`](super::KeySpace)); application access refuses it.
+    #[error("key {key:?} is in the reserved space {space:?}")]
+    ReservedKey {
+        /// The rejected key, cut to 64 characters.
+        key: String,
+        /// The space it lies in.
+        space: super::KeySpace,
+    },
     /// The key holds a different kind of value (a counter read as an entry, say).
     #[error("key {key:?} holds a {found}, not a {expected}")]
     WrongType {

@@ -50,6 +50,30 @@
 //! truncated. Shared backends put every key under a namespace prefix, so several applications can
 //! share one Redis; [`Store::clear`] only clears its own namespace.
 //!
+//! # Reserved keys and tags
+//!
+//! An application and the crate's layers may share one store (one Redis namespace): the
+//! application's own keys beside the response cache's entries, leases and stamps. The layers'
+//! keys and tags live in reserved spaces, each named by its prefix here and nowhere else; every
+//! other key and tag is the application's.
+//!
+//! | Space | Prefix | What lives there |
+//! |---|---|---|
+//! | [`KeySpace::CacheEntry`] | `c:` | a stored response, or the `Vary` index of a URL's variants, under the request's identity (`c:GET http://host/path`) |
+//! | [`KeySpace::HashedCacheEntry`] | `c#` | the same, under a hash of an identity too long or not printable |
+//! | [`KeySpace::CacheLease`] | `l:` | a distributed lease on a cache fill |
+//! | [`KeySpace::CacheStamp`] | `i:` | a URL's invalidation stamp, which hides fetches in flight on other instances |
+//! | [`TagSpace::CacheUrl`] | `~url:` | the tag every variant of one URL carries |
+//! | [`TagSpace::CachePrincipal`] | `~principal:` | the tag every private entry of one user carries |
+//!
+//! Tags beginning with `~` are all reserved: the response cache drops them from a response's
+//! `Surrogate-Key`, `Cache-Tag` and [`CacheTags`](crate::cache::CacheTags). The application's
+//! typed access ([`TypedCache`]) refuses a key in a reserved space with
+//! [`StoreError::ReservedKey`], and [`KeyBuilder`] never builds one, so an application value
+//! is never read as a cached response, nor a response as an application value. The raw
+//! [`Store`] does not check (it is the layers' own access): an application that writes through
+//! it keeps out of these prefixes itself, as [`KeySpace::of`] tells.
+//!
 //! # How tags scale: invalidation marks, checked lazily
 //!
 //! Purging a tag that 100,000 entries carry must not cost 100,000 operations on the request
@@ -140,6 +164,7 @@ mod dynamic;
 pub(crate) mod entry;
 mod error;
 mod glob;
+mod keyspace;
 #[cfg(any(feature = "memory", feature = "redis"))]
 mod marks;
 mod stats;
@@ -167,6 +192,7 @@ pub use dynamic::{BoxStore, DynStore};
 pub use entry::{Entry, Limits, SetOptions};
 pub use error::{StoreConfigError, StoreConfigErrorKind, StoreError};
 pub use glob::{KeyPattern, MAX_REGEX_LEN, Pattern, RegexPattern};
+pub use keyspace::{KeySpace, TagSpace};
 pub use stats::{BreakerState, StoreStats};
 pub use typed::{ComputeError, DEFAULT_COMPRESS_ABOVE, KeyBuilder, TypedCache, TypedCacheError};
 

@@ -13,7 +13,7 @@ use futures_util::future::{FutureExt, Shared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{PurgeMode, SetOptions, Store, StoreError};
+use super::{KeySpace, PurgeMode, SetOptions, Store, StoreError};
 
 /// Values at or above this size are compressed when the `compression` feature is on.
 pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
@@ -139,10 +139,11 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// # Errors
     ///
-    /// [`TypedCacheError::Store`] from the store, [`TypedCacheError::Decode`] when the stored bytes are
-    /// not a `T`.
+    /// [`TypedCacheError::Store`] from the store, or with [`StoreError::ReservedKey`] for a key
+    /// in a layer's reserved space ([`KeySpace`]); [`TypedCacheError::Decode`] when the stored
+    /// bytes are not a `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TypedCacheError> {
-        match self.store.get(key).await? {
+        match self.store.get(KeySpace::application(key)?).await? {
             Some(entry) => decode(entry.value()).map(Some),
             None => Ok(None),
         }
@@ -152,13 +153,15 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// # Errors
     ///
-    /// [`TypedCacheError::Encode`] or [`TypedCacheError::Store`] (limits included).
+    /// [`TypedCacheError::Encode`] or [`TypedCacheError::Store`] (limits and
+    /// [`StoreError::ReservedKey`] included).
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
         options: &SetOptions,
     ) -> Result<(), TypedCacheError> {
+        let key = KeySpace::application(key)?;
         let bytes = encode(value, self.compress_above).map_err(TypedCacheError::Encode)?;
         Ok(self.store.set(key, bytes, options).await?)
     }
@@ -182,6 +185,7 @@ impl<S: Store + Clone> TypedCache<S> {
     ///
     /// [`TypedCacheError::Store`].
     pub async fn delete(&self, key: &str) -> Result<bool, TypedCacheError> {
+        let key = KeySpace::application(key)?;
         Ok(self.store.purge_key(key, PurgeMode::Hard).await?)
     }
 
@@ -203,7 +207,8 @@ impl<S: Store + Clone> TypedCache<S> {
     /// # Errors
     ///
     /// [`ComputeError::Compute`] with the function's error; [`ComputeError::Cache`] when the
-    /// value cannot be encoded or decoded.
+    /// value cannot be encoded or decoded, or the key is in a reserved space
+    /// ([`StoreError::ReservedKey`]).
     pub async fn get_or_compute<T, E, F, Fut>(
         &self,
         key: &str,
@@ -216,6 +221,7 @@ impl<S: Store + Clone> TypedCache<S> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        let key = KeySpace::application(key).map_err(TypedCacheError::from)?;
         let stale = match self.store.get(key).await {
             Ok(Some(entry)) if !entry.is_stale() => return Ok(decode(entry.value())?),
             Ok(found) => found,
@@ -348,6 +354,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TypedCacheError> {
 ///
 /// assert_eq!(KeyBuilder::new("product").part(42).build(), "product:42");
 /// assert_eq!(KeyBuilder::new("user").part("a:b").build(), "user:a%3Ab");
+/// // Never a key of the response cache's reserved spaces:
+/// assert_eq!(KeyBuilder::new("c").part("GET http://h/").build(), "%63:GET http://h/");
 /// ```
 #[derive(Clone, Debug)]
 pub struct KeyBuilder(String);
@@ -367,8 +375,14 @@ impl KeyBuilder {
         self
     }
 
-    /// The key.
-    pub fn build(self) -> String {
+    /// The key. A key that would fall in a layer's reserved space ([`KeySpace`]: its first
+    /// part is `c`, `l` or `i`, or begins `c#`) has its first character percent-escaped, so it
+    /// stays the application's and never meets another part list's key.
+    pub fn build(mut self) -> String {
+        if KeySpace::of(&self.0).is_reserved() {
+            let first = self.0.remove(0);
+            self.0.insert_str(0, &format!("%{:02X}", u32::from(first)));
+        }
         self.0
     }
 

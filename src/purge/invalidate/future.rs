@@ -1,4 +1,4 @@
-//! [`ResponseFuture`]: waits for the inner response, then purges (or defers the purge until
+//! [`InvalidateFuture`]: waits for the inner response, then purges (or defers the purge until
 //! after commit).
 
 use std::fmt;
@@ -30,7 +30,7 @@ type PurgeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pin_project! {
     /// The response future of [`Invalidate`](super::Invalidate).
-    pub struct ResponseFuture<F, B> {
+    pub struct InvalidateFuture<F, B> {
         #[pin]
         state: State<F, B>,
     }
@@ -51,15 +51,15 @@ pin_project! {
     }
 }
 
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+impl<F, B> fmt::Debug for InvalidateFuture<F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        f.debug_struct("InvalidateFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
+impl<F, B> InvalidateFuture<F, B> {
     pub(crate) fn passthrough(future: F) -> Self {
-        ResponseFuture {
+        InvalidateFuture {
             state: State::Calling {
                 future,
                 pending: Unresolved(None),
@@ -68,7 +68,7 @@ impl<F, B> ResponseFuture<F, B> {
     }
 
     pub(crate) fn new(future: F, pending: Pending) -> Self {
-        ResponseFuture {
+        InvalidateFuture {
             state: State::Calling {
                 future,
                 pending: Unresolved(Some(Box::new(pending))),
@@ -77,7 +77,7 @@ impl<F, B> ResponseFuture<F, B> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<F, B, E> Future for InvalidateFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {

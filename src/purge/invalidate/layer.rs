@@ -18,7 +18,7 @@ type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
 /// A layer that purges cached entries after successful writes: by declarative [`Rule`]s, by
 /// the `Cache-Group-Invalidation` header and by the [`Invalidation`](super::Invalidation)
-/// extension. Place it **inside** the transaction layer; see the [module docs](super).
+/// extension. Place it **inside** the transaction layer; see the [purge module](crate::purge#invalidation-after-writes).
 #[derive(Clone)]
 pub struct InvalidateLayer {
     pub(crate) purger: Purger,

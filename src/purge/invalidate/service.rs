@@ -6,11 +6,11 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response};
 use tower_service::Service;
 
-use super::future::{Pending, ResponseFuture};
+use super::future::{InvalidateFuture, Pending};
 use super::layer::InvalidateLayer;
 use crate::purge::rules::Targets;
 
-/// The service made by [`InvalidateLayer`]; see the [module docs](super).
+/// The service made by [`InvalidateLayer`]; see the [purge module](crate::purge#invalidation-after-writes).
 #[derive(Clone)]
 pub struct Invalidate<S> {
     pub(crate) inner: S,
@@ -44,7 +44,7 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, RB>;
+    type Future = InvalidateFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -62,7 +62,7 @@ where
         }
         if targets.is_empty() && !unsafe_method {
             // A safe request no rule names: nothing to do, nothing to allocate.
-            return ResponseFuture::passthrough(self.inner.call(request));
+            return InvalidateFuture::passthrough(self.inner.call(request));
         }
         #[cfg(feature = "sqlx")]
         let after_commit = request
@@ -78,6 +78,6 @@ where
             #[cfg(feature = "sqlx")]
             after_commit,
         };
-        ResponseFuture::new(self.inner.call(request), pending)
+        InvalidateFuture::new(self.inner.call(request), pending)
     }
 }
