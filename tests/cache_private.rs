@@ -354,6 +354,47 @@ async fn purging_a_principal_removes_its_entries_only() {
     assert!(status("bob").await.contains("fwd=miss"));
 }
 
+/// The cache's purger reaches the private store with every purge of its own: tags, a whole
+/// JSON request, everything.
+#[tokio::test]
+async fn the_cache_purger_purges_the_private_store_too() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::new(MemoryStore::new(1 << 20)).private_store(MemoryStore::new(1 << 20));
+    let purger = layer.purger();
+    let svc = ServiceBuilder::new()
+        .map_request(authenticate)
+        .layer(layer)
+        .service(origin(calls.clone(), "private, max-age=60"));
+    let status = |path: &'static str, user: Option<&'static str>| {
+        let svc = svc.clone();
+        async move { text(svc.oneshot(get(path, user)).await.unwrap()).await.1 }
+    };
+    for user in [Some("alice"), Some("bob"), None] {
+        status("/a", user).await;
+        assert!(status("/a", user).await.contains("hit"), "{user:?}");
+    }
+
+    assert_eq!(
+        purger.purge_tags([principal_tag("alice")]).await.unwrap(),
+        1
+    );
+    assert!(status("/a", Some("alice")).await.contains("fwd=miss"));
+    assert!(status("/a", Some("bob")).await.contains("hit"));
+
+    let everything = tower_strata::purge::PurgeRequest {
+        all: true,
+        ..Default::default()
+    };
+    let report = purger.purge(&everything).await.unwrap();
+    assert!(report.all >= 3, "{report:?}");
+    for user in [Some("alice"), Some("bob"), None] {
+        assert!(status("/a", user).await.contains("fwd=miss"), "{user:?}");
+    }
+
+    assert!(purger.purge_all().await.unwrap() >= 3);
+    assert!(status("/a", Some("bob")).await.contains("fwd=miss"));
+}
+
 /// An unsafe request by a principal invalidates its private entry of the URL and the shared
 /// one.
 #[tokio::test]
