@@ -1,5 +1,8 @@
 //! URL purges through the response cache: [`CachePurger`], from [`CacheLayer::purger`].
 
+use std::future::Future;
+use std::ops::Add;
+
 use http::{HeaderMap, Uri};
 
 use super::{PurgeError, PurgeReport, PurgeRequest, Purger};
@@ -128,12 +131,8 @@ impl CachePurger {
     /// [`CacheScope::Private`]: crate::cache::CacheScope::Private
     pub async fn purge_principal(&self, principal: &str) -> Result<u64, PurgeError> {
         let tag = principal_tag(principal);
-        let shared = self.purger.purge_tags([tag.as_str()]).await;
-        let private = match &self.private {
-            Some(private) => private.purge_tags([tag.as_str()]).await?,
-            None => 0,
-        };
-        Ok(shared? + private)
+        self.in_both(|purger| purger.purge_tags([tag.as_str()]), u64::add)
+            .await
     }
 
     /// Purges one store key (see [`Purger::purge_key`]); a cache entry's key purges its URL as
@@ -143,12 +142,7 @@ impl CachePurger {
     ///
     /// As [`Purger::purge_key`].
     pub async fn purge_key(&self, key: &str) -> Result<u64, PurgeError> {
-        let shared = self.purger.purge_key(key).await;
-        let private = match &self.private {
-            Some(private) => private.purge_key(key).await?,
-            None => 0,
-        };
-        Ok(shared? + private)
+        self.in_both(|purger| purger.purge_key(key), u64::add).await
     }
 
     /// Purges every entry carrying any of `tags` (see [`Purger::purge_tags`]), in the shared
@@ -163,12 +157,11 @@ impl CachePurger {
         T: AsRef<str>,
     {
         let tags: Vec<T> = tags.into_iter().collect();
-        let shared = self.purger.purge_tags(tags.iter().map(AsRef::as_ref)).await;
-        let private = match &self.private {
-            Some(private) => private.purge_tags(tags.iter().map(AsRef::as_ref)).await?,
-            None => 0,
-        };
-        Ok(shared? + private)
+        self.in_both(
+            |purger| purger.purge_tags(tags.iter().map(AsRef::as_ref)),
+            u64::add,
+        )
+        .await
     }
 
     /// Purges everything the cache stored: the shared store's namespace, and the private
@@ -178,12 +171,7 @@ impl CachePurger {
     ///
     /// The store's error (the private store is purged even when the shared one fails).
     pub async fn purge_all(&self) -> Result<u64, PurgeError> {
-        let shared = self.purger.purge_all().await;
-        let private = match &self.private {
-            Some(private) => private.purge_all().await?,
-            None => 0,
-        };
-        Ok(shared? + private)
+        self.in_both(Purger::purge_all, u64::add).await
     }
 
     /// Runs a whole [`PurgeRequest`] (see [`Purger::purge`]) against the shared store and, if
@@ -193,20 +181,34 @@ impl CachePurger {
     ///
     /// As [`Purger::purge`] (the private store is purged even when the shared one fails).
     pub async fn purge(&self, request: &PurgeRequest) -> Result<PurgeReport, PurgeError> {
-        let shared = self.purger.purge(request).await;
-        let Some(private) = &self.private else {
-            return shared;
-        };
-        let private = private.purge(request).await?;
-        let shared = shared?;
-        Ok(PurgeReport {
+        let both = |shared: PurgeReport, private: PurgeReport| PurgeReport {
             keys: shared.keys + private.keys,
             tags: shared.tags + private.tags,
             patterns: shared.patterns + private.patterns,
             all: shared.all + private.all,
             dependants: shared.dependants + private.dependants,
             soft: shared.soft,
-        })
+        };
+        self.in_both(|purger| purger.purge(request), both).await
+    }
+
+    /// Runs `purge` on the shared store's purger, then on the private store's if the layer has
+    /// one (even when the shared one failed: a user's entries must not outlive a purge for an
+    /// outage of the other store), and adds what both purged with `add`.
+    async fn in_both<'a, T, Fut>(
+        &'a self,
+        purge: impl Fn(&'a Purger) -> Fut,
+        add: impl FnOnce(T, T) -> T,
+    ) -> Result<T, PurgeError>
+    where
+        Fut: Future<Output = Result<T, PurgeError>>,
+    {
+        let shared = purge(&self.purger).await;
+        let Some(private) = &self.private else {
+            return shared;
+        };
+        let private = purge(private).await?;
+        Ok(add(shared?, private))
     }
 
     /// This purger in soft mode (see [`Purger::soft`]).
