@@ -592,8 +592,9 @@ async fn an_application_key_is_never_taken_for_a_cache_entry() {
         assert!(values.get::<String>(key).await.is_err(), "{key}");
         assert!(values.delete(key).await.is_err(), "{key}");
     }
-    // ...and a key it builds from parts that spell one lands in its own space.
-    let built = KeyBuilder::new("c").part(format!("GET {page}")).build();
+    // ...and a key it builds from parts that spell one (`c`, `GET http`, `//h/p` would
+    // join into `c:GET http://h/p`) lands in its own space.
+    let built = KeyBuilder::new("c").part("GET http").part("//h/p").build();
     assert_eq!(KeySpace::of(&built), KeySpace::Application);
     values
         .set(&built, &"the app's value", &Default::default())

@@ -355,7 +355,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TypedCacheError> {
 /// assert_eq!(KeyBuilder::new("product").part(42).build(), "product:42");
 /// assert_eq!(KeyBuilder::new("user").part("a:b").build(), "user:a%3Ab");
 /// // Never a key of the response cache's reserved spaces:
-/// assert_eq!(KeyBuilder::new("c").part("GET http://h/").build(), "%63:GET http://h/");
+/// assert_eq!(KeyBuilder::new("c").part("GET /").build(), "%63:GET /");
 /// ```
 #[derive(Clone, Debug)]
 pub struct KeyBuilder(String);
