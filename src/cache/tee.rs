@@ -61,7 +61,6 @@ struct Place {
     id: u64,
     /// Index of the next chunk it reads (counted from the body's first chunk).
     next: usize,
-    cut: bool,
     waker: Option<Waker>,
 }
 
@@ -124,7 +123,6 @@ impl Tee {
         state.readers.push(Place {
             id,
             next: 0,
-            cut: false,
             waker: None,
         });
         Some(TeeReader {
@@ -183,13 +181,14 @@ impl Tee {
                 state.pump = Some(cx.waker().clone());
                 return Poll::Pending;
             }
+            // The readers furthest behind leave the tee: woken, each finds its place gone and
+            // ends its body with an error.
             for place in state.readers.iter_mut().filter(|p| p.next == slowest) {
-                place.cut = true;
                 if let Some(waker) = place.waker.take() {
                     waker.wake();
                 }
             }
-            state.readers.retain(|p| !p.cut);
+            state.readers.retain(|p| p.next != slowest);
         }
     }
 }
