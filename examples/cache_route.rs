@@ -12,7 +12,7 @@
 //! curl -i localhost:3000/products/7   # slow; cache-status: tower-strata; fwd=miss; stored
 //! curl -i localhost:3000/products/7   # at once; cache-status: tower-strata; hit (and an age)
 //! curl -i localhost:3000/products/8   # another URL is another entry: a miss
-//! curl -i localhost:3000/cart         # private: never stored, every call reaches the handler
+//! curl -i localhost:3000/cart         # private: fwd=miss, never `stored`; each call runs it
 //! ```
 //!
 //! The handler decides what is cached and for how long, with the headers a CDN would read:

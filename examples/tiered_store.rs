@@ -51,9 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let db: Db = Arc::new(RwLock::new("First edition".into()));
+    // A namespace of this run's own: no entry of an earlier run answers for today's headline.
+    let namespace = format!("tiered_example_{}", std::process::id());
     let mut servers = tokio::task::JoinSet::new();
     for (name, port) in [("A", 3000), ("B", 3001)] {
-        let (router, _store) = instance(&url, "tiered_example", db.clone())?;
+        let (router, _store) = instance(&url, &namespace, db.clone())?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         println!(
             "instance {name} listening on http://{}",

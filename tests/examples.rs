@@ -289,14 +289,9 @@ mod tonic_cache {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
-    use tower_strata::cache::CacheLayer;
-    use tower_strata::store::MemoryStore;
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_second_call_is_served_from_the_cache() {
-        let cache = CacheLayer::new(MemoryStore::new(16 << 20))
-            .grpc_method(example::FORECAST, Duration::from_secs(60))
-            .unwrap();
+        let cache = example::cache().unwrap();
         let stats = cache.stats();
         let weather = example::Weather::default();
         let calls = weather.calls.clone();
