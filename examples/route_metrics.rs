@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "tower_strata=debug".into()),
+                .unwrap_or_else(|_| "info,tower_strata=debug".into()),
         )
         .init();
 
