@@ -15,50 +15,33 @@ use tracing::Instrument;
 use super::backend::TxDatabase;
 use super::body::{TxBody, TxResponseBody};
 use super::commit::{commit_at_end, commit_now};
-use super::config::TxMode;
+use super::config::{TxConfig, TxMode};
 use super::handle::{Shared, TxHandle};
-use super::layer::TxLayer;
 use super::limit::AdaptiveLimit;
 use super::outcome::{Failure, LimitSignal, Outcome};
 use super::policy::{CommitPolicy, RetryPolicy, Verdict};
+use super::stats::StatsInner;
 
-/// A request as each of its attempts sees it: its head, its mode and pool, and the layer.
+/// A request as each of its attempts sees it: its head, its mode and pool, and what of the
+/// layer an attempt needs. Made by [`TxLayer::request`](super::TxLayer::request).
 pub(super) struct TxRequest<DB: TxDatabase, P> {
-    parts: http::request::Parts,
-    mode: TxMode,
-    pool: Pool<DB>,
-    layer: TxLayer<DB, P>,
-    pub(super) policy: RetryPolicy,
+    pub(super) parts: http::request::Parts,
+    pub(super) mode: TxMode,
+    pub(super) pool: Pool<DB>,
+    pub(super) config: Arc<TxConfig>,
+    pub(super) stats: Arc<StatsInner>,
+    /// The adaptive limit, when it applies to this request's mode.
+    pub(super) limit: Option<Arc<AdaptiveLimit>>,
+    pub(super) commit_policy: Arc<P>,
+    pub(super) retry_policy: RetryPolicy,
     /// Whether a retryable error replays the request rather than let the verdict decide
     /// ([`RetryPolicy::may_replay`]).
-    replayable: bool,
+    pub(super) replayable: bool,
     /// When the first attempt began: the retry deadline counts from here.
     pub(super) started: Instant,
 }
 
 impl<DB: TxDatabase, P> TxRequest<DB, P> {
-    pub(super) fn new(parts: http::request::Parts, layer: TxLayer<DB, P>) -> Self {
-        let mode = layer.config.mode_of(&parts.method);
-        Self {
-            replayable: RetryPolicy::may_replay(mode, &parts.method),
-            pool: layer.pool_for(mode).clone(),
-            policy: RetryPolicy::new(&layer.config),
-            parts,
-            mode,
-            layer,
-            started: Instant::now(),
-        }
-    }
-
-    /// The adaptive limit that applies: only read-write transactions conflict on the rows
-    /// they write; reads pass.
-    fn limit(&self) -> Option<&AdaptiveLimit> {
-        self.layer
-            .limit
-            .as_deref()
-            .filter(|_| self.mode == TxMode::ReadWrite)
-    }
-
     /// The request for one attempt, with `body` and this attempt's transaction.
     fn rebuild<B>(&self, body: TxBody<B>, handle: &TxHandle<DB>) -> Request<TxBody<B>> {
         let parts = &self.parts;
@@ -103,14 +86,14 @@ where
         tx.retry.reason = tracing::field::Empty,
     );
     // Room under the adaptive limit, within what is left of the request's deadline.
-    let limit = request.limit();
+    let limit = request.limit.as_deref();
     let permit = match limit {
         Some(limit) => {
-            let left = request.policy.time_left(request.started.elapsed());
+            let left = request.retry_policy.time_left(request.started.elapsed());
             match tokio::time::timeout(left, limit.acquire()).await {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    request.layer.stats.inner.retries_exhausted();
+                    request.stats.retries_exhausted();
                     return Outcome::Failed(Failure::RetriesExhausted);
                 }
             }
@@ -124,7 +107,7 @@ where
             Some(LimitSignal::Success) => limit.success(),
             None => {}
         }
-        request.layer.stats.inner.limit(limit.limit());
+        request.stats.limit(limit.limit());
     }
     drop(permit);
     span.record("tx.result", outcome.label());
@@ -147,11 +130,10 @@ where
     DB: TxDatabase,
     P: CommitPolicy,
 {
-    let layer = &request.layer;
-    let config = &layer.config;
+    let config = &request.config;
     let shared = Arc::new(Shared::new(
         config.clone(),
-        layer.stats.inner.clone(),
+        request.stats.clone(),
         request.mode,
     ));
     let handle = TxHandle::new(request.pool.clone(), shared.clone());
@@ -169,7 +151,7 @@ where
     let response = match called {
         None => {
             handle.abandon().await;
-            layer.stats.inner.timed_out();
+            request.stats.timed_out();
             return Outcome::TimedOut;
         }
         Some(Err(panic)) => {
@@ -185,7 +167,7 @@ where
 
     if shared.pool_exhausted() {
         handle.roll_back().await;
-        layer.stats.inner.pool_exhausted();
+        request.stats.pool_exhausted();
         return Outcome::Failed(Failure::PoolExhausted);
     }
     // A retryable error wins over the response: the handler may have turned it into any
@@ -195,8 +177,8 @@ where
         return Outcome::Retryable(reason);
     }
     let verdict = response.extensions().get::<Verdict>().copied().or_else(|| {
-        layer
-            .policy
+        request
+            .commit_policy
             .on_response(response.status(), response.headers())
     });
     match verdict {
@@ -209,7 +191,13 @@ where
             let time_left = config
                 .transaction_timeout
                 .map(|limit| limit.saturating_sub(began.elapsed()));
-            let response = commit_at_end(handle, shared, layer.policy.clone(), time_left, response);
+            let response = commit_at_end(
+                handle,
+                shared,
+                request.commit_policy.clone(),
+                time_left,
+                response,
+            );
             Outcome::CommitDeferred(response)
         }
     }

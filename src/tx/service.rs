@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::attempt::{TxRequest, attempt};
+use super::attempt::attempt;
 use super::backend::TxDatabase;
 use super::body::{TxBody, TxResponseBody};
 use super::future::ResponseFuture;
@@ -102,7 +102,7 @@ where
     let Some(mut body) = ReplayBody::read(body, layer.config.max_body_size).await else {
         return Ok(Failure::BadBody.respond(grpc, retry_after));
     };
-    let request = TxRequest::new(parts, layer);
+    let request = layer.request(parts);
     let mut number = 1u32;
     loop {
         // Only a kept body is replayed, so there is always one to send.
@@ -115,7 +115,7 @@ where
         let outcome = attempt(&mut svc, &request, attempt_body, number).await;
         let elapsed = request.started.elapsed();
         match request
-            .policy
+            .retry_policy
             .retry(&outcome, number, elapsed, body.is_kept())
         {
             Decision::Answer => return outcome.into_response(grpc, retry_after),
