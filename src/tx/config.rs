@@ -391,40 +391,11 @@ impl TxConfig {
         let s = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
         s.max(1)
     }
-
-    /// Backoff before attempt `attempt + 1` (attempt counts from 1).
-    pub(crate) fn backoff_for(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.backoff_max);
-        // Full jitter: anywhere up to the exponential bound, so retries that conflicted
-        // together do not come back together.
-        Duration::from_micros(rand::random_range(0..=exp.as_micros() as u64))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_fully_jittered_under_a_growing_capped_bound() {
-        let c = TxConfig::default().backoff(Duration::from_millis(10), Duration::from_millis(40));
-        let (mut low, mut high) = (Duration::MAX, Duration::ZERO);
-        for _ in 0..1000 {
-            let b1 = c.backoff_for(1);
-            assert!(b1 <= Duration::from_millis(10));
-            let b3 = c.backoff_for(3);
-            assert!(b3 <= Duration::from_millis(40));
-            low = low.min(b3);
-            high = high.max(b3);
-            let b9 = c.backoff_for(9);
-            assert!(b9 <= Duration::from_millis(40));
-        }
-        // Full jitter: the whole range is used, not only its upper half.
-        assert!(low < Duration::from_millis(10) && high > Duration::from_millis(30));
-    }
 
     #[test]
     fn validation_rejects_nonsense() {

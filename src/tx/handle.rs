@@ -470,9 +470,17 @@ impl<DB: TxDatabase> TxHandle<DB> {
         self.inner.shared.retry_reason()
     }
 
+    /// Ends an attempt that does not commit: rolls back, and closes its after-commit hooks
+    /// with nothing to run. Every such end of an attempt goes through here (or
+    /// [`abandon`](Self::abandon)), so none can leave its hooks open.
+    pub(crate) async fn roll_back(&self) {
+        self.finish(false).await;
+        self.inner.shared.take_hooks(false);
+    }
+
     /// Ends an attempt whose handler was cut short (timeout, panic): a statement may still be
     /// in flight on the connection, so it is closed (the server rolls back) rather than
-    /// waited for.
+    /// waited for. Its after-commit hooks are closed with nothing to run.
     pub(crate) async fn abandon(&self) {
         let mut slot = self.inner.slot.lock().await;
         if let Some(mut conn) = slot.conn.take() {
@@ -485,6 +493,8 @@ impl<DB: TxDatabase> TxHandle<DB> {
                 .ended(slot.read_only, false, slot.began.elapsed());
         }
         slot.state = State::Done;
+        drop(slot);
+        self.inner.shared.take_hooks(false);
     }
 
     /// Ends a transaction still open at its deadline (a deferred gRPC commit waiting for a

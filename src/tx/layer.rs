@@ -2,15 +2,17 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::Pool;
 use tower_layer::Layer;
 
+use super::attempt::TxRequest;
 use super::backend::TxDatabase;
 use super::config::{TxConfig, TxMode};
 use super::error::TxConfigError;
 use super::limit::AdaptiveLimit;
-use super::policy::{CommitPolicy, DefaultPolicy};
+use super::policy::{CommitPolicy, DefaultPolicy, RetryPolicy};
 use super::service::Tx;
 use super::stats::TxStats;
 
@@ -97,6 +99,25 @@ impl<DB: TxDatabase, P> TxLayer<DB, P> {
         match (mode, &self.replica) {
             (TxMode::ReadOnly | TxMode::Autocommit, Some(replica)) => replica,
             _ => &self.pool,
+        }
+    }
+
+    /// A request, from its head, as each of its attempts sees it; its retry deadline starts
+    /// now.
+    pub(super) fn request(&self, parts: http::request::Parts) -> TxRequest<DB, P> {
+        let mode = self.config.mode_of(&parts.method);
+        TxRequest {
+            replayable: RetryPolicy::may_replay(mode, &parts.method),
+            pool: self.pool_for(mode).clone(),
+            config: self.config.clone(),
+            stats: self.stats.inner.clone(),
+            // Only read-write transactions conflict on the rows they write; reads pass.
+            limit: self.limit.clone().filter(|_| mode == TxMode::ReadWrite),
+            commit_policy: self.policy.clone(),
+            retry_policy: RetryPolicy::new(&self.config),
+            parts,
+            mode,
+            started: Instant::now(),
         }
     }
 

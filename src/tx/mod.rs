@@ -194,8 +194,10 @@
 //! # fn main() {}
 //! ```
 
+mod attempt;
 mod backend;
 mod body;
+mod commit;
 mod config;
 mod conn;
 mod error;
@@ -204,6 +206,7 @@ mod future;
 mod handle;
 mod layer;
 mod limit;
+mod outcome;
 mod policy;
 mod service;
 mod stats;
@@ -222,8 +225,9 @@ pub use error::{RetryReason, TxConfigError, TxConfigErrorKind};
 pub use future::ResponseFuture;
 pub use handle::{AfterCommit, TxHandle};
 pub use layer::TxLayer;
+pub use outcome::TX_ERROR_HEADER;
 pub use policy::{CommitPolicy, DefaultPolicy, Verdict};
-pub use service::{TX_ERROR_HEADER, Tx};
+pub use service::Tx;
 pub use stats::{
     DurationSummary, MAX_STATEMENTS, OTHER_STATEMENTS, RetriedByReason, SLOW_KEPT, SlowStatement,
     StatementStats, TxStats, TxStatsSnapshot,
