@@ -4,6 +4,7 @@
 //! HTTP/2 client with prior knowledge (h2c) and a tonic channel.
 #![cfg(all(feature = "memory", feature = "purge"))]
 
+#[allow(unused_imports)] // only its `tonic` test uses it
 use crate::support;
 
 #[allow(dead_code)]

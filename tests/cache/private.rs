@@ -2,6 +2,7 @@
 //! anonymous request, their own store, purged by principal.
 #![cfg(all(feature = "memory", feature = "cache", feature = "purge"))]
 
+#[allow(unused_imports)] // only its `redis` test uses it
 use crate::support;
 
 use std::convert::Infallible;

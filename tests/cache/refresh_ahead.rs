@@ -3,6 +3,7 @@
 //! stores' wall clock, so these tests run for a few one-second TTLs in real time.
 #![cfg(all(feature = "memory", feature = "cache"))]
 
+#[allow(unused_imports)] // only its `redis` test uses it
 use crate::support;
 
 use std::convert::Infallible;
