@@ -1,4 +1,4 @@
-//! The gRPC example's stack, shared with `tests/grpc_example.rs`: a hand-written `shop.Catalog`
+//! The gRPC example's stack, shared with `tests/app/grpc_example.rs`: a hand-written `shop.Catalog`
 //! tonic service (prost messages written by hand, no protoc, no build script) behind the
 //! metrics, cache and transaction layers, and a demo client.
 //!

@@ -156,7 +156,7 @@
 //! outermost, so add `InvalidateLayer` before `TxLayer`; with `ServiceBuilder` the layer added
 //! **first** is the outermost, so add it after. What must never happen is a purge before the
 //! commit (from the handler, or from a layer that does not wait for it): the race test in
-//! `tests/invalidate_tx.rs` shows readers then re-cache the old row.
+//! `tests/tx/invalidate.rs` shows readers then re-cache the old row.
 //!
 //! ## Failures
 //!

@@ -1,5 +1,5 @@
 //! The examples' stacks and the app-level services: quickstart, gRPC example, reverse proxy,
-//! dashboard (and in a browser), health, warming. One test binary, a module per former file.
+//! dashboard (and in a browser), health, warming, and the small examples. One test binary, a module per former file.
 //! (`shop.rs` stays a binary of its own: it installs the global `metrics` recorder.)
 
 // Each module includes `examples/quickstart.rs` itself, as it did as a binary of its own.
@@ -10,6 +10,7 @@ mod support;
 
 mod dashboard;
 mod dashboard_browser;
+mod examples;
 mod grpc_example;
 mod health;
 mod quickstart_demo;

@@ -1,5 +1,5 @@
 //! Invalidation rules, the `Cache-Group-Invalidation` header, the `Invalidation` extension and
-//! the invalidation bus, over the memory store and Redis (no database: see `invalidate_tx.rs`).
+//! the invalidation bus, over the memory store and Redis (no database: see `tests/tx/invalidate.rs`).
 #![cfg(feature = "memory")]
 
 use crate::support;

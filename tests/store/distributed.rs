@@ -224,7 +224,7 @@ async fn a_hung_redis_times_out_every_call() {
     let bound = Duration::from_millis(200);
     // Without the circuit breaker, which would refuse calls after three timeouts, nor the read
     // soft timeout, whose reads give up sooner: this test is about the bound on each call
-    // (`tests/store_breaker.rs` tests both).
+    // (`tests/store/breaker.rs` tests both).
     let store = RedisStore::builder(silent.url())
         .namespace(support::unique("hang"))
         .timeout(bound)

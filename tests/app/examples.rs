@@ -1,9 +1,9 @@
 //! The small examples, one module each: each includes its example file and drives the app it
 //! builds the way the example's doc comment says to try it, so no example can rot.
-//! (`#[path = "../examples"]` on a module makes `examples/` the directory of the modules
-//! inside it, so its `example` module is the example file.)
+//! (Each example file is a module of its own here, `NAME_example`, which the test module
+//! names `example`.)
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -72,11 +72,13 @@ async fn hit(app: &Router, uri: &str) -> Answer {
 }
 
 #[cfg(all(feature = "memory", feature = "cache"))]
-#[path = "../examples"]
+#[allow(dead_code)] // its `main`
+#[path = "../../examples/cache_route.rs"]
+mod cache_route_example;
+
+#[cfg(all(feature = "memory", feature = "cache"))]
 mod cache_route {
-    #[allow(dead_code)] // its `main`
-    #[path = "cache_route.rs"]
-    mod example;
+    use super::cache_route_example as example;
 
     use super::{call, hit};
 
@@ -98,11 +100,13 @@ mod cache_route {
 }
 
 #[cfg(all(feature = "memory", feature = "purge"))]
-#[path = "../examples"]
+#[allow(dead_code)] // its `main`
+#[path = "../../examples/purge_tag.rs"]
+mod purge_tag_example;
+
+#[cfg(all(feature = "memory", feature = "purge"))]
 mod purge_tag {
-    #[allow(dead_code)] // its `main`
-    #[path = "purge_tag.rs"]
-    mod example;
+    use super::purge_tag_example as example;
 
     use super::{call, hit};
 
@@ -128,11 +132,13 @@ mod purge_tag {
 }
 
 #[cfg(all(feature = "sqlite", feature = "axum"))]
-#[path = "../examples"]
+#[allow(dead_code)] // its `main`
+#[path = "../../examples/tx_retry.rs"]
+mod tx_retry_example;
+
+#[cfg(all(feature = "sqlite", feature = "axum"))]
 mod tx_retry {
-    #[allow(dead_code)] // its `main`
-    #[path = "tx_retry.rs"]
-    mod example;
+    use super::tx_retry_example as example;
 
     use super::call;
 
@@ -170,11 +176,13 @@ mod tx_retry {
 }
 
 #[cfg(all(feature = "metrics", feature = "axum"))]
-#[path = "../examples"]
+#[allow(dead_code)] // its `main`
+#[path = "../../examples/route_metrics.rs"]
+mod route_metrics_example;
+
+#[cfg(all(feature = "metrics", feature = "axum"))]
 mod route_metrics {
-    #[allow(dead_code)] // its `main`
-    #[path = "route_metrics.rs"]
-    mod example;
+    use super::route_metrics_example as example;
 
     use super::call;
 
@@ -217,11 +225,13 @@ mod route_metrics {
 }
 
 #[cfg(all(feature = "memory", feature = "redis", feature = "cache"))]
-#[path = "../examples"]
+#[allow(dead_code)] // its `main`
+#[path = "../../examples/tiered_store.rs"]
+mod tiered_store_example;
+
+#[cfg(all(feature = "memory", feature = "redis", feature = "cache"))]
 mod tiered_store {
-    #[allow(dead_code)] // its `main`
-    #[path = "tiered_store.rs"]
-    mod example;
+    use super::tiered_store_example as example;
 
     use std::sync::{Arc, RwLock};
     use std::time::Duration;
@@ -280,11 +290,13 @@ mod tiered_store {
 }
 
 #[cfg(all(feature = "memory", feature = "cache", feature = "tonic"))]
-#[path = "../examples"]
+#[allow(dead_code)] // its `main`
+#[path = "../../examples/tonic_cache.rs"]
+mod tonic_cache_example;
+
+#[cfg(all(feature = "memory", feature = "cache", feature = "tonic"))]
 mod tonic_cache {
-    #[allow(dead_code)] // its `main`
-    #[path = "tonic_cache.rs"]
-    mod example;
+    use super::tonic_cache_example as example;
 
     use std::sync::atomic::Ordering;
     use std::time::Duration;
