@@ -23,7 +23,7 @@ use super::scope::CacheScope;
 use super::stamp;
 use super::state::Shared;
 use super::upstream::{self, Upstream};
-use crate::store::{KeySpace, PurgeMode, Store, StoreError};
+use crate::store::{PurgeMode, Store, StoreError};
 
 /// Removes from the store every response stored for the URL whose primary store key is
 /// `primary`: the entry under the key itself (a response, or the `Vary` index) and every
@@ -117,10 +117,10 @@ impl Invalidator {
 }
 
 /// A purge of one store key as the response cache sees it. A cache entry's key
-/// ([`KeySpace::is_cache_entry`]) names a URL: every stored response of it goes
-/// ([`remove_url`]) and, with the cache's [`Invalidator`], what the process knows of the URL
-/// and other instances' fetches in flight ([`invalidate_url`]). Any other key is purged as it
-/// is. Returns how many entries went.
+/// ([`KeySpace::is_cache_entry`](crate::store::KeySpace::is_cache_entry)) names a URL:
+/// every stored response of it goes ([`remove_url`]) and, with the cache's [`Invalidator`],
+/// what the process knows of the URL and other instances' fetches in flight
+/// ([`invalidate_url`]). Any other key is purged as it is. Returns how many entries went.
 #[cfg(feature = "purge")]
 pub(crate) async fn purge_key<St: Store + ?Sized>(
     store: &St,
@@ -129,7 +129,9 @@ pub(crate) async fn purge_key<St: Store + ?Sized>(
     cache: Option<&Invalidator>,
 ) -> Result<u64, StoreError> {
     match cache {
-        _ if !KeySpace::is_cache_entry(key) => store.purge_key(key, mode).await.map(u64::from),
+        _ if !crate::store::KeySpace::is_cache_entry(key) => {
+            store.purge_key(key, mode).await.map(u64::from)
+        }
         Some(cache) => cache.invalidate(store, key, mode).await,
         None => remove_url(store, key, mode).await,
     }
