@@ -155,11 +155,11 @@ async fn prometheus_output_parses_and_has_the_opentelemetry_names() {
     assert!(active.samples.iter().all(|s| s.value.value.as_f64() == 0.0));
 
     assert_eq!(
-        family("tower_strata_http_server_time_to_head").kind,
+        family("strata_http_server_time_to_head").kind,
         Type::Histogram
     );
 
-    let slow = family("tower_strata_http_server_slow_requests");
+    let slow = family("strata_http_server_slow_requests");
     assert_eq!(slow.kind, Type::Counter);
     assert_eq!(
         label(&slow.samples[0], "http_route").as_deref(),

@@ -19,12 +19,12 @@ pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
 /// `rpc.server.call.duration`: seconds per gRPC call; histogram labelled `rpc.system`,
 /// `rpc.service`, `rpc.method`, `rpc.grpc.status_code` and, on failure, `error.type`.
 pub const RPC_SERVER_CALL_DURATION: &str = "rpc.server.call.duration";
-/// `tower_strata.http.server.time_to_head`: seconds until the response head was ready (no
+/// `strata.http.server.time_to_head`: seconds until the response head was ready (no
 /// semantic convention exists for it), with the labels of [`HTTP_SERVER_REQUEST_DURATION`].
-pub const HTTP_SERVER_TIME_TO_HEAD: &str = "tower_strata.http.server.time_to_head";
-/// `tower_strata.http.server.slow_requests`: counter of slow requests, labelled
+pub const HTTP_SERVER_TIME_TO_HEAD: &str = "strata.http.server.time_to_head";
+/// `strata.http.server.slow_requests`: counter of slow requests, labelled
 /// `http.request.method` and `http.route`.
-pub const HTTP_SERVER_SLOW_REQUESTS: &str = "tower_strata.http.server.slow_requests";
+pub const HTTP_SERVER_SLOW_REQUESTS: &str = "strata.http.server.slow_requests";
 
 /// The OpenTelemetry semantic conventions' explicit bucket boundaries (seconds) for
 /// `http.server.request.duration` and `rpc.server.call.duration`. Give them to your exporter,

@@ -57,8 +57,8 @@
 //! | [`http.server.request.duration`](HTTP_SERVER_REQUEST_DURATION) (s) | histogram | `http.request.method`, `http.route`, `http.response.status_code`, `error.type` |
 //! | [`http.server.active_requests`](HTTP_SERVER_ACTIVE_REQUESTS) | gauge | `http.request.method` |
 //! | [`rpc.server.call.duration`](RPC_SERVER_CALL_DURATION) (s) | histogram | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `error.type` |
-//! | [`tower_strata.http.server.time_to_head`](HTTP_SERVER_TIME_TO_HEAD) (s) | histogram | as `http.server.request.duration` |
-//! | [`tower_strata.http.server.slow_requests`](HTTP_SERVER_SLOW_REQUESTS) | counter | `http.request.method`, `http.route` |
+//! | [`strata.http.server.time_to_head`](HTTP_SERVER_TIME_TO_HEAD) (s) | histogram | as `http.server.request.duration` |
+//! | [`strata.http.server.slow_requests`](HTTP_SERVER_SLOW_REQUESTS) | counter | `http.request.method`, `http.route` |
 //!
 //! Configure your exporter with [`DURATION_BUCKETS`] (the conventions' boundaries) so the
 //! histograms aggregate across instances. Metric handles are cached per label set on each
