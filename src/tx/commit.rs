@@ -9,6 +9,8 @@ use tracing::Instrument;
 
 use super::backend::{TxDatabase, classify};
 use super::body::{GrpcFailure, TxResponseBody};
+use super::config::TxConfig;
+use super::error::RetryReason;
 use super::handle::{Finished, Shared, TxHandle, commit_error_is_ambiguous, run_hooks};
 use super::outcome::{Failure, Outcome};
 use super::policy::{CommitPolicy, Verdict};
@@ -22,31 +24,50 @@ pub(super) async fn commit_now<DB: TxDatabase, B, E>(
     span: &tracing::Span,
     response: Response<B>,
 ) -> Outcome<B, E> {
-    let stats = shared.stats.clone();
-    let config = shared.config.clone();
-    match commit_then_hooks(handle, shared)
+    let (stats, config) = (shared.stats.clone(), shared.config.clone());
+    let finished = commit_then_hooks(handle, shared)
         .instrument(span.clone())
-        .await
-    {
-        Finished::Committed | Finished::NotBegun => {
-            Outcome::Committed(response.map(TxResponseBody::inner))
-        }
+        .await;
+    match judge::<DB>(finished, &config, &stats) {
+        Ok(()) => Outcome::Committed(response.map(TxResponseBody::inner)),
+        Err(Unmade::Retryable(reason)) => Outcome::Retryable(reason),
+        Err(Unmade::Failed(failure)) => Outcome::Failed(failure),
+    }
+}
+
+/// Why a commit did not happen, as [`judge`] tells it.
+enum Unmade {
+    /// The database refused it for a reason a replay may cure (a conflict at `COMMIT`).
+    Retryable(RetryReason),
+    /// Failed, timed out, or its outcome is unknown: the layer answers in the handler's place.
+    Failed(Failure),
+}
+
+/// What a commit came to, the one reading of [`Finished`] for a commit made now and one made
+/// at the end of the body: counts the failures and logs the errors an operator must see.
+fn judge<DB: TxDatabase>(
+    finished: Finished,
+    config: &TxConfig,
+    stats: &StatsInner,
+) -> Result<(), Unmade> {
+    match finished {
+        Finished::Committed | Finished::NotBegun => Ok(()),
         Finished::Aborted | Finished::RolledBack => {
             stats.commit_failed(false);
-            Outcome::Failed(Failure::CommitFailed)
+            Err(Unmade::Failed(Failure::CommitFailed))
         }
-        Finished::Expired => Outcome::Failed(Failure::Timeout),
+        Finished::Expired => Err(Unmade::Failed(Failure::Timeout)),
         Finished::CommitFailed(err) => {
-            if let Some(reason) = classify::<DB>(&err, &config) {
-                Outcome::Retryable(reason)
+            if let Some(reason) = classify::<DB>(&err, config) {
+                Err(Unmade::Retryable(reason))
             } else if commit_error_is_ambiguous(&err) {
                 tracing::error!(target: "tower_strata::tx", error = %err, "commit outcome unknown");
                 stats.commit_failed(true);
-                Outcome::Failed(Failure::CommitAmbiguous)
+                Err(Unmade::Failed(Failure::CommitAmbiguous))
             } else {
                 tracing::error!(target: "tower_strata::tx", error = %err, "commit failed");
                 stats.commit_failed(false);
-                Outcome::Failed(Failure::CommitFailed)
+                Err(Unmade::Failed(Failure::CommitFailed))
             }
         }
     }
@@ -125,25 +146,14 @@ async fn finish_deferred<DB: TxDatabase>(
         handle.roll_back().await;
         return Ok(());
     }
-    match commit_then_hooks(handle, shared.clone()).await {
-        Finished::Committed | Finished::NotBegun => Ok(()),
-        Finished::Aborted | Finished::RolledBack => {
-            stats.commit_failed(false);
-            Err(Failure::CommitFailed.grpc())
+    let finished = commit_then_hooks(handle, shared.clone()).await;
+    match judge::<DB>(finished, &shared.config, &stats) {
+        Ok(()) => Ok(()),
+        // Too late to replay (the response has started): the client may retry.
+        Err(Unmade::Retryable(_)) => {
+            stats.retries_exhausted();
+            Err(Failure::RetriesExhausted.grpc())
         }
-        Finished::Expired => Err(Failure::Timeout.grpc()),
-        Finished::CommitFailed(err) => {
-            if classify::<DB>(&err, &shared.config).is_some() {
-                // Too late to replay (the response has started): the client may retry.
-                stats.retries_exhausted();
-                Err(Failure::RetriesExhausted.grpc())
-            } else if commit_error_is_ambiguous(&err) {
-                stats.commit_failed(true);
-                Err(Failure::CommitAmbiguous.grpc())
-            } else {
-                stats.commit_failed(false);
-                Err(Failure::CommitFailed.grpc())
-            }
-        }
+        Err(Unmade::Failed(failure)) => Err(failure.grpc()),
     }
 }
