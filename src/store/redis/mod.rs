@@ -1,7 +1,10 @@
 //! [`RedisStore`]: a shared store on Redis, with timeouts on every command and a pub/sub
 //! backplane.
 //!
-//! - `mod.rs`: the store, its reads and writes and the write fence;
+//! - `mod.rs`: the store and its `Store` operations;
+//! - `read.rs`: reading entries: decoding, the tags' invalidation marks, the read counts;
+//! - `write.rs`: writing entries with their tag indexes, the backplane publish and the write
+//!   fence;
 //! - `calls.rs`: how every call runs: the command timeout, the breaker (per node on a
 //!   Cluster), the read soft timeout, the breaker's probe, the call's span and figures;
 //! - `builder.rs`: [`RedisStoreBuilder`], and the tasks a store starts;
@@ -30,8 +33,10 @@ mod cleanup;
 mod cluster;
 mod connection;
 mod purge;
+mod read;
 mod routing;
 mod scripts;
+mod write;
 
 pub use self::builder::RedisStoreBuilder;
 #[cfg(feature = "health")]
@@ -43,7 +48,7 @@ use self::scripts::INCR_WITH_TTL;
 use super::backplane::{BusOp, BusShared};
 use super::breaker::Breaker;
 use super::entry::now_micros;
-use super::marks::{TagMarks, Verdict};
+use super::marks::TagMarks;
 use super::stats::BreakerState;
 use super::stats::Counters;
 use super::{
@@ -118,11 +123,6 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// The longest a write waits for the backplane's subscribers to be back (see
-/// `RedisStore::fence`).
-const FENCE_BOUND: Duration = Duration::from_secs(1);
-const FENCE_POLL: Duration = Duration::from_millis(5);
-
 fn raise_mark(marks: &quick_cache::sync::Cache<String, TagMarks>, tag: &str, mark: TagMarks) {
     let current = marks.get(tag);
     let mut raised = current.unwrap_or_default();
@@ -153,47 +153,6 @@ impl RedisStore {
             .bus
             .as_ref()
             .map_or(0, |b| b.reconnects.load(Relaxed))
-    }
-
-    /// Waits, after publishing an invalidation that `reached` subscribers (the publish's own
-    /// reply), until the backplane channel has as many subscribers as it had when every
-    /// instance was there (at most [`FENCE_BOUND`]): an instance whose subscription dropped
-    /// around the publish has then resubscribed, and so dropped its local copies, before this
-    /// write returns. Without it, a read on that instance right after the write could still
-    /// find the old value in its L1. Past the bound, the lower count is taken as the new
-    /// normal (an instance left). When the publish reached everyone, as it nearly always does,
-    /// this costs nothing: no round trip beyond the publish.
-    async fn fence(&self, reached: u64) {
-        let Some(bus) = &self.inner.bus else {
-            return;
-        };
-        if reached >= bus.expected.fetch_max(reached, Relaxed) {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + FENCE_BOUND;
-        loop {
-            let mut conn = self.inner.conn.clone();
-            let Ok(now) = self
-                .run("pubsub numsub", conn.subscribers(&bus.channel))
-                .await
-            else {
-                return;
-            };
-            let expected = bus.expected.fetch_max(now, Relaxed);
-            if now >= expected {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bus.expected.store(now, Relaxed);
-                tracing::warn!(
-                    expected,
-                    now,
-                    "backplane: fewer subscribers than before; taking it as the new normal"
-                );
-                return;
-            }
-            tokio::time::sleep(FENCE_POLL).await;
-        }
     }
 
     /// Sends `PING` and returns the round-trip time: a health check.
@@ -235,250 +194,6 @@ impl RedisStore {
 
     fn index_key(&self, tag: &str) -> String {
         format!("{}:i:{tag}", self.inner.prefix)
-    }
-
-    /// Queues the backplane publish of `op` as the batch's last command, when there is a
-    /// backplane; [`run_publishing`](Self::run_publishing) reads its reply.
-    fn publish(&self, pipe: &mut Batch, op: BusOp) {
-        if let Some(bus) = &self.inner.bus {
-            pipe.cmd(self.inner.conn.publish_command())
-                .arg(bus.channel.as_str())
-                .arg(bus.encode(op));
-        }
-    }
-
-    /// Runs a batch that ends with [`publish`](Self::publish) (when there is a backplane) and
-    /// returns the replies of the other commands, and how many subscribers the publish
-    /// reached, for [`fence`](Self::fence).
-    async fn run_publishing<T: redis::FromRedisValue>(
-        &self,
-        op: &'static str,
-        pipe: &Batch,
-    ) -> Result<(T, u64), StoreError> {
-        let mut conn = self.inner.conn.clone();
-        let mut replies: Vec<redis::Value> = self.run(op, conn.run_batch(pipe)).await?;
-        let reached = match &self.inner.bus {
-            Some(_) => replies
-                .pop()
-                .and_then(|reply| <u64 as redis::FromRedisValue>::from_redis_value(reply).ok())
-                .unwrap_or(0),
-            None => 0,
-        };
-        let rest = T::from_redis_value(redis::Value::Array(replies))
-            .map_err(|e| StoreError::backend(op, redis::RedisError::from(e)))?;
-        Ok((rest, reached))
-    }
-
-    /// Drops entries whose tags were purged after they were stored, and marks stale those
-    /// soft-purged since. Marks not known locally (or all of them, while the backplane is down)
-    /// are fetched in one pipelined round trip.
-    async fn filter_invalidated(&self, entries: &mut [Option<Entry>]) -> Result<(), StoreError> {
-        let trust_local = self.backplane_connected();
-        let mut unknown: Vec<String> = Vec::new();
-        for entry in entries.iter().flatten() {
-            for tag in entry.tags() {
-                let known = trust_local && self.inner.marks.get(tag.as_str()).is_some();
-                if !known && !unknown.contains(tag) {
-                    unknown.push(tag.clone());
-                }
-            }
-        }
-        let mut fetched = std::collections::HashMap::new();
-        if !unknown.is_empty() {
-            let mut pipe = Batch::new();
-            for tag in &unknown {
-                pipe.cmd("GET").arg(self.mark_key(tag));
-                pipe.cmd("GET").arg(self.soft_mark_key(tag));
-            }
-            let mut conn = self.inner.conn.clone();
-            let marks: Vec<Option<u64>> = self.run("get marks", conn.run_batch(&pipe)).await?;
-            for (tag, pair) in unknown.into_iter().zip(marks.chunks(2)) {
-                let mark = TagMarks {
-                    hard: pair[0].unwrap_or(0),
-                    soft: pair.get(1).copied().flatten().unwrap_or(0),
-                };
-                if trust_local {
-                    raise_mark(&self.inner.marks, &tag, mark);
-                }
-                fetched.insert(tag, mark);
-            }
-        }
-        for slot in entries.iter_mut() {
-            let Some(entry) = slot.take() else { continue };
-            if entry.tags().is_empty() {
-                *slot = Some(entry);
-                continue;
-            }
-            let mut marks = TagMarks::default();
-            for tag in entry.tags() {
-                if let Some(mark) = fetched
-                    .get(tag)
-                    .copied()
-                    .or_else(|| self.inner.marks.get(tag.as_str()))
-                {
-                    marks.raise(mark);
-                }
-            }
-            *slot = match marks.verdict(entry.stored_at_micros()) {
-                Verdict::Valid => Some(entry),
-                Verdict::Invalid => None,
-                Verdict::Soft(at) => Some(entry.soft_purged(at)).filter(|e| !e.is_expired()),
-            };
-        }
-        Ok(())
-    }
-
-    fn decode(&self, raw: Option<Vec<u8>>) -> Result<Option<Entry>, StoreError> {
-        match raw {
-            None => Ok(None),
-            Some(raw) => Entry::decode(Bytes::from(raw)).map(Some).inspect_err(|e| {
-                self.inner.counters.error(e);
-            }),
-        }
-    }
-
-    fn count_reads(&self, entries: &[Option<Entry>]) {
-        for entry in entries {
-            match entry {
-                Some(entry) => self.inner.counters.hit(entry.is_stale()),
-                None => Counters::add(&self.inner.counters.misses, 1),
-            }
-        }
-    }
-
-    fn queue_set(&self, pipe: &mut Batch, key: &str, entry: &Entry) {
-        let redis_key = self.key(key);
-        let retention_ms = entry
-            .retention()
-            .map(|l| (l.as_millis().min(i64::MAX as u128) as u64).max(1));
-        let cmd = pipe.cmd("SET").arg(&redis_key).arg(entry.encode().as_ref());
-        if let Some(ms) = retention_ms {
-            cmd.arg("PX").arg(ms);
-        }
-        cmd.ignore();
-        for tag in entry.tags() {
-            let index = self.index_key(tag);
-            pipe.cmd("SADD").arg(&index).arg(key).ignore();
-            match retention_ms {
-                // The index set lives as long as its longest-lived member: NX sets a TTL on a
-                // new set, GT extends it. A mark the tag has lives as long as this entry too
-                // (GT: never shortened; a missing mark is left missing): an entry fetched
-                // before a purge and written after it stays hidden for all its life.
-                Some(ms) => {
-                    pipe.cmd("PEXPIRE").arg(&index).arg(ms).arg("NX").ignore();
-                    pipe.cmd("PEXPIRE").arg(&index).arg(ms).arg("GT").ignore();
-                    let ms = ms.min(self.inner.mark_ttl.as_millis() as u64);
-                    for mark in [self.mark_key(tag), self.soft_mark_key(tag)] {
-                        pipe.cmd("PEXPIRE").arg(mark).arg(ms).arg("GT").ignore();
-                    }
-                }
-                None => {
-                    pipe.cmd("PERSIST").arg(&index).ignore();
-                }
-            }
-        }
-    }
-
-    /// Writes a prepared entry (the tiered store hands over entries it already built).
-    pub(crate) async fn set_entries(&self, items: &[(&str, Entry)]) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        if let [(key, _)] = items {
-            self.shed("set", key)?;
-        }
-        let mut pipe = Batch::new();
-        // MULTI only where an entry and its index memberships must land together.
-        if items.iter().any(|(_, e)| !e.tags().is_empty()) {
-            pipe.atomic();
-        }
-        for (key, entry) in items {
-            self.queue_set(&mut pipe, key, entry);
-        }
-        if !self.inner.publish_writes {
-            let mut conn = self.inner.conn.clone();
-            self.run("set", conn.run_batch::<()>(&pipe)).await?;
-            Counters::add(&self.inner.counters.sets, items.len() as u64);
-            return Ok(());
-        }
-        self.publish(
-            &mut pipe,
-            BusOp::Keys {
-                keys: items.iter().map(|(k, _)| (*k).to_owned()).collect(),
-            },
-        );
-        let ((), reached) = self.run_publishing("set", &pipe).await?;
-        Counters::add(&self.inner.counters.sets, items.len() as u64);
-        self.fence(reached).await;
-        Ok(())
-    }
-
-    /// `SADD` or `SREM` of `members`; an empty list is a no-op (Redis refuses it).
-    async fn change_set(
-        &self,
-        op: &'static str,
-        command: &str,
-        key: &str,
-        members: &[&str],
-    ) -> Result<u64, StoreError> {
-        self.inner.limits.check_key(key)?;
-        if members.is_empty() {
-            return Ok(0);
-        }
-        let mut conn = self.inner.conn.clone();
-        self.run(
-            op,
-            redis::cmd(command)
-                .arg(self.key(key))
-                .arg(members)
-                .query_async(&mut conn),
-        )
-        .await
-    }
-}
-
-impl RedisStore {
-    /// [`Store::get`] without the read soft timeout.
-    async fn read_one(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let mut conn = self.inner.conn.clone();
-        let raw: Option<Vec<u8>> = self
-            .run(
-                "get",
-                redis::cmd("GET").arg(self.key(key)).query_async(&mut conn),
-            )
-            .await?;
-        let mut found = [self.decode(raw)?];
-        self.filter_invalidated(&mut found).await?;
-        self.count_reads(&found);
-        let [found] = found;
-        Ok(found)
-    }
-
-    /// [`StoreExt::get_many`]. On a Cluster, the keys of a master that fails read as misses
-    /// as long as another master answered.
-    pub(crate) async fn read_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry>>, StoreError> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A pipeline of GETs rather than MGET: one round trip, and no multi-key command that a
-        // Cluster would refuse across slots.
-        let mut pipe = Batch::new();
-        pipe.partial();
-        for key in keys {
-            pipe.cmd("GET").arg(self.key(key));
-        }
-        let mut conn = self.inner.conn.clone();
-        let raws: Vec<Option<Vec<u8>>> = self.run("get_many", conn.run_batch(&pipe)).await?;
-        let mut found = raws
-            .into_iter()
-            .map(|raw| self.decode(raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.filter_invalidated(&mut found).await?;
-        self.count_reads(&found);
-        Ok(found)
     }
 }
 
