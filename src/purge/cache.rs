@@ -194,7 +194,8 @@ impl CachePurger {
 
     /// Runs `purge` on the shared store's purger, then on the private store's if the layer has
     /// one (even when the shared one failed: a user's entries must not outlive a purge for an
-    /// outage of the other store), and adds what both purged with `add`.
+    /// outage of the other store), and adds what both purged with `add`. A purge the shared
+    /// purger refused whole ([`PurgeError::TooManyDependants`]) purges nothing anywhere.
     async fn in_both<'a, T, Fut>(
         &'a self,
         purge: impl Fn(&'a Purger) -> Fut,
@@ -207,6 +208,10 @@ impl CachePurger {
         let Some(private) = &self.private else {
             return shared;
         };
+        // Refused before anything was purged: the private store is left alone too.
+        if let Err(PurgeError::TooManyDependants { .. }) = shared {
+            return shared;
+        }
         let private = purge(private).await?;
         Ok(add(shared?, private))
     }

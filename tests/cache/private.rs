@@ -396,6 +396,43 @@ async fn the_cache_purger_purges_the_private_store_too() {
     assert!(status("/a", Some("bob")).await.contains("fwd=miss"));
 }
 
+/// A purge the shared purger refuses whole (too many dependants) purges nothing in the
+/// private store either: "nothing purged" holds across both stores.
+#[tokio::test]
+async fn a_purge_refused_whole_leaves_the_private_store_alone() {
+    use tower_strata::purge::{PurgeError, Target};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::new(MemoryStore::new(1 << 20)).private_store(MemoryStore::new(1 << 20));
+    let purger = layer.purger();
+    let _ = purger.purger().clone().max_dependants(1);
+    purger.purger().depend(Target::tag("a"), Target::tag("x"));
+    purger.purger().depend(Target::tag("b"), Target::tag("x"));
+    let svc = ServiceBuilder::new()
+        .map_request(authenticate)
+        .layer(layer)
+        .service(origin(calls.clone(), "private, max-age=60"));
+    let status = |user: &'static str| {
+        let svc = svc.clone();
+        async move {
+            text(svc.oneshot(get("/a", Some(user))).await.unwrap())
+                .await
+                .1
+        }
+    };
+    status("alice").await;
+    assert!(status("alice").await.contains("hit"));
+
+    let refused = purger
+        .purge_tags(["x".to_owned(), principal_tag("alice")])
+        .await;
+    assert!(
+        matches!(refused, Err(PurgeError::TooManyDependants { limit: 1 })),
+        "{refused:?}"
+    );
+    assert!(status("alice").await.contains("hit"), "nothing was purged");
+}
+
 /// An unsafe request by a principal invalidates its private entry of the URL and the shared
 /// one.
 #[tokio::test]
