@@ -23,10 +23,13 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tower_strata::metrics::{
-    DURATION_BUCKETS, HTTP_SERVER_REQUEST_DURATION, MetricsLayer, MetricsRegistry, Window,
-};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_strata::metrics::{MetricsLayer, MetricsRegistry, Window};
+
+/// The recorder every example installs: the OpenTelemetry bucket boundaries, so histograms
+/// aggregate across instances, and its upkeep.
+#[path = "support/prometheus.rs"]
+pub mod prometheus;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,35 +40,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let prometheus = install_recorder()?;
-    // The exporter keeps histogram samples until it runs its upkeep: run it between scrapes
-    // so they do not pile up in memory.
-    let upkeep = prometheus.clone();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            ticks.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    // Before the first request: metric handles are cached once made. It also runs the
+    // exporter's upkeep between scrapes, so histogram samples do not pile up in memory.
+    let prometheus = prometheus::install()?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app(prometheus)?).await?;
     Ok(())
-}
-
-/// Installs the global Prometheus recorder for the `metrics` facade, with the OpenTelemetry
-/// bucket boundaries so the histograms aggregate across instances. Install it before the
-/// first request: metric handles are cached once made.
-pub fn install_recorder() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(HTTP_SERVER_REQUEST_DURATION.into()),
-            &DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
-    Ok(handle)
 }
 
 /// The router with the metrics layer; the test drives this without a server.

@@ -189,7 +189,7 @@ mod route_metrics {
     /// The only test of this binary that installs the global `metrics` recorder.
     #[tokio::test]
     async fn metrics_lists_the_route_histogram() {
-        let app = example::app(example::install_recorder().unwrap()).unwrap();
+        let app = example::app(example::prometheus::install().unwrap()).unwrap();
         for uri in ["/users/7", "/users/8"] {
             assert_eq!(call(&app, "GET", uri, "").await.status, 200);
         }
