@@ -142,8 +142,7 @@ impl KeyConfig {
         )
         .ok()?;
         let identity = &buffer[PLAIN_PREFIX.len()..];
-        (identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control))
-            .then_some(buffer.as_str())
+        is_plain(identity).then_some(buffer.as_str())
     }
 
     /// The scheme a request's key names: the URI's, else the configured one.
@@ -426,8 +425,7 @@ pub(crate) struct PrimaryKey {
 impl PrimaryKey {
     fn from_buffer(buf: String, principal: Option<String>) -> Self {
         let identity = &buf[PLAIN_PREFIX.len()..];
-        let hashed = (identity.len() > MAX_PLAIN_KEY || identity.chars().any(char::is_control))
-            .then(|| hashed_key(identity));
+        let hashed = (!is_plain(identity)).then(|| hashed_key(identity));
         PrimaryKey {
             buf,
             hashed,
@@ -468,14 +466,16 @@ fn hashed_key(identity: &str) -> String {
 
 /// The store key for an identity: the identity itself when short and printable, else a hash.
 pub(crate) fn store_key(identity: &str) -> String {
-    if identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control) {
-        let mut key = String::with_capacity(identity.len() + PLAIN_PREFIX.len());
-        key.push_str(PLAIN_PREFIX);
-        key.push_str(identity);
-        key
+    if is_plain(identity) {
+        KeySpace::CacheEntry.key(identity)
     } else {
         hashed_key(identity)
     }
+}
+
+/// Whether an identity is its own store key: short, and printable (a store key must be).
+fn is_plain(identity: &str) -> bool {
+    identity.len() <= MAX_PLAIN_KEY && !identity.chars().any(char::is_control)
 }
 
 /// The internal tag every stored `Vary` variant of the response under `primary` carries, so a
