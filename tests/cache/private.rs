@@ -82,6 +82,15 @@ async fn text(response: Response<tower_strata::cache::CacheBody<Full<Bytes>>>) -
     (String::from_utf8(body.to_vec()).unwrap(), status)
 }
 
+/// Sends `request` to `svc` and returns the body and `Cache-Status` of its answer.
+async fn ask<S>(svc: &S, request: Req) -> (String, String)
+where
+    S: Service<Req, Response = Response<tower_strata::cache::CacheBody<Full<Bytes>>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    text(svc.clone().oneshot(request).await.unwrap()).await
+}
+
 /// 100 principals and anonymous clients read 30 URLs at random from 16 tasks on a
 /// multi-threaded runtime: every body is its requester's, and most are hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,7 +172,7 @@ async fn concurrent_misses_of_principals_are_not_coalesced_together() {
         let svc = svc.clone();
         tasks.push(tokio::spawn(async move {
             let user = format!("u{}", i % 10);
-            let (body, _) = text(svc.oneshot(get("/me", Some(&user))).await.unwrap()).await;
+            let (body, _) = ask(&svc, get("/me", Some(&user))).await;
             assert_eq!(body, format!("{user} /me"));
         }));
     }
@@ -188,47 +197,19 @@ async fn what_the_private_scope_stores_and_what_it_never_does() {
         .layer(layer.clone())
         .service(origin(calls.clone(), "private, max-age=60"));
     for _ in 0..2 {
-        let (body, status) = text(
-            unscoped
-                .clone()
-                .oneshot(get("/a", Some("eve")))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (body, status) = ask(&unscoped, get("/a", Some("eve"))).await;
         assert_eq!(body, "eve /a");
         assert!(status.contains("fwd=miss"), "{status}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // In the scope: `private` with `Authorization` is stored, and served to its principal.
-    let (_, first) = text(
-        scoped
-            .clone()
-            .oneshot(get("/a", Some("eve")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, first) = ask(&scoped, get("/a", Some("eve"))).await;
     assert!(first.contains("stored"), "{first}");
-    let (body, second) = text(
-        scoped
-            .clone()
-            .oneshot(get("/a", Some("eve")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (body, second) = ask(&scoped, get("/a", Some("eve"))).await;
     assert_eq!(body, "eve /a");
     assert!(second.contains("hit"), "{second}");
     // Not to the same principal's request without the scope (no principal in its key).
-    let (body, status) = text(
-        unscoped
-            .clone()
-            .oneshot(get("/a", Some("eve")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (body, status) = ask(&unscoped, get("/a", Some("eve"))).await;
     assert_eq!(body, "eve /a");
     assert!(status.contains("fwd=miss"), "{status}");
     // A cookie does not bypass the scope: the principal keys it.
@@ -236,12 +217,12 @@ async fn what_the_private_scope_stores_and_what_it_never_does() {
     with_cookie
         .headers_mut()
         .insert("cookie", "session=abc".parse().unwrap());
-    let _ = text(scoped.clone().oneshot(with_cookie).await.unwrap()).await;
+    let _ = ask(&scoped, with_cookie).await;
     let mut with_cookie = get("/c", Some("eve"));
     with_cookie
         .headers_mut()
         .insert("cookie", "session=abc".parse().unwrap());
-    let (_, status) = text(scoped.clone().oneshot(with_cookie).await.unwrap()).await;
+    let (_, status) = ask(&scoped, with_cookie).await;
     assert!(status.contains("hit"), "{status}");
 
     // `no-store` and `Set-Cookie` are never stored, in the scope too.
@@ -251,8 +232,7 @@ async fn what_the_private_scope_stores_and_what_it_never_does() {
             .layer(CacheLayer::new(MemoryStore::new(1 << 20)))
             .service(origin(calls.clone(), cc));
         for _ in 0..2 {
-            let (_, status) =
-                text(svc.clone().oneshot(get("/n", Some("eve"))).await.unwrap()).await;
+            let (_, status) = ask(&svc, get("/n", Some("eve"))).await;
             assert!(
                 !status.contains("hit") && !status.contains("stored"),
                 "{cc}: {status}"
@@ -274,7 +254,7 @@ async fn what_the_private_scope_stores_and_what_it_never_does() {
         .layer(CacheLayer::new(MemoryStore::new(1 << 20)))
         .service(cookie_setter);
     for _ in 0..2 {
-        let (_, status) = text(svc.clone().oneshot(get("/s", Some("eve"))).await.unwrap()).await;
+        let (_, status) = ask(&svc, get("/s", Some("eve"))).await;
         assert!(
             !status.contains("hit") && !status.contains("stored"),
             "{status}"
@@ -293,7 +273,7 @@ async fn the_private_store_is_a_budget_of_its_own() {
         .map_request(authenticate)
         .layer(layer)
         .service(origin(calls.clone(), "private, max-age=60"));
-    let _ = text(svc.clone().oneshot(get("/home", None)).await.unwrap()).await;
+    let _ = ask(&svc, get("/home", None)).await;
     // Far more private bytes than either store holds.
     for user in 0..2_000 {
         let path = format!("/big/{user}");
@@ -306,7 +286,7 @@ async fn the_private_store_is_a_budget_of_its_own() {
         .await;
     }
     tokio::task::yield_now().await;
-    let (body, status) = text(svc.clone().oneshot(get("/home", None)).await.unwrap()).await;
+    let (body, status) = ask(&svc, get("/home", None)).await;
     assert_eq!(body, "anonymous /home");
     assert!(
         status.contains("hit"),
@@ -332,17 +312,13 @@ async fn purging_a_principal_removes_its_entries_only() {
         .service(origin(calls.clone(), "private, max-age=60"));
     for user in ["alice", "bob"] {
         for path in ["/a", "/b"] {
-            let _ = text(svc.clone().oneshot(get(path, Some(user))).await.unwrap()).await;
+            let _ = ask(&svc, get(path, Some(user))).await;
         }
     }
     assert_eq!(purger.purge_principal("alice").await.unwrap(), 2);
     let status = |user: &'static str| {
         let svc = svc.clone();
-        async move {
-            text(svc.oneshot(get("/a", Some(user))).await.unwrap())
-                .await
-                .1
-        }
+        async move { ask(&svc, get("/a", Some(user))).await.1 }
     };
     assert!(status("alice").await.contains("fwd=miss"));
     assert!(status("bob").await.contains("hit"));
@@ -368,7 +344,7 @@ async fn the_cache_purger_purges_the_private_store_too() {
         .service(origin(calls.clone(), "private, max-age=60"));
     let status = |path: &'static str, user: Option<&'static str>| {
         let svc = svc.clone();
-        async move { text(svc.oneshot(get(path, user)).await.unwrap()).await.1 }
+        async move { ask(&svc, get(path, user)).await.1 }
     };
     for user in [Some("alice"), Some("bob"), None] {
         status("/a", user).await;
@@ -414,11 +390,7 @@ async fn a_purge_refused_whole_leaves_the_private_store_alone() {
         .service(origin(calls.clone(), "private, max-age=60"));
     let status = |user: &'static str| {
         let svc = svc.clone();
-        async move {
-            text(svc.oneshot(get("/a", Some(user))).await.unwrap())
-                .await
-                .1
-        }
+        async move { ask(&svc, get("/a", Some(user))).await.1 }
     };
     status("alice").await;
     assert!(status("alice").await.contains("hit"));
@@ -442,14 +414,14 @@ async fn a_principals_write_invalidates_its_entry() {
         .map_request(authenticate)
         .layer(CacheLayer::new(MemoryStore::new(1 << 20)).private_store(MemoryStore::new(1 << 20)))
         .service(origin(calls.clone(), "private, max-age=60"));
-    let _ = text(svc.clone().oneshot(get("/p", Some("alice"))).await.unwrap()).await;
+    let _ = ask(&svc, get("/p", Some("alice"))).await;
     let mut post = Request::post("http://api.example/p")
         .header("authorization", "Bearer alice")
         .body(Full::default())
         .unwrap();
     post = authenticate(post);
     let _ = svc.clone().oneshot(post).await.unwrap();
-    let (_, status) = text(svc.clone().oneshot(get("/p", Some("alice"))).await.unwrap()).await;
+    let (_, status) = ask(&svc, get("/p", Some("alice"))).await;
     assert!(status.contains("fwd=miss"), "{status}");
 }
 
@@ -472,16 +444,16 @@ async fn a_principal_purges_on_redis() {
         .layer(layer.clone())
         .service(origin(calls.clone(), "private, max-age=60"));
     for user in ["alice", "bob"] {
-        let _ = text(svc.clone().oneshot(get("/r", Some(user))).await.unwrap()).await;
+        let _ = ask(&svc, get("/r", Some(user))).await;
     }
-    let (body, status) = text(svc.clone().oneshot(get("/r", Some("alice"))).await.unwrap()).await;
+    let (body, status) = ask(&svc, get("/r", Some("alice"))).await;
     assert_eq!(body, "alice /r");
     assert!(status.contains("hit"), "{status}");
-    let (body, _) = text(svc.clone().oneshot(get("/r", None)).await.unwrap()).await;
+    let (body, _) = ask(&svc, get("/r", None)).await;
     assert_eq!(body, "anonymous /r");
     assert_eq!(layer.purger().purge_principal("alice").await.unwrap(), 1);
-    let (_, status) = text(svc.clone().oneshot(get("/r", Some("alice"))).await.unwrap()).await;
+    let (_, status) = ask(&svc, get("/r", Some("alice"))).await;
     assert!(status.contains("fwd=miss"), "{status}");
-    let (_, status) = text(svc.clone().oneshot(get("/r", Some("bob"))).await.unwrap()).await;
+    let (_, status) = ask(&svc, get("/r", Some("bob"))).await;
     assert!(status.contains("hit"), "{status}");
 }
